@@ -1,0 +1,38 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+# Both create .venv (Python 3.10, installed with uv from requirements.lock) when it is missing or stale.
+SHELL := /bin/bash
+WORKDIR ?= runs/demo
+export TF_USE_LEGACY_KERAS := 1
+export TF_CPP_MIN_LOG_LEVEL := 2
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint lock sample clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.lock setup.py
+	bash scripts/setup_venv.sh
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) run_pipeline.py local --workdir $(WORKDIR)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+test: lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Regenerate the lock after editing requirements.in.
+lock:
+	uv pip compile requirements.in -o requirements.lock --python-version 3.10 \
+	  --python-platform x86_64-unknown-linux-gnu
+
+# Rewrite the committed sample under data/sample/ (deterministic).
+sample: $(STAMP)
+	$(PY) -m datagen.synthetic --out data/sample
+
+clean:
+	rm -rf runs .pytest_cache

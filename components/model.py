@@ -1,0 +1,167 @@
+"""The DSSM two-tower model of the original design, built from the feature spec (tf-keras).
+
+- one embedding table per share_embed group (index 0 = padding, never counted);
+- varlen features combined by mean over non-padding ids, weighted ones by weighted sum;
+- a frozen pretrained item table: the item's own vector, and the mean (or sum) of the vectors of
+  the user's history, over known items only (an empty history gives zeros, not 0/0);
+- towers of Dense layers (hidden activation, optional batch norm and dropout, output activation),
+  L2-normalised outputs, score logit = gamma * dot(user, item) = gamma * cosine.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+from pipeline.config import TrainerConfig
+from schema.spec import Feature, FeatureSpec, transformed_name
+
+
+def model_input_names(spec: FeatureSpec, tower: str) -> list[str]:
+    names = []
+    for f in spec.tower_features(tower):
+        names.append(transformed_name(f.name))
+        if f.weight_name:
+            names.append(transformed_name(f.weight_name))
+    return names
+
+
+def _inputs(spec: FeatureSpec, tower: str) -> dict[str, tf.keras.Input]:
+    inputs = {}
+    for f in spec.tower_features(tower):
+        shape = (f.maxlen,) if f.is_list else ()
+        name = transformed_name(f.name)
+        inputs[name] = tf.keras.Input(shape=shape, dtype=tf.int64, name=name)
+        if f.weight_name:
+            wname = transformed_name(f.weight_name)
+            inputs[wname] = tf.keras.Input(shape=shape, dtype=tf.float32, name=wname)
+    return inputs
+
+
+class MaskedPool(tf.keras.layers.Layer):
+    """Mean or weighted sum of embeddings [b, L, d] over the positions whose id is not 0."""
+
+    def __init__(self, mode: str, **kwargs):
+        super().__init__(**kwargs)
+        self.mode = mode  # mean | sum | weighted
+
+    def call(self, emb, ids, weights=None):
+        mask = tf.cast(tf.not_equal(ids, 0), emb.dtype)
+        if self.mode == "weighted":
+            mask = mask * tf.cast(weights, emb.dtype)
+        total = tf.reduce_sum(emb * mask[..., None], axis=1)
+        if self.mode == "mean":
+            return tf.math.divide_no_nan(total, tf.reduce_sum(mask, axis=1, keepdims=True))
+        return total
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+class L2Normalize(tf.keras.layers.Layer):
+    def call(self, x):
+        return tf.math.l2_normalize(x, axis=-1, epsilon=1e-12)
+
+
+class ScaledDot(tf.keras.layers.Layer):
+    """gamma * <u, i> per row: one logit per (user, item) pair, never reduced over the batch."""
+
+    def __init__(self, gamma: float, **kwargs):
+        super().__init__(**kwargs)
+        self.gamma = float(gamma)
+
+    def call(self, inputs):
+        user, item = inputs
+        return self.gamma * tf.reduce_sum(user * item, axis=-1)
+
+    def get_config(self):
+        return {**super().get_config(), "gamma": self.gamma}
+
+
+@dataclass
+class Towers:
+    user: tf.keras.Model     # transformed user features -> embedding
+    item: tf.keras.Model     # transformed item features -> embedding
+    scorer: tf.keras.Model   # all transformed features -> logit (training model)
+
+
+def _embed_feature(f: Feature, inputs, tables, pretrained) -> tf.Tensor:
+    x = inputs[transformed_name(f.name)]
+    if f.kind == "pretrained":
+        emb = pretrained(x)
+        if f.reduce:
+            return MaskedPool("mean" if f.reduce == "mean" else "sum", name=f"pool_{f.name}")(emb, x)
+        return emb
+    emb = tables[f.group](x)
+    if f.kind == "sparse":
+        return emb
+    if f.weight_name:
+        return MaskedPool("weighted", name=f"pool_{f.name}")(emb, x, inputs[transformed_name(f.weight_name)])
+    return MaskedPool("mean", name=f"pool_{f.name}")(emb, x)
+
+
+def _tower(name: str, x: tf.Tensor, units: list[int], cfg: TrainerConfig) -> tf.Tensor:
+    for i, n in enumerate(units):
+        last = i == len(units) - 1
+        x = tf.keras.layers.Dense(n, use_bias=not cfg.batch_norm, name=f"{name}_dense_{i}",
+                                  kernel_initializer=tf.keras.initializers.GlorotUniform(cfg.seed + i))(x)
+        if cfg.batch_norm:
+            x = tf.keras.layers.BatchNormalization(name=f"{name}_bn_{i}")(x)
+        x = tf.keras.layers.Activation(cfg.output_activation if last else cfg.activation,
+                                       name=f"{name}_act_{i}")(x)
+        if cfg.dropout and not last:
+            x = tf.keras.layers.Dropout(cfg.dropout, seed=cfg.seed + i, name=f"{name}_dropout_{i}")(x)
+    if cfg.normalize:
+        x = L2Normalize(name=f"{name}_l2")(x)
+    return x
+
+
+def build_towers(spec: FeatureSpec, vocab_sizes: dict[str, int], pretrained_table: np.ndarray | None,
+                 cfg: TrainerConfig) -> Towers:
+    tables = {
+        group: tf.keras.layers.Embedding(
+            vocab_sizes[group], spec.group_embed_dim(group), name=f"embed_{group}",
+            embeddings_initializer=tf.keras.initializers.RandomNormal(stddev=cfg.embedding_stddev, seed=cfg.seed))
+        for group in spec.vocab_groups()
+    }
+    pretrained = None
+    if pretrained_table is not None:
+        pretrained = tf.keras.layers.Embedding(
+            pretrained_table.shape[0], pretrained_table.shape[1], name="pretrained_items",
+            embeddings_initializer=tf.keras.initializers.Constant(pretrained_table), trainable=False)
+
+    towers = {}
+    all_inputs = {}
+    for tower in ("user", "item"):
+        inputs = _inputs(spec, tower)
+        all_inputs.update(inputs)
+        parts = [_embed_feature(f, inputs, tables, pretrained) for f in spec.tower_features(tower)]
+        x = parts[0] if len(parts) == 1 else tf.keras.layers.Concatenate(name=f"{tower}_concat")(parts)
+        units = cfg.user_units if tower == "user" else cfg.item_units
+        towers[tower] = tf.keras.Model(inputs, _tower(tower, x, units, cfg), name=f"{tower}_tower")
+
+    user_vec = towers["user"]({k: all_inputs[k] for k in towers["user"].input})
+    item_vec = towers["item"]({k: all_inputs[k] for k in towers["item"].input})
+    logit = ScaledDot(cfg.gamma, name="score_logit")([user_vec, item_vec])
+    scorer = tf.keras.Model(all_inputs, logit, name="dssm")
+    return Towers(user=towers["user"], item=towers["item"], scorer=scorer)
+
+
+def weighted_bce_from_logits(pos_weight: float):
+    """Mean over the batch of pos_weight * y * -log(sigmoid(z)) + (1 - y) * -log(1 - sigmoid(z))."""
+
+    def loss(y_true, logits):
+        y = tf.reshape(tf.cast(y_true, tf.float32), [-1])
+        return tf.reduce_mean(tf.nn.weighted_cross_entropy_with_logits(y, tf.reshape(logits, [-1]),
+                                                                       pos_weight))
+
+    return loss
+
+
+def make_optimizer(cfg: TrainerConfig) -> tf.keras.optimizers.Optimizer:
+    kinds = {"adam": tf.keras.optimizers.Adam, "adagrad": tf.keras.optimizers.Adagrad,
+             "sgd": tf.keras.optimizers.SGD}
+    if cfg.optimizer not in kinds:
+        raise ValueError(f"optimizer must be one of {sorted(kinds)}, got '{cfg.optimizer}'")
+    return kinds[cfg.optimizer](learning_rate=cfg.learning_rate)

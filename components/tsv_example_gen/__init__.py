@@ -1,0 +1,1 @@
+"""Custom ExampleGen for tab-separated click logs."""

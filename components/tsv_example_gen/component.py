@@ -1,0 +1,46 @@
+"""TsvExampleGen: TFX's FileBasedExampleGen for tab-separated logs laid out by the feature spec.
+
+TFX's CsvExampleGen reads only commas; this component keeps FileBasedExampleGen's driver (input
+fingerprints, spans, caching) and adds two parameters: the feature spec (JSON) and the largest
+share of rejected rows a split may have before the run stops.
+"""
+from __future__ import annotations
+
+from tfx import types
+from tfx.components.example_gen import utils
+from tfx.components.example_gen.component import FileBasedExampleGen
+from tfx.dsl.components.base import base_beam_component, executor_spec
+from tfx.proto import example_gen_pb2
+from tfx.types import standard_artifacts, standard_component_specs
+from tfx.types.component_spec import ExecutionParameter
+
+from components.tsv_example_gen import executor
+
+
+class TsvExampleGenSpec(standard_component_specs.FileBasedExampleGenSpec):
+    PARAMETERS = {
+        **standard_component_specs.FileBasedExampleGenSpec.PARAMETERS,
+        executor.FEATURE_SPEC_KEY: ExecutionParameter(type=str),
+        executor.MAX_REJECTED_FRACTION_KEY: ExecutionParameter(type=float),
+    }
+
+
+class TsvExampleGen(FileBasedExampleGen):
+    SPEC_CLASS = TsvExampleGenSpec
+    EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(executor.Executor)
+
+    def __init__(self, input_base: str, feature_spec_json: str, input_config: example_gen_pb2.Input,
+                 output_config: example_gen_pb2.Output | None = None,
+                 max_rejected_fraction: float = 0.01):
+        output_config = output_config or utils.make_default_output_config(input_config)
+        spec = TsvExampleGenSpec(
+            input_base=input_base,
+            input_config=input_config,
+            output_config=output_config,
+            output_data_format=example_gen_pb2.FORMAT_TF_EXAMPLE,
+            output_file_format=example_gen_pb2.FORMAT_TFRECORDS_GZIP,
+            feature_spec=feature_spec_json,
+            max_rejected_fraction=float(max_rejected_fraction),
+            examples=types.Channel(type=standard_artifacts.Examples),
+        )
+        base_beam_component.BaseBeamComponent.__init__(self, spec=spec)

@@ -1,0 +1,188 @@
+"""Beam executor of TsvExampleGen: TSV lines -> tf.Examples, rejected rows quarantined and counted.
+
+For each split it writes, next to the Split-* folders of the Examples artifact:
+  ingest_report/<split>-rejected.jsonl   one JSON object per rejected row: file, line, reason, detail, raw
+  ingest_report/<split>-counts.json      read / written / rejected:<reason> / repair:<kind> counts
+and records the counts on the artifact (custom property `ingest_report`).
+"""
+from __future__ import annotations
+
+import collections
+import gzip
+import json
+import os
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.transforms import window
+from apache_beam.utils.windowed_value import WindowedValue
+from tfx.components.example_gen.base_example_gen_executor import BaseExampleGenExecutor
+from tfx.dsl.io import fileio
+from tfx.proto import example_gen_pb2
+from tfx.types import artifact_utils, standard_component_specs
+from tfx.utils import proto_utils
+
+from components.tsv_example_gen.parser import Rejected, RowParser, check_header, read_header
+from schema.spec import FeatureSpec
+
+FEATURE_SPEC_KEY = "feature_spec"
+MAX_REJECTED_FRACTION_KEY = "max_rejected_fraction"
+REPORT_PROPERTY = "ingest_report"
+REPORT_DIR = "ingest_report"
+_REPORT_DIR_KEY = "_report_dir"
+_REJECTED_TAG = "rejected"
+_COUNTS_TAG = "counts"
+
+
+class IngestError(RuntimeError):
+    """The input cannot be ingested (bad header, no files, too many rejected rows)."""
+
+
+def _open_binary(path: str):
+    f = fileio.open(path, "rb")
+    if path.endswith(".gz"):
+        return gzip.GzipFile(fileobj=f, mode="rb")
+    return f
+
+
+def _check_headers(files: list[str], spec: FeatureSpec) -> None:
+    for path in files:
+        with _open_binary(path) as f:
+            first = f.readline()
+        if not first:
+            raise IngestError(f"{path}: file is empty (expected a header row)")
+        check_header(read_header(first), spec, path)
+
+
+def _read_lines(path: str):
+    """(path, line number, raw bytes) for every data line; line 1 is the header.
+
+    Blank lines are yielded too: they are rejected and counted (field_count), never skipped.
+    """
+    with _open_binary(path) as f:
+        for lineno, line in enumerate(f, start=1):
+            if lineno > 1:
+                yield path, lineno, line
+
+
+class _ParseRowDoFn(beam.DoFn):
+    def __init__(self, spec_json: str):
+        self._spec_json = spec_json
+
+    def setup(self):
+        self._parser = RowParser(FeatureSpec.from_json(self._spec_json))
+
+    def start_bundle(self):
+        self._counts = collections.Counter()
+
+    def process(self, element):
+        path, lineno, line = element
+        self._counts["read"] += 1
+        try:
+            row = self._parser.parse(line)
+        except Rejected as r:
+            self._counts[f"rejected:{r.reason}"] += 1
+            yield beam.pvalue.TaggedOutput(_REJECTED_TAG, json.dumps({
+                "file": path, "line": lineno, "reason": r.reason, "detail": r.detail,
+                "raw": line.decode("utf-8", errors="backslashreplace").rstrip("\r\n")}))
+            return
+        for repair in row.repairs:
+            self._counts[f"repair:{repair}"] += 1
+        self._counts["written"] += 1
+        yield row.to_example_bytes()
+
+    def finish_bundle(self):
+        yield beam.pvalue.TaggedOutput(_COUNTS_TAG, WindowedValue(
+            dict(self._counts), window.GlobalWindow().max_timestamp(), [window.GlobalWindow()]))
+
+
+def _merge_counts(dicts) -> dict:
+    total = collections.Counter()
+    for d in dicts:
+        total.update(d)
+    return dict(total)
+
+
+def _split_name_for(exec_properties: dict[str, Any], split_pattern: str) -> str:
+    input_config = example_gen_pb2.Input()
+    proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY], input_config)
+    for split in input_config.splits:
+        if split.pattern == split_pattern:
+            return split.name
+    return "all"
+
+
+@beam.ptransform_fn
+def _TsvToExample(pipeline: beam.Pipeline, exec_properties: dict[str, Any], split_pattern: str):
+    spec_json = exec_properties[FEATURE_SPEC_KEY]
+    spec = FeatureSpec.from_json(spec_json)
+    pattern = os.path.join(exec_properties[standard_component_specs.INPUT_BASE_KEY], split_pattern)
+    files = sorted(fileio.glob(pattern))
+    if not files:
+        raise IngestError(f"no input files match {pattern}")
+    _check_headers(files, spec)
+    split = _split_name_for(exec_properties, split_pattern)
+    report_dir = exec_properties[_REPORT_DIR_KEY]
+
+    parsed = (pipeline
+              | f"Files[{split}]" >> beam.Create(files)
+              | f"ReadLines[{split}]" >> beam.FlatMap(_read_lines)
+              | f"Parse[{split}]" >> beam.ParDo(_ParseRowDoFn(spec_json)).with_outputs(
+                  _REJECTED_TAG, _COUNTS_TAG, main="examples"))
+    _ = (parsed[_REJECTED_TAG]
+         | f"WriteRejected[{split}]" >> beam.io.WriteToText(
+             os.path.join(report_dir, f"{split}-rejected"), file_name_suffix=".jsonl",
+             num_shards=1, shard_name_template=""))
+    _ = (parsed[_COUNTS_TAG]
+         | f"SumCounts[{split}]" >> beam.CombineGlobally(_merge_counts)
+         | f"CountsJson[{split}]" >> beam.Map(lambda d: json.dumps(d, sort_keys=True))
+         | f"WriteCounts[{split}]" >> beam.io.WriteToText(
+             os.path.join(report_dir, f"{split}-counts"), file_name_suffix=".json",
+             num_shards=1, shard_name_template=""))
+    return parsed["examples"]
+
+
+def summarize_counts(counts: dict) -> dict:
+    """Split counts -> {read, written, rejected, rejected_by_reason, repaired_by_kind}."""
+    rejected = {k.split(":", 1)[1]: v for k, v in counts.items() if k.startswith("rejected:")}
+    repaired = {k.split(":", 1)[1]: v for k, v in counts.items() if k.startswith("repair:")}
+    return {"read": counts.get("read", 0), "written": counts.get("written", 0),
+            "rejected": sum(rejected.values()),
+            "rejected_by_reason": dict(sorted(rejected.items(), key=lambda kv: -kv[1])),
+            "repaired_by_kind": dict(sorted(repaired.items(), key=lambda kv: -kv[1]))}
+
+
+class Executor(BaseExampleGenExecutor):
+    def GetInputSourceToExamplePTransform(self) -> beam.PTransform:
+        return _TsvToExample
+
+    def Do(self, input_dict, output_dict, exec_properties) -> None:
+        examples = artifact_utils.get_single_instance(output_dict[standard_component_specs.EXAMPLES_KEY])
+        report_dir = os.path.join(examples.uri, REPORT_DIR)
+        exec_properties = dict(exec_properties, **{_REPORT_DIR_KEY: report_dir})
+        super().Do(input_dict, output_dict, exec_properties)
+
+        report = {}
+        for split in artifact_utils.decode_split_names(examples.split_names):
+            with fileio.open(os.path.join(report_dir, f"{split}-counts.json")) as f:
+                text = f.read().strip()
+            report[split] = summarize_counts(json.loads(text) if text else {})
+        examples.set_json_value_custom_property(REPORT_PROPERTY, report)
+        self._enforce(report, float(exec_properties.get(MAX_REJECTED_FRACTION_KEY, 0.01)), report_dir)
+
+    @staticmethod
+    def _enforce(report: dict, max_fraction: float, report_dir: str) -> None:
+        for split, r in report.items():
+            if r["read"] != r["written"] + r["rejected"]:
+                raise IngestError(f"split {split}: rows read {r['read']} != written {r['written']} "
+                                  f"+ rejected {r['rejected']}")
+            if r["written"] == 0:
+                raise IngestError(f"split {split}: no usable rows (read {r['read']}, rejected "
+                                  f"{r['rejected']}: {r['rejected_by_reason']})")
+            share = r["rejected"] / r["read"]
+            if share > max_fraction:
+                top = ", ".join(f"{k}={v}" for k, v in list(r["rejected_by_reason"].items())[:5])
+                raise IngestError(
+                    f"split {split}: {r['rejected']} of {r['read']} rows rejected ({share:.2%} > "
+                    f"max_rejected_fraction {max_fraction:.2%}); most frequent reasons: {top}; "
+                    f"the rows are in {report_dir}/{split}-rejected.jsonl")

@@ -1,0 +1,181 @@
+"""Parse one TSV log line into tf.Example features, or reject it with a reason.
+
+The column layout and types come from the feature spec (schema/spec.py). A row is either
+written (possibly after counted repairs) or rejected with exactly one reason; never dropped.
+
+Rejection reasons (stable codes, counted per split):
+  not_utf8, field_count, bad_label, bad_int:<col>, empty_id:<col>, bad_pair:<col>, bad_weight:<col>
+Repairs (the row is kept; each kind is counted):
+  truncated:<col>   list longer than maxlen: the first maxlen entries are kept, because logs list
+                    the most recent or most relevant entries first (as the original design's
+                    `[:maxlen]` did)
+  duplicates:<col>  repeated ids in a list: the first occurrence is kept
+  empty_entry:<col> an empty entry between commas ("a,,b") is dropped
+  leakage:<col>     the row's own item id in a history list: removed, or the user tower would see
+                    the target
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from schema.spec import INT, STRING, STRING_LIST, WEIGHTED_LIST, FeatureSpec
+
+
+@dataclass
+class ParsedRow:
+    # feature name -> list of int / bytes / float values (scalars are one-element lists)
+    ints: dict[str, list[int]] = field(default_factory=dict)
+    strings: dict[str, list[bytes]] = field(default_factory=dict)
+    floats: dict[str, list[float]] = field(default_factory=dict)
+    repairs: list[str] = field(default_factory=list)
+
+    def to_example_bytes(self) -> bytes:
+        from tensorflow.core.example import example_pb2
+
+        ex = example_pb2.Example()
+        fmap = ex.features.feature
+        for k, v in self.ints.items():
+            fmap[k].int64_list.value.extend(v)
+        for k, v in self.strings.items():
+            fmap[k].bytes_list.value.extend(v)
+        for k, v in self.floats.items():
+            fmap[k].float_list.value.extend(v)
+        return ex.SerializeToString()
+
+
+class Rejected(Exception):
+    """A row that cannot be used; `reason` is the stable code that gets counted."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def _parse_int(col: str, text: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise Rejected(f"bad_int:{col}", f"'{text}' is not an integer") from None
+
+
+def _split_list(col: str, text: str, repairs: list[str]) -> list[str]:
+    if not text:
+        return []
+    parts = text.split(",")
+    kept = [p for p in (x.strip() for x in parts) if p]
+    if len(kept) != len(parts):
+        repairs.append(f"empty_entry:{col}")
+    return kept
+
+
+def _dedupe(col: str, ids: list[str], weights: list[float] | None, repairs: list[str]):
+    seen = set()
+    out_ids, out_w = [], []
+    for i, x in enumerate(ids):
+        if x in seen:
+            continue
+        seen.add(x)
+        out_ids.append(x)
+        if weights is not None:
+            out_w.append(weights[i])
+    if len(out_ids) != len(ids):
+        repairs.append(f"duplicates:{col}")
+    return out_ids, (out_w if weights is not None else None)
+
+
+class RowParser:
+    """Parses lines of one log layout. Picklable: it holds only the spec's plain data."""
+
+    def __init__(self, spec: FeatureSpec):
+        self.spec = spec
+        self.columns = [spec.raw_columns[c] for c in spec.columns]
+        # History lists in the item id space (sources of pretrained list features): the row's own
+        # item must not appear in them.
+        self.history_columns = {f.column for f in spec.features if f.kind == "pretrained" and f.reduce}
+
+    def parse(self, line: bytes) -> ParsedRow:
+        """Returns the parsed row or raises Rejected."""
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise Rejected("not_utf8", f"byte {e.start} is not valid UTF-8") from None
+        text = text.rstrip("\r\n")
+        fields = text.split("\t")
+        if len(fields) != len(self.columns):
+            raise Rejected("field_count", f"{len(fields)} fields, expected {len(self.columns)}")
+        row = ParsedRow()
+        values = dict(zip(self.spec.columns, fields))
+        item_id = values[self.spec.item_id].strip()
+        for col in self.columns:
+            raw = values[col.name]
+            if col.name == self.spec.label:
+                label = raw.strip()
+                if label not in ("0", "1"):
+                    raise Rejected("bad_label", f"'{raw}' is not 0 or 1")
+                row.ints[col.name] = [int(label)]
+            elif col.type == INT:
+                row.ints[col.name] = [_parse_int(col.name, raw)]
+            elif col.type == STRING:
+                value = raw.strip()
+                if not value and col.name in (self.spec.item_id, self.spec.user_id):
+                    raise Rejected(f"empty_id:{col.name}", "empty id")
+                row.strings[col.name] = [value.encode("utf-8")]
+            elif col.type == STRING_LIST:
+                ids = _split_list(col.name, raw, row.repairs)
+                if col.name in self.history_columns and item_id in ids:
+                    ids = [x for x in ids if x != item_id]
+                    row.repairs.append(f"leakage:{col.name}")
+                ids, _ = _dedupe(col.name, ids, None, row.repairs)
+                if len(ids) > col.maxlen:
+                    ids = ids[: col.maxlen]
+                    row.repairs.append(f"truncated:{col.name}")
+                row.strings[col.name] = [x.encode("utf-8") for x in ids]
+            elif col.type == WEIGHTED_LIST:
+                ids, weights = self._parse_pairs(col.name, raw, row.repairs)
+                ids, weights = _dedupe(col.name, ids, weights, row.repairs)
+                if len(ids) > col.maxlen:
+                    ids, weights = ids[: col.maxlen], weights[: col.maxlen]
+                    row.repairs.append(f"truncated:{col.name}")
+                row.strings[col.name] = [x.encode("utf-8") for x in ids]
+                row.floats[col.weight_name] = weights
+        return row
+
+    @staticmethod
+    def _parse_pairs(col: str, raw: str, repairs: list[str]) -> tuple[list[str], list[float]]:
+        ids, weights = [], []
+        for pair in _split_list(col, raw, repairs):
+            key, sep, value = pair.rpartition(":")
+            if not sep:
+                raise Rejected(f"bad_pair:{col}", f"'{pair}' has no ':'")
+            key = key.strip()
+            if not key:
+                raise Rejected(f"bad_pair:{col}", f"'{pair}' has an empty id")
+            try:
+                w = float(value)
+            except ValueError:
+                raise Rejected(f"bad_weight:{col}", f"'{value}' is not a number") from None
+            if not math.isfinite(w) or w < 0:
+                raise Rejected(f"bad_weight:{col}", f"weight {value} is not a finite number >= 0")
+            ids.append(key)
+            weights.append(w)
+        return ids, weights
+
+
+def read_header(line: bytes) -> list[str]:
+    return line.decode("utf-8", errors="replace").rstrip("\r\n").split("\t")
+
+
+def check_header(header: list[str], spec: FeatureSpec, path: str) -> None:
+    """Raises ValueError naming the missing / unexpected / misordered columns."""
+    expected = list(spec.columns)
+    if header == expected:
+        return
+    missing = [c for c in expected if c not in header]
+    unexpected = [c for c in header if c not in expected]
+    if missing or unexpected:
+        raise ValueError(f"{path}: header does not match the feature spec: missing columns {missing}, "
+                         f"unexpected columns {unexpected} (expected {expected})")
+    raise ValueError(f"{path}: header columns are in a different order than the feature spec: "
+                     f"got {header}, expected {expected}")

@@ -1,0 +1,82 @@
+"""Pipeline configuration: dataclasses with defaults, loaded from an optional YAML file.
+
+Every option and its default is listed in README.md ("Configuration"); an unknown key is an error.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import yaml
+
+from schema.spec import DEFAULT_SCHEMA_PATH, DEFAULT_SPEC_PATH
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class TrainerConfig:
+    train_steps: int = 300
+    eval_steps: int = 0              # 0 = the whole eval split
+    batch_size: int = 128
+    optimizer: str = "adam"          # adam | adagrad | sgd
+    learning_rate: float = 0.001
+    gamma: float = 10.0              # cosine x gamma (the original design's temperature trick)
+    pos_weight: float = 1.2          # weight of act=1 rows in the binary cross-entropy
+    user_units: list[int] = field(default_factory=lambda: [256, 256, 128])
+    item_units: list[int] = field(default_factory=lambda: [256, 256, 128])
+    activation: str = "relu"         # hidden layers
+    output_activation: str = "tanh"  # last layer, before L2 normalisation
+    dropout: float = 0.0
+    batch_norm: bool = False
+    embedding_stddev: float = 1.0    # init of the trainable tables (the original's 0.0 froze them at 0)
+    normalize: bool = True           # L2-normalise the tower outputs (cosine similarity)
+    seed: int = 1024
+
+
+@dataclass
+class PipelineConfig:
+    pipeline_name: str = "dssm_recall"
+    model_name: str = "dssm"         # serving folder: <workdir>/serving/<model_name>/<version>/
+    feature_spec: str = DEFAULT_SPEC_PATH
+    schema: str = DEFAULT_SCHEMA_PATH
+    max_rejected_fraction: float = 0.01
+    num_oov_buckets: int = 1
+    enable_cache: bool = True
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _build(cls, data: dict, where: str):
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(names)}")
+    kwargs = {}
+    for key, value in data.items():
+        if key == "trainer":
+            value = _build(TrainerConfig, value or {}, f"{where}.trainer")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def load_config(path: str | None = None, overrides: dict | None = None) -> PipelineConfig:
+    data: dict = {}
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = yaml.safe_load(f) or {}
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+    if overrides:
+        trainer = {**data.get("trainer", {}), **overrides.pop("trainer", {})}
+        data = {**data, **overrides, "trainer": trainer}
+    return _build(PipelineConfig, data, path or "config")

@@ -1,0 +1,98 @@
+"""create_pipeline(...): the TFX DAG, pure wiring (no I/O, no environment lookups).
+
+run_pipeline.py computes the paths, validates the inputs and prepares the item vectors; this module
+only connects components.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tfx import v1 as tfx
+from tfx.proto import example_gen_pb2
+from tfx.types.artifact import Artifact, Property, PropertyType
+
+from components.tsv_example_gen.component import TsvExampleGen
+from pipeline.config import PipelineConfig
+
+TRAIN_SPLIT = "train"
+EVAL_SPLIT = "eval"
+
+
+class ItemVectors(Artifact):
+    """Pretrained item vectors prepared by components/item_vectors.py (ids + frozen table)."""
+
+    TYPE_NAME = "ItemVectors"
+    PROPERTIES = {"dim": Property(type=PropertyType.INT), "count": Property(type=PropertyType.INT),
+                  "sha256": Property(type=PropertyType.STRING)}
+
+
+@dataclass(frozen=True)
+class PipelineInputs:
+    input_base: str          # folder that the split patterns are relative to
+    train_pattern: str
+    eval_pattern: str
+    item_vectors_dir: str    # prepared folder (item_ids.txt, vectors.npy)
+    item_vectors_dim: int
+    item_vectors_count: int
+    item_vectors_sha256: str
+    feature_spec_json: str
+
+
+def create_pipeline(pipeline_root: str, serving_dir: str, inputs: PipelineInputs, config: PipelineConfig,
+                    metadata_connection_config=None, beam_pipeline_args: list[str] | None = None
+                    ) -> tfx.dsl.Pipeline:
+    # Logs -> tf.Examples, with bad rows quarantined and counted.
+    example_gen = TsvExampleGen(
+        input_base=inputs.input_base,
+        feature_spec_json=inputs.feature_spec_json,
+        input_config=example_gen_pb2.Input(splits=[
+            example_gen_pb2.Input.Split(name=TRAIN_SPLIT, pattern=inputs.train_pattern),
+            example_gen_pb2.Input.Split(name=EVAL_SPLIT, pattern=inputs.eval_pattern)]),
+        max_rejected_fraction=config.max_rejected_fraction)
+
+    # Statistics of both splits, checked against the curated schema derived from the feature spec.
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    schema_gen = tfx.components.ImportSchemaGen(schema_file=config.schema)
+    example_validator = tfx.components.ExampleValidator(
+        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
+
+    # The prepared pretrained vectors, recorded in the metadata store for lineage.
+    item_vectors = tfx.dsl.Importer(
+        source_uri=inputs.item_vectors_dir, artifact_type=ItemVectors,
+        properties={"dim": inputs.item_vectors_dim, "count": inputs.item_vectors_count,
+                    "sha256": inputs.item_vectors_sha256}).with_id("item_vectors_importer")
+
+    # Vocabularies (one per share_embed group), padding, weights, post id -> pretrained row.
+    # The sha256 keys the cache: new vectors at the same path give a new Transform and Trainer run.
+    module_config = {"feature_spec": inputs.feature_spec_json, "num_oov_buckets": config.num_oov_buckets,
+                     "item_ids_path": f"{inputs.item_vectors_dir}/item_ids.txt",
+                     "item_vectors_dir": inputs.item_vectors_dir,
+                     "item_vectors_sha256": inputs.item_vectors_sha256}
+    transform = tfx.components.Transform(
+        examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
+        preprocessing_fn="components.preprocessing.preprocessing_fn", custom_config=module_config)
+
+    # The two-tower DSSM; exports score, user_embedding and item_embedding signatures.
+    trainer = tfx.components.Trainer(
+        run_fn="components.trainer.run_fn",
+        examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        schema=schema_gen.outputs["schema"],
+        train_args=tfx.proto.TrainArgs(num_steps=config.trainer.train_steps),
+        eval_args=tfx.proto.EvalArgs(num_steps=config.trainer.eval_steps or None),
+        custom_config={**module_config, "trainer": config.to_dict()["trainer"]})
+
+    # TF Serving layout: <serving_dir>/<model_name>/<version>/saved_model.pb.
+    pusher = tfx.components.Pusher(
+        model=trainer.outputs["model"],
+        push_destination=tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
+            base_directory=f"{serving_dir}/{config.model_name}")))
+
+    return tfx.dsl.Pipeline(
+        pipeline_name=config.pipeline_name,
+        pipeline_root=pipeline_root,
+        components=[example_gen, statistics_gen, schema_gen, example_validator, item_vectors, transform,
+                    trainer, pusher],
+        enable_cache=config.enable_cache,
+        metadata_connection_config=metadata_connection_config,
+        beam_pipeline_args=beam_pipeline_args or [])

@@ -1,0 +1,100 @@
+"""run_summary.json: what the latest run did, read back from the metadata store (MLMD).
+
+Contents: per component its state (COMPLETE or CACHED) and seconds; rows read, written and
+rejected per split (with reasons); training steps, eval loss and AUC; the pushed model paths.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import ml_metadata as mlmd
+from ml_metadata.proto import metadata_store_pb2
+
+from components.trainer import METRICS_FILE
+from components.tsv_example_gen.executor import REPORT_PROPERTY
+
+_STATES = {v: k for k, v in metadata_store_pb2.Execution.State.items()}
+
+
+def _store(metadata_path: str) -> mlmd.MetadataStore:
+    cfg = metadata_store_pb2.ConnectionConfig()
+    cfg.sqlite.filename_uri = metadata_path
+    cfg.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    return mlmd.MetadataStore(cfg)
+
+
+def _custom(artifact, key):
+    if key not in artifact.custom_properties:
+        return None
+    v = artifact.custom_properties[key]
+    which = v.WhichOneof("value")
+    if which == "struct_value":
+        from google.protobuf import json_format
+        return json_format.MessageToDict(v.struct_value)
+    return getattr(v, which)
+
+
+def latest_run_executions(store: mlmd.MetadataStore, pipeline_name: str) -> tuple[list[dict], str]:
+    """(one entry per component of the latest pipeline run, in start order; the run id)."""
+    runs = store.get_contexts_by_type("pipeline_run")
+    pipeline_ctx = store.get_context_by_type_and_name("pipeline", pipeline_name)
+    if pipeline_ctx is None or not runs:
+        raise RuntimeError(f"no run of pipeline {pipeline_name} in the metadata store")
+    pipeline_execs = {e.id for e in store.get_executions_by_context(pipeline_ctx.id)}
+    runs = [r for r in runs if {e.id for e in store.get_executions_by_context(r.id)} & pipeline_execs]
+    run = max(runs, key=lambda c: (c.create_time_since_epoch, c.id))
+    node_of = {}
+    for ctx in store.get_contexts_by_type("node"):
+        for e in store.get_executions_by_context(ctx.id):
+            node_of[e.id] = ctx.name.split(".", 1)[-1]
+    out = []
+    for e in sorted(store.get_executions_by_context(run.id), key=lambda e: e.id):
+        out.append({"id": e.id, "component": node_of.get(e.id, e.type), "state": _STATES[e.last_known_state],
+                    "seconds": round((e.last_update_time_since_epoch - e.create_time_since_epoch) / 1000, 1)})
+    return out, run.name
+
+
+def _outputs(store, execution_id: int) -> list:
+    ids = [ev.artifact_id for ev in store.get_events_by_execution_ids([execution_id])
+           if ev.type == metadata_store_pb2.Event.OUTPUT]
+    return store.get_artifacts_by_id(ids)
+
+
+def build_run_summary(metadata_path: str, pipeline_name: str) -> dict:
+    store = _store(metadata_path)
+    executions, run_id = latest_run_executions(store, pipeline_name)
+    types = {t.id: t.name for t in store.get_artifact_types()}
+    summary = {"pipeline_name": pipeline_name, "run_id": run_id, "components": executions,
+               "splits": {}, "training": {}, "pushed_models": [], "pushed": False}
+    for e in executions:
+        for a in _outputs(store, e["id"]):
+            kind = types[a.type_id]
+            if kind == "Examples" and _custom(a, REPORT_PROPERTY) is not None:
+                summary["splits"] = _custom(a, REPORT_PROPERTY)
+                summary["examples_uri"] = a.uri
+            elif kind == "ModelRun":
+                path = os.path.join(a.uri, METRICS_FILE)
+                if os.path.exists(path):
+                    with open(path) as f:
+                        summary["training"] = json.load(f)
+                summary["model_run_uri"] = a.uri
+            elif kind == "Model":
+                summary["model_uri"] = a.uri
+            elif kind == "PushedModel":
+                pushed = bool(_custom(a, "pushed"))
+                summary["pushed"] = pushed
+                if pushed:
+                    summary["pushed_models"].append({
+                        "path": _custom(a, "pushed_destination"),
+                        "version": _custom(a, "pushed_version")})
+    return summary
+
+
+def write_run_summary(metadata_path: str, pipeline_name: str, workdir: str, **extra) -> dict:
+    summary = {**build_run_summary(metadata_path, pipeline_name), **extra}
+    path = os.path.join(workdir, "run_summary.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(summary, f, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)
+    return summary

@@ -1,0 +1,141 @@
+"""Command line: run the DSSM recall pipeline.
+
+    python run_pipeline.py local [--train GLOB] [--eval GLOB] [--item-embeddings PATH]
+                                 [--workdir DIR] [--config FILE] [--beam-args "..."]
+
+Under DIR: the TFX pipeline root (pipeline/), metadata.sqlite, the prepared item vectors
+(item_vectors/<sha256>/), pushed models in TF Serving layout (serving/<model_name>/<version>/) and
+run_summary.json. Inputs are checked before any component starts.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before TensorFlow is imported anywhere
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import argparse  # noqa: E402
+import glob  # noqa: E402
+import json  # noqa: E402
+import shlex  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SAMPLE_DIR = os.path.join(HERE, "data", "sample")
+
+
+class InputError(ValueError):
+    """A problem with the user's inputs, reported without a stack trace."""
+
+
+def _expand(pattern: str, what: str) -> list[str]:
+    files = sorted(p for p in glob.glob(pattern) if os.path.isfile(p))
+    if not files:
+        if not any(c in pattern for c in "*?["):
+            raise InputError(f"{what} file not found: {pattern}")
+        raise InputError(f"{what} pattern matches no file: {pattern}")
+    return files
+
+
+def _relative_patterns(train: str, eval_: str) -> tuple[str, str, str]:
+    """(input_base, train pattern, eval pattern): ExampleGen patterns are relative to one base."""
+    train, eval_ = os.path.abspath(train), os.path.abspath(eval_)
+    base = os.path.commonpath([os.path.dirname(train), os.path.dirname(eval_)])
+    return base, os.path.relpath(train, base), os.path.relpath(eval_, base)
+
+
+def check_inputs(train: str, eval_: str, spec) -> None:
+    """Fails early, naming the file, on missing files, empty globs and headers that do not match."""
+    from components.tsv_example_gen.executor import _check_headers
+
+    for pattern, what in ((train, "training log"), (eval_, "eval log")):
+        files = _expand(pattern, what)
+        try:
+            _check_headers(files, spec)
+        except (ValueError, OSError) as e:  # IngestError is a RuntimeError: caught below
+            raise InputError(str(e)) from None
+
+
+def check_schema(schema_path: str, spec) -> None:
+    from schema.generate import read_schema
+
+    if not os.path.isfile(schema_path):
+        raise InputError(f"schema file not found: {schema_path}")
+    names = {f.name for f in read_schema(schema_path).feature}
+    expected = set(spec.raw_feature_names())
+    if names != expected:
+        raise InputError(f"{schema_path} does not match the feature spec: missing {sorted(expected - names)}, "
+                         f"extra {sorted(names - expected)}; regenerate it with "
+                         f"`python -m schema.generate --spec SPEC --out {schema_path}`")
+
+
+def run_local(args) -> dict:
+    from components.item_vectors import ItemVectorError, prepare_item_vectors
+    from components.tsv_example_gen.executor import IngestError
+    from pipeline.config import ConfigError, load_config
+    from schema.spec import SpecError, load_spec
+
+    workdir = os.path.abspath(args.workdir)
+    try:
+        config = load_config(args.config)
+        spec = load_spec(config.feature_spec)
+        check_inputs(args.train, args.eval, spec)
+        check_schema(config.schema, spec)
+        os.makedirs(workdir, exist_ok=True)
+        vectors = prepare_item_vectors(args.item_embeddings, os.path.join(workdir, "item_vectors"),
+                                       expected_dim=spec.pretrained_dim)
+    except (InputError, ConfigError, SpecError, ItemVectorError, IngestError) as e:
+        raise SystemExit(f"error: {e}") from None
+
+    from tfx import v1 as tfx
+
+    from pipeline.pipeline import PipelineInputs, create_pipeline
+    from pipeline.summary import write_run_summary
+
+    input_base, train_pattern, eval_pattern = _relative_patterns(args.train, args.eval)
+    inputs = PipelineInputs(
+        input_base=input_base, train_pattern=train_pattern, eval_pattern=eval_pattern,
+        item_vectors_dir=vectors.dir, item_vectors_dim=vectors.dim, item_vectors_count=vectors.count,
+        item_vectors_sha256=vectors.sha256, feature_spec_json=spec.to_json())
+    metadata_path = os.path.join(workdir, "metadata.sqlite")
+    pipeline = create_pipeline(
+        pipeline_root=os.path.join(workdir, "pipeline"),
+        serving_dir=os.path.join(workdir, "serving"),
+        inputs=inputs, config=config,
+        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path),
+        beam_pipeline_args=shlex.split(args.beam_args or ""))
+    started = time.time()
+    tfx.orchestration.LocalDagRunner().run(pipeline)
+    summary = write_run_summary(metadata_path, config.pipeline_name, workdir,
+                                wall_seconds=time.time() - started)
+    print(json.dumps({k: summary[k] for k in ("splits", "training", "pushed_models")}, indent=2))
+    print(f"run summary: {os.path.join(workdir, 'run_summary.json')}")
+    return summary
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run_pipeline.py", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    local = sub.add_parser("local", help="run with TFX's LocalDagRunner and the local Beam runner")
+    local.add_argument("--train", default=os.path.join(SAMPLE_DIR, "train.tsv"),
+                       help="glob of training log files (.tsv or .tsv.gz)")
+    local.add_argument("--eval", default=os.path.join(SAMPLE_DIR, "eval.tsv"),
+                       help="glob of eval log files")
+    local.add_argument("--item-embeddings", default=os.path.join(SAMPLE_DIR, "item_vectors.jsonl"),
+                       help="pretrained item vectors: JSON lines (.jsonl[.gz]) or .npy with <name>.ids.txt")
+    local.add_argument("--workdir", default=os.path.join("runs", "demo"))
+    local.add_argument("--config", default=None, help="YAML config (see README, Configuration)")
+    local.add_argument("--beam-args", default="",
+                       help='Beam pipeline options, e.g. "--direct_running_mode=multi_processing"')
+    return p
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.command == "local":
+        run_local(args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,306 @@
+"""Typed loader for the feature spec (schema/feature_spec.yaml) and everything derived from it.
+
+The spec names the TSV columns and the model features. From it follow:
+- the raw columns and their types (what the TSV parser checks and ExampleGen emits),
+- the tf.io parse spec of those tf.Examples (Transform, serving signatures),
+- the vocabulary groups (one vocabulary and one embedding table per share_embed group),
+- the transformed feature names the model reads.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+import yaml
+
+SPEC_DIR = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_SPEC_PATH = os.path.join(SPEC_DIR, "feature_spec.yaml")
+DEFAULT_SCHEMA_PATH = os.path.join(SPEC_DIR, "schema.pbtxt")
+
+KINDS = ("sparse", "varlen", "pretrained")
+TOWERS = ("user", "item")
+REDUCES = ("mean", "sum")
+
+# Raw column types, as the parser reads them and ExampleGen writes them.
+INT = "int"                      # one integer
+STRING = "string"                # one string
+STRING_LIST = "string_list"      # comma-separated strings
+WEIGHTED_LIST = "weighted_list"  # comma-separated id:weight pairs -> ids + float weights
+
+
+class SpecError(ValueError):
+    """The feature spec is inconsistent; the message names the feature and the problem."""
+
+
+def transformed_name(key: str) -> str:
+    """Name of a feature after Transform (shared by preprocessing, model and tests)."""
+    return f"{key}_xf"
+
+
+def vocab_name(group: str) -> str:
+    """File name of the tf.Transform vocabulary of a share_embed group."""
+    return f"vocab_{group}"
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    kind: str
+    tower: str
+    embed_dim: int | None = None
+    dtype: str = "string"
+    share_embed: str | None = None
+    maxlen: int | None = None
+    weight_name: str | None = None
+    source: str | None = None
+    reduce: str | None = None
+
+    @property
+    def column(self) -> str:
+        """The TSV column this feature reads."""
+        return self.source if self.kind == "pretrained" else self.name
+
+    @property
+    def group(self) -> str:
+        """The vocabulary / embedding group (sparse and varlen features only)."""
+        return self.share_embed or self.name
+
+    @property
+    def is_list(self) -> bool:
+        return self.kind == "varlen" or (self.kind == "pretrained" and self.reduce is not None)
+
+
+@dataclass(frozen=True)
+class RawColumn:
+    name: str
+    type: str
+    maxlen: int | None = None
+    weight_name: str | None = None
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    columns: tuple[str, ...]
+    label: str
+    user_id: str
+    item_id: str
+    features: tuple[Feature, ...]
+    pretrained_dim: int | None = None
+    raw_columns: dict[str, RawColumn] = field(default_factory=dict, compare=False, repr=False)
+
+    # ---- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: dict) -> FeatureSpec:
+        known = {"columns", "label", "user_id", "item_id", "features", "pretrained_dim"}
+        unknown = set(d) - known
+        if unknown:
+            raise SpecError(f"unknown top-level keys in feature spec: {sorted(unknown)}")
+        for key in ("columns", "label", "user_id", "item_id", "features"):
+            if key not in d:
+                raise SpecError(f"feature spec is missing '{key}'")
+        feats = []
+        for name, body in (d["features"] or {}).items():
+            body = dict(body or {})
+            unknown = set(body) - (set(Feature.__dataclass_fields__) - {"name"})
+            if unknown:
+                raise SpecError(f"feature '{name}': unknown keys {sorted(unknown)}")
+            if "kind" not in body or "tower" not in body:
+                raise SpecError(f"feature '{name}': 'kind' and 'tower' are required")
+            feats.append(Feature(name=name, **body))
+        spec = cls(columns=tuple(d["columns"]), label=d["label"], user_id=d["user_id"],
+                   item_id=d["item_id"], features=tuple(feats), pretrained_dim=d.get("pretrained_dim"))
+        spec._validate()
+        object.__setattr__(spec, "raw_columns", spec._derive_raw_columns())
+        return spec
+
+    @classmethod
+    def load(cls, path: str = DEFAULT_SPEC_PATH) -> FeatureSpec:
+        with open(path, encoding="utf-8") as f:
+            try:
+                d = yaml.safe_load(f)
+            except yaml.YAMLError as e:
+                raise SpecError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(d, dict):
+            raise SpecError(f"{path}: expected a mapping at the top level")
+        try:
+            return cls.from_dict(d)
+        except SpecError as e:
+            raise SpecError(f"{path}: {e}") from None
+
+    def to_dict(self) -> dict:
+        feats = {}
+        for f in self.features:
+            body = {k: v for k, v in asdict(f).items() if k != "name" and v is not None}
+            if body.get("dtype") == "string":
+                body.pop("dtype")
+            feats[f.name] = body
+        return {"columns": list(self.columns), "label": self.label, "user_id": self.user_id,
+                "item_id": self.item_id, "pretrained_dim": self.pretrained_dim, "features": feats}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, s: str) -> FeatureSpec:
+        return cls.from_dict(json.loads(s))
+
+    # ---- validation ---------------------------------------------------------------------------
+    def _validate(self) -> None:
+        if len(set(self.columns)) != len(self.columns):
+            raise SpecError(f"duplicate column names in {list(self.columns)}")
+        for role in ("label", "user_id", "item_id"):
+            if getattr(self, role) not in self.columns:
+                raise SpecError(f"{role} column '{getattr(self, role)}' is not in columns")
+        by_name = {f.name: f for f in self.features}
+        towers = set()
+        for f in self.features:
+            where = f"feature '{f.name}'"
+            if f.kind not in KINDS:
+                raise SpecError(f"{where}: kind must be one of {KINDS}, got '{f.kind}'")
+            if f.tower not in TOWERS:
+                raise SpecError(f"{where}: tower must be one of {TOWERS} (a feature assigned to no "
+                                f"tower is not used), got '{f.tower}'")
+            towers.add(f.tower)
+            if f.column not in self.columns:
+                raise SpecError(f"{where}: reads column '{f.column}', which is not in columns")
+            if f.maxlen is not None and (not isinstance(f.maxlen, int) or f.maxlen <= 0):
+                raise SpecError(f"{where}: maxlen must be a positive integer, got {f.maxlen!r}")
+            if f.kind == "sparse":
+                if f.maxlen is not None:
+                    raise SpecError(f"{where}: maxlen applies to varlen and pretrained features only")
+                if f.weight_name:
+                    raise SpecError(f"{where}: weight_name is only allowed on a varlen feature "
+                                    f"(a single-valued feature has no weights)")
+                if f.dtype not in ("string", "int64"):
+                    raise SpecError(f"{where}: dtype must be string or int64, got '{f.dtype}'")
+            if f.kind == "varlen":
+                if f.maxlen is None:
+                    raise SpecError(f"{where}: a varlen feature needs maxlen")
+                if f.dtype != "string":
+                    raise SpecError(f"{where}: varlen ids are strings")
+            if f.kind in ("sparse", "varlen"):
+                if f.share_embed is not None:
+                    target = by_name.get(f.share_embed)
+                    if target is None:
+                        raise SpecError(f"{where}: share_embed target '{f.share_embed}' is not a feature")
+                    if target.kind not in ("sparse", "varlen") or target.share_embed is not None:
+                        raise SpecError(f"{where}: share_embed target '{f.share_embed}' must be a sparse "
+                                        f"or varlen feature that owns its embedding")
+                    if f.embed_dim is not None and f.embed_dim != target.embed_dim:
+                        raise SpecError(f"{where}: embed_dim {f.embed_dim} differs from the shared "
+                                        f"table '{f.share_embed}' ({target.embed_dim})")
+                elif not isinstance(f.embed_dim, int) or f.embed_dim <= 0:
+                    raise SpecError(f"{where}: embed_dim must be a positive integer")
+                if f.source or f.reduce:
+                    raise SpecError(f"{where}: source/reduce apply to pretrained features only")
+            if f.kind == "pretrained":
+                if not f.source:
+                    raise SpecError(f"{where}: a pretrained feature needs source (the id column)")
+                if f.reduce is not None and f.reduce not in REDUCES:
+                    raise SpecError(f"{where}: reduce must be one of {REDUCES}, got '{f.reduce}'")
+                if f.reduce is not None and f.maxlen is None:
+                    raise SpecError(f"{where}: a reduced (list) pretrained feature needs maxlen")
+                if f.reduce is None and f.maxlen is not None:
+                    raise SpecError(f"{where}: maxlen needs reduce (mean or sum)")
+                if f.weight_name or f.share_embed or f.embed_dim:
+                    raise SpecError(f"{where}: weight_name/share_embed/embed_dim do not apply to "
+                                    f"pretrained features")
+        if towers != set(TOWERS):
+            raise SpecError(f"both towers need at least one feature; got features for {sorted(towers)}")
+        if self.pretrained_dim is not None and (not isinstance(self.pretrained_dim, int)
+                                                or self.pretrained_dim <= 0):
+            raise SpecError(f"pretrained_dim must be a positive integer or null, got {self.pretrained_dim!r}")
+
+    def _derive_raw_columns(self) -> dict[str, RawColumn]:
+        cols: dict[str, RawColumn] = {
+            self.label: RawColumn(self.label, INT),
+            self.user_id: RawColumn(self.user_id, STRING),
+            self.item_id: RawColumn(self.item_id, STRING),
+        }
+        for f in self.features:
+            if f.kind == "sparse":
+                col = RawColumn(f.column, INT if f.dtype == "int64" else STRING)
+            elif f.kind == "varlen":
+                col = RawColumn(f.column, WEIGHTED_LIST if f.weight_name else STRING_LIST,
+                                f.maxlen, f.weight_name)
+            else:
+                col = RawColumn(f.column, STRING_LIST if f.reduce else STRING, f.maxlen)
+            prev = cols.get(col.name)
+            if prev is not None and prev != col:
+                raise SpecError(f"column '{col.name}' is read as {prev.type} and as {col.type} "
+                                f"(by feature '{f.name}')")
+            cols[col.name] = col
+        unused = [c for c in self.columns if c not in cols]
+        if unused:
+            raise SpecError(f"columns {unused} are used by no feature and are not the label or an id")
+        return {c: cols[c] for c in self.columns}
+
+    # ---- derived views ------------------------------------------------------------------------
+    def tower_features(self, tower: str) -> list[Feature]:
+        return [f for f in self.features if f.tower == tower]
+
+    def vocab_groups(self) -> dict[str, list[Feature]]:
+        """share_embed group -> its features (the owner first)."""
+        groups: dict[str, list[Feature]] = {}
+        for f in self.features:
+            if f.kind in ("sparse", "varlen") and f.share_embed is None:
+                groups[f.name] = [f]
+        for f in self.features:
+            if f.kind in ("sparse", "varlen") and f.share_embed is not None:
+                groups[f.share_embed].append(f)
+        return groups
+
+    def group_embed_dim(self, group: str) -> int:
+        return next(f.embed_dim for f in self.features if f.name == group)
+
+    def raw_feature_names(self, include_label: bool = True) -> list[str]:
+        """tf.Example feature names ExampleGen writes (weights get their own feature)."""
+        names = []
+        for col in self.raw_columns.values():
+            if col.name == self.label and not include_label:
+                continue
+            names.append(col.name)
+            if col.weight_name:
+                names.append(col.weight_name)
+        return names
+
+    def raw_feature_spec(self, include_label: bool = True, serving: bool = False) -> dict:
+        """tf.io parse spec of ExampleGen's tf.Examples.
+
+        With serving=True, single-valued features get defaults so that a user-only or an
+        item-only example parses (the other tower's features are then simply absent).
+        """
+        import tensorflow as tf
+
+        spec = {}
+        for col in self.raw_columns.values():
+            if col.name == self.label and not include_label:
+                continue
+            if col.type == INT:
+                spec[col.name] = tf.io.FixedLenFeature([], tf.int64, default_value=-1 if serving else None)
+            elif col.type == STRING:
+                spec[col.name] = tf.io.FixedLenFeature([], tf.string, default_value="" if serving else None)
+            else:
+                spec[col.name] = tf.io.VarLenFeature(tf.string)
+                if col.weight_name:
+                    spec[col.weight_name] = tf.io.VarLenFeature(tf.float32)
+        return spec
+
+    def dtype_table(self) -> list[tuple[str, str, str]]:
+        """(feature, dtype, shape) of the serialized tf.Example features, for docs and metadata."""
+        rows = []
+        for col in self.raw_columns.values():
+            if col.type == INT:
+                rows.append((col.name, "int64", "scalar"))
+            elif col.type == STRING:
+                rows.append((col.name, "bytes", "scalar"))
+            else:
+                rows.append((col.name, "bytes", "list"))
+                if col.weight_name:
+                    rows.append((col.weight_name, "float", "list (aligned with the ids)"))
+        return rows
+
+
+def load_spec(path: str | None = None) -> FeatureSpec:
+    return FeatureSpec.load(path or DEFAULT_SPEC_PATH)
