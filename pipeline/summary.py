@@ -24,6 +24,15 @@ def _store(metadata_path: str) -> mlmd.MetadataStore:
     return mlmd.MetadataStore(cfg)
 
 
+def _ints(value):
+    """Struct properties store every number as a float; counts read back as ints."""
+    if isinstance(value, dict):
+        return {k: _ints(v) for k, v in value.items()}
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def _custom(artifact, key):
     if key not in artifact.custom_properties:
         return None
@@ -31,7 +40,7 @@ def _custom(artifact, key):
     which = v.WhichOneof("value")
     if which == "struct_value":
         from google.protobuf import json_format
-        return json_format.MessageToDict(v.struct_value)
+        return _ints(json_format.MessageToDict(v.struct_value))
     return getattr(v, which)
 
 

@@ -139,7 +139,7 @@ class FeatureSpec:
                 "item_id": self.item_id, "pretrained_dim": self.pretrained_dim, "features": feats}
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
+        return json.dumps(self.to_dict())  # feature order matters (tower input order)
 
     @classmethod
     def from_json(cls, s: str) -> FeatureSpec:

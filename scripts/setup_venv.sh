@@ -32,4 +32,4 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys; assert sys.ve
 fi
 VIRTUAL_ENV="$PWD/.venv" "$UV" pip sync --quiet requirements.lock
 # The project itself, editable, without touching the locked dependencies.
-VIRTUAL_ENV="$PWD/.venv" "$UV" pip install --quiet --no-deps -e .
+VIRTUAL_ENV="$PWD/.venv" "$UV" pip install --quiet --no-deps -C editable_mode=compat -e .

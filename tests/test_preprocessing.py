@@ -1,0 +1,93 @@
+"""Literal raw rows in, literal transformed rows out (tf.Transform's analyze-and-transform style)."""
+import functools
+import tempfile
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_transform as tft
+import tensorflow_transform.beam as tft_beam
+from tensorflow_transform.tf_metadata import dataset_metadata
+
+from components.preprocessing import preprocessing_fn
+from schema.generate import schema_from_spec
+
+
+def _row(act, client, post, ctype, follow, fav, topic, read):
+    return {"act": act, "client_id": client, "post_id": post, "client_type": ctype,
+            "follow_topic_id": follow, "all_topic_fav_7": [k for k, _ in fav],
+            "all_topic_fav_7_weight": [w for _, w in fav], "topic_id": topic, "read_post_id": read}
+
+
+RAW = [
+    _row(1, "u1", "p2", 0, ["t1", "t2"], [("t2", 0.5), ("t3", 0.25)], "t1", ["p1", "p3"]),
+    _row(0, "u2", "p9", 1, [], [], "t1", ["p9", "p1"]),
+    _row(0, "u3", "p3", 0, ["t3"], [("t1", 1.0)], "t2", []),
+]
+
+
+def _pad(values, n):
+    return list(values) + [0] * (n - len(values))
+
+
+# topic group vocabulary over topic_id + follow_topic_id + all_topic_fav_7: t1 x4, t2 x3, t3 x2
+# -> t1=1, t2=2, t3=3 (0 = padding), OOV = 4.  client_type: "0" x2 -> 1, "1" x1 -> 2.
+# Pretrained rows from the id file p1, p2, p3 -> 1, 2, 3; unknown -> 0.
+EXPECTED = [
+    {"act": 1, "topic_id_xf": 1, "client_type_xf": 1, "follow_topic_id_xf": _pad([1, 2], 20),
+     "all_topic_fav_7_xf": _pad([2, 3], 5), "all_topic_fav_7_weight_xf": _pad([0.5, 0.25], 5),
+     "item_embed_xf": 2, "client_embed_xf": _pad([1, 3], 50)},
+    {"act": 0, "topic_id_xf": 1, "client_type_xf": 2, "follow_topic_id_xf": _pad([], 20),
+     "all_topic_fav_7_xf": _pad([], 5), "all_topic_fav_7_weight_xf": _pad([], 5),
+     "item_embed_xf": 0, "client_embed_xf": _pad([0, 1], 50)},
+    {"act": 0, "topic_id_xf": 2, "client_type_xf": 1, "follow_topic_id_xf": _pad([3], 20),
+     "all_topic_fav_7_xf": _pad([1], 5), "all_topic_fav_7_weight_xf": _pad([1.0], 5),
+     "item_embed_xf": 3, "client_embed_xf": _pad([], 50)},
+]
+
+
+@pytest.fixture(scope="module")
+def transformed(spec, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tft")
+    ids_path = tmp / "item_ids.txt"
+    ids_path.write_text("p1\np2\np3\n")
+    config = {"feature_spec": spec.to_json(), "num_oov_buckets": 1, "item_ids_path": str(ids_path)}
+    metadata = dataset_metadata.DatasetMetadata(schema_from_spec(spec))
+    out_dir = str(tmp / "transform_fn")
+    with tft_beam.Context(temp_dir=tempfile.mkdtemp(dir=tmp)):
+        (data, _), transform_fn = (RAW, metadata) | tft_beam.AnalyzeAndTransformDataset(
+            functools.partial(preprocessing_fn, custom_config=config))
+        _ = transform_fn | tft_beam.WriteTransformFn(out_dir)
+    ids_path.unlink()  # the saved graph must carry its own copy of the id file
+    return data, tft.TFTransformOutput(out_dir)
+
+
+def test_literal_rows(transformed):
+    data, _ = transformed
+    assert len(data) == len(EXPECTED)
+    for got, want in zip(data, EXPECTED):
+        assert set(got) == set(want)
+        for key, value in want.items():
+            np.testing.assert_allclose(got[key], value, err_msg=key)
+
+
+def test_shared_vocabulary_file(transformed):
+    _, output = transformed
+    assert output.vocabulary_by_name("vocab_topic_id") == [b"t1", b"t2", b"t3"]
+    assert output.vocabulary_by_name("vocab_client_type") == [b"0", b"1"]
+
+
+def test_transform_layer_maps_oov_and_works_without_the_id_file(transformed, spec):
+    _, output = transformed
+    raw = {"act": tf.constant([0], tf.int64), "client_id": tf.constant(["u"]), "post_id": tf.constant(["p1"]),
+           "client_type": tf.constant([7], tf.int64), "topic_id": tf.constant(["never-seen"]),
+           "follow_topic_id": tf.sparse.from_dense(tf.constant([["t3"]])),
+           "all_topic_fav_7": tf.sparse.from_dense(tf.constant([["t2"]])),
+           "all_topic_fav_7_weight": tf.sparse.from_dense(tf.constant([[2.0]])),
+           "read_post_id": tf.sparse.from_dense(tf.constant([["p3"]]))}
+    out = output.transform_features_layer()(raw)
+    assert out["topic_id_xf"].numpy().tolist() == [4]       # OOV bucket
+    assert out["client_type_xf"].numpy().tolist() == [3]    # OOV bucket of client_type
+    assert out["item_embed_xf"].numpy().tolist() == [1]
+    assert out["client_embed_xf"].numpy()[0, :2].tolist() == [3, 0]
+    assert out["follow_topic_id_xf"].numpy()[0, :2].tolist() == [3, 0]

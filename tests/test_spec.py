@@ -1,0 +1,49 @@
+import copy
+
+import pytest
+
+from schema.generate import read_schema, schema_from_spec
+from schema.spec import DEFAULT_SCHEMA_PATH, FeatureSpec, SpecError
+
+
+def _base(spec):
+    return copy.deepcopy(spec.to_dict())
+
+
+def test_default_spec_expresses_the_original_features(spec):
+    kinds = {f.name: (f.kind, f.tower) for f in spec.features}
+    assert kinds == {
+        "topic_id": ("sparse", "item"), "client_type": ("sparse", "user"),
+        "follow_topic_id": ("varlen", "user"), "all_topic_fav_7": ("varlen", "user"),
+        "item_embed": ("pretrained", "item"), "client_embed": ("pretrained", "user")}
+    groups = spec.vocab_groups()
+    assert [f.name for f in groups["topic_id"]] == ["topic_id", "follow_topic_id", "all_topic_fav_7"]
+    assert [f.name for f in groups["client_type"]] == ["client_type"]
+    assert spec.raw_feature_names() == [
+        "act", "client_id", "post_id", "client_type", "follow_topic_id", "all_topic_fav_7",
+        "all_topic_fav_7_weight", "topic_id", "read_post_id"]
+
+
+def test_spec_round_trips_through_json(spec):
+    assert FeatureSpec.from_json(spec.to_json()) == spec
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d["features"]["follow_topic_id"].update(share_embed="nope"), "share_embed target 'nope'"),
+    (lambda d: d["features"]["follow_topic_id"].update(maxlen=0), "maxlen must be a positive integer"),
+    (lambda d: d["features"]["topic_id"].update(weight_name="w"), "weight_name is only allowed"),
+    (lambda d: d["features"]["topic_id"].update(tower="none"), "tower must be one of"),
+    (lambda d: d["features"]["client_embed"].update(reduce="max"), "reduce must be one of"),
+    (lambda d: d.update(columns=d["columns"] + ["extra"]), "used by no feature"),
+    (lambda d: d.update(label="missing"), "label column 'missing' is not in columns"),
+])
+def test_spec_errors_name_the_problem(spec, mutate, message):
+    d = _base(spec)
+    mutate(d)
+    with pytest.raises(SpecError, match=message):
+        FeatureSpec.from_dict(d)
+
+
+def test_committed_schema_matches_the_spec(spec):
+    committed = read_schema(DEFAULT_SCHEMA_PATH)
+    assert committed == schema_from_spec(spec), "regenerate with `python -m schema.generate`"
