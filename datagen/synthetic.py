@@ -43,7 +43,7 @@ def generate(out_dir: str, train_rows: int = 8000, eval_rows: int = 2000, users:
         k = int(rng.integers(2, 4))
         pref = rng.choice(topics, size=k, replace=False)
         w = rng.dirichlet(np.ones(k) * 2.0)
-        user_pref.append(dict(zip(pref.tolist(), w.tolist())))
+        user_pref.append(dict(zip(pref.tolist(), w.tolist(), strict=True)))
     user_type = rng.integers(0, 2, size=users)
     user_follow, user_fav, user_hist = [], [], []
     for u in range(users):

@@ -65,7 +65,7 @@ def transformed(spec, tmp_path_factory):
 def test_literal_rows(transformed):
     data, _ = transformed
     assert len(data) == len(EXPECTED)
-    for got, want in zip(data, EXPECTED):
+    for got, want in zip(data, EXPECTED, strict=True):
         assert set(got) == set(want)
         for key, value in want.items():
             np.testing.assert_allclose(got[key], value, err_msg=key)

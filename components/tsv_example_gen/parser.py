@@ -106,7 +106,7 @@ class RowParser:
         if len(fields) != len(self.columns):
             raise Rejected("field_count", f"{len(fields)} fields, expected {len(self.columns)}")
         row = ParsedRow()
-        values = dict(zip(self.spec.columns, fields))
+        values = dict(zip(self.spec.columns, fields, strict=True))
         item_id = values[self.spec.item_id].strip()
         for col in self.columns:
             raw = values[col.name]

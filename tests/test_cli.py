@@ -1,0 +1,46 @@
+"""Bad input stops the run before any component starts, with a message naming the file."""
+import json
+import os
+
+import pytest
+
+import run_pipeline
+from tests.conftest import SAMPLE_DIR
+
+TRAIN = os.path.join(SAMPLE_DIR, "train.tsv")
+EVAL = os.path.join(SAMPLE_DIR, "eval.tsv")
+VECTORS = os.path.join(SAMPLE_DIR, "item_vectors.jsonl")
+
+
+def _run(tmp_path, **overrides):
+    args = {"train": TRAIN, "eval": EVAL, "item-embeddings": VECTORS, "workdir": str(tmp_path / "w")}
+    args.update(overrides)
+    argv = ["local"] + [x for k, v in args.items() for x in (f"--{k}", v)]
+    with pytest.raises(SystemExit) as e:
+        run_pipeline.main(argv)
+    assert not os.path.exists(tmp_path / "w" / "metadata.sqlite"), "a component started"
+    return str(e.value)
+
+
+def test_missing_file(tmp_path):
+    msg = _run(tmp_path, train=str(tmp_path / "nope.tsv"))
+    assert msg == f"error: training log file not found: {tmp_path / 'nope.tsv'}"
+
+
+def test_empty_glob(tmp_path):
+    msg = _run(tmp_path, eval=str(tmp_path / "*.tsv"))
+    assert msg == f"error: eval log pattern matches no file: {tmp_path / '*.tsv'}"
+
+
+def test_item_vectors_in_the_wrong_format(tmp_path):
+    bad = tmp_path / "vectors.jsonl"
+    bad.write_text(json.dumps({"post_id": "p1", "values": [0.1, 0.2]}) + "\n" + "p2 0.3 0.4\n")
+    msg = _run(tmp_path, **{"item-embeddings": str(bad)})
+    assert msg.startswith(f"error: {bad}:2: not a JSON object")
+
+
+def test_header_that_does_not_match_the_spec(tmp_path):
+    bad = tmp_path / "train.tsv"
+    bad.write_text("act\tclient_id\tpost_id\n1\tu\tp\n")
+    msg = _run(tmp_path, train=str(bad))
+    assert f"error: {bad}: header does not match the feature spec: missing columns" in msg

@@ -1,0 +1,130 @@
+"""The whole pipeline on the bundled sample with LocalDagRunner, then checks on what it produced."""
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import ml_metadata as mlmd
+import numpy as np
+import pytest
+import tensorflow as tf
+from ml_metadata.proto import metadata_store_pb2
+
+from pipeline.config import TrainerConfig
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.e2e
+
+COMPONENTS = {"TsvExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator",
+              "item_vectors_importer", "Transform", "Trainer", "Pusher"}
+
+
+def _run(workdir):
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1")
+    proc = subprocess.run([sys.executable, "run_pipeline.py", "local", "--workdir", workdir],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    with open(os.path.join(workdir, "run_summary.json")) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("e2e") / "run")
+    first = _run(workdir)
+    second = _run(workdir)
+    return workdir, first, second
+
+
+def _executions_by_node(metadata_path):
+    cfg = metadata_store_pb2.ConnectionConfig()
+    cfg.sqlite.filename_uri = metadata_path
+    store = mlmd.MetadataStore(cfg)
+    by_node = {}
+    for ctx in store.get_contexts_by_type("node"):
+        by_node[ctx.name.split(".", 1)[1]] = store.get_executions_by_context(ctx.id)
+    return by_node
+
+
+def test_each_component_ran_once_and_the_rerun_is_cached(runs):
+    workdir, first, second = runs
+    assert {c["component"] for c in first["components"]} == COMPONENTS
+    assert all(c["state"] == "COMPLETE" for c in first["components"]), first["components"]
+    assert {c["component"] for c in second["components"]} == COMPONENTS
+    assert all(c["state"] == "CACHED" for c in second["components"]), second["components"]
+    by_node = _executions_by_node(os.path.join(workdir, "metadata.sqlite"))
+    complete = metadata_store_pb2.Execution.COMPLETE
+    for node in COMPONENTS:
+        states = [e.last_known_state for e in by_node[node]]
+        assert states.count(complete) == 1, (node, states)
+    assert second["pushed_models"] == first["pushed_models"]
+    assert len(os.listdir(os.path.join(workdir, "serving", "dssm"))) == 1
+
+
+def test_summary_counts_and_quality(runs):
+    _, first, _ = runs
+    # data/sample was generated with 8,000 training and 2,000 eval rows, none of them bad.
+    assert first["splits"]["train"]["read"] == 8000
+    assert first["splits"]["eval"]["read"] == 2000
+    for split in first["splits"].values():
+        assert split["read"] == split["written"] + split["rejected"]
+        assert split["rejected"] == 0
+    assert first["training"]["train_steps"] == TrainerConfig().train_steps
+    assert first["training"]["eval_auc"] >= 0.70, first["training"]
+    assert np.isfinite(first["training"]["eval_loss"])
+
+
+def _example(**features):
+    ex = tf.train.Example()
+    for key, values in features.items():
+        f = ex.features.feature[key]
+        if isinstance(values[0], int):
+            f.int64_list.value.extend(values)
+        elif isinstance(values[0], float):
+            f.float_list.value.extend(values)
+        else:
+            f.bytes_list.value.extend(v.encode() for v in values)
+    return ex.SerializeToString()
+
+
+USER = {"client_id": ["u7"], "client_type": [1], "follow_topic_id": ["3", "8"],
+        "all_topic_fav_7": ["3", "11"], "all_topic_fav_7_weight": [0.7, 0.3], "read_post_id": ["p1", "p2"]}
+ITEMS = [{"post_id": ["p5"], "topic_id": ["3"]}, {"post_id": ["p77"], "topic_id": ["11"]},
+         {"post_id": ["no-such-post"], "topic_id": ["no-such-topic"]}]
+
+
+def test_pushed_model_signatures_agree(runs):
+    workdir, first, _ = runs
+    (pushed,) = first["pushed_models"]
+    assert os.path.dirname(pushed["path"]) == os.path.join(workdir, "serving", "dssm")
+    assert os.path.basename(pushed["path"]).isdigit()
+    assert os.path.exists(os.path.join(pushed["path"], "saved_model.pb"))
+    model = tf.saved_model.load(pushed["path"])
+    assert set(model.signatures) >= {"serving_default", "user_embedding", "item_embedding"}
+    for name in ("serving_default", "user_embedding", "item_embedding"):
+        (spec,) = model.signatures[name].structured_input_signature[1].values()
+        assert spec.dtype == tf.string and spec.shape.as_list() == [None] and spec.name == "examples"
+
+    pairs = [_example(**USER, **item) for item in ITEMS]
+    user = model.signatures["user_embedding"](examples=tf.constant(pairs))["embedding"].numpy()
+    item = model.signatures["item_embedding"](examples=tf.constant(pairs))["embedding"].numpy()
+    score = model.signatures["serving_default"](examples=tf.constant(pairs))["score"].numpy()
+    assert user.shape == item.shape == (3, 128)
+    np.testing.assert_allclose(np.linalg.norm(user, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(item, axis=1), 1.0, rtol=1e-5)
+    gamma = TrainerConfig().gamma
+    np.testing.assert_allclose(score, 1 / (1 + np.exp(-gamma * (user * item).sum(axis=1))), rtol=1e-5, atol=1e-6)
+
+    # A user-only and an item-only example give the same vectors as the full pair.
+    user_only = model.signatures["user_embedding"](examples=tf.constant([_example(**USER)]))["embedding"]
+    np.testing.assert_allclose(user_only.numpy()[0], user[0], rtol=1e-5, atol=1e-6)
+    item_only = model.signatures["item_embedding"](examples=tf.constant([_example(**ITEMS[1])]))["embedding"]
+    np.testing.assert_allclose(item_only.numpy()[0], item[1], rtol=1e-5, atol=1e-6)
+
+
+def test_rejected_rows_file_exists_and_is_empty(runs):
+    _, first, _ = runs
+    files = glob.glob(os.path.join(first["examples_uri"], "ingest_report", "*-rejected.jsonl"))
+    assert sorted(os.path.basename(f) for f in files) == ["eval-rejected.jsonl", "train-rejected.jsonl"]
+    assert all(os.path.getsize(f) == 0 for f in files)

@@ -1,0 +1,94 @@
+"""The DSSM towers against numbers computed with numpy from the same weights."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from components.model import MaskedPool, build_towers, weighted_bce_from_logits
+from pipeline.config import TrainerConfig
+
+GAMMA = 7.0
+TABLE = np.array([[0, 0, 0], [1, 0, 0], [0, 2, 0], [0, 0, 3]], np.float32)  # row 0 = unknown
+
+
+@pytest.fixture(scope="module")
+def towers(spec):
+    cfg = TrainerConfig(user_units=[8, 4], item_units=[8, 4], gamma=GAMMA, seed=3)
+    return build_towers(spec, {"topic_id": 6, "client_type": 4}, TABLE, cfg)
+
+
+def _batch(n=3, seed=0):
+    rng = np.random.default_rng(seed)
+    follow = np.zeros((n, 20), np.int64)
+    follow[:, :3] = rng.integers(1, 6, size=(n, 3))
+    fav = np.zeros((n, 5), np.int64)
+    fav[:, :2] = rng.integers(1, 6, size=(n, 2))
+    weights = np.zeros((n, 5), np.float32)
+    weights[:, :2] = rng.random((n, 2))
+    hist = np.zeros((n, 50), np.int64)
+    hist[:, :2] = rng.integers(0, 4, size=(n, 2))
+    hist[-1] = 0  # the last user has an empty history
+    return {"topic_id_xf": rng.integers(1, 6, size=n), "client_type_xf": rng.integers(1, 4, size=n),
+            "follow_topic_id_xf": follow, "all_topic_fav_7_xf": fav, "all_topic_fav_7_weight_xf": weights,
+            "item_embed_xf": rng.integers(0, 4, size=n), "client_embed_xf": hist}
+
+
+def _split(batch, model):
+    return {k: tf.constant(batch[k]) for k in model.input}
+
+
+def test_masked_mean_and_weighted_sum_ignore_padding():
+    emb = np.arange(24, dtype=np.float32).reshape(2, 4, 3)
+    ids = np.array([[5, 2, 0, 0], [0, 0, 0, 0]])
+    w = np.array([[0.5, 2.0, 9.0, 9.0], [1.0, 1.0, 1.0, 1.0]], np.float32)
+    mean = MaskedPool("mean")(tf.constant(emb), tf.constant(ids)).numpy()
+    np.testing.assert_allclose(mean[0], emb[0, :2].mean(axis=0))
+    np.testing.assert_allclose(mean[1], [0, 0, 0])  # empty list: zeros, not NaN
+    wsum = MaskedPool("weighted")(tf.constant(emb), tf.constant(ids), tf.constant(w)).numpy()
+    np.testing.assert_allclose(wsum[0], 0.5 * emb[0, 0] + 2.0 * emb[0, 1])
+    np.testing.assert_allclose(wsum[1], [0, 0, 0])
+
+
+def test_score_is_gamma_times_dot_of_normalised_towers(towers):
+    batch = _batch()
+    user = towers.user(_split(batch, towers.user)).numpy()
+    item = towers.item(_split(batch, towers.item)).numpy()
+    np.testing.assert_allclose(np.linalg.norm(user, axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(item, axis=1), 1.0, rtol=1e-5)
+    logits = towers.scorer({k: tf.constant(v) for k, v in batch.items()}).numpy()
+    np.testing.assert_allclose(logits, GAMMA * (user * item).sum(axis=1), rtol=1e-5, atol=1e-6)
+    assert np.all(np.isfinite(user))  # the empty-history user too
+
+
+def test_batch_scores_equal_single_pairs(towers):
+    batch = _batch(4, seed=1)
+    together = towers.scorer({k: tf.constant(v) for k, v in batch.items()}).numpy()
+    alone = [towers.scorer({k: tf.constant(v[i:i + 1]) for k, v in batch.items()}).numpy()[0]
+             for i in range(4)]
+    np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-6)
+
+
+def test_pretrained_table_is_frozen_and_shared(towers):
+    tables = [w for w in towers.scorer.weights if "pretrained_items" in w.name]
+    assert len(tables) == 1
+    np.testing.assert_array_equal(tables[0].numpy(), TABLE)
+    assert all("pretrained_items" not in w.name for w in towers.scorer.trainable_weights)
+    topic_tables = [w for w in towers.scorer.trainable_weights if "embed_topic_id" in w.name]
+    assert len(topic_tables) == 1  # one table for topic_id, follow_topic_id and all_topic_fav_7
+
+
+def test_one_training_step_leaves_the_pretrained_table_unchanged(spec):
+    cfg = TrainerConfig(user_units=[4], item_units=[4], seed=1)
+    t = build_towers(spec, {"topic_id": 6, "client_type": 4}, TABLE, cfg)
+    t.scorer.compile(optimizer=tf.keras.optimizers.SGD(1.0), loss=weighted_bce_from_logits(1.2))
+    batch = _batch()
+    t.scorer.train_on_batch({k: tf.constant(v) for k, v in batch.items()}, tf.constant([1, 0, 1]))
+    np.testing.assert_array_equal([w for w in t.scorer.weights if "pretrained" in w.name][0].numpy(), TABLE)
+
+
+def test_weighted_bce_matches_numpy():
+    logits = np.array([2.0, -1.0, 0.3], np.float32)
+    y = np.array([1, 0, 1])
+    p = 1 / (1 + np.exp(-logits))
+    want = np.mean(-(1.2 * y * np.log(p) + (1 - y) * np.log(1 - p)))
+    got = weighted_bce_from_logits(1.2)(tf.constant(y), tf.constant(logits)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5)
