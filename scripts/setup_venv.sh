@@ -19,17 +19,19 @@ find_python310() {
   exit 1
 }
 
-if ! command -v uv >/dev/null 2>&1; then
+if command -v uv >/dev/null 2>&1; then
+  UV=(uv)
+else
   echo "uv not found; installing it with pip" >&2
-  python3 -m pip install --quiet uv || pip install --quiet uv
+  python3 -m pip install --quiet uv
+  UV=(python3 -m uv)  # works before the new console script is on PATH (e.g. pyenv shims)
 fi
-UV=$(command -v uv || echo "$(python3 -m site --user-base)/bin/uv")
 
 PY310=$(find_python310)
 if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys; assert sys.version_info[:2] == (3, 10)' 2>/dev/null; then
   rm -rf .venv
-  "$UV" venv --quiet --python "$PY310" .venv
+  "${UV[@]}" venv --quiet --python "$PY310" .venv
 fi
-VIRTUAL_ENV="$PWD/.venv" "$UV" pip sync --quiet requirements.lock
+VIRTUAL_ENV="$PWD/.venv" "${UV[@]}" pip sync --quiet requirements.lock
 # The project itself, editable, without touching the locked dependencies.
-VIRTUAL_ENV="$PWD/.venv" "$UV" pip install --quiet --no-deps -C editable_mode=compat -e .
+VIRTUAL_ENV="$PWD/.venv" "${UV[@]}" pip install --quiet --no-deps -C editable_mode=compat -e .
