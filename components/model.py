@@ -59,6 +59,34 @@ class MaskedPool(tf.keras.layers.Layer):
         return {**super().get_config(), "mode": self.mode}
 
 
+class FrozenTable(tf.keras.layers.Layer):
+    """The pretrained item table: a non-trainable variable, set once with set_table().
+
+    Not a Keras Constant initializer: that would copy the whole matrix into the layer config
+    (and the SavedModel's Keras metadata) as a JSON list.
+    """
+
+    def __init__(self, rows: int, dim: int, **kwargs):
+        super().__init__(**kwargs)
+        self.rows, self.dim = int(rows), int(dim)
+
+    def build(self, input_shape=None):
+        self.table = self.add_weight(name=f"{self.name}_table", shape=(self.rows, self.dim), initializer="zeros",
+                                     trainable=False)
+        super().build(input_shape)
+
+    def set_table(self, table: np.ndarray) -> None:
+        if not self.built:
+            self.build()
+        self.table.assign(table)
+
+    def call(self, ids):
+        return tf.gather(self.table, ids)
+
+    def get_config(self):
+        return {**super().get_config(), "rows": self.rows, "dim": self.dim}
+
+
 class L2Normalize(tf.keras.layers.Layer):
     def call(self, x):
         return tf.math.l2_normalize(x, axis=-1, epsilon=1e-12)
@@ -127,9 +155,8 @@ def build_towers(spec: FeatureSpec, vocab_sizes: dict[str, int], pretrained_tabl
     }
     pretrained = None
     if pretrained_table is not None:
-        pretrained = tf.keras.layers.Embedding(
-            pretrained_table.shape[0], pretrained_table.shape[1], name="pretrained_items",
-            embeddings_initializer=tf.keras.initializers.Constant(pretrained_table), trainable=False)
+        pretrained = FrozenTable(*pretrained_table.shape, name="pretrained_items")
+        pretrained.set_table(pretrained_table)
 
     towers = {}
     all_inputs = {}
