@@ -1,7 +1,10 @@
 """Command line: run the DSSM recall pipeline.
 
-    python run_pipeline.py local [--train GLOB] [--eval GLOB] [--item-embeddings PATH]
+    python run_pipeline.py local [--train GLOB --eval GLOB | --input GLOB] [--item-embeddings PATH]
                                  [--workdir DIR] [--config FILE] [--beam-args "..."]
+
+--train/--eval give explicit splits (default: the bundled sample); --input gives one set of logs
+that is split by a stable hash of the user id (config split_buckets), so no user is in both splits.
 
 Under DIR: the TFX pipeline root (pipeline/), metadata.sqlite, the prepared item vectors
 (item_vectors/<sha256>/), pushed models in TF Serving layout (serving/<model_name>/<version>/) and
@@ -38,18 +41,27 @@ def _expand(pattern: str, what: str) -> list[str]:
     return files
 
 
-def _relative_patterns(train: str, eval_: str) -> tuple[str, str, str]:
-    """(input_base, train pattern, eval pattern): ExampleGen patterns are relative to one base."""
-    train, eval_ = os.path.abspath(train), os.path.abspath(eval_)
-    base = os.path.commonpath([os.path.dirname(train), os.path.dirname(eval_)])
-    return base, os.path.relpath(train, base), os.path.relpath(eval_, base)
+def _relative_patterns(*patterns: str) -> tuple[str, list[str]]:
+    """(input_base, patterns relative to it): ExampleGen patterns are relative to one base."""
+    patterns = [os.path.abspath(p) for p in patterns]
+    base = os.path.commonpath([os.path.dirname(p) for p in patterns])
+    return base, [os.path.relpath(p, base) for p in patterns]
 
 
-def check_inputs(train: str, eval_: str, spec) -> None:
+def _log_patterns(args) -> dict[str, str]:
+    if args.input:
+        if args.train or args.eval:
+            raise InputError("give either --input (split by user hash) or --train and --eval, not both")
+        return {"input log": args.input}
+    return {"training log": args.train or os.path.join(SAMPLE_DIR, "train.tsv"),
+            "eval log": args.eval or os.path.join(SAMPLE_DIR, "eval.tsv")}
+
+
+def check_inputs(patterns: dict[str, str], spec) -> None:
     """Fails early, naming the file, on missing files, empty globs and headers that do not match."""
     from components.tsv_example_gen.executor import _check_headers
 
-    for pattern, what in ((train, "training log"), (eval_, "eval log")):
+    for what, pattern in patterns.items():
         files = _expand(pattern, what)
         try:
             _check_headers(files, spec)
@@ -80,7 +92,8 @@ def run_local(args) -> dict:
     try:
         config = load_config(args.config)
         spec = load_spec(config.feature_spec)
-        check_inputs(args.train, args.eval, spec)
+        patterns = _log_patterns(args)
+        check_inputs(patterns, spec)
         check_schema(config.schema, spec)
         os.makedirs(workdir, exist_ok=True)
         vectors = prepare_item_vectors(args.item_embeddings, os.path.join(workdir, "item_vectors"),
@@ -93,9 +106,11 @@ def run_local(args) -> dict:
     from pipeline.pipeline import PipelineInputs, create_pipeline
     from pipeline.summary import write_run_summary
 
-    input_base, train_pattern, eval_pattern = _relative_patterns(args.train, args.eval)
+    input_base, relative = _relative_patterns(*patterns.values())
+    named = dict(zip(patterns, relative, strict=True))
     inputs = PipelineInputs(
-        input_base=input_base, train_pattern=train_pattern, eval_pattern=eval_pattern,
+        input_base=input_base, train_pattern=named.get("training log"), eval_pattern=named.get("eval log"),
+        input_pattern=named.get("input log"),
         item_vectors_dir=vectors.dir, item_vectors_dim=vectors.dim, item_vectors_count=vectors.count,
         item_vectors_sha256=vectors.sha256, feature_spec_json=spec.to_json())
     metadata_path = os.path.join(workdir, "metadata.sqlite")
@@ -106,7 +121,14 @@ def run_local(args) -> dict:
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path),
         beam_pipeline_args=shlex.split(args.beam_args or ""))
     started = time.time()
-    tfx.orchestration.LocalDagRunner().run(pipeline)
+    try:
+        tfx.orchestration.LocalDagRunner().run(pipeline)
+    except Exception as e:  # a component failed: say which and why, keep what is known
+        failure = f"{type(e).__name__}: {e}"
+        write_run_summary(metadata_path, config.pipeline_name, workdir, wall_seconds=time.time() - started,
+                          failure=failure)
+        raise SystemExit(f"error: the pipeline stopped: {failure}\n"
+                         f"(details above; summary in {os.path.join(workdir, 'run_summary.json')})") from None
     summary = write_run_summary(metadata_path, config.pipeline_name, workdir,
                                 wall_seconds=time.time() - started)
     print(json.dumps({k: summary[k] for k in ("splits", "training", "pushed_models")}, indent=2))
@@ -118,10 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="run_pipeline.py", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     local = sub.add_parser("local", help="run with TFX's LocalDagRunner and the local Beam runner")
-    local.add_argument("--train", default=os.path.join(SAMPLE_DIR, "train.tsv"),
-                       help="glob of training log files (.tsv or .tsv.gz)")
-    local.add_argument("--eval", default=os.path.join(SAMPLE_DIR, "eval.tsv"),
-                       help="glob of eval log files")
+    local.add_argument("--train", help="glob of training log files (.tsv or .tsv.gz); default: the sample")
+    local.add_argument("--eval", help="glob of eval log files; default: the sample")
+    local.add_argument("--input", help="glob of log files to split by a hash of the user id instead")
     local.add_argument("--item-embeddings", default=os.path.join(SAMPLE_DIR, "item_vectors.jsonl"),
                        help="pretrained item vectors: JSON lines (.jsonl[.gz]) or .npy with <name>.ids.txt")
     local.add_argument("--workdir", default=os.path.join("runs", "demo"))

@@ -43,12 +43,23 @@ class PipelineConfig:
     feature_spec: str = DEFAULT_SPEC_PATH
     schema: str = DEFAULT_SCHEMA_PATH
     max_rejected_fraction: float = 0.01
+    # With one --input: hash buckets per split over the user id (stable: a user is in one split).
+    split_buckets: dict[str, int] = field(default_factory=lambda: {"train": 9, "eval": 1})
     num_oov_buckets: int = 1
     enable_cache: bool = True
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def _check(config: PipelineConfig) -> PipelineConfig:
+    if set(config.split_buckets) != {"train", "eval"} or not all(
+            isinstance(v, int) and v > 0 for v in config.split_buckets.values()):
+        raise ConfigError(f"split_buckets must give positive integers for train and eval, got {config.split_buckets}")
+    if not 0 <= config.max_rejected_fraction <= 1:
+        raise ConfigError(f"max_rejected_fraction must be in [0, 1], got {config.max_rejected_fraction}")
+    return config
 
 
 def _build(cls, data: dict, where: str):
@@ -79,4 +90,4 @@ def load_config(path: str | None = None, overrides: dict | None = None) -> Pipel
     if overrides:
         trainer = {**data.get("trainer", {}), **overrides.pop("trainer", {})}
         data = {**data, **overrides, "trainer": trainer}
-    return _build(PipelineConfig, data, path or "config")
+    return _check(_build(PipelineConfig, data, path or "config"))

@@ -11,8 +11,11 @@ from tfx import v1 as tfx
 from tfx.proto import example_gen_pb2
 from tfx.types.artifact import Artifact, Property, PropertyType
 
+from components.anomaly_gate import AnomalyGate
 from components.tsv_example_gen.component import TsvExampleGen
+from components.tsv_example_gen.executor import HASH_INPUT_SPLIT
 from pipeline.config import PipelineConfig
+from schema.spec import FeatureSpec
 
 TRAIN_SPLIT = "train"
 EVAL_SPLIT = "eval"
@@ -29,8 +32,9 @@ class ItemVectors(Artifact):
 @dataclass(frozen=True)
 class PipelineInputs:
     input_base: str          # folder that the split patterns are relative to
-    train_pattern: str
-    eval_pattern: str
+    train_pattern: str | None  # explicit splits (train and eval patterns) ...
+    eval_pattern: str | None
+    input_pattern: str | None  # ... or one input split by a hash of the user id
     item_vectors_dir: str    # prepared folder (item_ids.txt, vectors.npy)
     item_vectors_dim: int
     item_vectors_count: int
@@ -38,23 +42,44 @@ class PipelineInputs:
     feature_spec_json: str
 
 
+def _input_config(inputs: PipelineInputs) -> example_gen_pb2.Input:
+    if inputs.input_pattern:
+        return example_gen_pb2.Input(splits=[
+            example_gen_pb2.Input.Split(name=HASH_INPUT_SPLIT, pattern=inputs.input_pattern)])
+    return example_gen_pb2.Input(splits=[
+        example_gen_pb2.Input.Split(name=TRAIN_SPLIT, pattern=inputs.train_pattern),
+        example_gen_pb2.Input.Split(name=EVAL_SPLIT, pattern=inputs.eval_pattern)])
+
+
+def _output_config(inputs: PipelineInputs, config: PipelineConfig, user_id: str) -> example_gen_pb2.Output | None:
+    if not inputs.input_pattern:
+        return None  # the output splits are the input splits
+    return example_gen_pb2.Output(split_config=example_gen_pb2.SplitConfig(
+        splits=[example_gen_pb2.SplitConfig.Split(name=name, hash_buckets=config.split_buckets[name])
+                for name in (TRAIN_SPLIT, EVAL_SPLIT)],
+        partition_feature_name=user_id))
+
+
 def create_pipeline(pipeline_root: str, serving_dir: str, inputs: PipelineInputs, config: PipelineConfig,
                     metadata_connection_config=None, beam_pipeline_args: list[str] | None = None
                     ) -> tfx.dsl.Pipeline:
+    user_id = FeatureSpec.from_json(inputs.feature_spec_json).user_id
     # Logs -> tf.Examples, with bad rows quarantined and counted.
     example_gen = TsvExampleGen(
         input_base=inputs.input_base,
         feature_spec_json=inputs.feature_spec_json,
-        input_config=example_gen_pb2.Input(splits=[
-            example_gen_pb2.Input.Split(name=TRAIN_SPLIT, pattern=inputs.train_pattern),
-            example_gen_pb2.Input.Split(name=EVAL_SPLIT, pattern=inputs.eval_pattern)]),
-        max_rejected_fraction=config.max_rejected_fraction)
+        input_config=_input_config(inputs),
+        output_config=_output_config(inputs, config, user_id),
+        max_rejected_fraction=config.max_rejected_fraction,
+        item_ids_path=f"{inputs.item_vectors_dir}/item_ids.txt")
 
     # Statistics of both splits, checked against the curated schema derived from the feature spec.
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     schema_gen = tfx.components.ImportSchemaGen(schema_file=config.schema)
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
+    # ExampleValidator only records anomalies; the gate stops the run before Transform on any.
+    anomaly_gate = AnomalyGate(anomalies=example_validator.outputs["anomalies"])
 
     # The prepared pretrained vectors, recorded in the metadata store for lineage.
     item_vectors = tfx.dsl.Importer(
@@ -71,6 +96,7 @@ def create_pipeline(pipeline_root: str, serving_dir: str, inputs: PipelineInputs
     transform = tfx.components.Transform(
         examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
         preprocessing_fn="components.preprocessing.preprocessing_fn", custom_config=module_config)
+    transform.add_upstream_node(anomaly_gate)
 
     # The two-tower DSSM; exports score, user_embedding and item_embedding signatures.
     trainer = tfx.components.Trainer(
@@ -91,8 +117,8 @@ def create_pipeline(pipeline_root: str, serving_dir: str, inputs: PipelineInputs
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=pipeline_root,
-        components=[example_gen, statistics_gen, schema_gen, example_validator, item_vectors, transform,
-                    trainer, pusher],
+        components=[example_gen, statistics_gen, schema_gen, example_validator, anomaly_gate, item_vectors,
+                    transform, trainer, pusher],
         enable_cache=config.enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_pipeline_args or [])

@@ -17,10 +17,11 @@ def schema_from_spec(spec: FeatureSpec):
     from tensorflow_transform.tf_metadata import schema_utils
 
     schema = schema_utils.schema_from_feature_spec(spec.raw_feature_spec(include_label=True))
+    ranges = {spec.label: [0, 1]}
+    ranges.update({f.column: f.int_range for f in spec.features if f.int_range})
     for feature in schema.feature:
-        if feature.name == spec.label:
-            feature.int_domain.min = 0
-            feature.int_domain.max = 1
+        if feature.name in ranges:
+            feature.int_domain.min, feature.int_domain.max = ranges[feature.name]
     return schema
 
 

@@ -55,6 +55,7 @@ class Feature:
     weight_name: str | None = None
     source: str | None = None
     reduce: str | None = None
+    int_range: list[int] | None = None  # sparse int64 only: [min, max]; outside is a data anomaly
 
     @property
     def column(self) -> str:
@@ -174,6 +175,11 @@ class FeatureSpec:
                                     f"(a single-valued feature has no weights)")
                 if f.dtype not in ("string", "int64"):
                     raise SpecError(f"{where}: dtype must be string or int64, got '{f.dtype}'")
+                if f.int_range is not None and not (
+                        f.dtype == "int64" and isinstance(f.int_range, list) and len(f.int_range) == 2
+                        and all(isinstance(v, int) for v in f.int_range) and f.int_range[0] <= f.int_range[1]):
+                    raise SpecError(f"{where}: int_range must be [min, max] on an int64 feature, "
+                                    f"got {f.int_range!r}")
             if f.kind == "varlen":
                 if f.maxlen is None:
                     raise SpecError(f"{where}: a varlen feature needs maxlen")
@@ -194,6 +200,8 @@ class FeatureSpec:
                     raise SpecError(f"{where}: embed_dim must be a positive integer")
                 if f.source or f.reduce:
                     raise SpecError(f"{where}: source/reduce apply to pretrained features only")
+            if f.kind != "sparse" and f.int_range is not None:
+                raise SpecError(f"{where}: int_range applies to sparse int64 features only")
             if f.kind == "pretrained":
                 if not f.source:
                     raise SpecError(f"{where}: a pretrained feature needs source (the id column)")

@@ -16,14 +16,16 @@ from tests.conftest import REPO
 
 pytestmark = pytest.mark.e2e
 
-COMPONENTS = {"TsvExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator",
+COMPONENTS = {"TsvExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "AnomalyGate",
               "item_vectors_importer", "Transform", "Trainer", "Pusher"}
 
 
-def _run(workdir):
+def _run(workdir, *args, expect_ok=True):
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1")
-    proc = subprocess.run([sys.executable, "run_pipeline.py", "local", "--workdir", workdir],
+    proc = subprocess.run([sys.executable, "run_pipeline.py", "local", "--workdir", workdir, *args],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    if not expect_ok:
+        return proc
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     with open(os.path.join(workdir, "run_summary.json")) as f:
         return json.load(f)
@@ -128,3 +130,21 @@ def test_rejected_rows_file_exists_and_is_empty(runs):
     files = glob.glob(os.path.join(first["examples_uri"], "ingest_report", "*-rejected.jsonl"))
     assert sorted(os.path.basename(f) for f in files) == ["eval-rejected.jsonl", "train-rejected.jsonl"]
     assert all(os.path.getsize(f) == 0 for f in files)
+
+
+def test_a_data_anomaly_stops_the_run_before_transform(tmp_path):
+    # A curated schema that allows only client_type 0: the sample has 0 and 1.
+    schema = (open(os.path.join(REPO, "schema", "schema.pbtxt")).read()
+              .replace('name: "client_type"\n  type: INT\n  int_domain {\n    min: 0\n    max: 1',
+                       'name: "client_type"\n  type: INT\n  int_domain {\n    min: 0\n    max: 0'))
+    assert "max: 0" in schema
+    (tmp_path / "schema.pbtxt").write_text(schema)
+    (tmp_path / "config.yaml").write_text(f"schema: {tmp_path / 'schema.pbtxt'}\n")
+    workdir = str(tmp_path / "run")
+    proc = _run(workdir, "--config", str(tmp_path / "config.yaml"), expect_ok=False)
+    assert proc.returncode != 0
+    assert "error: the pipeline stopped: DataAnomalyError" in proc.stderr
+    assert "train: client_type: " in proc.stderr and "eval: client_type: " in proc.stderr
+    by_node = _executions_by_node(os.path.join(workdir, "metadata.sqlite"))
+    assert "Transform" not in by_node or not by_node["Transform"]
+    assert not os.path.exists(os.path.join(workdir, "serving"))

@@ -37,7 +37,7 @@ def test_truncation_keeps_the_first_maxlen(parser):
     assert row.strings["follow_topic_id"] == [str(i).encode() for i in range(20)]
     assert row.strings["all_topic_fav_7"] == [] and row.floats["all_topic_fav_7_weight"] == []
     assert row.strings["read_post_id"] == []
-    assert row.repairs == ["truncated:follow_topic_id"]
+    assert row.repairs == ["truncated:follow_topic_id", "empty_list:all_topic_fav_7", "empty_list:read_post_id"]
 
 
 @pytest.mark.parametrize("line, reason", [
@@ -57,6 +57,14 @@ def test_bad_rows_are_rejected_with_a_reason(parser, line, reason):
     with pytest.raises(Rejected) as e:
         parser.parse(line)
     assert e.value.reason == reason
+
+
+def test_unknown_items_are_counted_when_ids_are_known(spec):
+    parser = RowParser(spec, known_items=frozenset({"p1", "p9"}))
+    row = parser.parse(GOOD)  # post p9 is known, history p1 known and p2 unknown
+    assert "unknown_item:read_post_id" in row.repairs and "unknown_item:post_id" not in row.repairs
+    row = parser.parse(GOOD.replace(b"\tp9\t", b"\tp5\t"))
+    assert "unknown_item:post_id" in row.repairs
 
 
 def test_header_check_names_missing_and_unexpected(spec):

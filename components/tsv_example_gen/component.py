@@ -1,8 +1,9 @@
 """TsvExampleGen: TFX's FileBasedExampleGen for tab-separated logs laid out by the feature spec.
 
 TFX's CsvExampleGen reads only commas; this component keeps FileBasedExampleGen's driver (input
-fingerprints, spans, caching) and adds two parameters: the feature spec (JSON) and the largest
-share of rejected rows a split may have before the run stops.
+fingerprints, spans, caching) and its output split config (hash buckets over a feature), and adds
+parameters: the feature spec (JSON), the largest share of rejected rows a split may have before the
+run stops, and optionally the ids that have a pretrained vector (to count the ones that do not).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ class TsvExampleGenSpec(standard_component_specs.FileBasedExampleGenSpec):
         **standard_component_specs.FileBasedExampleGenSpec.PARAMETERS,
         executor.FEATURE_SPEC_KEY: ExecutionParameter(type=str),
         executor.MAX_REJECTED_FRACTION_KEY: ExecutionParameter(type=float),
+        executor.ITEM_IDS_PATH_KEY: ExecutionParameter(type=str, optional=True),
     }
 
 
@@ -31,7 +33,7 @@ class TsvExampleGen(FileBasedExampleGen):
 
     def __init__(self, input_base: str, feature_spec_json: str, input_config: example_gen_pb2.Input,
                  output_config: example_gen_pb2.Output | None = None,
-                 max_rejected_fraction: float = 0.01):
+                 max_rejected_fraction: float = 0.01, item_ids_path: str | None = None):
         output_config = output_config or utils.make_default_output_config(input_config)
         spec = TsvExampleGenSpec(
             input_base=input_base,
@@ -41,6 +43,7 @@ class TsvExampleGen(FileBasedExampleGen):
             output_file_format=example_gen_pb2.FORMAT_TFRECORDS_GZIP,
             feature_spec=feature_spec_json,
             max_rejected_fraction=float(max_rejected_fraction),
+            item_ids_path=item_ids_path,
             examples=types.Channel(type=standard_artifacts.Examples),
         )
         base_beam_component.BaseBeamComponent.__init__(self, spec=spec)

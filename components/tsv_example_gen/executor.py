@@ -1,9 +1,12 @@
 """Beam executor of TsvExampleGen: TSV lines -> tf.Examples, rejected rows quarantined and counted.
 
-For each split it writes, next to the Split-* folders of the Examples artifact:
+For each input split it writes, next to the Split-* folders of the Examples artifact:
   ingest_report/<split>-rejected.jsonl   one JSON object per rejected row: file, line, reason, detail, raw
-  ingest_report/<split>-counts.json      read / written / rejected:<reason> / repair:<kind> counts
-and records the counts on the artifact (custom property `ingest_report`).
+  ingest_report/<split>-counts.json      read / written / rejected:<reason> / soft:<kind> counts
+and for each output split ingest_report/<split>-written.json (examples written to that split). With
+explicit train/eval files the input and output splits are the same; with one input split by a hash
+of the user id, the input split is "all". The counts go on the artifact (custom property
+`ingest_report`) and the run stops when a split has too many rejected rows or no rows at all.
 """
 from __future__ import annotations
 
@@ -27,6 +30,8 @@ from schema.spec import FeatureSpec
 
 FEATURE_SPEC_KEY = "feature_spec"
 MAX_REJECTED_FRACTION_KEY = "max_rejected_fraction"
+ITEM_IDS_PATH_KEY = "item_ids_path"  # optional: ids with a pretrained vector, to count unknown ones
+HASH_INPUT_SPLIT = "all"  # name of the one input split that a hash of the user id divides
 REPORT_PROPERTY = "ingest_report"
 REPORT_DIR = "ingest_report"
 _REPORT_DIR_KEY = "_report_dir"
@@ -65,12 +70,19 @@ def _read_lines(path: str):
                 yield path, lineno, line
 
 
+def load_item_ids(path: str) -> frozenset[str]:
+    with fileio.open(path, "r") as f:
+        return frozenset(line.rstrip("\n") for line in f)
+
+
 class _ParseRowDoFn(beam.DoFn):
-    def __init__(self, spec_json: str):
+    def __init__(self, spec_json: str, item_ids_path: str):
         self._spec_json = spec_json
+        self._item_ids_path = item_ids_path
 
     def setup(self):
-        self._parser = RowParser(FeatureSpec.from_json(self._spec_json))
+        known = load_item_ids(self._item_ids_path) if self._item_ids_path else None
+        self._parser = RowParser(FeatureSpec.from_json(self._spec_json), known)
 
     def start_bundle(self):
         self._counts = collections.Counter()
@@ -86,10 +98,10 @@ class _ParseRowDoFn(beam.DoFn):
                 "file": path, "line": lineno, "reason": r.reason, "detail": r.detail,
                 "raw": line.decode("utf-8", errors="backslashreplace").rstrip("\r\n")}))
             return
-        for repair in row.repairs:
-            self._counts[f"repair:{repair}"] += 1
+        for problem in row.repairs:
+            self._counts[f"soft:{problem}"] += 1
         self._counts["written"] += 1
-        yield row.to_example_bytes()
+        yield row.to_example()
 
     def finish_bundle(self):
         yield beam.pvalue.TaggedOutput(_COUNTS_TAG, WindowedValue(
@@ -109,7 +121,7 @@ def _split_name_for(exec_properties: dict[str, Any], split_pattern: str) -> str:
     for split in input_config.splits:
         if split.pattern == split_pattern:
             return split.name
-    return "all"
+    raise IngestError(f"split pattern {split_pattern} is not in the input config")
 
 
 @beam.ptransform_fn
@@ -124,11 +136,11 @@ def _TsvToExample(pipeline: beam.Pipeline, exec_properties: dict[str, Any], spli
     split = _split_name_for(exec_properties, split_pattern)
     report_dir = exec_properties[_REPORT_DIR_KEY]
 
+    parse = _ParseRowDoFn(spec_json, exec_properties.get(ITEM_IDS_PATH_KEY) or "")
     parsed = (pipeline
               | f"Files[{split}]" >> beam.Create(files)
               | f"ReadLines[{split}]" >> beam.FlatMap(_read_lines)
-              | f"Parse[{split}]" >> beam.ParDo(_ParseRowDoFn(spec_json)).with_outputs(
-                  _REJECTED_TAG, _COUNTS_TAG, main="examples"))
+              | f"Parse[{split}]" >> beam.ParDo(parse).with_outputs(_REJECTED_TAG, _COUNTS_TAG, main="examples"))
     _ = (parsed[_REJECTED_TAG]
          | f"WriteRejected[{split}]" >> beam.io.WriteToText(
              os.path.join(report_dir, f"{split}-rejected"), file_name_suffix=".jsonl",
@@ -143,18 +155,36 @@ def _TsvToExample(pipeline: beam.Pipeline, exec_properties: dict[str, Any], spli
 
 
 def summarize_counts(counts: dict) -> dict:
-    """Split counts -> {read, written, rejected, rejected_by_reason, repaired_by_kind}."""
+    """Input split counts -> {read, written, rejected, rejected_by_reason, soft_problems}."""
     rejected = {k.split(":", 1)[1]: v for k, v in counts.items() if k.startswith("rejected:")}
-    repaired = {k.split(":", 1)[1]: v for k, v in counts.items() if k.startswith("repair:")}
+    soft = {k.split(":", 1)[1]: v for k, v in counts.items() if k.startswith("soft:")}
     return {"read": counts.get("read", 0), "written": counts.get("written", 0),
             "rejected": sum(rejected.values()),
-            "rejected_by_reason": dict(sorted(rejected.items(), key=lambda kv: -kv[1])),
-            "repaired_by_kind": dict(sorted(repaired.items(), key=lambda kv: -kv[1]))}
+            "rejected_by_reason": dict(sorted(rejected.items(), key=lambda kv: (-kv[1], kv[0]))),
+            "soft_problems": dict(sorted(soft.items(), key=lambda kv: (-kv[1], kv[0])))}
+
+
+def _read_json(path: str) -> dict:
+    with fileio.open(path) as f:
+        text = f.read().strip()
+    return json.loads(text) if text else {}
 
 
 class Executor(BaseExampleGenExecutor):
     def GetInputSourceToExamplePTransform(self) -> beam.PTransform:
         return _TsvToExample
+
+    def GenerateExamplesByBeam(self, pipeline, exec_properties):
+        splits = super().GenerateExamplesByBeam(pipeline, exec_properties)
+        report_dir = exec_properties[_REPORT_DIR_KEY]
+        for name, examples in splits.items():
+            _ = (examples
+                 | f"CountWritten[{name}]" >> beam.combiners.Count.Globally()
+                 | f"WrittenJson[{name}]" >> beam.Map(lambda n: json.dumps({"written": n}))
+                 | f"WriteWritten[{name}]" >> beam.io.WriteToText(
+                     os.path.join(report_dir, f"{name}-written"), file_name_suffix=".json",
+                     num_shards=1, shard_name_template=""))
+        return splits
 
     def Do(self, input_dict, output_dict, exec_properties) -> None:
         examples = artifact_utils.get_single_instance(output_dict[standard_component_specs.EXAMPLES_KEY])
@@ -162,23 +192,33 @@ class Executor(BaseExampleGenExecutor):
         exec_properties = dict(exec_properties, **{_REPORT_DIR_KEY: report_dir})
         super().Do(input_dict, output_dict, exec_properties)
 
+        input_config = example_gen_pb2.Input()
+        proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY], input_config)
         report = {}
-        for split in artifact_utils.decode_split_names(examples.split_names):
-            with fileio.open(os.path.join(report_dir, f"{split}-counts.json")) as f:
-                text = f.read().strip()
-            report[split] = summarize_counts(json.loads(text) if text else {})
+        for split in (s.name for s in input_config.splits):
+            report[split] = summarize_counts(_read_json(os.path.join(report_dir, f"{split}-counts.json")))
+        output_written = {split: _read_json(os.path.join(report_dir, f"{split}-written.json")).get("written", 0)
+                          for split in artifact_utils.decode_split_names(examples.split_names)}
+        for split, n in output_written.items():
+            report.setdefault(split, {})["written"] = n
         examples.set_json_value_custom_property(REPORT_PROPERTY, report)
-        self._enforce(report, float(exec_properties.get(MAX_REJECTED_FRACTION_KEY, 0.01)), report_dir)
+        self._enforce(report, output_written, float(exec_properties.get(MAX_REJECTED_FRACTION_KEY, 0.01)),
+                      report_dir)
 
     @staticmethod
-    def _enforce(report: dict, max_fraction: float, report_dir: str) -> None:
-        for split, r in report.items():
+    def _enforce(report: dict, output_written: dict, max_fraction: float, report_dir: str) -> None:
+        inputs = {k: r for k, r in report.items() if "read" in r}
+        if sum(r["written"] for r in inputs.values()) != sum(output_written.values()):
+            raise IngestError(f"examples parsed {sum(r['written'] for r in inputs.values())} != examples "
+                              f"written to the splits {output_written}")
+        for split, n in output_written.items():
+            if n == 0:
+                detail = report[split] if split in inputs else inputs
+                raise IngestError(f"split {split}: no usable rows ({detail})")
+        for split, r in inputs.items():
             if r["read"] != r["written"] + r["rejected"]:
                 raise IngestError(f"split {split}: rows read {r['read']} != written {r['written']} "
                                   f"+ rejected {r['rejected']}")
-            if r["written"] == 0:
-                raise IngestError(f"split {split}: no usable rows (read {r['read']}, rejected "
-                                  f"{r['rejected']}: {r['rejected_by_reason']})")
             share = r["rejected"] / r["read"]
             if share > max_fraction:
                 top = ", ".join(f"{k}={v}" for k, v in list(r["rejected_by_reason"].items())[:5])

@@ -5,14 +5,17 @@ written (possibly after counted repairs) or rejected with exactly one reason; ne
 
 Rejection reasons (stable codes, counted per split):
   not_utf8, field_count, bad_label, bad_int:<col>, empty_id:<col>, bad_pair:<col>, bad_weight:<col>
-Repairs (the row is kept; each kind is counted):
+Soft problems (the row is kept, repaired where needed; each kind is counted once per row):
   truncated:<col>   list longer than maxlen: the first maxlen entries are kept, because logs list
                     the most recent or most relevant entries first (as the original design's
                     `[:maxlen]` did)
   duplicates:<col>  repeated ids in a list: the first occurrence is kept
   empty_entry:<col> an empty entry between commas ("a,,b") is dropped
+  empty_list:<col>  the list is empty (kept: the feature is all padding)
   leakage:<col>     the row's own item id in a history list: removed, or the user tower would see
                     the target
+  unknown_item:<col> an item id with no pretrained vector (it maps to the all-zero row), when the
+                    parser is given the known ids
 """
 from __future__ import annotations
 
@@ -30,7 +33,8 @@ class ParsedRow:
     floats: dict[str, list[float]] = field(default_factory=dict)
     repairs: list[str] = field(default_factory=list)
 
-    def to_example_bytes(self) -> bytes:
+    def to_example(self):
+        """A tf.train.Example (ExampleGen's writer serializes it; its hash split reads features)."""
         from tensorflow.core.example import example_pb2
 
         ex = example_pb2.Example()
@@ -41,7 +45,10 @@ class ParsedRow:
             fmap[k].bytes_list.value.extend(v)
         for k, v in self.floats.items():
             fmap[k].float_list.value.extend(v)
-        return ex.SerializeToString()
+        return ex
+
+    def to_example_bytes(self) -> bytes:
+        return self.to_example().SerializeToString()
 
 
 class Rejected(Exception):
@@ -61,7 +68,8 @@ def _parse_int(col: str, text: str) -> int:
 
 
 def _split_list(col: str, text: str, repairs: list[str]) -> list[str]:
-    if not text:
+    if not text.strip():
+        repairs.append(f"empty_list:{col}")
         return []
     parts = text.split(",")
     kept = [p for p in (x.strip() for x in parts) if p]
@@ -88,8 +96,9 @@ def _dedupe(col: str, ids: list[str], weights: list[float] | None, repairs: list
 class RowParser:
     """Parses lines of one log layout. Picklable: it holds only the spec's plain data."""
 
-    def __init__(self, spec: FeatureSpec):
+    def __init__(self, spec: FeatureSpec, known_items: frozenset[str] | None = None):
         self.spec = spec
+        self.known_items = known_items
         self.columns = [spec.raw_columns[c] for c in spec.columns]
         # History lists in the item id space (sources of pretrained list features): the row's own
         # item must not appear in them.
@@ -121,6 +130,8 @@ class RowParser:
                 value = raw.strip()
                 if not value and col.name in (self.spec.item_id, self.spec.user_id):
                     raise Rejected(f"empty_id:{col.name}", "empty id")
+                if col.name == self.spec.item_id and self._has_unknown(col.name, [value]):
+                    row.repairs.append(f"unknown_item:{col.name}")
                 row.strings[col.name] = [value.encode("utf-8")]
             elif col.type == STRING_LIST:
                 ids = _split_list(col.name, raw, row.repairs)
@@ -131,6 +142,8 @@ class RowParser:
                 if len(ids) > col.maxlen:
                     ids = ids[: col.maxlen]
                     row.repairs.append(f"truncated:{col.name}")
+                if self._has_unknown(col.name, ids):
+                    row.repairs.append(f"unknown_item:{col.name}")
                 row.strings[col.name] = [x.encode("utf-8") for x in ids]
             elif col.type == WEIGHTED_LIST:
                 ids, weights = self._parse_pairs(col.name, raw, row.repairs)
@@ -141,6 +154,11 @@ class RowParser:
                 row.strings[col.name] = [x.encode("utf-8") for x in ids]
                 row.floats[col.weight_name] = weights
         return row
+
+    def _has_unknown(self, column: str, ids: list[str]) -> bool:
+        if self.known_items is None or (column != self.spec.item_id and column not in self.history_columns):
+            return False
+        return any(x not in self.known_items for x in ids)
 
     @staticmethod
     def _parse_pairs(col: str, raw: str, repairs: list[str]) -> tuple[list[str], list[float]]:
