@@ -69,7 +69,7 @@ def _check_id(path: str, where: str, item_id: str, seen: set) -> None:
 
 def _read_jsonl(path: str) -> tuple[list[str], np.ndarray]:
     ids: list[str] = []
-    rows: list[list[float]] = []
+    rows: list[np.ndarray] = []
     seen: set = set()
     dim = None
     raw = tf.io.gfile.GFile(path, "rb")
@@ -102,14 +102,14 @@ def _read_jsonl(path: str) -> tuple[list[str], np.ndarray]:
                 raise ItemVectorError(f"{path}:{lineno}: post_id {item_id!r} has {len(values)} values, "
                                       f"the file's first vector has {dim}")
             ids.append(item_id)
-            rows.append(values)
+            rows.append(np.asarray(values, dtype=np.float32))  # not Python floats: 7x less memory
     except (OSError, EOFError) as e:
         raise ItemVectorError(f"{path}: cannot read the file ({e})") from None
     finally:
         f.close()
     if not ids:
         raise ItemVectorError(f"{path}: no item vectors in the file")
-    return ids, np.asarray(rows, dtype=np.float32)
+    return ids, np.stack(rows)
 
 
 def _ids_file_for(npy_path: str) -> str:

@@ -6,9 +6,13 @@ Outputs (transformed_name(...) = "<name>_xf"):
   weight feature      float [maxlen]  weights aligned with the ids, padded with 0
   pretrained feature  int64 [] or [maxlen]  rows of the pretrained table (0 = unknown id / padding)
   label               int64 []        passed through under its own name
+  oov_count_<group>   int64 []        out-of-vocabulary ids in the row, over the group's features
+                                      (not a model input: StatisticsGen over the transformed splits
+                                      sums it, so that run_summary.json reports OOV counts per split)
 Index layout of every vocabulary: 0 = padding, 1..V = the vocabulary (most frequent first),
 V+1..V+num_oov_buckets = out-of-vocabulary values. One vocabulary per share_embed group, computed
-over the union of its features' values in the training split and applied to each feature.
+over the union of its features' values in the training split (optionally only the vocab_top_k most
+frequent, or those seen at least vocab_min_count times) and applied to each feature.
 """
 from __future__ import annotations
 
@@ -18,6 +22,11 @@ import tensorflow_transform as tft
 from schema.spec import FeatureSpec, transformed_name, vocab_name
 
 PADDING_INDEX = 0
+OOV_COUNT_PREFIX = "oov_count_"
+
+
+def oov_count_name(group: str) -> str:
+    return f"{OOV_COUNT_PREFIX}{group}"
 
 
 def vocab_size_with_reserved(tft_output, group: str, num_oov_buckets: int) -> int:
@@ -42,6 +51,14 @@ def _shift(x, delta):
     return x + delta
 
 
+def _count_per_row(x, value) -> tf.Tensor:
+    """int64 [batch]: how many entries of each row equal value (dense [batch] or sparse rows)."""
+    if isinstance(x, tf.SparseTensor):
+        hits = tf.SparseTensor(x.indices, tf.cast(tf.equal(x.values, value), tf.int64), x.dense_shape)
+        return tf.reshape(tf.sparse.reduce_sum(hits, axis=1, keepdims=True), [-1])
+    return tf.cast(tf.equal(x, value), tf.int64)
+
+
 def pad_to(sp: tf.SparseTensor, maxlen: int) -> tf.Tensor:
     """[batch, maxlen] dense tensor from a ragged-rows SparseTensor: truncated, padded with zeros."""
     batch = sp.dense_shape[0]
@@ -57,9 +74,14 @@ def preprocessing_fn(inputs, custom_config):
 
     for group, feats in spec.vocab_groups().items():
         union = tf.concat([_values(_as_strings(inputs[f.column])) for f in feats], axis=0)
-        vocab = tft.vocabulary(union, vocab_filename=vocab_name(group))
+        owner = feats[0]
+        vocab = tft.vocabulary(union, vocab_filename=vocab_name(group), top_k=owner.vocab_top_k,
+                               frequency_threshold=owner.vocab_min_count)
+        oov = tf.zeros_like(_values(inputs[spec.item_id]), dtype=tf.int64)
         for f in feats:
-            ids = tft.apply_vocabulary(_as_strings(inputs[f.column]), vocab, num_oov_buckets=num_oov)
+            x = _as_strings(inputs[f.column])
+            ids = tft.apply_vocabulary(x, vocab, num_oov_buckets=num_oov)
+            oov += _count_per_row(tft.apply_vocabulary(x, vocab, default_value=-1), -1)
             ids = _shift(ids, 1)  # index 0 is padding
             if f.kind == "varlen":
                 outputs[transformed_name(f.name)] = pad_to(ids, f.maxlen)
@@ -67,6 +89,7 @@ def preprocessing_fn(inputs, custom_config):
                     outputs[transformed_name(f.weight_name)] = pad_to(inputs[f.weight_name], f.maxlen)
             else:
                 outputs[transformed_name(f.name)] = ids
+        outputs[oov_count_name(group)] = oov
 
     pretrained = [f for f in spec.features if f.kind == "pretrained"]
     if pretrained:

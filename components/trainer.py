@@ -31,13 +31,15 @@ SIGNATURE_ITEM = "item_embedding"
 EXAMPLES_INPUT = "examples"
 
 
-def _dataset(fn_args: FnArgs, files, tft_output, label: str, batch_size: int, seed: int, repeat: bool):
+def _dataset(fn_args: FnArgs, files, tft_output, spec: FeatureSpec, batch_size: int, seed: int, repeat: bool):
+    """(model inputs, label) batches; other transformed features (OOV counts) are left out."""
+    names = model_input_names(spec, "user") + model_input_names(spec, "item")
     return fn_args.data_accessor.tf_dataset_factory(
         files,
-        tfxio.TensorFlowDatasetOptions(batch_size=batch_size, label_key=label, shuffle=repeat,
+        tfxio.TensorFlowDatasetOptions(batch_size=batch_size, label_key=spec.label, shuffle=repeat,
                                        shuffle_seed=seed if repeat else None,
                                        num_epochs=None if repeat else 1),
-        tft_output.transformed_metadata.schema)
+        tft_output.transformed_metadata.schema).map(lambda x, y: ({k: x[k] for k in names}, y))
 
 
 def _signatures(towers, tft_output, spec: FeatureSpec):
@@ -84,8 +86,8 @@ def run_fn(fn_args: FnArgs) -> None:
     towers.scorer.compile(optimizer=make_optimizer(cfg), loss=weighted_bce_from_logits(cfg.pos_weight),
                           metrics=[tf.keras.metrics.AUC(name="auc", from_logits=True)])
 
-    train_ds = _dataset(fn_args, fn_args.train_files, tft_output, spec.label, cfg.batch_size, cfg.seed, True)
-    eval_ds = _dataset(fn_args, fn_args.eval_files, tft_output, spec.label, cfg.batch_size, cfg.seed, False)
+    train_ds = _dataset(fn_args, fn_args.train_files, tft_output, spec, cfg.batch_size, cfg.seed, True)
+    eval_ds = _dataset(fn_args, fn_args.eval_files, tft_output, spec, cfg.batch_size, cfg.seed, False)
     log_dir = fn_args.model_run_dir
     history = towers.scorer.fit(
         train_ds, epochs=1, steps_per_epoch=fn_args.train_steps, verbose=2,

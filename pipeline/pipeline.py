@@ -98,6 +98,10 @@ def create_pipeline(pipeline_root: str, serving_dir: str, inputs: PipelineInputs
         preprocessing_fn="components.preprocessing.preprocessing_fn", custom_config=module_config)
     transform.add_upstream_node(anomaly_gate)
 
+    # Statistics of the transformed splits: padding, id ranges and the OOV counts per split.
+    transformed_statistics_gen = tfx.components.StatisticsGen(
+        examples=transform.outputs["transformed_examples"]).with_id("TransformedStatisticsGen")
+
     # The two-tower DSSM; exports score, user_embedding and item_embedding signatures.
     trainer = tfx.components.Trainer(
         run_fn="components.trainer.run_fn",
@@ -118,7 +122,7 @@ def create_pipeline(pipeline_root: str, serving_dir: str, inputs: PipelineInputs
         pipeline_name=config.pipeline_name,
         pipeline_root=pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, example_validator, anomaly_gate, item_vectors,
-                    transform, trainer, pusher],
+                    transform, transformed_statistics_gen, trainer, pusher],
         enable_cache=config.enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_pipeline_args or [])

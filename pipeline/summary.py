@@ -1,7 +1,8 @@
 """run_summary.json: what the latest run did, read back from the metadata store (MLMD).
 
 Contents: per component its state (COMPLETE or CACHED) and seconds; rows read, written and
-rejected per split (with reasons); training steps, eval loss and AUC; the pushed model paths.
+rejected per split (with reasons); out-of-vocabulary ids per split and vocabulary group; training
+steps, eval loss and AUC; the pushed model paths.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import os
 import ml_metadata as mlmd
 from ml_metadata.proto import metadata_store_pb2
 
+from components.preprocessing import OOV_COUNT_PREFIX
 from components.trainer import METRICS_FILE
 from components.tsv_example_gen.executor import REPORT_PROPERTY
 
@@ -64,6 +66,28 @@ def latest_run_executions(store: mlmd.MetadataStore, pipeline_name: str) -> tupl
     return out, run.name
 
 
+def oov_counts(stats_uri: str, split_names: list[str]) -> dict:
+    """{split: {group: OOV ids}} from StatisticsGen over the transformed splits (mean x examples)."""
+    from tensorflow_metadata.proto.v0 import statistics_pb2
+
+    out = {}
+    for split in split_names:
+        path = os.path.join(stats_uri, f"Split-{split}", "FeatureStats.pb")
+        if not os.path.exists(path):
+            continue
+        with open(path, "rb") as f:
+            stats = statistics_pb2.DatasetFeatureStatisticsList.FromString(f.read())
+        counts = {}
+        for dataset in stats.datasets:
+            for feature in dataset.features:
+                name = feature.path.step[-1] if feature.path.step else feature.name
+                if name.startswith(OOV_COUNT_PREFIX):
+                    num = feature.num_stats
+                    counts[name[len(OOV_COUNT_PREFIX):]] = int(round(num.mean * num.common_stats.num_non_missing))
+        out[split] = counts
+    return out
+
+
 def _outputs(store, execution_id: int) -> list:
     ids = [ev.artifact_id for ev in store.get_events_by_execution_ids([execution_id])
            if ev.type == metadata_store_pb2.Event.OUTPUT]
@@ -82,6 +106,12 @@ def build_run_summary(metadata_path: str, pipeline_name: str) -> dict:
             if kind == "Examples" and _custom(a, REPORT_PROPERTY) is not None:
                 summary["splits"] = _custom(a, REPORT_PROPERTY)
                 summary["examples_uri"] = a.uri
+            elif kind == "ExampleStatistics" and e["component"] == "TransformedStatisticsGen":
+                from tfx.types import artifact_utils
+
+                summary["oov_ids"] = oov_counts(a.uri, artifact_utils.decode_split_names(
+                    a.custom_properties["split_names"].string_value if "split_names" in a.custom_properties
+                    else a.properties["split_names"].string_value))
             elif kind == "ModelRun":
                 path = os.path.join(a.uri, METRICS_FILE)
                 if os.path.exists(path):

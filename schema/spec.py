@@ -56,6 +56,8 @@ class Feature:
     source: str | None = None
     reduce: str | None = None
     int_range: list[int] | None = None  # sparse int64 only: [min, max]; outside is a data anomaly
+    vocab_top_k: int | None = None      # owner of a vocabulary only: keep the k most frequent values
+    vocab_min_count: int | None = None  # owner of a vocabulary only: drop values seen fewer times
 
     @property
     def column(self) -> str:
@@ -200,6 +202,12 @@ class FeatureSpec:
                     raise SpecError(f"{where}: embed_dim must be a positive integer")
                 if f.source or f.reduce:
                     raise SpecError(f"{where}: source/reduce apply to pretrained features only")
+            for opt in ("vocab_top_k", "vocab_min_count"):
+                value = getattr(f, opt)
+                if value is not None and (f.kind == "pretrained" or f.share_embed is not None):
+                    raise SpecError(f"{where}: {opt} belongs on the feature that owns the vocabulary")
+                if value is not None and (not isinstance(value, int) or value <= 0):
+                    raise SpecError(f"{where}: {opt} must be a positive integer, got {value!r}")
             if f.kind != "sparse" and f.int_range is not None:
                 raise SpecError(f"{where}: int_range applies to sparse int64 features only")
             if f.kind == "pretrained":

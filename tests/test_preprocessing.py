@@ -36,13 +36,13 @@ def _pad(values, n):
 EXPECTED = [
     {"act": 1, "topic_id_xf": 1, "client_type_xf": 1, "follow_topic_id_xf": _pad([1, 2], 20),
      "all_topic_fav_7_xf": _pad([2, 3], 5), "all_topic_fav_7_weight_xf": _pad([0.5, 0.25], 5),
-     "item_embed_xf": 2, "client_embed_xf": _pad([1, 3], 50)},
+     "item_embed_xf": 2, "client_embed_xf": _pad([1, 3], 50), "oov_count_topic_id": 0, "oov_count_client_type": 0},
     {"act": 0, "topic_id_xf": 1, "client_type_xf": 2, "follow_topic_id_xf": _pad([], 20),
      "all_topic_fav_7_xf": _pad([], 5), "all_topic_fav_7_weight_xf": _pad([], 5),
-     "item_embed_xf": 0, "client_embed_xf": _pad([0, 1], 50)},
+     "item_embed_xf": 0, "client_embed_xf": _pad([0, 1], 50), "oov_count_topic_id": 0, "oov_count_client_type": 0},
     {"act": 0, "topic_id_xf": 2, "client_type_xf": 1, "follow_topic_id_xf": _pad([3], 20),
      "all_topic_fav_7_xf": _pad([1], 5), "all_topic_fav_7_weight_xf": _pad([1.0], 5),
-     "item_embed_xf": 3, "client_embed_xf": _pad([], 50)},
+     "item_embed_xf": 3, "client_embed_xf": _pad([], 50), "oov_count_topic_id": 0, "oov_count_client_type": 0},
 ]
 
 
@@ -87,7 +87,26 @@ def test_transform_layer_maps_oov_and_works_without_the_id_file(transformed, spe
            "read_post_id": tf.sparse.from_dense(tf.constant([["p3"]]))}
     out = output.transform_features_layer()(raw)
     assert out["topic_id_xf"].numpy().tolist() == [4]       # OOV bucket
+    assert out["oov_count_topic_id"].numpy().tolist() == [1]  # topic_id OOV; t3 and t2 are known
+    assert out["oov_count_client_type"].numpy().tolist() == [1]
     assert out["client_type_xf"].numpy().tolist() == [3]    # OOV bucket of client_type
     assert out["item_embed_xf"].numpy().tolist() == [1]
     assert out["client_embed_xf"].numpy()[0, :2].tolist() == [3, 0]
     assert out["follow_topic_id_xf"].numpy()[0, :2].tolist() == [3, 0]
+
+
+def test_top_k_sends_the_rest_out_of_vocabulary(spec, tmp_path):
+    d = spec.to_dict()
+    d["features"]["topic_id"]["vocab_top_k"] = 2  # keeps t1, t2; t3 becomes OOV (index 3 = V + 1)
+    small = type(spec).from_dict(d)
+    ids_path = tmp_path / "item_ids.txt"
+    ids_path.write_text("p1\np2\np3\n")
+    config = {"feature_spec": small.to_json(), "num_oov_buckets": 1, "item_ids_path": str(ids_path)}
+    with tft_beam.Context(temp_dir=tempfile.mkdtemp(dir=tmp_path)):
+        (data, _), _ = (RAW, dataset_metadata.DatasetMetadata(schema_from_spec(small))) | \
+            tft_beam.AnalyzeAndTransformDataset(functools.partial(preprocessing_fn, custom_config=config))
+    assert data[0]["follow_topic_id_xf"][:2].tolist() == [1, 2]
+    assert data[0]["all_topic_fav_7_xf"][:2].tolist() == [2, 3]
+    assert data[2]["follow_topic_id_xf"][:1].tolist() == [3]
+    # t3 is out of vocabulary: once in row 0 (fav list) and once in row 2 (follow list).
+    assert [d["oov_count_topic_id"] for d in data] == [1, 0, 1]

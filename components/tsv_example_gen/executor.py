@@ -199,7 +199,13 @@ class Executor(BaseExampleGenExecutor):
             report[split] = summarize_counts(_read_json(os.path.join(report_dir, f"{split}-counts.json")))
         output_written = {split: _read_json(os.path.join(report_dir, f"{split}-written.json")).get("written", 0)
                           for split in artifact_utils.decode_split_names(examples.split_names)}
+        hash_split = set(output_written) != set(report)
         for split, n in output_written.items():
+            if hash_split and split in report:
+                raise IngestError(f"output split {split} has the name of an input split; name the input "
+                                  f"split that is divided by hash differently (e.g. '{HASH_INPUT_SPLIT}')")
+            if not hash_split and report[split]["written"] != n:
+                raise IngestError(f"split {split}: parsed {report[split]['written']} rows, wrote {n}")
             report.setdefault(split, {})["written"] = n
         examples.set_json_value_custom_property(REPORT_PROPERTY, report)
         self._enforce(report, output_written, float(exec_properties.get(MAX_REJECTED_FRACTION_KEY, 0.01)),
