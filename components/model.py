@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
+from components.losses import LOSSES, pair_logits, pointwise_loss, softmax_loss
 from pipeline.config import TrainerConfig
 from schema.spec import Feature, FeatureSpec, transformed_name
 
@@ -175,15 +176,77 @@ def build_towers(spec: FeatureSpec, vocab_sizes: dict[str, int], pretrained_tabl
     return Towers(user=towers["user"], item=towers["item"], scorer=scorer)
 
 
-def weighted_bce_from_logits(pos_weight: float):
-    """Mean over the batch of pos_weight * y * -log(sigmoid(z)) + (1 - y) * -log(1 - sigmoid(z))."""
+class TwoTowerTrainer(tf.keras.Model):
+    """Fits the towers with the configured loss; tracks the loss and the AUC of the pair score.
 
-    def loss(y_true, logits):
-        y = tf.reshape(tf.cast(y_true, tf.float32), [-1])
-        return tf.reduce_mean(tf.nn.weighted_cross_entropy_with_logits(y, tf.reshape(logits, [-1]),
-                                                                       pos_weight))
+    Inputs are the transformed features (tower inputs plus the item index used by the in-batch
+    losses); the label is act. The exported model is Towers.scorer, which shares these weights.
+    """
 
-    return loss
+    def __init__(self, towers: Towers, spec: FeatureSpec, cfg: TrainerConfig, item_log_q: np.ndarray | None = None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        if cfg.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got '{cfg.loss}'")
+        self.user_tower, self.item_tower = towers.user, towers.item  # attributes: tracked variables
+        self.cfg = cfg
+        self.user_inputs = model_input_names(spec, "user")
+        self.item_inputs = model_input_names(spec, "item")
+        self.item_index = transformed_name(spec.item_id)
+        self.item_log_q = None if item_log_q is None else tf.constant(item_log_q, tf.float32)
+        self.loss_tracker = tf.keras.metrics.Mean(name="loss")
+        self.auc = tf.keras.metrics.AUC(name="auc", from_logits=True)
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.auc]
+
+    def call(self, inputs, training=False):
+        user = self.user_tower({k: inputs[k] for k in self.user_inputs}, training=training)
+        item = self.item_tower({k: inputs[k] for k in self.item_inputs}, training=training)
+        return user, item
+
+    def _loss(self, x, y, training):
+        user, item = self(x, training=training)
+        cfg = self.cfg
+        if cfg.loss == "pointwise":
+            loss = pointwise_loss(user, item, y, cfg.gamma, cfg.pos_weight)
+        else:
+            ids = tf.reshape(x[self.item_index], [-1])
+            log_q = tf.gather(self.item_log_q, ids) if (cfg.logq_correction and self.item_log_q is not None) else None
+            loss = softmax_loss(user, item, y, ids, cfg.temperature, log_q, hard_negatives=cfg.loss == "mixed")
+        return loss, pair_logits(user, item, cfg.gamma)
+
+    def _update(self, loss, logits, y):
+        self.loss_tracker.update_state(loss)
+        self.auc.update_state(tf.reshape(y, [-1]), logits)
+        return {m.name: m.result() for m in self.metrics}
+
+    def train_step(self, data):
+        x, y = data
+        with tf.GradientTape() as tape:
+            loss, logits = self._loss(x, y, training=True)
+        variables = self.trainable_variables
+        if not variables:
+            raise ValueError("the towers' variables are not tracked by the trainer")
+        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
+        return self._update(loss, logits, y)
+
+    def test_step(self, data):
+        x, y = data
+        loss, logits = self._loss(x, y, training=False)
+        return self._update(loss, logits, y)
+
+
+def item_log_q(items: list[bytes], positive_counts: dict[bytes, int]) -> np.ndarray:
+    """log q per item index (0 and the OOV index V+1 included): clicks of the item / all clicks.
+
+    Items never clicked get one click, so that log q stays finite (they are never sampled as
+    in-batch candidates anyway)."""
+    counts = np.ones(len(items) + 2, np.float64)
+    for i, item in enumerate(items, start=1):
+        counts[i] = max(positive_counts.get(item, 0), 1)
+    return np.log(counts / counts[1:-1].sum()).astype(np.float32)
 
 
 def make_optimizer(cfg: TrainerConfig) -> tf.keras.optimizers.Optimizer:

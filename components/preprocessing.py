@@ -6,6 +6,9 @@ Outputs (transformed_name(...) = "<name>_xf"):
   weight feature      float [maxlen]  weights aligned with the ids, padded with 0
   pretrained feature  int64 [] or [maxlen]  rows of the pretrained table (0 = unknown id / padding)
   label               int64 []        passed through under its own name
+  <item_id>_xf        int64 []        index of the item in vocab_item_id (1..V, OOV V+1): identifies
+                                      items for in-batch losses; item_positive_counts holds the clicks
+                                      per item in the training split (logQ correction)
   oov_count_<group>   int64 []        out-of-vocabulary ids in the row, over the group's features
                                       (not a model input: StatisticsGen over the transformed splits
                                       sums it, so that run_summary.json reports OOV counts per split)
@@ -23,6 +26,8 @@ from schema.spec import FeatureSpec, transformed_name, vocab_name
 
 PADDING_INDEX = 0
 OOV_COUNT_PREFIX = "oov_count_"
+ITEM_VOCAB = "vocab_item_id"
+ITEM_POSITIVE_COUNTS = "item_positive_counts"
 
 
 def oov_count_name(group: str) -> str:
@@ -71,6 +76,12 @@ def preprocessing_fn(inputs, custom_config):
     spec = FeatureSpec.from_json(custom_config["feature_spec"])
     num_oov = int(custom_config.get("num_oov_buckets", 1))
     outputs = {spec.label: inputs[spec.label]}
+
+    items = inputs[spec.item_id]
+    outputs[transformed_name(spec.item_id)] = tft.compute_and_apply_vocabulary(
+        items, vocab_filename=ITEM_VOCAB, num_oov_buckets=1) + 1
+    clicked = tf.boolean_mask(items, tf.equal(inputs[spec.label], 1))
+    tft.vocabulary(clicked, vocab_filename=ITEM_POSITIVE_COUNTS, store_frequency=True)
 
     for group, feats in spec.vocab_groups().items():
         union = tf.concat([_values(_as_strings(inputs[f.column])) for f in feats], axis=0)

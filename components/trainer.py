@@ -19,10 +19,10 @@ from tfx.components.trainer.fn_args_utils import FnArgs
 from tfx_bsl.public import tfxio
 
 from components import item_vectors
-from components.model import build_towers, make_optimizer, model_input_names, weighted_bce_from_logits
-from components.preprocessing import vocab_size_with_reserved
+from components.model import TwoTowerTrainer, build_towers, item_log_q, make_optimizer, model_input_names
+from components.preprocessing import ITEM_POSITIVE_COUNTS, ITEM_VOCAB, vocab_size_with_reserved
 from pipeline.config import TrainerConfig
-from schema.spec import FeatureSpec
+from schema.spec import FeatureSpec, transformed_name
 
 METRICS_FILE = "metrics.json"
 SIGNATURE_SCORE = "serving_default"
@@ -32,8 +32,8 @@ EXAMPLES_INPUT = "examples"
 
 
 def _dataset(fn_args: FnArgs, files, tft_output, spec: FeatureSpec, batch_size: int, seed: int, repeat: bool):
-    """(model inputs, label) batches; other transformed features (OOV counts) are left out."""
-    names = model_input_names(spec, "user") + model_input_names(spec, "item")
+    """(model inputs + item index, label) batches; other transformed features (OOV counts) are left out."""
+    names = model_input_names(spec, "user") + model_input_names(spec, "item") + [transformed_name(spec.item_id)]
     return fn_args.data_accessor.tf_dataset_factory(
         files,
         tfxio.TensorFlowDatasetOptions(batch_size=batch_size, label_key=spec.label, shuffle=repeat,
@@ -42,33 +42,111 @@ def _dataset(fn_args: FnArgs, files, tft_output, spec: FeatureSpec, batch_size: 
         tft_output.transformed_metadata.schema).map(lambda x, y: ({k: x[k] for k in names}, y))
 
 
-def _signatures(towers, tft_output, spec: FeatureSpec):
-    tft_layer = tft_output.transform_features_layer()
-    parse_spec = spec.raw_feature_spec(include_label=False, serving=True)
-    user_inputs = model_input_names(spec, "user")
-    item_inputs = model_input_names(spec, "item")
-    examples_spec = tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)
+def tower_raw_features(spec: FeatureSpec, tower: str) -> list[str]:
+    """The tf.Example features a tower reads (its features' columns and weight features)."""
+    names = []
+    for f in spec.tower_features(tower):
+        names += [f.column] + ([f.weight_name] if f.weight_name else [])
+    return list(dict.fromkeys(names))
 
-    def transform(examples):
-        return tft_layer(tf.io.parse_example(examples, parse_spec))
 
-    @tf.function(input_signature=[examples_spec])
-    def user_embedding(examples):
-        t = transform(examples)
-        return {"embedding": towers.user({k: t[k] for k in user_inputs}, training=False)}
+class ServingModule(tf.Module):
+    """The exported functions: the Transform layer and the towers behind tf.Example and raw inputs."""
 
-    @tf.function(input_signature=[examples_spec])
-    def item_embedding(examples):
-        t = transform(examples)
-        return {"embedding": towers.item({k: t[k] for k in item_inputs}, training=False)}
+    def __init__(self, towers, tft_output, spec: FeatureSpec):
+        super().__init__()
+        self.towers_user, self.towers_item, self.towers_scorer = towers.user, towers.item, towers.scorer
+        self.tft_layer = tft_output.transform_features_layer()  # tracked: its assets are saved too
+        self._spec = spec
+        self._parse_spec = spec.raw_feature_spec(include_label=False, serving=True)
+        self._inputs = {t: model_input_names(spec, t) for t in ("user", "item")}
+        examples = tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)
+        self.user_embedding = tf.function(self._user_from_examples, input_signature=[examples])
+        self.item_embedding = tf.function(self._item_from_examples, input_signature=[examples])
+        self.score = tf.function(self._score_from_examples, input_signature=[examples])
+        self.user_embedding_raw = self._raw_function("user")
+        self.item_embedding_raw = self._raw_function("item")
 
-    @tf.function(input_signature=[examples_spec])
-    def score(examples):
-        t = transform(examples)
-        logit = towers.scorer({k: t[k] for k in user_inputs + item_inputs}, training=False)
-        return {"score": tf.sigmoid(logit)}
+    def _transform(self, raw):
+        return self.tft_layer(raw)
 
-    return tft_layer, {SIGNATURE_SCORE: score, SIGNATURE_USER: user_embedding, SIGNATURE_ITEM: item_embedding}
+    def _tower(self, tower, t):
+        model = self.towers_user if tower == "user" else self.towers_item
+        return {"embedding": model({k: t[k] for k in self._inputs[tower]}, training=False)}
+
+    def _user_from_examples(self, examples):
+        return self._tower("user", self._transform(tf.io.parse_example(examples, self._parse_spec)))
+
+    def _item_from_examples(self, examples):
+        return self._tower("item", self._transform(tf.io.parse_example(examples, self._parse_spec)))
+
+    def _score_from_examples(self, examples):
+        t = self._transform(tf.io.parse_example(examples, self._parse_spec))
+        names = self._inputs["user"] + self._inputs["item"]
+        return {"score": tf.sigmoid(self.towers_scorer({k: t[k] for k in names}, training=False))}
+
+    def _raw_function(self, tower: str):
+        """Named dense tensors in: scalars [None]; lists [None, None] padded with "" (weights with 0)."""
+        names = tower_raw_features(self._spec, tower)
+        specs = {}
+        for name, feature in self._parse_spec.items():
+            if name not in names:
+                continue
+            if isinstance(feature, tf.io.VarLenFeature):
+                specs[name] = tf.TensorSpec([None, None], feature.dtype, name=name)
+            else:
+                specs[name] = tf.TensorSpec([None], feature.dtype, name=name)
+        weight_of = {c.weight_name: c.name for c in self._spec.raw_columns.values() if c.weight_name}
+
+        def fn(**inputs):
+            batch = tf.shape(next(iter(inputs.values())))[0]
+            raw = {}
+            for name, feature in self._parse_spec.items():
+                if name in inputs and isinstance(feature, tf.io.VarLenFeature):
+                    ids = inputs[weight_of.get(name, name)]  # "" in the id list marks padding of both
+                    raw[name] = _keep_positions(inputs[name], tf.not_equal(ids, ""))
+                elif name in inputs:
+                    raw[name] = inputs[name]
+                elif isinstance(feature, tf.io.VarLenFeature):
+                    raw[name] = tf.SparseTensor(tf.zeros([0, 2], tf.int64), tf.zeros([0], feature.dtype),
+                                                tf.stack([tf.cast(batch, tf.int64), tf.constant(0, tf.int64)]))
+                else:
+                    raw[name] = tf.fill([batch], tf.constant(feature.default_value, feature.dtype))
+            return self._tower(tower, self._transform(raw))
+
+        return tf.function(fn, input_signature=None).get_concrete_function(**specs)
+
+    def signatures(self, which: str = "all") -> dict:
+        user = {SIGNATURE_USER: self.user_embedding, SIGNATURE_USER + "_raw": self.user_embedding_raw}
+        item = {SIGNATURE_ITEM: self.item_embedding, SIGNATURE_ITEM + "_raw": self.item_embedding_raw}
+        if which == "user":
+            return {SIGNATURE_SCORE: self.user_embedding, **user}
+        if which == "item":
+            return {SIGNATURE_SCORE: self.item_embedding, **item}
+        return {SIGNATURE_SCORE: self.score, **user, **item}
+
+
+def _keep_positions(dense: tf.Tensor, present: tf.Tensor) -> tf.SparseTensor:
+    """SparseTensor of the entries of dense [batch, n] where present is True (ids and weights alike)."""
+    indices = tf.where(present)
+    return tf.SparseTensor(indices, tf.gather_nd(dense, indices), tf.shape(dense, out_type=tf.int64))
+
+
+def export(towers, tft_output, spec: FeatureSpec, serving_dir: str) -> None:
+    """The full model in serving_dir; the user-only and item-only models beside it (<dir>-user, -item)."""
+    module = ServingModule(towers, tft_output, spec)
+    tf.saved_model.save(module, serving_dir, signatures=module.signatures("all"))
+    for tower in ("user", "item"):
+        tf.saved_model.save(module, f"{serving_dir}-{tower}", signatures=module.signatures(tower))
+
+
+def _item_log_q(tft_output):
+    counts = {}
+    with tf.io.gfile.GFile(tft_output.vocabulary_file_by_name(ITEM_POSITIVE_COUNTS), "rb") as f:
+        for line in f:
+            count, _, item = line.rstrip(b"\n").partition(b" ")
+            counts[item] = int(float(count))
+    return item_log_q(tft_output.vocabulary_by_name(ITEM_VOCAB), counts)
 
 
 def run_fn(fn_args: FnArgs) -> None:
@@ -83,24 +161,22 @@ def run_fn(fn_args: FnArgs) -> None:
     table = item_vectors.load_table(custom["item_vectors_dir"]) if any(
         f.kind == "pretrained" for f in spec.features) else None
     towers = build_towers(spec, vocab_sizes, table, cfg)
-    towers.scorer.compile(optimizer=make_optimizer(cfg), loss=weighted_bce_from_logits(cfg.pos_weight),
-                          metrics=[tf.keras.metrics.AUC(name="auc", from_logits=True)])
+    trainer = TwoTowerTrainer(towers, spec, cfg, _item_log_q(tft_output))
+    trainer.compile(optimizer=make_optimizer(cfg))
 
     train_ds = _dataset(fn_args, fn_args.train_files, tft_output, spec, cfg.batch_size, cfg.seed, True)
     eval_ds = _dataset(fn_args, fn_args.eval_files, tft_output, spec, cfg.batch_size, cfg.seed, False)
     log_dir = fn_args.model_run_dir
-    history = towers.scorer.fit(
+    history = trainer.fit(
         train_ds, epochs=1, steps_per_epoch=fn_args.train_steps, verbose=2,
         callbacks=[tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq=50)])
     eval_steps = fn_args.eval_steps or None
-    results = towers.scorer.evaluate(eval_ds, steps=eval_steps, return_dict=True, verbose=0)
-    metrics = {"train_steps": int(fn_args.train_steps), "train_loss": float(history.history["loss"][-1]),
-               "train_auc": float(history.history["auc"][-1]), "eval_loss": float(results["loss"]),
-               "eval_auc": float(results["auc"]), "vocab_sizes": vocab_sizes}
+    results = trainer.evaluate(eval_ds, steps=eval_steps, return_dict=True, verbose=0)
+    metrics = {"loss_kind": cfg.loss, "train_steps": int(fn_args.train_steps),
+               "train_loss": float(history.history["loss"][-1]), "train_auc": float(history.history["auc"][-1]),
+               "eval_loss": float(results["loss"]), "eval_auc": float(results["auc"]), "vocab_sizes": vocab_sizes}
     tf.io.gfile.makedirs(log_dir)
     with tf.io.gfile.GFile(os.path.join(log_dir, METRICS_FILE), "w") as f:
         json.dump(metrics, f, indent=2)
 
-    tft_layer, signatures = _signatures(towers, tft_output, spec)
-    towers.scorer.tft_layer = tft_layer  # tracked, so that its assets are saved with the model
-    towers.scorer.save(fn_args.serving_model_dir, save_format="tf", signatures=signatures)
+    export(towers, tft_output, spec, fn_args.serving_model_dir)

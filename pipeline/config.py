@@ -23,8 +23,11 @@ class TrainerConfig:
     batch_size: int = 128
     optimizer: str = "adam"          # adam | adagrad | sgd
     learning_rate: float = 0.001
+    loss: str = "pointwise"          # pointwise | inbatch_softmax | mixed (components/losses.py)
     gamma: float = 10.0              # cosine x gamma (the original design's temperature trick)
-    pos_weight: float = 1.2          # weight of act=1 rows in the binary cross-entropy
+    pos_weight: float = 1.2          # pointwise: weight of act=1 rows in the binary cross-entropy
+    temperature: float = 0.05        # in-batch losses: softmax over cosine / temperature
+    logq_correction: bool = True     # in-batch losses: subtract log of the item's click frequency
     user_units: list[int] = field(default_factory=lambda: [256, 256, 128])
     item_units: list[int] = field(default_factory=lambda: [256, 256, 128])
     activation: str = "relu"         # hidden layers

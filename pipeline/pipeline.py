@@ -12,6 +12,7 @@ from tfx.proto import example_gen_pb2
 from tfx.types.artifact import Artifact, Property, PropertyType
 
 from components.anomaly_gate import AnomalyGate
+from components.tower_pusher import TowerPusher
 from components.tsv_example_gen.component import TsvExampleGen
 from components.tsv_example_gen.executor import HASH_INPUT_SPLIT
 from pipeline.config import PipelineConfig
@@ -112,8 +113,9 @@ def create_pipeline(pipeline_root: str, serving_dir: str, inputs: PipelineInputs
         eval_args=tfx.proto.EvalArgs(num_steps=config.trainer.eval_steps or None),
         custom_config={**module_config, "trainer": config.to_dict()["trainer"]})
 
-    # TF Serving layout: <serving_dir>/<model_name>/<version>/saved_model.pb.
-    pusher = tfx.components.Pusher(
+    # TF Serving layout: <serving_dir>/<model_name>/<version>/saved_model.pb, and the single-tower
+    # models in <model_name>_user/ and <model_name>_item/ with the same version.
+    pusher = TowerPusher(
         model=trainer.outputs["model"],
         push_destination=tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
             base_directory=f"{serving_dir}/{config.model_name}")))

@@ -13,6 +13,7 @@ import ml_metadata as mlmd
 from ml_metadata.proto import metadata_store_pb2
 
 from components.preprocessing import OOV_COUNT_PREFIX
+from components.tower_pusher import TOWER_DESTINATIONS
 from components.trainer import METRICS_FILE
 from components.tsv_example_gen.executor import REPORT_PROPERTY
 
@@ -126,7 +127,8 @@ def build_run_summary(metadata_path: str, pipeline_name: str) -> dict:
                 if pushed:
                     summary["pushed_models"].append({
                         "path": _custom(a, "pushed_destination"),
-                        "version": _custom(a, "pushed_version")})
+                        "version": _custom(a, "pushed_version"),
+                        "towers": _custom(a, TOWER_DESTINATIONS) or {}})
     return summary
 
 

@@ -17,7 +17,7 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.e2e
 
 COMPONENTS = {"TsvExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "AnomalyGate",
-              "item_vectors_importer", "Transform", "Trainer", "Pusher"}
+              "item_vectors_importer", "Transform", "TransformedStatisticsGen", "Trainer", "TowerPusher"}
 
 
 def _run(workdir, *args, expect_ok=True):
@@ -61,6 +61,7 @@ def test_each_component_ran_once_and_the_rerun_is_cached(runs):
         states = [e.last_known_state for e in by_node[node]]
         assert states.count(complete) == 1, (node, states)
     assert second["pushed_models"] == first["pushed_models"]
+    assert sorted(os.listdir(os.path.join(workdir, "serving"))) == ["dssm", "dssm_item", "dssm_user"]
     assert len(os.listdir(os.path.join(workdir, "serving", "dssm"))) == 1
 
 
@@ -72,6 +73,9 @@ def test_summary_counts_and_quality(runs):
     for split in first["splits"].values():
         assert split["read"] == split["written"] + split["rejected"]
         assert split["rejected"] == 0
+    # Vocabularies come from the training split, so no training id is out of vocabulary.
+    assert first["oov_ids"]["train"] == {"topic_id": 0, "client_type": 0}
+    assert set(first["oov_ids"]["eval"]) == {"topic_id", "client_type"}
     assert first["training"]["train_steps"] == TrainerConfig().train_steps
     assert first["training"]["eval_auc"] >= 0.70, first["training"]
     assert np.isfinite(first["training"]["eval_loss"])
@@ -123,6 +127,16 @@ def test_pushed_model_signatures_agree(runs):
     np.testing.assert_allclose(user_only.numpy()[0], user[0], rtol=1e-5, atol=1e-6)
     item_only = model.signatures["item_embedding"](examples=tf.constant([_example(**ITEMS[1])]))["embedding"]
     np.testing.assert_allclose(item_only.numpy()[0], item[1], rtol=1e-5, atol=1e-6)
+
+    # The single-tower models, pushed beside the full one with the same version.
+    version = os.path.basename(pushed["path"])
+    assert pushed["towers"] == {t: os.path.join(workdir, "serving", f"dssm_{t}", version) for t in ("user", "item")}
+    user_model = tf.saved_model.load(pushed["towers"]["user"])
+    np.testing.assert_allclose(user_model.signatures["serving_default"](examples=tf.constant(pairs))["embedding"],
+                               user, rtol=1e-5, atol=1e-6)
+    item_model = tf.saved_model.load(pushed["towers"]["item"])
+    np.testing.assert_allclose(item_model.signatures["item_embedding"](examples=tf.constant(pairs))["embedding"],
+                               item, rtol=1e-5, atol=1e-6)
 
 
 def test_rejected_rows_file_exists_and_is_empty(runs):

@@ -3,27 +3,13 @@ import functools
 import tempfile
 
 import numpy as np
-import pytest
 import tensorflow as tf
-import tensorflow_transform as tft
 import tensorflow_transform.beam as tft_beam
 from tensorflow_transform.tf_metadata import dataset_metadata
 
 from components.preprocessing import preprocessing_fn
 from schema.generate import schema_from_spec
-
-
-def _row(act, client, post, ctype, follow, fav, topic, read):
-    return {"act": act, "client_id": client, "post_id": post, "client_type": ctype,
-            "follow_topic_id": follow, "all_topic_fav_7": [k for k, _ in fav],
-            "all_topic_fav_7_weight": [w for _, w in fav], "topic_id": topic, "read_post_id": read}
-
-
-RAW = [
-    _row(1, "u1", "p2", 0, ["t1", "t2"], [("t2", 0.5), ("t3", 0.25)], "t1", ["p1", "p3"]),
-    _row(0, "u2", "p9", 1, [], [], "t1", ["p9", "p1"]),
-    _row(0, "u3", "p3", 0, ["t3"], [("t1", 1.0)], "t2", []),
-]
+from tests.conftest import RAW
 
 
 def _pad(values, n):
@@ -33,37 +19,26 @@ def _pad(values, n):
 # topic group vocabulary over topic_id + follow_topic_id + all_topic_fav_7: t1 x4, t2 x3, t3 x2
 # -> t1=1, t2=2, t3=3 (0 = padding), OOV = 4.  client_type: "0" x2 -> 1, "1" x1 -> 2.
 # Pretrained rows from the id file p1, p2, p3 -> 1, 2, 3; unknown -> 0.
+# Item index: p2, p9, p3 are seen once each; tf.Transform breaks frequency ties by descending value:
+# p9=1, p3=2, p2=3. Clicks per item (logQ): only p2, once.
 EXPECTED = [
     {"act": 1, "topic_id_xf": 1, "client_type_xf": 1, "follow_topic_id_xf": _pad([1, 2], 20),
      "all_topic_fav_7_xf": _pad([2, 3], 5), "all_topic_fav_7_weight_xf": _pad([0.5, 0.25], 5),
-     "item_embed_xf": 2, "client_embed_xf": _pad([1, 3], 50), "oov_count_topic_id": 0, "oov_count_client_type": 0},
+     "item_embed_xf": 2, "client_embed_xf": _pad([1, 3], 50), "oov_count_topic_id": 0, "oov_count_client_type": 0,
+     "post_id_xf": 3},
     {"act": 0, "topic_id_xf": 1, "client_type_xf": 2, "follow_topic_id_xf": _pad([], 20),
      "all_topic_fav_7_xf": _pad([], 5), "all_topic_fav_7_weight_xf": _pad([], 5),
-     "item_embed_xf": 0, "client_embed_xf": _pad([0, 1], 50), "oov_count_topic_id": 0, "oov_count_client_type": 0},
+     "item_embed_xf": 0, "client_embed_xf": _pad([0, 1], 50), "oov_count_topic_id": 0, "oov_count_client_type": 0,
+     "post_id_xf": 1},
     {"act": 0, "topic_id_xf": 2, "client_type_xf": 1, "follow_topic_id_xf": _pad([3], 20),
      "all_topic_fav_7_xf": _pad([1], 5), "all_topic_fav_7_weight_xf": _pad([1.0], 5),
-     "item_embed_xf": 3, "client_embed_xf": _pad([], 50), "oov_count_topic_id": 0, "oov_count_client_type": 0},
+     "item_embed_xf": 3, "client_embed_xf": _pad([], 50), "oov_count_topic_id": 0, "oov_count_client_type": 0,
+     "post_id_xf": 2},
 ]
 
 
-@pytest.fixture(scope="module")
-def transformed(spec, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("tft")
-    ids_path = tmp / "item_ids.txt"
-    ids_path.write_text("p1\np2\np3\n")
-    config = {"feature_spec": spec.to_json(), "num_oov_buckets": 1, "item_ids_path": str(ids_path)}
-    metadata = dataset_metadata.DatasetMetadata(schema_from_spec(spec))
-    out_dir = str(tmp / "transform_fn")
-    with tft_beam.Context(temp_dir=tempfile.mkdtemp(dir=tmp)):
-        (data, _), transform_fn = (RAW, metadata) | tft_beam.AnalyzeAndTransformDataset(
-            functools.partial(preprocessing_fn, custom_config=config))
-        _ = transform_fn | tft_beam.WriteTransformFn(out_dir)
-    ids_path.unlink()  # the saved graph must carry its own copy of the id file
-    return data, tft.TFTransformOutput(out_dir)
-
-
-def test_literal_rows(transformed):
-    data, _ = transformed
+def test_literal_rows(tiny_transform):
+    data, _ = tiny_transform
     assert len(data) == len(EXPECTED)
     for got, want in zip(data, EXPECTED, strict=True):
         assert set(got) == set(want)
@@ -71,14 +46,17 @@ def test_literal_rows(transformed):
             np.testing.assert_allclose(got[key], value, err_msg=key)
 
 
-def test_shared_vocabulary_file(transformed):
-    _, output = transformed
+def test_shared_vocabulary_file(tiny_transform):
+    _, output = tiny_transform
     assert output.vocabulary_by_name("vocab_topic_id") == [b"t1", b"t2", b"t3"]
     assert output.vocabulary_by_name("vocab_client_type") == [b"0", b"1"]
+    assert output.vocabulary_by_name("vocab_item_id") == [b"p9", b"p3", b"p2"]
+    with open(output.vocabulary_file_by_name("item_positive_counts"), "rb") as f:
+        assert f.read() == b"1 p2\n"
 
 
-def test_transform_layer_maps_oov_and_works_without_the_id_file(transformed, spec):
-    _, output = transformed
+def test_transform_layer_maps_oov_and_works_without_the_id_file(tiny_transform, spec):
+    _, output = tiny_transform
     raw = {"act": tf.constant([0], tf.int64), "client_id": tf.constant(["u"]), "post_id": tf.constant(["p1"]),
            "client_type": tf.constant([7], tf.int64), "topic_id": tf.constant(["never-seen"]),
            "follow_topic_id": tf.sparse.from_dense(tf.constant([["t3"]])),
@@ -110,3 +88,4 @@ def test_top_k_sends_the_rest_out_of_vocabulary(spec, tmp_path):
     assert data[2]["follow_topic_id_xf"][:1].tolist() == [3]
     # t3 is out of vocabulary: once in row 0 (fav list) and once in row 2 (follow list).
     assert [d["oov_count_topic_id"] for d in data] == [1, 0, 1]
+

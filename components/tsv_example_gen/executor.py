@@ -3,10 +3,11 @@
 For each input split it writes, next to the Split-* folders of the Examples artifact:
   ingest_report/<split>-rejected.jsonl   one JSON object per rejected row: file, line, reason, detail, raw
   ingest_report/<split>-counts.json      read / written / rejected:<reason> / soft:<kind> counts
-and for each output split ingest_report/<split>-written.json (examples written to that split). With
-explicit train/eval files the input and output splits are the same; with one input split by a hash
-of the user id, the input split is "all". The counts go on the artifact (custom property
-`ingest_report`) and the run stops when a split has too many rejected rows or no rows at all.
+and, when one input split is divided by a hash of the user id (the input split is then "all"), for
+each output split ingest_report/<split>-written.json. With explicit train/eval files the input and
+output splits are the same, and the parser's counts are the written counts. The counts go on the
+artifact (custom property `ingest_report`) and the run stops when a split has too many rejected rows
+or no rows at all.
 """
 from __future__ import annotations
 
@@ -164,6 +165,12 @@ def summarize_counts(counts: dict) -> dict:
             "soft_problems": dict(sorted(soft.items(), key=lambda kv: (-kv[1], kv[0])))}
 
 
+def _hash_split(exec_properties) -> bool:
+    output_config = example_gen_pb2.Output()
+    proto_utils.json_to_proto(exec_properties[standard_component_specs.OUTPUT_CONFIG_KEY], output_config)
+    return bool(output_config.split_config.splits)
+
+
 def _read_json(path: str) -> dict:
     with fileio.open(path) as f:
         text = f.read().strip()
@@ -176,6 +183,8 @@ class Executor(BaseExampleGenExecutor):
 
     def GenerateExamplesByBeam(self, pipeline, exec_properties):
         splits = super().GenerateExamplesByBeam(pipeline, exec_properties)
+        if not _hash_split(exec_properties):
+            return splits  # output split = input split: the parser's counts are the written counts
         report_dir = exec_properties[_REPORT_DIR_KEY]
         for name, examples in splits.items():
             _ = (examples
@@ -197,16 +206,17 @@ class Executor(BaseExampleGenExecutor):
         report = {}
         for split in (s.name for s in input_config.splits):
             report[split] = summarize_counts(_read_json(os.path.join(report_dir, f"{split}-counts.json")))
-        output_written = {split: _read_json(os.path.join(report_dir, f"{split}-written.json")).get("written", 0)
-                          for split in artifact_utils.decode_split_names(examples.split_names)}
-        hash_split = set(output_written) != set(report)
-        for split, n in output_written.items():
-            if hash_split and split in report:
-                raise IngestError(f"output split {split} has the name of an input split; name the input "
-                                  f"split that is divided by hash differently (e.g. '{HASH_INPUT_SPLIT}')")
-            if not hash_split and report[split]["written"] != n:
-                raise IngestError(f"split {split}: parsed {report[split]['written']} rows, wrote {n}")
-            report.setdefault(split, {})["written"] = n
+        outputs = artifact_utils.decode_split_names(examples.split_names)
+        if _hash_split(exec_properties):
+            output_written = {split: _read_json(os.path.join(report_dir, f"{split}-written.json")).get("written", 0)
+                              for split in outputs}
+            for split, n in output_written.items():
+                if split in report:
+                    raise IngestError(f"output split {split} has the name of an input split; name the input "
+                                      f"split that is divided by hash differently (e.g. '{HASH_INPUT_SPLIT}')")
+                report[split] = {"written": n}
+        else:
+            output_written = {split: report[split]["written"] for split in outputs}
         examples.set_json_value_custom_property(REPORT_PROPERTY, report)
         self._enforce(report, output_written, float(exec_properties.get(MAX_REJECTED_FRACTION_KEY, 0.01)),
                       report_dir)

@@ -1,0 +1,59 @@
+"""Training losses of the two-tower model, on the tower outputs of one batch.
+
+  pointwise        weighted binary cross-entropy on the logged act labels, logit = gamma * <u, v>
+                   (the original design; pos_weight scales the act=1 rows)
+  inbatch_softmax  softmax over the batch's clicked items: each clicked row's item is the target among
+                   the items of all clicked rows; logits = <u, v> / temperature, minus log q(item)
+                   (logQ correction: popular items are sampled into batches more often), and an item
+                   that appears in another row of the batch is masked out for the row (an accidental
+                   hit is not a negative)
+  mixed            inbatch_softmax plus the items of the batch's act=0 rows as extra negatives for
+                   every clicked row (logged hard negatives; they were not sampled, so no logQ)
+Every similarity is reduced per row (over the embedding axis), never over the batch.
+"""
+from __future__ import annotations
+
+import tensorflow as tf
+
+LOSSES = ("pointwise", "inbatch_softmax", "mixed")
+_MASKED = -1e9
+
+
+def pair_logits(user: tf.Tensor, item: tf.Tensor, gamma: float) -> tf.Tensor:
+    """[batch]: gamma * <user_i, item_i>, one value per row."""
+    return gamma * tf.reduce_sum(user * item, axis=-1)
+
+
+def pointwise_loss(user, item, labels, gamma: float, pos_weight: float, sample_weight=None) -> tf.Tensor:
+    y = tf.cast(tf.reshape(labels, [-1]), tf.float32)
+    per_row = tf.nn.weighted_cross_entropy_with_logits(y, pair_logits(user, item, gamma), pos_weight)
+    if sample_weight is None:
+        return tf.reduce_mean(per_row)
+    w = tf.cast(tf.reshape(sample_weight, [-1]), tf.float32)
+    return tf.math.divide_no_nan(tf.reduce_sum(per_row * w), tf.reduce_sum(w))
+
+
+def softmax_loss(user, item, labels, item_ids, temperature: float, log_q=None, hard_negatives: bool = False,
+                 sample_weight=None) -> tf.Tensor:
+    """In-batch softmax over the clicked rows (and, with hard_negatives, the act=0 rows' items).
+
+    user, item: [B, d]; labels: [B] 0/1; item_ids: [B] ints identifying items (for accidental hits);
+    log_q: [B] log sampling probability of each row's item, or None.
+    """
+    labels = tf.reshape(tf.cast(labels, tf.bool), [-1])
+    item_ids = tf.reshape(item_ids, [-1])
+    logits = tf.matmul(user, item, transpose_b=True) / temperature            # [B, B]: row i, candidate j
+    if log_q is not None:  # correct only the sampled candidates (the clicked rows' items)
+        correction = tf.where(labels, tf.reshape(tf.cast(log_q, logits.dtype), [-1]), 0.0)
+        logits -= correction[None, :]
+    candidate = labels if not hard_negatives else tf.ones_like(labels)
+    size = tf.shape(labels)[0]
+    diagonal = tf.eye(size, dtype=tf.bool)
+    same_item = tf.equal(item_ids[:, None], item_ids[None, :])
+    keep = (candidate[None, :] & ~(same_item & ~diagonal)) | diagonal
+    logits = tf.where(keep, logits, _MASKED)
+    per_row = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.range(size), logits=logits)
+    w = tf.cast(labels, per_row.dtype)
+    if sample_weight is not None:
+        w *= tf.cast(tf.reshape(sample_weight, [-1]), per_row.dtype)
+    return tf.math.divide_no_nan(tf.reduce_sum(per_row * w), tf.reduce_sum(w))

@@ -1,0 +1,91 @@
+"""Export: save -> reload gives the in-memory towers' outputs, over tf.Examples and raw tensors alike."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from components.model import build_towers, model_input_names
+from components.preprocessing import vocab_size_with_reserved
+from components.trainer import export
+from pipeline.config import TrainerConfig
+from tests.conftest import RAW
+
+TABLE = np.array([[0, 0, 0], [1, 0, 0], [0, 2, 0], [0, 0, 3]], np.float32)
+
+
+def _example(row) -> bytes:
+    ex = tf.train.Example()
+    for key, value in row.items():
+        values = value if isinstance(value, list) else [value]
+        f = ex.features.feature[key]
+        if key == "all_topic_fav_7_weight":
+            f.float_list.value.extend(values)
+        elif isinstance(values[0] if values else "", int):
+            f.int64_list.value.extend(values)
+        else:
+            f.bytes_list.value.extend(v.encode() for v in values)
+    return ex.SerializeToString()
+
+
+def _padded(lists, fill):
+    width = max(1, max(len(x) for x in lists))
+    return [x + [fill] * (width - len(x)) for x in lists]
+
+
+@pytest.fixture(scope="module")
+def exported(spec, tiny_transform, tmp_path_factory):
+    _, tft_output = tiny_transform
+    sizes = {g: vocab_size_with_reserved(tft_output, g, 1) for g in spec.vocab_groups()}
+    towers = build_towers(spec, sizes, TABLE, TrainerConfig(user_units=[8, 4], item_units=[8, 4], gamma=3.0))
+    path = str(tmp_path_factory.mktemp("export") / "Format-Serving")
+    export(towers, tft_output, spec, path)
+    return towers, tft_output, path
+
+
+def test_reloaded_signatures_equal_the_in_memory_towers(spec, exported):
+    towers, tft_output, path = exported
+    examples = tf.constant([_example(r) for r in RAW])
+    parse = spec.raw_feature_spec(include_label=False, serving=True)
+    t = tft_output.transform_features_layer()(tf.io.parse_example(examples, parse))
+    want_user = towers.user({k: t[k] for k in model_input_names(spec, "user")}).numpy()
+    want_item = towers.item({k: t[k] for k in model_input_names(spec, "item")}).numpy()
+
+    model = tf.saved_model.load(path)
+    user = model.signatures["user_embedding"](examples=examples)["embedding"].numpy()
+    item = model.signatures["item_embedding"](examples=examples)["embedding"].numpy()
+    score = model.signatures["serving_default"](examples=examples)["score"].numpy()
+    np.testing.assert_allclose(user, want_user, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(item, want_item, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(score, 1 / (1 + np.exp(-3.0 * (want_user * want_item).sum(1))), rtol=1e-5, atol=1e-6)
+
+
+def test_raw_tensor_signatures_equal_the_example_signatures(exported):
+    _, _, path = exported
+    model = tf.saved_model.load(path)
+    examples = tf.constant([_example(r) for r in RAW])
+    raw_user = model.signatures["user_embedding_raw"](
+        client_type=tf.constant([r["client_type"] for r in RAW], tf.int64),
+        follow_topic_id=tf.constant(_padded([r["follow_topic_id"] for r in RAW], "")),
+        all_topic_fav_7=tf.constant(_padded([r["all_topic_fav_7"] for r in RAW], "")),
+        all_topic_fav_7_weight=tf.constant(_padded([r["all_topic_fav_7_weight"] for r in RAW], 0.0)),
+        read_post_id=tf.constant(_padded([r["read_post_id"] for r in RAW], "")))["embedding"]
+    np.testing.assert_allclose(raw_user.numpy(), model.signatures["user_embedding"](examples=examples)["embedding"],
+                               rtol=1e-5, atol=1e-6)
+    raw_item = model.signatures["item_embedding_raw"](
+        post_id=tf.constant([r["post_id"] for r in RAW]), topic_id=tf.constant([r["topic_id"] for r in RAW]))
+    np.testing.assert_allclose(raw_item["embedding"].numpy(),
+                               model.signatures["item_embedding"](examples=examples)["embedding"], rtol=1e-5, atol=1e-6)
+
+
+def test_single_tower_models(exported):
+    _, _, path = exported
+    full = tf.saved_model.load(path)
+    examples = tf.constant([_example(r) for r in RAW])
+    for tower in ("user", "item"):
+        alone = tf.saved_model.load(f"{path}-{tower}")
+        other = "item" if tower == "user" else "user"
+        assert set(alone.signatures) == {"serving_default", f"{tower}_embedding", f"{tower}_embedding_raw"}
+        assert f"{other}_embedding" not in alone.signatures
+        want = full.signatures[f"{tower}_embedding"](examples=examples)["embedding"].numpy()
+        for sig in ("serving_default", f"{tower}_embedding"):
+            np.testing.assert_allclose(alone.signatures[sig](examples=examples)["embedding"].numpy(), want,
+                                       rtol=1e-6)

@@ -1,0 +1,74 @@
+"""Each loss on a tiny batch against numpy, written out term by term."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from components.losses import pair_logits, pointwise_loss, softmax_loss
+from components.model import item_log_q
+
+rng = np.random.default_rng(0)
+U = rng.normal(size=(4, 3)).astype(np.float32)
+V = rng.normal(size=(4, 3)).astype(np.float32)
+LABELS = np.array([1, 1, 0, 1])
+ITEMS = np.array([7, 8, 9, 7])  # rows 0 and 3 clicked the same item
+LOG_Q = np.log(np.array([0.5, 0.2, 0.1, 0.5], np.float32))
+T = 0.5
+
+
+def _log_softmax_at(logits, target):
+    m = logits.max()
+    return logits[target] - (m + np.log(np.exp(logits - m).sum()))
+
+
+def test_pair_logits_are_per_row():
+    got = pair_logits(tf.constant(U), tf.constant(V), 2.0).numpy()
+    want = [2.0 * float(U[i] @ V[i]) for i in range(4)]
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert got.shape == (4,)  # one score per pair, not a batch sum
+
+
+def test_pointwise_is_weighted_bce():
+    z = 3.0 * (U * V).sum(axis=1)
+    p = 1 / (1 + np.exp(-z))
+    want = np.mean(-(1.2 * LABELS * np.log(p) + (1 - LABELS) * np.log(1 - p)))
+    got = pointwise_loss(tf.constant(U), tf.constant(V), tf.constant(LABELS), 3.0, 1.2).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def _softmax_by_hand(use_log_q: bool, hard_negatives: bool) -> float:
+    losses = []
+    for i in range(4):
+        if not LABELS[i]:
+            continue
+        logits = []
+        for j in range(4):
+            if j != i and ITEMS[j] == ITEMS[i]:
+                continue                               # accidental hit: masked
+            if not LABELS[j] and not hard_negatives:
+                continue                               # not a candidate
+            z = float(U[i] @ V[j]) / T
+            if use_log_q and LABELS[j]:
+                z -= float(LOG_Q[j])                   # only sampled (clicked) candidates
+            logits.append((j, z))
+        target = [k for k, (j, _) in enumerate(logits) if j == i][0]
+        losses.append(-_log_softmax_at(np.array([z for _, z in logits]), target))
+    return float(np.mean(losses))
+
+
+@pytest.mark.parametrize("use_log_q", [False, True])
+@pytest.mark.parametrize("hard_negatives", [False, True])
+def test_softmax_losses_match_hand_computation(use_log_q, hard_negatives):
+    got = softmax_loss(tf.constant(U), tf.constant(V), tf.constant(LABELS), tf.constant(ITEMS), T,
+                       tf.constant(LOG_Q) if use_log_q else None, hard_negatives=hard_negatives).numpy()
+    np.testing.assert_allclose(got, _softmax_by_hand(use_log_q, hard_negatives), rtol=1e-5)
+
+
+def test_softmax_without_clicks_is_zero_not_nan():
+    got = softmax_loss(tf.constant(U), tf.constant(V), tf.constant([0, 0, 0, 0]), tf.constant(ITEMS), T).numpy()
+    assert got == 0.0
+
+
+def test_item_log_q_from_click_counts():
+    log_q = item_log_q([b"a", b"b", b"c"], {b"a": 6, b"b": 2})
+    # index 0 (padding) and 4 (OOV) get one click; c was never clicked: one click. Total over a, b, c = 9.
+    np.testing.assert_allclose(np.exp(log_q), [1 / 9, 6 / 9, 2 / 9, 1 / 9, 1 / 9], rtol=1e-6)
