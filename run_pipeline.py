@@ -57,14 +57,27 @@ def _log_patterns(args) -> dict[str, str]:
             "eval log": args.eval or os.path.join(SAMPLE_DIR, "eval.tsv")}
 
 
+def code_fingerprint() -> str:
+    """sha256 over the project's Python sources that components import (see PipelineInputs)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for package in ("components", "schema", "pipeline"):
+        for path in sorted(glob.glob(os.path.join(HERE, package, "**", "*.py"), recursive=True)):
+            h.update(os.path.relpath(path, HERE).encode())
+            with open(path, "rb") as f:
+                h.update(f.read())
+    return h.hexdigest()[:16]
+
+
 def check_inputs(patterns: dict[str, str], spec) -> None:
     """Fails early, naming the file, on missing files, empty globs and headers that do not match."""
-    from components.tsv_example_gen.executor import _check_headers
+    from components.tsv_example_gen.executor import check_headers
 
     for what, pattern in patterns.items():
         files = _expand(pattern, what)
         try:
-            _check_headers(files, spec)
+            check_headers(files, spec)
         except (ValueError, OSError) as e:  # IngestError is a RuntimeError: caught below
             raise InputError(str(e)) from None
 
@@ -112,7 +125,7 @@ def run_local(args) -> dict:
         input_base=input_base, train_pattern=named.get("training log"), eval_pattern=named.get("eval log"),
         input_pattern=named.get("input log"),
         item_vectors_dir=vectors.dir, item_vectors_dim=vectors.dim, item_vectors_count=vectors.count,
-        item_vectors_sha256=vectors.sha256, feature_spec_json=spec.to_json())
+        item_vectors_sha256=vectors.sha256, feature_spec_json=spec.to_json(), code_fingerprint=code_fingerprint())
     metadata_path = os.path.join(workdir, "metadata.sqlite")
     pipeline = create_pipeline(
         pipeline_root=os.path.join(workdir, "pipeline"),

@@ -41,6 +41,9 @@ class PipelineInputs:
     item_vectors_count: int
     item_vectors_sha256: str
     feature_spec_json: str
+    # sha256 of the project's code: components loaded by import path are not fingerprinted by TFX,
+    # so this keys the cache, and changed code re-runs the components that use it.
+    code_fingerprint: str = ""
 
 
 def _input_config(inputs: PipelineInputs) -> example_gen_pb2.Input:
@@ -72,7 +75,8 @@ def create_pipeline(pipeline_root: str, serving_dir: str, inputs: PipelineInputs
         input_config=_input_config(inputs),
         output_config=_output_config(inputs, config, user_id),
         max_rejected_fraction=config.max_rejected_fraction,
-        item_ids_path=f"{inputs.item_vectors_dir}/item_ids.txt")
+        item_ids_path=f"{inputs.item_vectors_dir}/item_ids.txt",
+        code_fingerprint=inputs.code_fingerprint)
 
     # Statistics of both splits, checked against the curated schema derived from the feature spec.
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
@@ -93,7 +97,8 @@ def create_pipeline(pipeline_root: str, serving_dir: str, inputs: PipelineInputs
     module_config = {"feature_spec": inputs.feature_spec_json, "num_oov_buckets": config.num_oov_buckets,
                      "item_ids_path": f"{inputs.item_vectors_dir}/item_ids.txt",
                      "item_vectors_dir": inputs.item_vectors_dir,
-                     "item_vectors_sha256": inputs.item_vectors_sha256}
+                     "item_vectors_sha256": inputs.item_vectors_sha256,
+                     "code_fingerprint": inputs.code_fingerprint}
     transform = tfx.components.Transform(
         examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
         preprocessing_fn="components.preprocessing.preprocessing_fn", custom_config=module_config)

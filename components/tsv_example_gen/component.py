@@ -24,6 +24,7 @@ class TsvExampleGenSpec(standard_component_specs.FileBasedExampleGenSpec):
         executor.FEATURE_SPEC_KEY: ExecutionParameter(type=str),
         executor.MAX_REJECTED_FRACTION_KEY: ExecutionParameter(type=float),
         executor.ITEM_IDS_PATH_KEY: ExecutionParameter(type=str, optional=True),
+        "code_fingerprint": ExecutionParameter(type=str, optional=True),  # cache key only
     }
 
 
@@ -33,7 +34,8 @@ class TsvExampleGen(FileBasedExampleGen):
 
     def __init__(self, input_base: str, feature_spec_json: str, input_config: example_gen_pb2.Input,
                  output_config: example_gen_pb2.Output | None = None,
-                 max_rejected_fraction: float = 0.01, item_ids_path: str | None = None):
+                 max_rejected_fraction: float = 0.01, item_ids_path: str | None = None,
+                 code_fingerprint: str | None = None):
         output_config = output_config or utils.make_default_output_config(input_config)
         spec = TsvExampleGenSpec(
             input_base=input_base,
@@ -44,6 +46,7 @@ class TsvExampleGen(FileBasedExampleGen):
             feature_spec=feature_spec_json,
             max_rejected_fraction=float(max_rejected_fraction),
             item_ids_path=item_ids_path,
+            code_fingerprint=code_fingerprint,
             examples=types.Channel(type=standard_artifacts.Examples),
         )
         base_beam_component.BaseBeamComponent.__init__(self, spec=spec)

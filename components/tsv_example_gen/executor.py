@@ -51,7 +51,7 @@ def _open_binary(path: str):
     return f
 
 
-def _check_headers(files: list[str], spec: FeatureSpec) -> None:
+def check_headers(files: list[str], spec: FeatureSpec) -> None:
     for path in files:
         with _open_binary(path) as f:
             first = f.readline()
@@ -133,7 +133,7 @@ def _TsvToExample(pipeline: beam.Pipeline, exec_properties: dict[str, Any], spli
     files = sorted(fileio.glob(pattern))
     if not files:
         raise IngestError(f"no input files match {pattern}")
-    _check_headers(files, spec)
+    check_headers(files, spec)
     split = _split_name_for(exec_properties, split_pattern)
     report_dir = exec_properties[_REPORT_DIR_KEY]
 
