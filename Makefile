@@ -8,7 +8,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint lock sample clean
+ML_DIR ?= ../shared/data/ml-latest-small
+
+.PHONY: setup demo test lint lock sample movielens clean
 
 setup: $(STAMP)
 
@@ -33,6 +35,12 @@ lock:
 # Rewrite the committed sample under data/sample/ (deterministic).
 sample: $(STAMP)
 	$(PY) -m datagen.synthetic --out data/sample
+
+# Real data: MovieLens ml-latest-small converted to click logs, then the pipeline on it.
+movielens: $(STAMP)
+	$(PY) -m datagen.movielens --source $(ML_DIR) --out data/movielens
+	$(PY) run_pipeline.py local --train data/movielens/train.tsv --eval data/movielens/eval.tsv \
+	  --item-embeddings $(ML_DIR)/item_embeddings.jsonl.gz --workdir $(if $(filter runs/demo,$(WORKDIR)),runs/movielens,$(WORKDIR))
 
 clean:
 	rm -rf runs .pytest_cache
