@@ -144,7 +144,8 @@ def run_local(args) -> dict:
                          f"(details above; summary in {os.path.join(workdir, 'run_summary.json')})") from None
     summary = write_run_summary(metadata_path, config.pipeline_name, workdir,
                                 wall_seconds=time.time() - started)
-    print(json.dumps({k: summary[k] for k in ("splits", "training", "pushed_models")}, indent=2))
+    shown = ("splits", "training", "retrieval", "pushed_models", "not_pushed_because")
+    print(json.dumps({k: summary[k] for k in shown if k in summary}, indent=2))
     print(f"run summary: {os.path.join(workdir, 'run_summary.json')}")
     return summary
 

@@ -40,6 +40,16 @@ class TrainerConfig:
 
 
 @dataclass
+class EvaluationConfig:
+    ks: list[int] = field(default_factory=lambda: [10, 50, 100])
+    catalog: str = "vectors"         # vectors (the item-vector file's items) | logs (items in the logs)
+    exclude_read: bool = True        # drop the user's read posts from the ranking
+    bless_k: int = 50                # blessed only if Recall@bless_k beats popularity ...
+    bless_margin: float = 0.0        # ... by more than this
+    auc_floor: float = 0.0           # and, when > 0, the eval AUC reaches this
+
+
+@dataclass
 class PipelineConfig:
     pipeline_name: str = "dssm_recall"
     model_name: str = "dssm"         # serving folder: <workdir>/serving/<model_name>/<version>/
@@ -51,6 +61,7 @@ class PipelineConfig:
     num_oov_buckets: int = 1
     enable_cache: bool = True
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -60,6 +71,10 @@ def _check(config: PipelineConfig) -> PipelineConfig:
     if set(config.split_buckets) != {"train", "eval"} or not all(
             isinstance(v, int) and v > 0 for v in config.split_buckets.values()):
         raise ConfigError(f"split_buckets must give positive integers for train and eval, got {config.split_buckets}")
+    if config.evaluation.catalog not in ("vectors", "logs"):
+        raise ConfigError(f"evaluation.catalog must be 'vectors' or 'logs', got '{config.evaluation.catalog}'")
+    if not config.evaluation.ks or not all(isinstance(k, int) and k > 0 for k in config.evaluation.ks):
+        raise ConfigError(f"evaluation.ks must be positive integers, got {config.evaluation.ks}")
     if not 0 <= config.max_rejected_fraction <= 1:
         raise ConfigError(f"max_rejected_fraction must be in [0, 1], got {config.max_rejected_fraction}")
     return config
@@ -71,9 +86,10 @@ def _build(cls, data: dict, where: str):
     if unknown:
         raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(names)}")
     kwargs = {}
+    nested = {"trainer": TrainerConfig, "evaluation": EvaluationConfig}
     for key, value in data.items():
-        if key == "trainer":
-            value = _build(TrainerConfig, value or {}, f"{where}.trainer")
+        if key in nested and cls is PipelineConfig:
+            value = _build(nested[key], value or {}, f"{where}.{key}")
         kwargs[key] = value
     return cls(**kwargs)
 
@@ -91,6 +107,9 @@ def load_config(path: str | None = None, overrides: dict | None = None) -> Pipel
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
     if overrides:
-        trainer = {**data.get("trainer", {}), **overrides.pop("trainer", {})}
-        data = {**data, **overrides, "trainer": trainer}
+        overrides = dict(overrides)
+        for key in ("trainer", "evaluation"):
+            if key in overrides:
+                overrides[key] = {**data.get(key, {}), **overrides[key]}
+        data = {**data, **overrides}
     return _check(_build(PipelineConfig, data, path or "config"))

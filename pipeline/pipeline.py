@@ -9,9 +9,10 @@ from dataclasses import dataclass
 
 from tfx import v1 as tfx
 from tfx.proto import example_gen_pb2
-from tfx.types.artifact import Artifact, Property, PropertyType
 
 from components.anomaly_gate import AnomalyGate
+from components.artifacts import ItemVectors
+from components.retrieval_evaluator import RetrievalEvaluator
 from components.tower_pusher import TowerPusher
 from components.tsv_example_gen.component import TsvExampleGen
 from components.tsv_example_gen.executor import HASH_INPUT_SPLIT
@@ -20,14 +21,6 @@ from schema.spec import FeatureSpec
 
 TRAIN_SPLIT = "train"
 EVAL_SPLIT = "eval"
-
-
-class ItemVectors(Artifact):
-    """Pretrained item vectors prepared by components/item_vectors.py (ids + frozen table)."""
-
-    TYPE_NAME = "ItemVectors"
-    PROPERTIES = {"dim": Property(type=PropertyType.INT), "count": Property(type=PropertyType.INT),
-                  "sha256": Property(type=PropertyType.STRING)}
 
 
 @dataclass(frozen=True)
@@ -118,10 +111,20 @@ def create_pipeline(pipeline_root: str, serving_dir: str, inputs: PipelineInputs
         eval_args=tfx.proto.EvalArgs(num_steps=config.trainer.eval_steps or None),
         custom_config={**module_config, "trainer": config.to_dict()["trainer"]})
 
+    # Full-catalog Recall/HitRate/NDCG@K against a popularity baseline; blesses a model that beats it.
+    ev = config.evaluation
+    evaluator = RetrievalEvaluator(
+        model=trainer.outputs["model"], model_run=trainer.outputs["model_run"],
+        examples=example_gen.outputs["examples"], item_vectors=item_vectors.outputs["result"],
+        feature_spec=inputs.feature_spec_json, ks=",".join(str(k) for k in ev.ks), catalog_source=ev.catalog,
+        exclude_read=int(ev.exclude_read), bless_k=ev.bless_k, bless_margin=float(ev.bless_margin),
+        auc_floor=float(ev.auc_floor))
+
     # TF Serving layout: <serving_dir>/<model_name>/<version>/saved_model.pb, and the single-tower
-    # models in <model_name>_user/ and <model_name>_item/ with the same version.
+    # models in <model_name>_user/ and <model_name>_item/ with the same version. Blessed models only.
     pusher = TowerPusher(
         model=trainer.outputs["model"],
+        model_blessing=evaluator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
             base_directory=f"{serving_dir}/{config.model_name}")))
 
@@ -129,7 +132,7 @@ def create_pipeline(pipeline_root: str, serving_dir: str, inputs: PipelineInputs
         pipeline_name=config.pipeline_name,
         pipeline_root=pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, example_validator, anomaly_gate, item_vectors,
-                    transform, transformed_statistics_gen, trainer, pusher],
+                    transform, transformed_statistics_gen, trainer, evaluator, pusher],
         enable_cache=config.enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_pipeline_args or [])

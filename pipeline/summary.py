@@ -119,11 +119,16 @@ def build_run_summary(metadata_path: str, pipeline_name: str) -> dict:
                     with open(path) as f:
                         summary["training"] = json.load(f)
                 summary["model_run_uri"] = a.uri
+            elif kind == "ModelEvaluation" and _custom(a, "retrieval") is not None:
+                summary["retrieval"] = _custom(a, "retrieval")
             elif kind == "Model":
                 summary["model_uri"] = a.uri
             elif kind == "PushedModel":
                 pushed = bool(_custom(a, "pushed"))
                 summary["pushed"] = pushed
+                if not pushed:
+                    reasons = summary.get("retrieval", {}).get("not_blessed_because") or ["not blessed"]
+                    summary["not_pushed_because"] = reasons
                 if pushed:
                     summary["pushed_models"].append({
                         "path": _custom(a, "pushed_destination"),

@@ -17,7 +17,8 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.e2e
 
 COMPONENTS = {"TsvExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "AnomalyGate",
-              "item_vectors_importer", "Transform", "TransformedStatisticsGen", "Trainer", "TowerPusher"}
+              "item_vectors_importer", "Transform", "TransformedStatisticsGen", "Trainer", "RetrievalEvaluator",
+              "TowerPusher"}
 
 
 def _run(workdir, *args, expect_ok=True):
@@ -79,6 +80,12 @@ def test_summary_counts_and_quality(runs):
     assert first["training"]["train_steps"] == TrainerConfig().train_steps
     assert first["training"]["eval_auc"] >= 0.70, first["training"]
     assert np.isfinite(first["training"]["eval_loss"])
+    retrieval = first["retrieval"]
+    assert retrieval["blessed"] and first["pushed"]
+    assert retrieval["model"]["recall@50"] > retrieval["popularity"]["recall@50"]
+    for k in (10, 50, 100):
+        assert 0 <= retrieval["model"][f"recall@{k}"] <= retrieval["model"][f"hit_rate@{k}"] <= 1
+    assert retrieval["model"]["recall@10"] <= retrieval["model"]["recall@50"] <= retrieval["model"]["recall@100"]
 
 
 def _example(**features):
@@ -162,3 +169,14 @@ def test_a_data_anomaly_stops_the_run_before_transform(tmp_path):
     by_node = _executions_by_node(os.path.join(workdir, "metadata.sqlite"))
     assert "Transform" not in by_node or not by_node["Transform"]
     assert not os.path.exists(os.path.join(workdir, "serving"))
+
+
+def test_a_model_that_does_not_beat_popularity_is_not_pushed(runs, tmp_path):
+    workdir, first, _ = runs
+    (tmp_path / "strict.yaml").write_text("evaluation:\n  bless_margin: 1.0\n")  # no model can beat that
+    summary = _run(workdir, "--config", str(tmp_path / "strict.yaml"))
+    states = {c["component"]: c["state"] for c in summary["components"]}
+    assert states["Trainer"] == "CACHED" and states["RetrievalEvaluator"] == "COMPLETE"
+    assert summary["pushed"] is False and summary["pushed_models"] == []
+    assert "does not beat the popularity baseline" in summary["not_pushed_because"][0]
+    assert os.listdir(os.path.join(workdir, "serving", "dssm")) == [os.path.basename(first["pushed_models"][0]["path"])]

@@ -1,0 +1,10 @@
+"""Custom artifact types of the pipeline."""
+from tfx.types.artifact import Artifact, Property, PropertyType
+
+
+class ItemVectors(Artifact):
+    """Pretrained item vectors prepared by components/item_vectors.py (item_ids.txt, vectors.npy)."""
+
+    TYPE_NAME = "ItemVectors"
+    PROPERTIES = {"dim": Property(type=PropertyType.INT), "count": Property(type=PropertyType.INT),
+                  "sha256": Property(type=PropertyType.STRING)}

@@ -1,0 +1,51 @@
+"""Full-catalog retrieval metrics: Recall@K, HitRate@K and NDCG@K over users' relevant items.
+
+A query is one user: a score for every catalog item, the set of relevant items (the user's eval
+clicks) and optionally items to exclude (already read). With R the relevant set and top_K the K best
+items after exclusion:
+  Recall@K  = |top_K ∩ R| / |R|
+  HitRate@K = 1 if top_K ∩ R is not empty
+  NDCG@K    = sum over hits at rank r (1-based) of 1 / log2(r + 1), divided by the same sum for the
+              ideal ranking (min(|R|, K) hits at the top)
+Each is averaged over the queries.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def topk_indices(scores: np.ndarray, k: int) -> np.ndarray:
+    """[queries, k] indices of the k highest scores per row, best first (ties: lower index first)."""
+    k = min(k, scores.shape[1])
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.lexsort((part, -part_scores), axis=1)
+    return np.take_along_axis(part, order, axis=1)
+
+
+def metrics_at_k(top: np.ndarray, relevant: list[set[int]], ks: list[int]) -> dict[str, float]:
+    """top: [queries, >= max(ks)] ranked item indices; relevant: per query, the relevant indices."""
+    out = {}
+    for k in ks:
+        recall, hit, ndcg = [], [], []
+        for row, rel in zip(top[:, :k], relevant, strict=True):
+            gains = np.array([1.0 if i in rel else 0.0 for i in row])
+            hits = gains.sum()
+            recall.append(hits / len(rel))
+            hit.append(1.0 if hits else 0.0)
+            discounts = 1.0 / np.log2(np.arange(2, len(row) + 2))
+            ideal = discounts[: min(len(rel), k)].sum()
+            ndcg.append(float((gains * discounts).sum() / ideal))
+        out[f"recall@{k}"] = float(np.mean(recall))
+        out[f"hit_rate@{k}"] = float(np.mean(hit))
+        out[f"ndcg@{k}"] = float(np.mean(ndcg))
+    return out
+
+
+def rank_catalog(scores: np.ndarray, exclude: list[set[int]], k: int) -> np.ndarray:
+    """Top-k per query after removing the excluded items (their scores set to -inf)."""
+    scores = scores.astype(np.float64, copy=True)
+    for q, items in enumerate(exclude):
+        if items:
+            scores[q, list(items)] = -np.inf
+    return topk_indices(scores, k)

@@ -1,0 +1,29 @@
+"""Retrieval metrics against values worked out by hand."""
+import math
+
+import numpy as np
+import pytest
+
+from components.retrieval_metrics import metrics_at_k, rank_catalog, topk_indices
+
+
+def test_topk_orders_by_score_then_index():
+    scores = np.array([[0.1, 0.9, 0.5, 0.9], [3.0, 1.0, 2.0, 0.0]])
+    assert topk_indices(scores, 3).tolist() == [[1, 3, 2], [0, 2, 1]]
+
+
+def test_exclusion_removes_items_before_ranking():
+    scores = np.array([[0.9, 0.8, 0.7, 0.6]])
+    assert rank_catalog(scores, [{0, 2}], 2).tolist() == [[1, 3]]
+
+
+def test_metrics_by_hand():
+    top = np.array([[5, 1, 7], [2, 3, 4]])
+    relevant = [{1, 9}, {8}]
+    m = metrics_at_k(top, relevant, [1, 3])
+    # user 0: relevant {1, 9}; hit at rank 2 (item 1). user 1: no hit.
+    assert m["recall@1"] == 0.0 and m["hit_rate@1"] == 0.0 and m["ndcg@1"] == 0.0
+    assert m["recall@3"] == pytest.approx((1 / 2 + 0) / 2)
+    assert m["hit_rate@3"] == pytest.approx(0.5)
+    ndcg_user0 = (1 / math.log2(3)) / (1 / math.log2(2) + 1 / math.log2(3))
+    assert m["ndcg@3"] == pytest.approx(ndcg_user0 / 2)
