@@ -31,14 +31,16 @@ SIGNATURE_ITEM = "item_embedding"
 EXAMPLES_INPUT = "examples"
 
 
-def _dataset(fn_args: FnArgs, files, tft_output, spec: FeatureSpec, batch_size: int, seed: int, repeat: bool):
-    """(model inputs + item index, label) batches; other transformed features (OOV counts) are left out."""
+def _dataset(fn_args: FnArgs, files, tft_output, spec: FeatureSpec, batch_size: int, seed: int, shuffle: bool,
+             epochs: int | None):
+    """(model inputs + item index, label) batches, repeated forever when epochs is None.
+
+    Other transformed features (the OOV counts) are left out."""
     names = model_input_names(spec, "user") + model_input_names(spec, "item") + [transformed_name(spec.item_id)]
     return fn_args.data_accessor.tf_dataset_factory(
         files,
-        tfxio.TensorFlowDatasetOptions(batch_size=batch_size, label_key=spec.label, shuffle=repeat,
-                                       shuffle_seed=seed if repeat else None,
-                                       num_epochs=None if repeat else 1),
+        tfxio.TensorFlowDatasetOptions(batch_size=batch_size, label_key=spec.label, shuffle=shuffle,
+                                       shuffle_seed=seed if shuffle else None, num_epochs=epochs),
         tft_output.transformed_metadata.schema).map(lambda x, y: ({k: x[k] for k in names}, y))
 
 
@@ -164,15 +166,16 @@ def run_fn(fn_args: FnArgs) -> None:
     trainer = TwoTowerTrainer(towers, spec, cfg, _item_log_q(tft_output))
     trainer.compile(optimizer=make_optimizer(cfg))
 
-    train_ds = _dataset(fn_args, fn_args.train_files, tft_output, spec, cfg.batch_size, cfg.seed, True)
-    eval_ds = _dataset(fn_args, fn_args.eval_files, tft_output, spec, cfg.batch_size, cfg.seed, False)
+    train_ds = _dataset(fn_args, fn_args.train_files, tft_output, spec, cfg.batch_size, cfg.seed, True,
+                        cfg.epochs or None)
+    eval_ds = _dataset(fn_args, fn_args.eval_files, tft_output, spec, cfg.batch_size, cfg.seed, False, 1)
     log_dir = fn_args.model_run_dir
     history = trainer.fit(
-        train_ds, epochs=1, steps_per_epoch=fn_args.train_steps, verbose=2,
+        train_ds, epochs=1, steps_per_epoch=None if cfg.epochs else fn_args.train_steps, verbose=2,
         callbacks=[tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq=50)])
     eval_steps = fn_args.eval_steps or None
     results = trainer.evaluate(eval_ds, steps=eval_steps, return_dict=True, verbose=0)
-    metrics = {"loss_kind": cfg.loss, "train_steps": int(fn_args.train_steps),
+    metrics = {"loss_kind": cfg.loss, "train_steps": int(trainer.optimizer.iterations.numpy()),
                "train_loss": float(history.history["loss"][-1]), "train_auc": float(history.history["auc"][-1]),
                "eval_loss": float(results["loss"]), "eval_auc": float(results["auc"]), "vocab_sizes": vocab_sizes}
     tf.io.gfile.makedirs(log_dir)

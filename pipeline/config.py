@@ -19,6 +19,7 @@ class ConfigError(ValueError):
 @dataclass
 class TrainerConfig:
     train_steps: int = 300
+    epochs: int = 0                  # > 0: this many passes over the training split instead of train_steps
     eval_steps: int = 0              # 0 = the whole eval split
     batch_size: int = 128
     optimizer: str = "adam"          # adam | adagrad | sgd
@@ -71,6 +72,8 @@ def _check(config: PipelineConfig) -> PipelineConfig:
     if set(config.split_buckets) != {"train", "eval"} or not all(
             isinstance(v, int) and v > 0 for v in config.split_buckets.values()):
         raise ConfigError(f"split_buckets must give positive integers for train and eval, got {config.split_buckets}")
+    if config.trainer.epochs < 0 or config.trainer.train_steps <= 0:
+        raise ConfigError("trainer.train_steps must be > 0 and trainer.epochs >= 0")
     if config.evaluation.catalog not in ("vectors", "logs"):
         raise ConfigError(f"evaluation.catalog must be 'vectors' or 'logs', got '{config.evaluation.catalog}'")
     if not config.evaluation.ks or not all(isinstance(k, int) and k > 0 for k in config.evaluation.ks):

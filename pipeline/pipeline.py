@@ -107,7 +107,7 @@ def create_pipeline(pipeline_root: str, serving_dir: str, inputs: PipelineInputs
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
-        train_args=tfx.proto.TrainArgs(num_steps=config.trainer.train_steps),
+        train_args=tfx.proto.TrainArgs(num_steps=None if config.trainer.epochs else config.trainer.train_steps),
         eval_args=tfx.proto.EvalArgs(num_steps=config.trainer.eval_steps or None),
         custom_config={**module_config, "trainer": config.to_dict()["trainer"]})
 

@@ -27,3 +27,23 @@ def test_metrics_by_hand():
     assert m["hit_rate@3"] == pytest.approx(0.5)
     ndcg_user0 = (1 / math.log2(3)) / (1 / math.log2(2) + 1 / math.log2(3))
     assert m["ndcg@3"] == pytest.approx(ndcg_user0 / 2)
+
+
+def test_k_larger_than_the_catalog():
+    scores = np.array([[0.2, 0.7, 0.1]])
+    top = rank_catalog(scores, [set()], 10)
+    assert top.tolist() == [[1, 0, 2]]  # all three items, no padding
+    m = metrics_at_k(top, [{2, 0}], [10])
+    assert m["recall@10"] == 1.0 and m["hit_rate@10"] == 1.0
+    # hits at ranks 2 and 3; ideal: ranks 1 and 2
+    want = (1 / math.log2(3) + 1 / math.log2(4)) / (1 / math.log2(2) + 1 / math.log2(3))
+    assert m["ndcg@10"] == pytest.approx(want)
+
+
+def test_ties_and_exclusions_together():
+    # items 0..3 tie at 1.0; item 1 excluded: ranking 0, 2, 3, then 4 (score 0.5)
+    scores = np.array([[1.0, 1.0, 1.0, 1.0, 0.5]])
+    top = rank_catalog(scores, [{1}], 4)
+    assert top.tolist() == [[0, 2, 3, 4]]
+    m = metrics_at_k(top, [{1, 4}], [1, 4])  # the excluded relevant item can never be hit
+    assert m["recall@4"] == 0.5 and m["recall@1"] == 0.0
