@@ -22,6 +22,8 @@ CONFIGS = {
     "mixed": {"loss": "mixed"},
     "inbatch_t0.1": {"loss": "inbatch_softmax", "temperature": 0.1},
     "inbatch_t0.1_1000": {"loss": "inbatch_softmax", "temperature": 0.1, "train_steps": 1000},
+    "inbatch_t0.1_3000": {"loss": "inbatch_softmax", "temperature": 0.1, "train_steps": 3000},
+    "mixed_t0.1_3000": {"loss": "mixed", "temperature": 0.1, "train_steps": 3000},
 }
 COLUMNS = ["recall@10", "recall@50", "recall@100", "hit_rate@50", "ndcg@50"]
 
