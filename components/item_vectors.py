@@ -45,10 +45,6 @@ class PreparedVectors:
     def ids_path(self) -> str:
         return os.path.join(self.dir, IDS_FILE)
 
-    @property
-    def vectors_path(self) -> str:
-        return os.path.join(self.dir, VECTORS_FILE)
-
 
 def _sha256(paths: list[str]) -> str:
     h = hashlib.sha256()

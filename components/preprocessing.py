@@ -24,7 +24,6 @@ import tensorflow_transform as tft
 
 from schema.spec import FeatureSpec, transformed_name, vocab_name
 
-PADDING_INDEX = 0
 OOV_COUNT_PREFIX = "oov_count_"
 ITEM_VOCAB = "vocab_item_id"
 ITEM_POSITIVE_COUNTS = "item_positive_counts"

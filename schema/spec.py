@@ -303,20 +303,6 @@ class FeatureSpec:
                     spec[col.weight_name] = tf.io.VarLenFeature(tf.float32)
         return spec
 
-    def dtype_table(self) -> list[tuple[str, str, str]]:
-        """(feature, dtype, shape) of the serialized tf.Example features, for docs and metadata."""
-        rows = []
-        for col in self.raw_columns.values():
-            if col.type == INT:
-                rows.append((col.name, "int64", "scalar"))
-            elif col.type == STRING:
-                rows.append((col.name, "bytes", "scalar"))
-            else:
-                rows.append((col.name, "bytes", "list"))
-                if col.weight_name:
-                    rows.append((col.weight_name, "float", "list (aligned with the ids)"))
-        return rows
-
 
 def load_spec(path: str | None = None) -> FeatureSpec:
     return FeatureSpec.load(path or DEFAULT_SPEC_PATH)
