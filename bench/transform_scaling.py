@@ -6,8 +6,8 @@ For each size it generates a log (datagen.synthetic) with `items` pretrained vec
 dimensions, runs the whole pipeline (train_steps=1: the Trainer is not what is measured) in a
 subprocess, samples the subprocess's resident memory every 0.2 s, and reads Transform's start and
 end from the metadata store. Prints Transform seconds, rows/s and the peak RSS of the process while
-Transform ran (the process also holds TensorFlow and Beam; the baseline before Transform is printed
-too).
+Transform ran, summed over the process and its children (the process also holds TensorFlow and Beam;
+the baseline before Transform is printed too). --beam-args passes Beam options to the runs.
 """
 import argparse
 import os
@@ -22,15 +22,30 @@ from ml_metadata.proto import metadata_store_pb2
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _rss_kb(pid: int) -> int:
+def _status(pid: str) -> dict[str, str]:
     try:
         with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
+            return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
     except OSError:
-        pass
-    return 0
+        return {}
+
+
+def _rss_kb(root: int) -> int:
+    """Resident memory of a process and all its descendants (Beam multi-processing workers too)."""
+    parents, rss = {}, {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        st = _status(pid)
+        if st:
+            parents[int(pid)] = int(st.get("PPid", "0"))
+            rss[int(pid)] = int(st.get("VmRSS", "0 kB").split()[0])
+    total = 0
+    for pid in rss:
+        p = pid
+        while p and p != root:
+            p = parents.get(p, 0)
+        if p == root:
+            total += rss[pid]
+    return total
 
 
 def _component_window(metadata_path: str, type_suffix: str) -> tuple[float, float]:
@@ -44,7 +59,7 @@ def _component_window(metadata_path: str, type_suffix: str) -> tuple[float, floa
     return e.create_time_since_epoch / 1000, e.last_update_time_since_epoch / 1000
 
 
-def run_size(rows: int, items: int, dim: int, root: str) -> dict:
+def run_size(rows: int, items: int, dim: int, root: str, beam_args: str = "") -> dict:
     data = os.path.join(root, f"data_{rows}_{items}_{dim}")
     if not os.path.exists(os.path.join(data, "item_vectors.jsonl")):
         subprocess.run([sys.executable, "-m", "datagen.synthetic", "--out", data, "--train-rows", str(rows),
@@ -57,7 +72,8 @@ def run_size(rows: int, items: int, dim: int, root: str) -> dict:
         f.write("trainer:\n  train_steps: 1\n")
     cmd = [sys.executable, "run_pipeline.py", "local", "--workdir", workdir, "--config",
            os.path.join(workdir, "config.yaml"), "--train", os.path.join(data, "train.tsv"),
-           "--eval", os.path.join(data, "eval.tsv"), "--item-embeddings", os.path.join(data, "item_vectors.jsonl")]
+           "--eval", os.path.join(data, "eval.tsv"), "--item-embeddings", os.path.join(data, "item_vectors.jsonl"),
+           "--beam-args", beam_args]
     samples: list[tuple[float, int]] = []
     with open(os.path.join(workdir, "log.txt"), "w") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
@@ -87,8 +103,9 @@ def main() -> None:
     p.add_argument("--items", type=int, default=100000)
     p.add_argument("--dim", type=int, default=768)
     p.add_argument("--root", default="/tmp/dssm_bench_transform")
+    p.add_argument("--beam-args", default="")
     a = p.parse_args()
-    results = [run_size(int(r), a.items, a.dim, a.root) for r in a.rows.split(",")]
+    results = [run_size(int(r), a.items, a.dim, a.root, a.beam_args) for r in a.rows.split(",")]
     print(f"\n{'rows':>9}{'transform s':>13}{'rows/s':>9}{'peak RSS GiB':>14}{'RSS before GiB':>16}")
     for r in results:
         print(f"{r['rows']:>9}{r['transform_s']:>13}{r['rows_per_s']:>9}"
