@@ -11,6 +11,7 @@ import os
 
 import ml_metadata as mlmd
 from ml_metadata.proto import metadata_store_pb2
+from tfx.types import artifact_utils
 
 from components.preprocessing import OOV_COUNT_PREFIX
 from components.tower_pusher import TOWER_DESTINATIONS
@@ -108,11 +109,8 @@ def build_run_summary(metadata_path: str, pipeline_name: str) -> dict:
                 summary["splits"] = _custom(a, REPORT_PROPERTY)
                 summary["examples_uri"] = a.uri
             elif kind == "ExampleStatistics" and e["component"] == "TransformedStatisticsGen":
-                from tfx.types import artifact_utils
-
-                summary["oov_ids"] = oov_counts(a.uri, artifact_utils.decode_split_names(
-                    a.custom_properties["split_names"].string_value if "split_names" in a.custom_properties
-                    else a.properties["split_names"].string_value))
+                summary["oov_ids"] = oov_counts(
+                    a.uri, artifact_utils.decode_split_names(a.properties["split_names"].string_value))
             elif kind == "ModelRun":
                 path = os.path.join(a.uri, METRICS_FILE)
                 if os.path.exists(path):

@@ -215,6 +215,9 @@ class Executor(BaseExampleGenExecutor):
                     raise IngestError(f"output split {split} has the name of an input split; name the input "
                                       f"split that is divided by hash differently (e.g. '{HASH_INPUT_SPLIT}')")
                 report[split] = {"written": n}
+            parsed = sum(r["written"] for r in report.values() if "read" in r)
+            if parsed != sum(output_written.values()):
+                raise IngestError(f"examples parsed {parsed} != examples written to the splits {output_written}")
         else:
             output_written = {split: report[split]["written"] for split in outputs}
         examples.set_json_value_custom_property(REPORT_PROPERTY, report)
@@ -224,9 +227,6 @@ class Executor(BaseExampleGenExecutor):
     @staticmethod
     def _enforce(report: dict, output_written: dict, max_fraction: float, report_dir: str) -> None:
         inputs = {k: r for k, r in report.items() if "read" in r}
-        if sum(r["written"] for r in inputs.values()) != sum(output_written.values()):
-            raise IngestError(f"examples parsed {sum(r['written'] for r in inputs.values())} != examples "
-                              f"written to the splits {output_written}")
         for split, n in output_written.items():
             if n == 0:
                 detail = report[split] if split in inputs else inputs
