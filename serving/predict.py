@@ -1,0 +1,103 @@
+"""Predict and GetModelMetadata on a resolved Servable, with TF Serving's checks and messages.
+
+The gRPC and REST front ends differ only in how tensors are encoded; both come through here.
+"""
+from __future__ import annotations
+
+import numpy as np
+from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2, predict_pb2
+
+from serving.servables import Servable, ServableManager
+from serving.status import failed_precondition, invalid_argument
+from serving.tensors import array_to_proto, proto_to_array
+
+DEFAULT_SIGNATURE = "serving_default"
+SIGNATURE_DEF_FIELD = "signature_def"
+
+
+def signature_def(servable: Servable, name: str, rest: bool = False):
+    name = name or DEFAULT_SIGNATURE
+    if not servable.callable_signature(name):
+        if rest:
+            raise invalid_argument(f'Serving signature name: "{name}" not found in signature def')
+        raise failed_precondition(f'Serving signature key "{name}" not found.')
+    return name, servable.signature_defs[name]
+
+
+def check_input_names(sig, given: list[str]) -> None:
+    expected = sorted(sig.inputs)
+    if len(given) != len(expected):
+        extra = sorted(set(given) - set(expected))
+        missing = sorted(set(expected) - set(given))
+        raise invalid_argument(
+            f"input size does not match signature: {len(given)}!={len(expected)} "
+            f"len({{{','.join(sorted(given))}}}) != len({{{','.join(expected)}}}). "
+            f"Sent extra: {{{','.join(extra)}}}. Missing but required: {{{','.join(missing)}}}.")
+    for alias in sorted(given):
+        if alias not in sig.inputs:
+            raise invalid_argument(f"input tensor alias not found in signature: {alias}. "
+                                   f"Inputs expected to be in the set {{{','.join(expected)}}}.")
+
+
+def output_keys(sig, output_filter) -> list[str]:
+    if not output_filter:
+        return sorted(sig.outputs)
+    seen = []
+    for alias in output_filter:
+        if alias not in sig.outputs:
+            raise invalid_argument(f"output tensor alias not found in signature: {alias} "
+                                   f"Outputs expected to be in the set {{{','.join(sorted(sig.outputs))}}}.")
+        if alias in seen:
+            raise invalid_argument(f"duplicate output tensor alias: {alias}")
+        seen.append(alias)
+    return seen
+
+
+def resolve(manager: ServableManager, spec: model_pb2.ModelSpec, has_spec: bool = True) -> Servable:
+    if not has_spec:
+        raise invalid_argument("Missing ModelSpec")
+    which = spec.WhichOneof("version_choice")
+    return manager.resolve(spec.name, version=spec.version.value if which == "version" else None,
+                           label=spec.version_label if which == "version_label" else None)
+
+
+def predict_request(servable: Servable, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+    name, sig = signature_def(servable, request.model_spec.signature_name)
+    check_input_names(sig, list(request.inputs))
+    keys = output_keys(sig, request.output_filter)
+    arrays = {alias: proto_to_array(request.inputs[alias], alias, sig.inputs[alias].dtype, i)
+              for i, alias in enumerate(sorted(request.inputs))}
+    outputs = servable.run(name, arrays, keys)
+    response = predict_pb2.PredictResponse()
+    response.model_spec.name = servable.name
+    response.model_spec.version.value = servable.version
+    response.model_spec.signature_name = name
+    for alias, array in outputs.items():
+        response.outputs[alias].CopyFrom(array_to_proto(array))
+    return response
+
+
+def predict_arrays(servable: Servable, signature_name: str, arrays: dict[str, np.ndarray],
+                   rest: bool = False) -> tuple[str, dict[str, np.ndarray]]:
+    name, sig = signature_def(servable, signature_name, rest=rest)
+    check_input_names(sig, list(arrays))
+    return name, servable.run(name, arrays, sorted(sig.outputs))
+
+
+def metadata(manager: ServableManager, request: get_model_metadata_pb2.GetModelMetadataRequest
+             ) -> get_model_metadata_pb2.GetModelMetadataResponse:
+    fields = list(request.metadata_field)
+    if not fields:
+        raise invalid_argument("GetModelMetadataRequest must specify at least one metadata_field")
+    for f in fields:
+        if f != SIGNATURE_DEF_FIELD:
+            raise invalid_argument(f"Metadata field {f} is not supported")
+    servable = resolve(manager, request.model_spec, request.HasField("model_spec"))
+    response = get_model_metadata_pb2.GetModelMetadataResponse()
+    response.model_spec.name = servable.name
+    response.model_spec.version.value = servable.version
+    sig_map = get_model_metadata_pb2.SignatureDefMap()
+    for key, sig in servable.signature_defs.items():
+        sig_map.signature_def[key].CopyFrom(sig)
+    response.metadata[SIGNATURE_DEF_FIELD].Pack(sig_map)
+    return response

@@ -1,0 +1,276 @@
+"""Loaded model versions and their lifecycle, as TF Serving's manager keeps them.
+
+A version is a directory <base_path>/<integer>/ holding saved_model.pb. The manager polls each base
+path, loads the versions that the model's version policy wants (running the warmup requests in
+assets.extra/ first, as TF Serving does), and only then unloads the versions that are no longer
+wanted: a request resolved to a version keeps a reference to it, so a swap never fails a request
+in flight. Request fields never become paths: a model name or version is only a key into what was
+loaded from the configured base paths.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+
+from serving.model_config import ConfigError, ModelConfig
+from serving.status import ServingError, invalid_argument, not_found
+
+log = logging.getLogger("serving")
+
+START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UNLOADING", "END"
+SERVE_TAG = "serve"
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+MAX_WARMUP_RECORDS = 1000  # TF Serving's limit
+
+
+@dataclass
+class VersionState:
+    state: str
+    error_code: grpc.StatusCode = grpc.StatusCode.OK
+    error_message: str = ""
+
+
+class Servable:
+    """One loaded version: its SignatureDefs (for validation and metadata) and callable signatures."""
+
+    def __init__(self, name: str, version: int, path: str):
+        self.name, self.version, self.path = name, version, path
+        self.signature_defs = read_signature_defs(path)
+        self._model = tf.saved_model.load(path, tags=[SERVE_TAG])
+        self._functions = dict(self._model.signatures)
+
+    def callable_signature(self, name: str) -> bool:
+        """Metadata lists every SignatureDef (with __saved_model_init_op, as TF Serving does); only
+        these can be run."""
+        return name in self._functions
+
+    def run(self, signature_name: str, arrays: dict[str, np.ndarray], output_keys: list[str]) -> dict:
+        """Runs a signature on validated inputs; TensorFlow errors keep their status code."""
+        sig = self.signature_defs[signature_name]
+        for alias, a in arrays.items():
+            _check_shape(alias, a.shape, sig.inputs[alias].tensor_shape)
+        feed = {alias: tf.constant(a, dtype=tf.dtypes.as_dtype(sig.inputs[alias].dtype))
+                for alias, a in arrays.items()}
+        try:
+            out = self._functions[signature_name](**feed)
+        except tf.errors.OpError as e:
+            raise ServingError(grpc.StatusCode(_grpc_code(e.error_code)), e.message) from None
+        except (TypeError, ValueError) as e:  # shapes that do not fit the signature
+            raise invalid_argument(str(e).splitlines()[0]) from None
+        return {k: out[k].numpy() for k in output_keys}
+
+
+def _check_shape(alias: str, shape: tuple, expected) -> None:
+    """Restored signatures do not check shapes themselves; a tensor of another rank is refused here."""
+    if expected.unknown_rank:
+        return
+    dims = [d.size for d in expected.dim]
+    if len(dims) != len(shape) or any(d >= 0 and d != s for d, s in zip(dims, shape, strict=True)):
+        raise invalid_argument(f"input {alias}: shape {list(shape)} does not match the signature's shape "
+                               f"{[d if d >= 0 else None for d in dims]}")
+
+
+def _grpc_code(tf_code: int):
+    """The grpc.StatusCode value tuple for a TensorFlow error code (the numbers are the same)."""
+    for code in grpc.StatusCode:
+        if code.value[0] == tf_code:
+            return code.value
+    return grpc.StatusCode.UNKNOWN.value
+
+
+def read_signature_defs(path: str) -> dict:
+    proto = saved_model_pb2.SavedModel()
+    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+        proto.ParseFromString(f.read())
+    for meta_graph in proto.meta_graphs:
+        if SERVE_TAG in meta_graph.meta_info_def.tags:
+            return dict(meta_graph.signature_def)
+    raise ValueError(f"{path}: no MetaGraph with tag '{SERVE_TAG}'")
+
+
+def versions_on_disk(base_path: str) -> dict[int, str]:
+    """{version: path} of the complete versions (saved_model.pb present) under base_path."""
+    found = {}
+    try:
+        entries = os.listdir(base_path)
+    except OSError:
+        return found
+    for entry in entries:
+        if entry.isdigit() and os.path.isfile(os.path.join(base_path, entry, "saved_model.pb")):
+            found[int(entry)] = os.path.join(base_path, entry)  # "00000123" is version 123
+    return found
+
+
+class ServableManager:
+    def __init__(self, configs: list[ModelConfig], poll_seconds: float = 1.0,
+                 config_file: str | None = None, config_poll_seconds: float = 0):
+        self._configs = {c.name: c for c in configs}
+        self._poll_seconds = poll_seconds
+        self._config_file = config_file
+        self._config_poll_seconds = config_poll_seconds
+        self._lock = threading.Lock()       # guards the maps below
+        self._poll_lock = threading.Lock()  # one poll (load / unload pass) at a time
+        self._available: dict[str, dict[int, Servable]] = {}
+        self._states: dict[str, dict[int, VersionState]] = {}
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # ---- lifecycle ----
+    def start(self) -> None:
+        """Loads what is on disk now, then keeps polling in the background (poll_seconds > 0)."""
+        self.poll_once()
+        if self._poll_seconds > 0:
+            self._threads.append(self._every(self._poll_seconds, self.poll_once))
+        if self._config_file and self._config_poll_seconds > 0:
+            self._threads.append(self._every(self._config_poll_seconds, self._reload_config_file))
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=30)
+
+    def _every(self, seconds: float, fn) -> threading.Thread:
+        def loop():
+            while not self._stop.wait(seconds):
+                try:
+                    fn()
+                except Exception:  # a poll that fails must not stop polling
+                    log.exception("poll failed")
+
+        t = threading.Thread(target=loop, daemon=True, name=f"poll-{fn.__name__}")
+        t.start()
+        return t
+
+    def _reload_config_file(self) -> None:
+        from serving.model_config import read_config_file
+
+        try:
+            configs = read_config_file(self._config_file)
+        except ConfigError as e:
+            log.error("keeping the current models: %s", e)
+            return
+        self.reload(configs)
+
+    def reload(self, configs: list[ModelConfig]) -> None:
+        """Serves exactly these models from now on (HandleReloadConfigRequest, config file polling)."""
+        with self._lock:
+            removed = set(self._configs) - {c.name for c in configs}
+            self._configs = {c.name: c for c in configs}
+            for name in removed:
+                for version in list(self._available.get(name, {})):
+                    self._unload(name, version)
+        self.poll_once()
+
+    def poll_once(self) -> None:
+        with self._poll_lock:
+            with self._lock:
+                configs = list(self._configs.values())
+            for config in configs:
+                self._sync_model(config)
+
+    def _sync_model(self, config: ModelConfig) -> None:
+        on_disk = versions_on_disk(config.base_path)
+        aspired = config.aspired(list(on_disk))
+        with self._lock:
+            states = self._states.setdefault(config.name, {})
+        for version in aspired:
+            known = states.get(version)
+            if known and (known.state in (AVAILABLE, LOADING) or known.error_code != grpc.StatusCode.OK):
+                continue  # loaded, loading, or failed before (not retried)
+            self._load(config.name, version, on_disk[version])
+        with self._lock:
+            if self._configs.get(config.name) is not config:
+                return  # reconfigured meanwhile
+            available = self._available.get(config.name, {})
+            # Availability first: keep the old versions until every wanted one is up or has failed.
+            if any(states[v].state == LOADING for v in aspired):
+                return
+            for version in list(available):
+                if version not in aspired:
+                    self._unload(config.name, version)
+
+    def _load(self, name: str, version: int, path: str) -> None:
+        states = self._states[name]
+        with self._lock:
+            states[version] = VersionState(LOADING)
+        log.info("loading %s version %d from %s", name, version, path)
+        try:
+            servable = Servable(name, version, path)
+            _run_warmup(servable)
+        except Exception as e:  # a broken version is reported in its status; the others keep serving
+            log.error("failed to load %s version %d: %s", name, version, e)
+            with self._lock:
+                states[version] = VersionState(END, grpc.StatusCode.UNKNOWN, f"{type(e).__name__}: {e}")
+            return
+        with self._lock:
+            self._available.setdefault(name, {})[version] = servable
+            states[version] = VersionState(AVAILABLE)
+        log.info("serving %s version %d", name, version)
+
+    def _unload(self, name: str, version: int) -> None:
+        """Under the lock: new requests stop resolving to it; requests in flight keep their reference."""
+        self._states[name][version] = VersionState(UNLOADING)
+        del self._available[name][version]
+        self._states[name][version] = VersionState(END)
+        log.info("unloaded %s version %d", name, version)
+
+    # ---- queries ----
+    def resolve(self, name: str, version: int | None = None, label: str | None = None) -> Servable:
+        if not name:
+            raise invalid_argument("ModelSpec has no name specified.")
+        with self._lock:
+            config = self._configs.get(name)
+            if label:
+                if config is None or label not in config.labels:
+                    raise invalid_argument(f"Unrecognized servable version label: {label}")
+                version = config.labels[label]
+            available = self._available.get(name, {})
+            if version is None:
+                if not available:
+                    raise not_found(f"Servable not found for request: Latest({name})")
+                return available[max(available)]
+            if version not in available:
+                raise not_found(f"Servable not found for request: Specific({name}, {version})")
+            return available[version]
+
+    def version_states(self, name: str, version: int | None = None) -> list[tuple[int, VersionState]]:
+        if not name:
+            raise invalid_argument("ModelSpec has no name specified.")
+        with self._lock:
+            states = dict(self._states.get(name, {})) if name in self._configs else {}
+        if version is not None:
+            if version not in states:
+                raise not_found(f"Could not find version {version} of model {name}")
+            return [(version, states[version])]
+        if not states:
+            raise not_found(f"Could not find any versions of model {name}")
+        return sorted(states.items(), reverse=True)
+
+    def model_names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._configs)
+
+
+def _run_warmup(servable: Servable) -> None:
+    """Replays assets.extra/tf_serving_warmup_requests (PredictionLog TFRecords), as TF Serving does."""
+    path = os.path.join(servable.path, WARMUP_FILE)
+    if not os.path.isfile(path):
+        return
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    from serving.predict import predict_request
+
+    for n, record in enumerate(tf.data.TFRecordDataset(path)):
+        if n >= MAX_WARMUP_RECORDS:
+            break
+        entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+        if entry.WhichOneof("log_type") != "predict_log":
+            raise ValueError(f"warmup record {n}: only predict_log is supported")
+        predict_request(servable, entry.predict_log.request)

@@ -1,0 +1,136 @@
+"""A model server that speaks TF Serving's protocol over the pushed SavedModels.
+
+    python -m serving.server --port 8500 [--rest_api_port 8501] \
+        (--model_name NAME --model_base_path DIR | --model_config_file FILE) [flags as TF Serving]
+
+The flags, the layout (<base_path>/<version>/saved_model.pb), the version policies, the gRPC
+services (PredictionService, ModelService) and the REST API are TF Serving's, so clients written
+for this server work against a real tensorflow_model_server (which this machine cannot install).
+It binds 127.0.0.1 unless --host says otherwise.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+from concurrent import futures  # noqa: E402
+
+import grpc  # noqa: E402
+
+from serving.grpc_api import add_services  # noqa: E402
+from serving.model_config import ConfigError, ModelConfig, read_config_file, single_model  # noqa: E402
+from serving.rest_api import make_rest_server  # noqa: E402
+from serving.servables import ServableManager  # noqa: E402
+
+log = logging.getLogger("serving")
+
+DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
+
+
+class ModelServer:
+    """gRPC (and optionally REST) on loopback; port 0 picks a free port (see .port / .rest_port)."""
+
+    def __init__(self, configs: list[ModelConfig], port: int = 0, rest_api_port: int | None = None,
+                 host: str = "127.0.0.1", poll_seconds: float = 1.0, config_file: str | None = None,
+                 config_poll_seconds: float = 0, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+                 threads: int = 16):
+        self.manager = ServableManager(configs, poll_seconds, config_file, config_poll_seconds)
+        self.host = host
+        self._grpc = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc"),
+            options=[("grpc.max_receive_message_length", max_request_bytes),
+                     ("grpc.max_send_message_length", -1),
+                     ("grpc.so_reuseport", 0)])
+        add_services(self._grpc, self.manager)
+        self.port = self._grpc.add_insecure_port(f"{_grpc_host(host)}:{port}")
+        if self.port == 0:
+            raise OSError(f"cannot bind the gRPC port {host}:{port}")
+        self._rest = None
+        self.rest_port = None
+        if rest_api_port is not None:
+            self._rest = make_rest_server(self.manager, host, rest_api_port, max_request_bytes)
+            self.rest_port = self._rest.server_address[1]
+
+    def start(self) -> ModelServer:
+        self.manager.start()  # loads what is on disk before the first request is accepted
+        self._grpc.start()
+        if self._rest:
+            threading.Thread(target=self._rest.serve_forever, daemon=True, name="rest").start()
+        log.info("serving gRPC on %s:%d%s", self.host, self.port,
+                 f", REST on {self.host}:{self.rest_port}" if self._rest else "")
+        return self
+
+    def stop(self, grace: float = 1.0) -> None:
+        self._grpc.stop(grace).wait()
+        if self._rest:
+            self._rest.shutdown()
+            self._rest.server_close()
+        self.manager.stop()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    @property
+    def target(self) -> str:
+        return f"{_grpc_host(self.host)}:{self.port}"
+
+
+def _grpc_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m serving.server", description=__doc__.splitlines()[0])
+    p.add_argument("--port", type=int, default=8500, help="gRPC port (0: pick a free one)")
+    p.add_argument("--rest_api_port", type=int, default=0, help="REST port; 0 = REST off (TF Serving's default)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    p.add_argument("--model_name", default="default")
+    p.add_argument("--model_base_path", default="")
+    p.add_argument("--model_config_file", default="")
+    p.add_argument("--model_config_file_poll_wait_seconds", type=float, default=0)
+    p.add_argument("--file_system_poll_wait_seconds", type=float, default=1)
+    p.add_argument("--max_request_bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES)
+    p.add_argument("--threads", type=int, default=16, help="gRPC worker threads")
+    p.add_argument("--port_file", default="", help="write '<grpc port> <rest port>' here once serving")
+    return p
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        if args.model_config_file:
+            configs = read_config_file(args.model_config_file)
+        elif args.model_base_path:
+            configs = single_model(args.model_name, args.model_base_path)
+        else:
+            raise ConfigError("give --model_base_path (with --model_name) or --model_config_file")
+    except ConfigError as e:
+        raise SystemExit(f"error: {e}") from None
+    server = ModelServer(configs, port=args.port, rest_api_port=args.rest_api_port or None, host=args.host,
+                         poll_seconds=args.file_system_poll_wait_seconds, config_file=args.model_config_file or None,
+                         config_poll_seconds=args.model_config_file_poll_wait_seconds,
+                         max_request_bytes=args.max_request_bytes, threads=args.threads).start()
+    if args.port_file:
+        with open(args.port_file + ".tmp", "w") as f:
+            f.write(f"{server.port} {server.rest_port or 0}\n")
+        os.replace(args.port_file + ".tmp", args.port_file)
+    stopped = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopped.set())
+    stopped.wait()
+    server.stop()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
