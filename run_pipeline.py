@@ -144,10 +144,46 @@ def run_local(args) -> dict:
                          f"(details above; summary in {os.path.join(workdir, 'run_summary.json')})") from None
     summary = write_run_summary(metadata_path, config.pipeline_name, workdir,
                                 wall_seconds=time.time() - started)
-    shown = ("splits", "training", "retrieval", "pushed_models", "not_pushed_because")
+    shown = ("splits", "training", "retrieval", "infra_validation", "pushed_models", "not_pushed_because")
     print(json.dumps({k: summary[k] for k in shown if k in summary}, indent=2))
     print(f"run summary: {os.path.join(workdir, 'run_summary.json')}")
+    if summary.get("pushed_models"):
+        config_path = write_serving_config(os.path.join(workdir, "serving"), config.model_name)
+        if args.serving_demo:
+            serving_demo(config_path, config.model_name, patterns.get("eval log") or patterns["input log"], spec)
     return summary
+
+
+def write_serving_config(serving_dir: str, model_name: str) -> str:
+    """serving/models.config: the TF Serving model config for the pushed model and its two towers."""
+    from serving.model_config import config_text
+
+    names = [model_name, f"{model_name}_user", f"{model_name}_item"]
+    path = os.path.join(serving_dir, "models.config")
+    with open(path, "w") as f:
+        f.write(config_text({n: os.path.join(serving_dir, n) for n in names}))
+    return path
+
+
+def serving_demo(config_path: str, model_name: str, log_pattern: str, spec) -> None:
+    """Serves the pushed models on a free loopback port and asks for one user and one item vector
+    over gRPC, from the first line of the eval logs: what a client of TF Serving would do."""
+    from serving.client import ServingClient, TowerClient, _log_lines
+    from serving.model_config import read_config_file
+    from serving.server import ModelServer
+
+    line = _log_lines(_expand(log_pattern, "log")[0], 1)[0]
+    with ModelServer(read_config_file(config_path), port=0, poll_seconds=0) as server, \
+            ServingClient(server.target, model_name, timeout=30) as client:
+        towers = TowerClient(client, spec)
+        user, item = (towers.embeddings_from_log_lines(t, [line])[0] for t in ("user", "item"))
+        print(f"\nserved {model_name} version {client.wait_until_available()} over gRPC at {server.target}")
+        print(f"log line: {line!r}")
+        print(f"user_embedding ({user.size}-d): {[round(float(x), 4) for x in user[:8]]} ...")
+        print(f"item_embedding ({item.size}-d): {[round(float(x), 4) for x in item[:8]]} ...")
+        print(f"user . item = {float(user @ item):.4f}")
+    print(f"serve it yourself: .venv/bin/python -m serving.server --model_config_file {config_path} "
+          f"--port 8500 --rest_api_port 8501")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -163,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_argument("--config", default=None, help="YAML config (see README, Configuration)")
     local.add_argument("--beam-args", default="",
                        help='Beam pipeline options, e.g. "--direct_running_mode=multi_processing"')
+    local.add_argument("--no-serving-demo", dest="serving_demo", action="store_false",
+                       help="skip serving the pushed model and querying it over gRPC at the end")
     return p
 
 

@@ -12,6 +12,7 @@ from tfx.proto import example_gen_pb2
 
 from components.anomaly_gate import AnomalyGate
 from components.artifacts import ItemVectors
+from components.infra_validator import ServingInfraValidator
 from components.retrieval_evaluator import RetrievalEvaluator
 from components.tower_pusher import TowerPusher
 from components.tsv_example_gen.component import TsvExampleGen
@@ -120,11 +121,18 @@ def create_pipeline(pipeline_root: str, serving_dir: str, inputs: PipelineInputs
         exclude_read=int(ev.exclude_read), bless_k=ev.bless_k, bless_margin=float(ev.bless_margin),
         auc_floor=float(ev.auc_floor))
 
+    # The candidate served over gRPC by the TF Serving-protocol server in its own process, both towers
+    # queried with real eval examples (TFX's InfraValidator needs Docker or Kubernetes).
+    infra_validator = ServingInfraValidator(
+        model=trainer.outputs["model"], examples=example_gen.outputs["examples"], model_name=config.model_name)
+
     # TF Serving layout: <serving_dir>/<model_name>/<version>/saved_model.pb, and the single-tower
-    # models in <model_name>_user/ and <model_name>_item/ with the same version. Blessed models only.
+    # models in <model_name>_user/ and <model_name>_item/ with the same version. Models blessed by
+    # both the retrieval evaluation and the infra validation only.
     pusher = TowerPusher(
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
+        infra_blessing=infra_validator.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
             base_directory=f"{serving_dir}/{config.model_name}")))
 
@@ -132,7 +140,7 @@ def create_pipeline(pipeline_root: str, serving_dir: str, inputs: PipelineInputs
         pipeline_name=config.pipeline_name,
         pipeline_root=pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, example_validator, anomaly_gate, item_vectors,
-                    transform, transformed_statistics_gen, trainer, evaluator, pusher],
+                    transform, transformed_statistics_gen, trainer, evaluator, infra_validator, pusher],
         enable_cache=config.enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_pipeline_args or [])

@@ -13,6 +13,7 @@ import ml_metadata as mlmd
 from ml_metadata.proto import metadata_store_pb2
 from tfx.types import artifact_utils
 
+from components.infra_validator import REPORT_PROPERTY as INFRA_REPORT_PROPERTY
 from components.preprocessing import OOV_COUNT_PREFIX
 from components.tower_pusher import TOWER_DESTINATIONS
 from components.trainer import METRICS_FILE
@@ -119,20 +120,29 @@ def build_run_summary(metadata_path: str, pipeline_name: str) -> dict:
                 summary["model_run_uri"] = a.uri
             elif kind == "ModelEvaluation" and _custom(a, "retrieval") is not None:
                 summary["retrieval"] = _custom(a, "retrieval")
+            elif kind == "InfraBlessing":
+                summary["infra_validation"] = _custom(a, INFRA_REPORT_PROPERTY)
             elif kind == "Model":
                 summary["model_uri"] = a.uri
             elif kind == "PushedModel":
                 pushed = bool(_custom(a, "pushed"))
                 summary["pushed"] = pushed
                 if not pushed:
-                    reasons = summary.get("retrieval", {}).get("not_blessed_because") or ["not blessed"]
-                    summary["not_pushed_because"] = reasons
+                    summary["not_pushed_because"] = _not_pushed_because(summary)
                 if pushed:
                     summary["pushed_models"].append({
                         "path": _custom(a, "pushed_destination"),
                         "version": _custom(a, "pushed_version"),
                         "towers": _custom(a, TOWER_DESTINATIONS) or {}})
     return summary
+
+
+def _not_pushed_because(summary: dict) -> list[str]:
+    reasons = list(summary.get("retrieval", {}).get("not_blessed_because") or [])
+    infra = summary.get("infra_validation") or {}
+    if infra and not infra.get("blessed"):
+        reasons.append(f"infra validation failed: {infra.get('error', 'unknown')}")
+    return reasons or ["not blessed"]
 
 
 def write_run_summary(metadata_path: str, pipeline_name: str, workdir: str, **extra) -> dict:

@@ -114,10 +114,16 @@ class RowParser:
         fields = text.split("\t")
         if len(fields) != len(self.columns):
             raise Rejected("field_count", f"{len(fields)} fields, expected {len(self.columns)}")
+        return self.parse_fields(dict(zip(self.spec.columns, fields, strict=True)))
+
+    def parse_fields(self, values: dict[str, str]) -> ParsedRow:
+        """Parses the given columns' text, with the same checks and repairs as a log line; columns
+        that are absent are left out (a serving request holds one tower's features only)."""
         row = ParsedRow()
-        values = dict(zip(self.spec.columns, fields, strict=True))
-        item_id = values[self.spec.item_id].strip()
+        item_id = values.get(self.spec.item_id, "").strip()
         for col in self.columns:
+            if col.name not in values:
+                continue
             raw = values[col.name]
             if col.name == self.spec.label:
                 label = raw.strip()

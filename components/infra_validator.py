@@ -1,0 +1,139 @@
+"""ServingInfraValidator: TFX InfraValidator's role without Docker or Kubernetes.
+
+It lays the candidate out as TF Serving would see it once pushed (the full model and the user-only
+and item-only towers, each as <name>/1/), starts the project's TF Serving-protocol server on it in
+a separate process on a free loopback port, waits with GetModelStatus until every model is
+AVAILABLE, then sends Predict requests built from real eval examples to each tower signature and
+checks the answers: one finite vector per example, of the same size for both towers, and the
+single-tower models agreeing with the full one. It writes INFRA_BLESSED (blessed=1) or
+INFRA_NOT_BLESSED (blessed=0, with the reason) as TFX's InfraValidator does; Pusher requires it.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
+from tfx.dsl.component.experimental.decorators import component
+from tfx.types import artifact_utils
+from tfx.types.standard_artifacts import Examples, InfraBlessing, Model
+from tfx.utils import path_utils
+
+REPORT_FILE = "infra_validation.json"
+REPORT_PROPERTY = "infra_validation"
+
+
+def serving_layout(model_dir: str, root: str, model_name: str) -> dict[str, str]:
+    """{served name: base path}: links <root>/<name>/1 -> each exported SavedModel (no copy)."""
+    bases = {}
+    for suffix, src in (("", model_dir), ("_user", f"{model_dir}-user"), ("_item", f"{model_dir}-item")):
+        base = os.path.join(root, model_name + suffix)
+        os.makedirs(base)
+        os.symlink(os.path.abspath(src), os.path.join(base, "1"))
+        bases[model_name + suffix] = base
+    return bases
+
+
+def read_examples(examples_artifact, split: str, n: int) -> list[bytes]:
+    import tensorflow as tf
+
+    pattern = os.path.join(artifact_utils.get_split_uri([examples_artifact], split), "*")
+    files = tf.io.gfile.glob(pattern)
+    dataset = tf.data.TFRecordDataset(files, compression_type="GZIP").take(n)
+    return [r.numpy() for r in dataset]
+
+
+def start_server(config_path: str, port_file: str, log_path: str) -> subprocess.Popen:
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    with open(log_path, "w") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "serving.server", "--port", "0", "--host", "127.0.0.1",
+             "--model_config_file", config_path, "--file_system_poll_wait_seconds", "0", "--port_file", port_file],
+            stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def wait_for_port(proc: subprocess.Popen, port_file: str, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the model server exited with code {proc.returncode} while loading")
+        if os.path.exists(port_file):
+            with open(port_file) as f:
+                return int(f.read().split()[0])
+        time.sleep(0.2)
+    raise TimeoutError(f"the model server did not start within {timeout:.0f} s")
+
+
+def check_towers(target: str, model_name: str, examples: list[bytes], timeout: float) -> dict:
+    """Queries every served model; raises AssertionError with the reason on a wrong answer."""
+    import numpy as np
+
+    from serving.client import ITEM_SIGNATURE, USER_SIGNATURE, ServingClient
+
+    results = {}
+    with ServingClient(target, model_name, timeout=timeout) as full:
+        full.wait_until_available(timeout)
+        for tower, signature in (("user", USER_SIGNATURE), ("item", ITEM_SIGNATURE)):
+            started = time.perf_counter()
+            vectors = full.embeddings(signature, examples)
+            latency = time.perf_counter() - started
+            assert vectors.shape[0] == len(examples), f"{signature}: {vectors.shape[0]} vectors for {len(examples)}"
+            assert np.isfinite(vectors).all(), f"{signature}: non-finite values"
+            with ServingClient(target, f"{model_name}_{tower}", timeout=timeout) as single:
+                single.wait_until_available(timeout)
+                alone = single.embeddings("serving_default", examples)
+            assert np.allclose(alone, vectors, atol=1e-5), f"{model_name}_{tower} disagrees with {model_name}"
+            results[tower] = {"dim": int(vectors.shape[1]), "examples": len(examples),
+                              "latency_ms": round(latency * 1000, 2)}
+    assert results["user"]["dim"] == results["item"]["dim"], "the towers' vectors differ in size"
+    return results
+
+
+@component
+def ServingInfraValidator(
+    model: InputArtifact[Model],
+    examples: InputArtifact[Examples],
+    blessing: OutputArtifact[InfraBlessing],
+    model_name: Parameter[str] = "dssm",
+    split: Parameter[str] = "eval",
+    num_examples: Parameter[int] = 16,
+    timeout_seconds: Parameter[int] = 180,
+) -> None:
+    from serving.model_config import config_text
+
+    model_dir = path_utils.serving_model_path(model.uri, path_utils.is_old_model_artifact(model))
+    report = {"model": model_dir}
+    with tempfile.TemporaryDirectory(prefix="infra-") as tmp:
+        bases = serving_layout(model_dir, os.path.join(tmp, "models"), model_name)
+        config_path = os.path.join(tmp, "models.config")
+        with open(config_path, "w") as f:
+            f.write(config_text(bases))
+        port_file, log_path = os.path.join(tmp, "port"), os.path.join(blessing.uri, "server.log")
+        os.makedirs(blessing.uri, exist_ok=True)
+        started = time.monotonic()
+        proc = start_server(config_path, port_file, log_path)
+        try:
+            port = wait_for_port(proc, port_file, timeout_seconds)
+            report["load_seconds"] = round(time.monotonic() - started, 2)
+            report["towers"] = check_towers(f"127.0.0.1:{port}", model_name,
+                                            read_examples(examples, split, num_examples), timeout_seconds)
+            blessed = True
+        except Exception as e:  # any failure to load or answer: not blessed, and why
+            report["error"] = f"{type(e).__name__}: {e}"
+            blessed = False
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    report["blessed"] = blessed
+    with open(os.path.join(blessing.uri, "INFRA_BLESSED" if blessed else "INFRA_NOT_BLESSED"), "w"):
+        pass
+    with open(os.path.join(blessing.uri, REPORT_FILE), "w") as f:
+        json.dump(report, f, indent=2)
+    blessing.set_int_custom_property("blessed", int(blessed))
+    blessing.set_json_value_custom_property(REPORT_PROPERTY, report)

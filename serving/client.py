@@ -1,0 +1,191 @@
+"""Client for any TF Serving endpoint (this project's server or tensorflow_model_server).
+
+    python -m serving.client [--target 127.0.0.1:8500] [--model dssm] user --features '{"client_type": 1, ...}'
+    python -m serving.client item --log-line "$(sed -n 2p data/sample/eval.tsv)"
+    python -m serving.client user --log-file data/sample/eval.tsv --limit 3
+
+Each call has a deadline; UNAVAILABLE (server starting, restarting, a dropped connection) is retried
+with exponential backoff inside that deadline. Every other error is raised at once.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import grpc  # noqa: E402
+import numpy as np  # noqa: E402
+from tensorflow_serving.apis import (  # noqa: E402
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from serving.tensors import array_to_proto  # noqa: E402
+
+USER_SIGNATURE = "user_embedding"
+ITEM_SIGNATURE = "item_embedding"
+EXAMPLES_INPUT = "examples"
+
+
+class ServingClient:
+    def __init__(self, target: str = "127.0.0.1:8500", model_name: str = "dssm", timeout: float = 5.0,
+                 retries: int = 3, backoff_seconds: float = 0.1, max_message_bytes: int = 64 * 1024 * 1024):
+        self.target, self.model_name, self.timeout = target, model_name, timeout
+        self.retries, self.backoff_seconds = retries, backoff_seconds
+        self._channel = grpc.insecure_channel(target, options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes)])
+        self._predict = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+        self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _call(self, method, request):
+        """method(request) within one overall deadline, retrying UNAVAILABLE."""
+        deadline = time.monotonic() + self.timeout
+        for attempt in range(self.retries + 1):
+            try:
+                return method(request, timeout=max(deadline - time.monotonic(), 0.001))
+            except grpc.RpcError as e:
+                pause = self.backoff_seconds * 2 ** attempt
+                if (e.code() != grpc.StatusCode.UNAVAILABLE or attempt == self.retries
+                        or time.monotonic() + pause >= deadline):
+                    raise
+                time.sleep(pause)
+
+    def _spec(self, request, signature: str | None = None, version: int | None = None):
+        request.model_spec.name = self.model_name
+        if signature is not None:
+            request.model_spec.signature_name = signature
+        if version is not None:
+            request.model_spec.version.value = version
+        return request
+
+    def predict(self, inputs: dict, signature: str = "serving_default", version: int | None = None
+                ) -> tuple[dict[str, np.ndarray], int]:
+        """(outputs as numpy arrays, the version that answered)."""
+        request = self._spec(predict_pb2.PredictRequest(), signature, version)
+        for alias, value in inputs.items():
+            request.inputs[alias].CopyFrom(array_to_proto(np.asarray(value)))
+        response = self._call(self._predict.Predict, request)
+        import tensorflow as tf
+
+        return ({k: tf.make_ndarray(v) for k, v in response.outputs.items()}, response.model_spec.version.value)
+
+    def embeddings(self, signature: str, serialized_examples: list[bytes], version: int | None = None) -> np.ndarray:
+        outputs, _ = self.predict({EXAMPLES_INPUT: np.array(serialized_examples, dtype=object)}, signature, version)
+        return outputs["embedding"]
+
+    def signature_defs(self, version: int | None = None):
+        request = self._spec(get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"]),
+                             version=version)
+        sig_map = get_model_metadata_pb2.SignatureDefMap()
+        self._call(self._predict.GetModelMetadata, request).metadata["signature_def"].Unpack(sig_map)
+        return dict(sig_map.signature_def)
+
+    def version_states(self) -> dict[int, str]:
+        response = self._call(self._models.GetModelStatus,
+                              self._spec(get_model_status_pb2.GetModelStatusRequest()))
+        return {s.version: get_model_status_pb2.ModelVersionStatus.State.Name(s.state)
+                for s in response.model_version_status}
+
+    def wait_until_available(self, timeout: float = 60.0) -> int:
+        """Polls GetModelStatus until a version is AVAILABLE (as TFX's InfraValidator does); returns it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                available = [v for v, s in self.version_states().items() if s == "AVAILABLE"]
+                if available:
+                    return max(available)
+            except grpc.RpcError as e:
+                if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND):
+                    raise
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.model_name} at {self.target}: no version AVAILABLE after {timeout:.0f} s")
+            time.sleep(0.2)
+
+
+class TowerClient:
+    """User and item embeddings from raw feature values or log lines (built per the feature spec)."""
+
+    def __init__(self, client: ServingClient, spec=None):
+        from schema.spec import load_spec
+        from serving.examples import ExampleBuilder
+
+        self.client = client
+        self.examples = ExampleBuilder(spec or load_spec())
+
+    def user_embeddings(self, rows: list[dict]) -> np.ndarray:
+        return self.client.embeddings(USER_SIGNATURE, [self.examples.from_features(r) for r in rows])
+
+    def item_embeddings(self, rows: list[dict]) -> np.ndarray:
+        return self.client.embeddings(ITEM_SIGNATURE, [self.examples.from_features(r) for r in rows])
+
+    def embeddings_from_log_lines(self, tower: str, lines: list[str]) -> np.ndarray:
+        signature = USER_SIGNATURE if tower == "user" else ITEM_SIGNATURE
+        return self.client.embeddings(signature, [self.examples.from_log_line(line) for line in lines])
+
+
+def _log_lines(path: str, limit: int) -> list[str]:
+    import gzip
+
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        next(f)  # header
+        return [line.rstrip("\n") for _, line in zip(range(limit), f, strict=False)]
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m serving.client", description=__doc__.splitlines()[0])
+    p.add_argument("--target", default="127.0.0.1:8500", help="host:port of the gRPC endpoint")
+    p.add_argument("--model", default="dssm", help="model name as served")
+    p.add_argument("--timeout", type=float, default=5.0, help="deadline per call, seconds")
+    p.add_argument("--retries", type=int, default=3, help="retries on UNAVAILABLE")
+    p.add_argument("--spec", default=None, help="feature spec YAML (default: schema/feature_spec.yaml)")
+    p.add_argument("tower", choices=["user", "item"])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--features", help="JSON object of raw feature values, or a JSON list of them")
+    src.add_argument("--log-line", help="one tab-separated log line in the spec's column order")
+    src.add_argument("--log-file", help="a log file with a header; the first --limit lines are sent")
+    p.add_argument("--limit", type=int, default=5)
+    args = p.parse_args(argv)
+
+    from schema.spec import load_spec
+    from serving.examples import FeatureError
+
+    with ServingClient(args.target, args.model, args.timeout, args.retries) as client:
+        towers = TowerClient(client, load_spec(args.spec))
+        try:
+            if args.features:
+                rows = json.loads(args.features)
+                rows = rows if isinstance(rows, list) else [rows]
+                vectors = (towers.user_embeddings if args.tower == "user" else towers.item_embeddings)(rows)
+            else:
+                lines = [args.log_line] if args.log_line else _log_lines(args.log_file, args.limit)
+                vectors = towers.embeddings_from_log_lines(args.tower, lines)
+        except (FeatureError, json.JSONDecodeError) as e:
+            raise SystemExit(f"error: {e}") from None
+        except grpc.RpcError as e:
+            raise SystemExit(f"error: {e.code().name}: {e.details()}") from None
+    for v in vectors:
+        print(json.dumps([round(float(x), 6) for x in v]))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
