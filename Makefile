@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 
 ML_DIR ?= ../shared/data/ml-latest-small
 
-.PHONY: setup demo test lint lock sample movielens clean
+.PHONY: setup demo serve test lint lock sample movielens clean
 
 setup: $(STAMP)
 
@@ -20,6 +20,10 @@ $(STAMP): requirements.lock setup.py
 
 demo: $(STAMP)
 	$(PY) run_pipeline.py local --workdir $(WORKDIR)
+
+# Serve the pushed models of a run (gRPC 8500, REST 8501) until Ctrl-C; new pushes load without a restart.
+serve: $(STAMP)
+	$(PY) -m serving.server --model_config_file $(WORKDIR)/serving/models.config --port 8500 --rest_api_port 8501
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

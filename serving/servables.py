@@ -45,6 +45,9 @@ class Servable:
         self.signature_defs = read_signature_defs(path)
         self._model = tf.saved_model.load(path, tags=[SERVE_TAG])
         self._functions = dict(self._model.signatures)
+        # per signature: {alias: tf dtype} of its inputs, looked up on every request
+        self._input_dtypes = {k: {a: tf.dtypes.as_dtype(t.dtype) for a, t in self.signature_defs[k].inputs.items()}
+                              for k in self._functions}
 
     def callable_signature(self, name: str) -> bool:
         """Metadata lists every SignatureDef (with __saved_model_init_op, as TF Serving does); only
@@ -56,8 +59,8 @@ class Servable:
         sig = self.signature_defs[signature_name]
         for alias, a in arrays.items():
             _check_shape(alias, a.shape, sig.inputs[alias].tensor_shape)
-        feed = {alias: tf.constant(a, dtype=tf.dtypes.as_dtype(sig.inputs[alias].dtype))
-                for alias, a in arrays.items()}
+        dtypes = self._input_dtypes[signature_name]
+        feed = {alias: tf.constant(a, dtype=dtypes[alias]) for alias, a in arrays.items()}
         try:
             out = self._functions[signature_name](**feed)
         except tf.errors.OpError as e:

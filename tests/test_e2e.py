@@ -18,7 +18,7 @@ pytestmark = pytest.mark.e2e
 
 COMPONENTS = {"TsvExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "AnomalyGate",
               "item_vectors_importer", "Transform", "TransformedStatisticsGen", "Trainer", "RetrievalEvaluator",
-              "TowerPusher"}
+              "ServingInfraValidator", "TowerPusher"}
 
 
 def _run(workdir, *args, expect_ok=True):
@@ -29,14 +29,14 @@ def _run(workdir, *args, expect_ok=True):
         return proc
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     with open(os.path.join(workdir, "run_summary.json")) as f:
-        return json.load(f)
+        return {**json.load(f), "_stdout": proc.stdout}
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("e2e") / "run")
-    first = _run(workdir)
-    second = _run(workdir)
+    first = _run(workdir)  # ends with the serving demo
+    second = _run(workdir, "--no-serving-demo")
     return workdir, first, second
 
 
@@ -180,3 +180,35 @@ def test_a_model_that_does_not_beat_popularity_is_not_pushed(runs, tmp_path):
     assert summary["pushed"] is False and summary["pushed_models"] == []
     assert "does not beat the popularity baseline" in summary["not_pushed_because"][0]
     assert os.listdir(os.path.join(workdir, "serving", "dssm")) == [os.path.basename(first["pushed_models"][0]["path"])]
+
+
+def test_infra_validation_blessed_and_the_demo_served_both_towers(runs):
+    workdir, first, second = runs
+    infra = first["infra_validation"]
+    assert infra["blessed"] is True and "error" not in infra
+    assert infra["towers"]["user"]["dim"] == infra["towers"]["item"]["dim"] == 128
+    assert "served dssm version" in first["_stdout"] and "user_embedding (128-d)" in first["_stdout"]
+    assert "served dssm version" not in second["_stdout"]
+
+
+def test_towers_over_grpc_equal_the_saved_model_in_process(runs):
+    from serving.client import ServingClient, TowerClient
+    from serving.model_config import read_config_file
+    from serving.server import ModelServer
+
+    workdir, first, _ = runs
+    (pushed,) = first["pushed_models"]
+    model = tf.saved_model.load(pushed["path"])
+    user_features = {"client_id": "u7", "client_type": 1, "follow_topic_id": ["3", "8"],
+                     "all_topic_fav_7": {"3": 0.7, "11": 0.3}, "read_post_id": ["p1", "p2"]}
+    item_features = [{"post_id": i["post_id"][0], "topic_id": i["topic_id"][0]} for i in ITEMS]
+    expected_user = model.signatures["user_embedding"](examples=tf.constant([_example(**USER)]))["embedding"]
+    expected_items = model.signatures["item_embedding"](
+        examples=tf.constant([_example(**i) for i in ITEMS]))["embedding"]
+    config = read_config_file(os.path.join(workdir, "serving", "models.config"))
+    assert [c.name for c in config] == ["dssm", "dssm_user", "dssm_item"]
+    with ModelServer(config, port=0, poll_seconds=0) as server, ServingClient(server.target, "dssm") as client:
+        towers = TowerClient(client)
+        np.testing.assert_allclose(towers.user_embeddings([user_features]), expected_user, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(towers.item_embeddings(item_features), expected_items, rtol=1e-5, atol=1e-6)
+        assert client.wait_until_available() == int(os.path.basename(pushed["path"]))

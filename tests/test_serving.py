@@ -335,3 +335,63 @@ def test_new_version_is_swapped_in_under_load_with_no_failed_request(tmp_path):
     assert states[2].state == "AVAILABLE" and states[1].state == "END"  # latest{1}: the old one is unloaded
     first_new = next(i for i, (v, _) in enumerate(answers) if v == 2)
     assert all(v == 2 for v, _ in answers[first_new + 50:])  # nobody is served the old version afterwards
+
+
+# ---- client ----
+
+def test_client_retries_unavailable_until_the_server_is_up(models):
+    import socket
+
+    from serving.client import ServingClient
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ModelServer(single_model("tiny", str(models / "tiny")), port=port, poll_seconds=0)
+    timer = threading.Timer(1.0, server.start)
+    timer.start()
+    try:
+        with ServingClient(f"127.0.0.1:{port}", "tiny", timeout=30, retries=10, backoff_seconds=0.1) as client:
+            outputs, version = client.predict({"x": np.array([2.0], np.float32)})
+        assert version == 2 and outputs["y"].tolist() == [4.0]
+    finally:
+        timer.join()
+        server.stop()
+
+
+def test_client_does_not_retry_other_errors_and_respects_the_deadline(server):
+    from serving.client import ServingClient
+
+    with ServingClient(server.target, "nope", timeout=5, retries=5) as client:
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as info:
+            client.predict({"x": np.array([1.0], np.float32)})
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND and time.monotonic() - started < 1
+    with ServingClient("127.0.0.1:1", "tiny", timeout=1.0, retries=100, backoff_seconds=0.05) as client:
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as info:
+            client.predict({"x": np.array([1.0], np.float32)})
+        assert info.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+        assert time.monotonic() - started < 3
+
+
+def test_example_builder_checks_like_ingest(spec):
+    import tensorflow as tf
+
+    from serving.examples import ExampleBuilder, FeatureError
+
+    builder = ExampleBuilder(spec)
+    ex = tf.train.Example.FromString(builder.from_features(
+        {"client_type": 1, "follow_topic_id": ["3", "8", "3"], "all_topic_fav_7": {"3": 0.75, "11": 0.25}}))
+    f = ex.features.feature
+    assert list(f["client_type"].int64_list.value) == [1]
+    assert list(f["follow_topic_id"].bytes_list.value) == [b"3", b"8"]  # duplicate dropped, as in ingest
+    assert list(f["all_topic_fav_7"].bytes_list.value) == [b"3", b"11"]
+    assert list(f["all_topic_fav_7_weight"].float_list.value) == [0.75, 0.25]
+    assert "post_id" not in f and "act" not in f
+    with pytest.raises(FeatureError, match="unknown feature"):
+        builder.from_features({"clienttype": 1})
+    with pytest.raises(FeatureError, match="bad_weight"):
+        builder.from_features({"all_topic_fav_7": {"3": -1}})
+    with pytest.raises(FeatureError, match="field_count"):
+        builder.from_log_line("1\tu1\tp1")
