@@ -62,7 +62,7 @@ def test_each_component_ran_once_and_the_rerun_is_cached(runs):
         states = [e.last_known_state for e in by_node[node]]
         assert states.count(complete) == 1, (node, states)
     assert second["pushed_models"] == first["pushed_models"]
-    assert sorted(os.listdir(os.path.join(workdir, "serving"))) == ["dssm", "dssm_item", "dssm_user"]
+    assert sorted(os.listdir(os.path.join(workdir, "serving"))) == ["dssm", "dssm_item", "dssm_user", "models.config"]
     assert len(os.listdir(os.path.join(workdir, "serving", "dssm"))) == 1
 
 
