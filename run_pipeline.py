@@ -132,7 +132,8 @@ def run_local(args) -> dict:
         serving_dir=os.path.join(workdir, "serving"),
         inputs=inputs, config=config,
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path),
-        beam_pipeline_args=shlex.split(args.beam_args or ""))
+        beam_pipeline_args=shlex.split(args.beam_args or ""),
+        milvus_uri=config.milvus.uri or os.path.join(workdir, "milvus.db"))
     started = time.time()
     try:
         tfx.orchestration.LocalDagRunner().run(pipeline)
@@ -150,7 +151,8 @@ def run_local(args) -> dict:
     if summary.get("pushed_models"):
         config_path = write_serving_config(os.path.join(workdir, "serving"), config.model_name)
         if args.serving_demo:
-            serving_demo(config_path, config.model_name, patterns.get("eval log") or patterns["input log"], spec)
+            serving_demo(config_path, config, patterns.get("eval log") or patterns["input log"], spec,
+                         config.milvus.uri or os.path.join(workdir, "milvus.db"))
     return summary
 
 
@@ -165,13 +167,19 @@ def write_serving_config(serving_dir: str, model_name: str) -> str:
     return path
 
 
-def serving_demo(config_path: str, model_name: str, log_pattern: str, spec) -> None:
+def serving_demo(config_path: str, config, log_pattern: str, spec, milvus_uri: str) -> None:
     """Serves the pushed models on a free loopback port and asks for one user and one item vector
-    over gRPC, from the first line of the eval logs: what a client of TF Serving would do."""
+    over gRPC, from the first line of the eval logs: what a client of TF Serving would do. Then the
+    recall path: that user's vector (over gRPC) -> top 10 posts from Milvus."""
+    from dataclasses import asdict
+
     from serving.client import ServingClient, TowerClient, _log_lines
+    from serving.item_index import IndexConfig, ItemSearcher
     from serving.model_config import read_config_file
+    from serving.recall import Recaller, ServingUserEncoder
     from serving.server import ModelServer
 
+    model_name = config.model_name
     line = _log_lines(_expand(log_pattern, "log")[0], 1)[0]
     with ModelServer(read_config_file(config_path), port=0, poll_seconds=0) as server, \
             ServingClient(server.target, model_name, timeout=30) as client:
@@ -182,6 +190,10 @@ def serving_demo(config_path: str, model_name: str, log_pattern: str, spec) -> N
         print(f"user_embedding ({user.size}-d): {[round(float(x), 4) for x in user[:8]]} ...")
         print(f"item_embedding ({item.size}-d): {[round(float(x), 4) for x in item[:8]]} ...")
         print(f"user . item = {float(user @ item):.4f}")
+        searcher = ItemSearcher(IndexConfig(**{**asdict(config.milvus), "uri": milvus_uri}))
+        (top,) = Recaller(ServingUserEncoder(client), searcher, spec).recall_log_lines([line], k=10)
+        print(f"recall (Milvus {searcher.collection()}, read posts excluded): "
+              + ", ".join(f"{h['id']} ({h['score']:.3f})" for h in top))
     print(f"serve it yourself: .venv/bin/python -m serving.server --model_config_file {config_path} "
           f"--port 8500 --rest_api_port 8501")
 

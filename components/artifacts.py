@@ -8,3 +8,11 @@ class ItemVectors(Artifact):
     TYPE_NAME = "ItemVectors"
     PROPERTIES = {"dim": Property(type=PropertyType.INT), "count": Property(type=PropertyType.INT),
                   "sha256": Property(type=PropertyType.STRING)}
+
+
+class ItemIndex(Artifact):
+    """The item-tower vectors of a model (embeddings/*.tfrecord.gz) and the Milvus generation they were
+    written to (custom properties: uri, alias, collection, count, items_per_second, ...)."""
+
+    TYPE_NAME = "ItemIndex"
+    PROPERTIES = {"dim": Property(type=PropertyType.INT), "count": Property(type=PropertyType.INT)}

@@ -53,6 +53,21 @@ class EvaluationConfig:
 
 
 @dataclass
+class MilvusConfig:
+    # Where ItemIndexer writes the item vectors: "" = a Milvus Lite file <workdir>/milvus.db; or a
+    # server, http://host:19530 (with token). Fields as serving.item_index.IndexConfig.
+    uri: str = ""
+    token: str = ""
+    alias: str = "dssm_items"        # queries go through this alias; each run writes a new collection
+    index_type: str = "IVF_FLAT"     # FLAT | IVF_FLAT | AUTOINDEX on Milvus Lite; any type on a server
+    index_params: dict = field(default_factory=lambda: {"nlist": 1024})  # IVF: nlist capped at items / 39
+    search_params: dict = field(default_factory=lambda: {"nprobe": 64})
+    keep_generations: int = 2        # collections kept per alias, the serving one included
+    insert_batch: int = 1000
+    insert_threads: int = 8
+
+
+@dataclass
 class PipelineConfig:
     pipeline_name: str = "dssm_recall"
     model_name: str = "dssm"         # serving folder: <workdir>/serving/<model_name>/<version>/
@@ -65,6 +80,7 @@ class PipelineConfig:
     enable_cache: bool = True
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    milvus: MilvusConfig = field(default_factory=MilvusConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -80,6 +96,8 @@ def _check(config: PipelineConfig) -> PipelineConfig:
         raise ConfigError(f"evaluation.catalog must be 'vectors' or 'logs', got '{config.evaluation.catalog}'")
     if not config.evaluation.ks or not all(isinstance(k, int) and k > 0 for k in config.evaluation.ks):
         raise ConfigError(f"evaluation.ks must be positive integers, got {config.evaluation.ks}")
+    if config.milvus.keep_generations < 1:
+        raise ConfigError("milvus.keep_generations must be >= 1 (the serving generation)")
     if not 0 <= config.max_rejected_fraction <= 1:
         raise ConfigError(f"max_rejected_fraction must be in [0, 1], got {config.max_rejected_fraction}")
     return config
@@ -91,7 +109,7 @@ def _build(cls, data: dict, where: str):
     if unknown:
         raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(names)}")
     kwargs = {}
-    nested = {"trainer": TrainerConfig, "evaluation": EvaluationConfig}
+    nested = {"trainer": TrainerConfig, "evaluation": EvaluationConfig, "milvus": MilvusConfig}
     for key, value in data.items():
         if key in nested and cls is PipelineConfig:
             value = _build(nested[key], value or {}, f"{where}.{key}")
@@ -113,7 +131,7 @@ def load_config(path: str | None = None, overrides: dict | None = None) -> Pipel
             raise ConfigError(f"{path}: expected a mapping at the top level")
     if overrides:
         overrides = dict(overrides)
-        for key in ("trainer", "evaluation"):
+        for key in ("trainer", "evaluation", "milvus"):
             if key in overrides:
                 overrides[key] = {**data.get(key, {}), **overrides[key]}
         data = {**data, **overrides}

@@ -13,6 +13,7 @@ from tfx.proto import example_gen_pb2
 from components.anomaly_gate import AnomalyGate
 from components.artifacts import ItemVectors
 from components.infra_validator import ServingInfraValidator
+from components.item_indexer import ItemIndexer
 from components.retrieval_evaluator import RetrievalEvaluator
 from components.tower_pusher import TowerPusher
 from components.tsv_example_gen.component import TsvExampleGen
@@ -59,8 +60,9 @@ def _output_config(inputs: PipelineInputs, config: PipelineConfig, user_id: str)
 
 
 def create_pipeline(pipeline_root: str, serving_dir: str, inputs: PipelineInputs, config: PipelineConfig,
-                    metadata_connection_config=None, beam_pipeline_args: list[str] | None = None
-                    ) -> tfx.dsl.Pipeline:
+                    metadata_connection_config=None, beam_pipeline_args: list[str] | None = None,
+                    milvus_uri: str | None = None) -> tfx.dsl.Pipeline:
+    """milvus_uri: where ItemIndexer writes (the runner resolves the config's default to a Lite file)."""
     user_id = FeatureSpec.from_json(inputs.feature_spec_json).user_id
     # Logs -> tf.Examples, with bad rows quarantined and counted.
     example_gen = TsvExampleGen(
@@ -136,11 +138,20 @@ def create_pipeline(pipeline_root: str, serving_dir: str, inputs: PipelineInputs
         push_destination=tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
             base_directory=f"{serving_dir}/{config.model_name}")))
 
+    # The blessed model's item tower over the catalog, into a new Milvus collection behind an alias.
+    item_indexer = ItemIndexer(
+        model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
+        infra_blessing=infra_validator.outputs["blessing"], examples=example_gen.outputs["examples"],
+        item_vectors=item_vectors.outputs["result"], feature_spec=inputs.feature_spec_json,
+        index_config={**config.to_dict()["milvus"], "uri": milvus_uri or config.milvus.uri},
+        catalog_source=ev.catalog, code_fingerprint=inputs.code_fingerprint)
+
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, example_validator, anomaly_gate, item_vectors,
-                    transform, transformed_statistics_gen, trainer, evaluator, infra_validator, pusher],
+                    transform, transformed_statistics_gen, trainer, evaluator, infra_validator, pusher,
+                    item_indexer],
         enable_cache=config.enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_pipeline_args or [])

@@ -120,6 +120,9 @@ def build_run_summary(metadata_path: str, pipeline_name: str) -> dict:
                 summary["model_run_uri"] = a.uri
             elif kind == "ModelEvaluation" and _custom(a, "retrieval") is not None:
                 summary["retrieval"] = _custom(a, "retrieval")
+            elif kind == "ItemIndex":
+                summary["item_index"] = _custom(a, "milvus") or {
+                    "not_indexed_because": _custom(a, "not_indexed_because")}
             elif kind == "InfraBlessing":
                 summary["infra_validation"] = _custom(a, INFRA_REPORT_PROPERTY)
             elif kind == "Model":

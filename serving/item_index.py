@@ -1,0 +1,328 @@
+"""The item vectors in Milvus: one collection per indexing run ("generation") behind an alias.
+
+A run writes <alias>_g<UTC time>, inserts every item (id, its single-valued item features, the
+L2-normalised item-tower vector), flushes, builds the index (metric IP), loads it, checks the row
+count, and only then points the alias at it; older generations beyond `keep_generations` are
+dropped. A run that fails half-way drops its own partial collection and leaves the alias where it
+was, so queries never see a half-written index.
+
+Milvus servers have aliases (create_alias / alter_alias). Milvus Lite 2.5 answers them with
+UNIMPLEMENTED, so on a Lite file the alias is a row in a small pointer collection
+(<alias>__alias), switched with one upsert: the same all-or-nothing switch for readers.
+
+Milvus Lite 2.5 builds FLAT, IVF_FLAT and AUTOINDEX only; other index types (HNSW, ...) are passed
+through to a Milvus server.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+log = logging.getLogger("serving")
+
+VECTOR_FIELD = "embedding"
+MAX_VARCHAR = 1024
+LITE_INDEX_TYPES = ("FLAT", "IVF_FLAT", "AUTOINDEX")
+
+
+class ItemIndexError(RuntimeError):
+    """Indexing or searching failed; the previous generation (if any) keeps serving."""
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    uri: str                                   # a Milvus Lite file (*.db) or http(s)://host:port
+    token: str = ""
+    alias: str = "dssm_items"
+    index_type: str = "IVF_FLAT"
+    index_params: dict = field(default_factory=lambda: {"nlist": 1024})
+    search_params: dict = field(default_factory=lambda: {"nprobe": 64})
+    keep_generations: int = 2                  # collections kept, the serving one included
+    insert_batch: int = 1000                   # rows per insert request
+    insert_threads: int = 8                    # insert requests in flight (Milvus works on them in parallel)
+
+    @property
+    def is_lite(self) -> bool:
+        return not self.uri.startswith(("http://", "https://", "tcp://", "unix:"))
+
+    def validate(self) -> None:
+        if self.keep_generations < 1:
+            raise ValueError("milvus.keep_generations must be >= 1 (the serving generation)")
+        if self.is_lite and self.index_type not in LITE_INDEX_TYPES:
+            raise ValueError(f"Milvus Lite builds {', '.join(LITE_INDEX_TYPES)} only, not {self.index_type}; "
+                             "use a Milvus server (milvus.uri: http://host:19530) for other index types")
+        if self.insert_batch < 1 or self.insert_threads < 1:
+            raise ValueError("milvus.insert_batch and milvus.insert_threads must be >= 1")
+
+
+def connect(config: IndexConfig):
+    from pymilvus import MilvusClient
+
+    if config.is_lite:
+        import os
+
+        os.makedirs(os.path.dirname(os.path.abspath(config.uri)), exist_ok=True)
+    return MilvusClient(uri=config.uri, token=config.token)
+
+
+def milvus_string(value: str) -> str:
+    """A string literal for a Milvus filter expression (quotes and backslashes escaped)."""
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+# ---- the alias ----
+
+class _PointerAlias:
+    """Milvus Lite: the alias is one row of <alias>__alias; the upsert switches it."""
+
+    def __init__(self, client, alias: str):
+        self.client, self.alias, self.name = client, alias, f"{alias}__alias"
+
+    def _ensure(self) -> None:
+        from pymilvus import DataType
+
+        if self.client.has_collection(self.name):
+            return
+        schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("alias", DataType.VARCHAR, max_length=MAX_VARCHAR, is_primary=True)
+        schema.add_field("collection", DataType.VARCHAR, max_length=MAX_VARCHAR)
+        schema.add_field("unused", DataType.FLOAT_VECTOR, dim=2)  # Milvus needs a vector field
+        self.client.create_collection(self.name, schema=schema)
+        index = self.client.prepare_index_params()
+        index.add_index("unused", index_type="FLAT", metric_type="L2")
+        self.client.create_index(self.name, index)
+        self.client.load_collection(self.name)
+
+    def get(self) -> str | None:
+        if not self.client.has_collection(self.name):
+            return None
+        rows = self.client.get(self.name, ids=[self.alias], output_fields=["collection"])
+        return rows[0]["collection"] if rows else None
+
+    def point_to(self, collection: str) -> None:
+        self._ensure()
+        self.client.upsert(self.name, [{"alias": self.alias, "collection": collection, "unused": [0.0, 0.0]}])
+
+
+class _ServerAlias:
+    """A Milvus server: a real alias."""
+
+    def __init__(self, client, alias: str):
+        self.client, self.alias = client, alias
+
+    def get(self) -> str | None:
+        from pymilvus.exceptions import MilvusException
+
+        try:
+            return self.client.describe_alias(self.alias)["collection_name"]
+        except MilvusException:
+            return None
+
+    def point_to(self, collection: str) -> None:
+        if self.get() is None:
+            self.client.create_alias(collection, self.alias)
+        else:
+            self.client.alter_alias(collection, self.alias)
+
+
+def alias_of(client, config: IndexConfig):
+    return _PointerAlias(client, config.alias) if config.is_lite else _ServerAlias(client, config.alias)
+
+
+# ---- writing a generation ----
+
+def generation_name(alias: str) -> str:
+    return f"{alias}_g{time.strftime('%Y%m%d%H%M%S', time.gmtime())}_{uuid.uuid4().hex[:6]}"
+
+
+def generations(client, alias: str) -> list[str]:
+    """This alias's generations, oldest first (the names sort by creation time)."""
+    prefix = f"{alias}_g"
+    return sorted(c for c in client.list_collections() if c.startswith(prefix))
+
+
+def _create_collection(client, name: str, id_field: str, scalar_fields: list[str], dim: int) -> None:
+    from pymilvus import DataType
+
+    schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field(id_field, DataType.VARCHAR, max_length=MAX_VARCHAR, is_primary=True)
+    for f in scalar_fields:
+        schema.add_field(f, DataType.VARCHAR, max_length=MAX_VARCHAR)
+    schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=dim)
+    client.create_collection(name, schema=schema)
+
+
+@dataclass
+class Batch:
+    ids: list[str]
+    scalars: dict[str, list[str]]   # field -> values
+    vectors: np.ndarray             # [n, dim] float32
+
+
+def normalise(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+MIN_ITEMS_PER_LIST = 39  # k-means needs this many points per centroid to place it (Faiss's rule)
+
+
+def effective_index_params(config: IndexConfig, count: int) -> dict:
+    """The configured parameters, with an IVF nlist capped so that each list gets enough items: a
+    small catalog (the sample's 1,500 items) with nlist 1024 would leave most lists empty."""
+    params = dict(config.index_params)
+    if config.index_type.startswith("IVF") and "nlist" in params:
+        params["nlist"] = max(1, min(int(params["nlist"]), count // MIN_ITEMS_PER_LIST))
+    return params
+
+
+def _id_hashes(ids: list[str]) -> np.ndarray:
+    import hashlib
+
+    return np.array([int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8).digest(), "little") for i in ids],
+                    np.uint64)
+
+
+def _duplicates(hashes: np.ndarray) -> int:
+    return int(len(hashes) - len(np.unique(hashes)))
+
+
+def write_generation(config: IndexConfig, batches: Iterable[Batch], id_field: str, scalar_fields: list[str],
+                     dim: int, client=None) -> dict:
+    """Writes a new generation from the batches, then moves the alias to it. Returns what was done."""
+    from pymilvus import Collection, connections
+
+    config.validate()
+    client = client or connect(config)
+    name = generation_name(config.alias)
+    orm = f"indexer-{uuid.uuid4().hex[:8]}"  # a column-wise insert connection (much faster than row dicts)
+    started = time.perf_counter()
+    count = 0
+    id_hashes = []  # 8 bytes per item, to detect repeated ids without holding the ids
+    try:
+        _create_collection(client, name, id_field, scalar_fields, dim)
+        connections.connect(alias=orm, uri=config.uri, token=config.token)
+        collection = Collection(name, using=orm)
+        sem = threading.BoundedSemaphore(config.insert_threads * 2)  # bounds the rows held in memory
+
+        def insert(columns):
+            try:
+                collection.insert(columns)
+            finally:
+                sem.release()
+
+        with ThreadPoolExecutor(config.insert_threads) as pool:
+            futures = []
+            for batch in batches:
+                if batch.vectors.shape[1:] != (dim,):
+                    raise ItemIndexError(f"a batch has vectors of shape {batch.vectors.shape}, expected [n, {dim}]")
+                vectors = normalise(batch.vectors)
+                id_hashes.append(_id_hashes(batch.ids))
+                for s in range(0, len(batch.ids), config.insert_batch):
+                    e = s + config.insert_batch
+                    sem.acquire()
+                    futures.append(pool.submit(insert, [batch.ids[s:e], *[batch.scalars[f][s:e] for f in scalar_fields],
+                                                        vectors[s:e]]))
+                count += len(batch.ids)
+                done = [f for f in futures if f.done()]
+                for f in done:
+                    f.result()  # raises the first insert error
+                futures = [f for f in futures if not f.done()]
+            for f in futures:
+                f.result()
+        inserted_seconds = time.perf_counter() - started
+        client.flush(name)
+        index_params = effective_index_params(config, count)
+        index = client.prepare_index_params()
+        index.add_index(VECTOR_FIELD, index_type=config.index_type, metric_type="IP", params=index_params)
+        client.create_index(name, index)
+        client.load_collection(name)
+        stored = client.get_collection_stats(name)["row_count"]
+        if stored != count:
+            raise ItemIndexError(f"{name} holds {stored} rows after inserting {count}")
+        duplicates = _duplicates(np.concatenate(id_hashes) if id_hashes else np.zeros(0, np.uint64))
+        if duplicates:  # Milvus keeps both rows of a repeated primary key; a catalog must not have any
+            raise ItemIndexError(f"{duplicates} duplicate ids in the catalog written to {name}")
+        alias = alias_of(client, config)
+        previous = alias.get()
+        alias.point_to(name)
+    except Exception:
+        log.exception("indexing into %s failed; the alias %s is unchanged", name, config.alias)
+        if client.has_collection(name):
+            client.drop_collection(name)
+        raise
+    finally:
+        connections.disconnect(orm)
+    dropped = [g for g in generations(client, config.alias)[:-config.keep_generations] if g != name]
+    for g in dropped:
+        client.drop_collection(g)
+    return {"collection": name, "alias": config.alias, "previous": previous, "count": count, "dim": dim,
+            "index_type": config.index_type, "index_params": index_params,
+            "insert_seconds": round(inserted_seconds, 3), "total_seconds": round(time.perf_counter() - started, 3),
+            "items_per_second": round(count / max(inserted_seconds, 1e-9)), "dropped": dropped}
+
+
+# ---- searching ----
+
+class ItemSearcher:
+    """Top-K item ids for query vectors from the collection the alias points at, with exclusions and
+    filters on the scalar fields. Exclusions are applied by over-fetching, so K results come back
+    whenever K non-excluded items exist."""
+
+    MAX_LIMIT = 16384  # Milvus's cap on topk
+
+    def __init__(self, config: IndexConfig, client=None, refresh_seconds: float = 1.0):
+        self.config = config
+        self.client = client or connect(config)
+        self._alias = alias_of(self.client, config)
+        self._refresh_seconds = refresh_seconds
+        self._target, self._checked = None, 0.0
+        self._lock = threading.Lock()
+
+    def collection(self, refresh: bool = False) -> str:
+        with self._lock:
+            if refresh or self._target is None or time.monotonic() - self._checked > self._refresh_seconds:
+                target = self._alias.get() if self.config.is_lite else self.config.alias
+                if target is None:
+                    raise ItemIndexError(f"no index behind alias {self.config.alias} at {self.config.uri}: "
+                                      "run the pipeline (ItemIndexer) first")
+                self._target, self._checked = target, time.monotonic()
+            return self._target
+
+    def search(self, vectors: np.ndarray, k: int, exclude: list[set[str]] | None = None,
+               filters: dict[str, list[str]] | None = None, output_fields: list[str] | None = None
+               ) -> list[list[dict]]:
+        from pymilvus.exceptions import MilvusException
+
+        vectors = normalise(np.atleast_2d(np.asarray(vectors, np.float32)))
+        exclude = exclude or [set()] * len(vectors)
+        limit = min(k + max((len(e) for e in exclude), default=0), self.MAX_LIMIT)
+        for f in filters or {}:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", f):
+                raise ValueError(f"not a field name: {f!r}")
+        expr = " and ".join(f"{f} in [{', '.join(milvus_string(v) for v in values)}]"
+                            for f, values in sorted((filters or {}).items()))
+        params = {"metric_type": "IP", "params": self.config.search_params}
+        for attempt in (0, 1):
+            try:
+                hits = self.client.search(self.collection(refresh=attempt == 1), data=vectors.tolist(), limit=limit,
+                                          filter=expr, search_params=params, output_fields=output_fields or [])
+                break
+            except MilvusException:
+                if attempt == 1:  # a stale pointer to a dropped generation is refreshed once
+                    raise
+        results = []
+        for row, excluded in zip(hits, exclude, strict=True):
+            kept = [{"id": h["id"], "score": float(h["distance"]), **h.get("entity", {})}
+                    for h in row if h["id"] not in excluded]
+            results.append(kept[:k])
+        return results

@@ -1,0 +1,147 @@
+"""Recall: raw user features (or a log line) in, the top-K posts out.
+
+The user vector comes from the user tower, in-process (a pushed SavedModel) or from any TF Serving
+endpoint; the posts come from the Milvus generation behind the alias (serving/item_index.py).
+The user's read posts are excluded unless asked otherwise; filters keep items whose stored
+features (topic_id) take one of the given values.
+
+    python -m serving.recall [--milvus runs/demo/milvus.db] [--model runs/demo/serving/dssm | --target HOST:PORT]
+                             (--features JSON | --log-line LINE | --log-file TSV [--limit N])
+                             [--k 10] [--filter topic_id=3,7] [--keep-read]
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from schema.spec import FeatureSpec, load_spec  # noqa: E402
+from serving.examples import ExampleBuilder  # noqa: E402
+from serving.item_index import IndexConfig, ItemSearcher  # noqa: E402
+
+USER_SIGNATURE = "user_embedding"
+
+
+class SavedModelUserEncoder:
+    """The user tower in this process: a version directory, or a base path (its latest version)."""
+
+    def __init__(self, path: str):
+        import tensorflow as tf
+
+        from serving.servables import versions_on_disk
+
+        versions = versions_on_disk(path)
+        self.path = versions[max(versions)] if versions else path
+        self._fn = tf.saved_model.load(self.path).signatures[USER_SIGNATURE]
+        self._tf = tf
+
+    def __call__(self, examples: list[bytes]) -> np.ndarray:
+        return self._fn(examples=self._tf.constant(examples))["embedding"].numpy()
+
+
+class ServingUserEncoder:
+    """The user tower behind a TF Serving endpoint (deadline and retries from ServingClient)."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def __call__(self, examples: list[bytes]) -> np.ndarray:
+        return self.client.embeddings(USER_SIGNATURE, examples)
+
+
+class Recaller:
+    def __init__(self, encoder, searcher: ItemSearcher, spec: FeatureSpec):
+        self.encoder, self.searcher, self.spec = encoder, searcher, spec
+        self.examples = ExampleBuilder(spec)
+        self.history = [f.column for f in spec.features if f.kind == "pretrained" and f.reduce]
+
+    def _read(self, serialized: bytes) -> set[str]:
+        import tensorflow as tf
+
+        features = tf.train.Example.FromString(serialized).features.feature
+        return {v.decode() for c in self.history for v in features[c].bytes_list.value}
+
+    def recall_examples(self, serialized: list[bytes], k: int, exclude_read: bool = True,
+                        filters: dict[str, list[str]] | None = None) -> list[list[dict]]:
+        vectors = self.encoder(serialized)
+        exclude = [self._read(s) for s in serialized] if exclude_read else None
+        return self.searcher.search(vectors, k, exclude=exclude, filters=filters,
+                                    output_fields=list(filters or {}))
+
+    def recall(self, users: list[dict], k: int = 10, exclude_read: bool = True,
+               filters: dict[str, list[str]] | None = None) -> list[list[dict]]:
+        return self.recall_examples([self.examples.from_features(u) for u in users], k, exclude_read, filters)
+
+    def recall_log_lines(self, lines: list[str], k: int = 10, exclude_read: bool = True,
+                         filters: dict[str, list[str]] | None = None) -> list[list[dict]]:
+        return self.recall_examples([self.examples.from_log_line(x) for x in lines], k, exclude_read, filters)
+
+
+def _filters(values: list[str]) -> dict[str, list[str]]:
+    out = {}
+    for v in values:
+        name, sep, allowed = v.partition("=")
+        if not sep or not allowed:
+            raise SystemExit(f"error: --filter takes FIELD=V1,V2,..., got {v!r}")
+        out.setdefault(name, []).extend(allowed.split(","))
+    return out
+
+
+def main(argv=None) -> None:
+    from pipeline.config import MilvusConfig
+
+    defaults = MilvusConfig()
+    p = argparse.ArgumentParser(prog="python -m serving.recall", description=__doc__.splitlines()[0])
+    p.add_argument("--milvus", default=os.path.join("runs", "demo", "milvus.db"), help="Milvus Lite file or URI")
+    p.add_argument("--token", default="")
+    p.add_argument("--alias", default=defaults.alias)
+    p.add_argument("--nprobe", type=int, default=defaults.search_params.get("nprobe", 64))
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--model", default=os.path.join("runs", "demo", "serving", "dssm"),
+                       help="pushed model (base path or version directory), run in this process")
+    where.add_argument("--target", help="host:port of a TF Serving endpoint serving the model instead")
+    p.add_argument("--model-name", default="dssm", help="with --target: the served model name")
+    p.add_argument("--spec", default=None)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--features", help="JSON object (or list of objects) of raw user features")
+    src.add_argument("--log-line", help="a tab-separated log line")
+    src.add_argument("--log-file", help="a log file with a header; its first --limit lines")
+    p.add_argument("--limit", type=int, default=3)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--filter", action="append", default=[], help="FIELD=V1,V2 (repeatable), e.g. topic_id=3,7")
+    p.add_argument("--keep-read", action="store_true", help="do not exclude the user's read posts")
+    args = p.parse_args(argv)
+
+    from serving.client import ServingClient, _log_lines
+    from serving.examples import FeatureError
+
+    spec = load_spec(args.spec)
+    config = IndexConfig(uri=args.milvus, token=args.token, alias=args.alias, search_params={"nprobe": args.nprobe})
+    if config.is_lite and not os.path.exists(args.milvus):
+        raise SystemExit(f"error: {args.milvus} does not exist: run the pipeline first (make demo)")
+    encoder = (ServingUserEncoder(ServingClient(args.target, args.model_name)) if args.target
+               else SavedModelUserEncoder(args.model))
+    recaller = Recaller(encoder, ItemSearcher(config), spec)
+    try:
+        if args.features:
+            users = json.loads(args.features)
+            results = recaller.recall(users if isinstance(users, list) else [users], args.k, not args.keep_read,
+                                      _filters(args.filter))
+        else:
+            lines = [args.log_line] if args.log_line else _log_lines(args.log_file, args.limit)
+            results = recaller.recall_log_lines(lines, args.k, not args.keep_read, _filters(args.filter))
+    except (FeatureError, json.JSONDecodeError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    for hits in results:
+        print(json.dumps([{**h, "score": round(h["score"], 5)} for h in hits]))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
