@@ -158,7 +158,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         not_blessed = _blessed(input_dict)
         if not_blessed:
             index.set_int_custom_property("indexed", 0)
-            index.set_json_value_custom_property("not_indexed_because", not_blessed)
+            index.set_string_custom_property("not_indexed_because", "; ".join(not_blessed))
             return
         spec = FeatureSpec.from_json(exec_properties["feature_spec"])
         model = artifact_utils.get_single_instance(input_dict["model"])

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.e2e
 
 COMPONENTS = {"TsvExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "AnomalyGate",
               "item_vectors_importer", "Transform", "TransformedStatisticsGen", "Trainer", "RetrievalEvaluator",
-              "ServingInfraValidator", "TowerPusher"}
+              "ServingInfraValidator", "TowerPusher", "ItemIndexer"}
 
 
 def _run(workdir, *args, expect_ok=True):
@@ -179,6 +179,7 @@ def test_a_model_that_does_not_beat_popularity_is_not_pushed(runs, tmp_path):
     assert states["Trainer"] == "CACHED" and states["RetrievalEvaluator"] == "COMPLETE"
     assert summary["pushed"] is False and summary["pushed_models"] == []
     assert "does not beat the popularity baseline" in summary["not_pushed_because"][0]
+    assert summary["item_index"]["not_indexed_because"] == "model_blessing says not blessed"
     assert os.listdir(os.path.join(workdir, "serving", "dssm")) == [os.path.basename(first["pushed_models"][0]["path"])]
 
 
@@ -212,3 +213,52 @@ def test_towers_over_grpc_equal_the_saved_model_in_process(runs):
         np.testing.assert_allclose(towers.user_embeddings([user_features]), expected_user, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(towers.item_embeddings(item_features), expected_items, rtol=1e-5, atol=1e-6)
         assert client.wait_until_available() == int(os.path.basename(pushed["path"]))
+
+
+def _most_frequent_topics():
+    """post_id -> its most frequent topic_id in the sample logs (ties: the smallest), with csv."""
+    import collections
+    import csv
+
+    counts = collections.defaultdict(collections.Counter)
+    for name in ("train.tsv", "eval.tsv"):
+        with open(os.path.join(REPO, "data", "sample", name), newline="") as f:
+            for row in csv.DictReader(f, delimiter="\t"):
+                counts[row["post_id"]][row["topic_id"]] += 1
+    return {p: min(c, key=lambda t: (-c[t], t)) for p, c in counts.items()}
+
+
+def test_item_index_recall_equals_brute_force_over_the_catalog(runs):
+    from serving.item_index import IndexConfig, ItemSearcher
+    from serving.recall import Recaller, SavedModelUserEncoder
+
+    workdir, first, second = runs
+    index = first["item_index"]
+    (ids_file,) = glob.glob(os.path.join(workdir, "item_vectors", "*", "item_ids.txt"))
+    catalog = open(ids_file).read().split()
+    assert index["count"] == len(catalog) == 1477 and index["dim"] == 128
+    assert second["item_index"]["collection"] == index["collection"]  # cached: same generation
+
+    # Every catalog item through the item tower in this process, with its most frequent logged topic.
+    topics = _most_frequent_topics()
+    model = tf.saved_model.load(first["pushed_models"][0]["path"])
+    examples = [_example(post_id=[p], **({"topic_id": [topics[p]]} if p in topics else {})) for p in catalog]
+    items = np.concatenate([model.signatures["item_embedding"](examples=tf.constant(examples[i:i + 512]))["embedding"]
+                            for i in range(0, len(examples), 512)])
+    user = model.signatures["user_embedding"](examples=tf.constant([_example(**USER)]))["embedding"].numpy()[0]
+    scores = items @ user
+    read = set(USER["read_post_id"])
+    expected = [catalog[i] for i in np.argsort(-scores, kind="stable") if catalog[i] not in read][:20]
+
+    searcher = ItemSearcher(IndexConfig(uri=os.path.join(workdir, "milvus.db")))
+    assert searcher.collection() == index["collection"]
+    recaller = Recaller(SavedModelUserEncoder(os.path.join(workdir, "serving", "dssm")), searcher,
+                        __import__("schema.spec", fromlist=["load_spec"]).load_spec())
+    user_features = {"client_id": "u7", "client_type": 1, "follow_topic_id": ["3", "8"],
+                     "all_topic_fav_7": {"3": 0.7, "11": 0.3}, "read_post_id": ["p1", "p2"]}
+    (hits,) = recaller.recall([user_features], k=20)
+    assert [h["id"] for h in hits] == expected
+    np.testing.assert_allclose([h["score"] for h in hits], sorted(scores[[catalog.index(e) for e in expected]],
+                                                                  reverse=True), atol=1e-4)
+    (in_topic,) = recaller.recall([user_features], k=5, filters={"topic_id": ["3"]})
+    assert in_topic and all(topics.get(h["id"]) == "3" for h in in_topic)
