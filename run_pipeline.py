@@ -95,37 +95,64 @@ def check_schema(schema_path: str, spec) -> None:
                          f"`python -m schema.generate --spec SPEC --out {schema_path}`")
 
 
-def run_local(args) -> dict:
-    from components.item_vectors import ItemVectorError, prepare_item_vectors
+def _is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def _load(args):
+    """Config, spec and log patterns, with every local input checked before anything runs."""
     from components.tsv_example_gen.executor import IngestError
     from pipeline.config import ConfigError, load_config
     from schema.spec import SpecError, load_spec
 
-    workdir = os.path.abspath(args.workdir)
     try:
         config = load_config(args.config)
         spec = load_spec(config.feature_spec)
         patterns = _log_patterns(args)
-        check_inputs(patterns, spec)
+        check_inputs({k: v for k, v in patterns.items() if not _is_uri(v)}, spec)
         check_schema(config.schema, spec)
-        os.makedirs(workdir, exist_ok=True)
-        vectors = prepare_item_vectors(args.item_embeddings, os.path.join(workdir, "item_vectors"),
-                                       expected_dim=spec.pretrained_dim)
-    except (InputError, ConfigError, SpecError, ItemVectorError, IngestError) as e:
+    except (InputError, ConfigError, SpecError, IngestError) as e:
         raise SystemExit(f"error: {e}") from None
+    return config, spec, patterns
+
+
+def _prepare_vectors(args, spec, parent: str):
+    from components.item_vectors import ItemVectorError, prepare_item_vectors
+
+    try:
+        return prepare_item_vectors(args.item_embeddings, parent, expected_dim=spec.pretrained_dim)
+    except ItemVectorError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+def _pipeline_inputs(patterns: dict, vectors, vectors_dir: str, spec):
+    from pipeline.pipeline import PipelineInputs
+
+    if any(_is_uri(p) for p in patterns.values()):  # remote logs: the base is their common prefix
+        input_base = os.path.dirname(os.path.commonprefix(list(patterns.values())))
+        relative = [p[len(input_base) + 1:] for p in patterns.values()]
+    else:
+        input_base, relative = _relative_patterns(*patterns.values())
+    named = dict(zip(patterns, relative, strict=True))
+    return PipelineInputs(
+        input_base=input_base, train_pattern=named.get("training log"), eval_pattern=named.get("eval log"),
+        input_pattern=named.get("input log"),
+        item_vectors_dir=vectors_dir, item_vectors_dim=vectors.dim, item_vectors_count=vectors.count,
+        item_vectors_sha256=vectors.sha256, feature_spec_json=spec.to_json(), code_fingerprint=code_fingerprint())
+
+
+def run_local(args) -> dict:
+    config, spec, patterns = _load(args)
+    workdir = os.path.abspath(args.workdir)
+    os.makedirs(workdir, exist_ok=True)
+    vectors = _prepare_vectors(args, spec, os.path.join(workdir, "item_vectors"))
 
     from tfx import v1 as tfx
 
-    from pipeline.pipeline import PipelineInputs, create_pipeline
+    from pipeline.pipeline import create_pipeline
     from pipeline.summary import write_run_summary
 
-    input_base, relative = _relative_patterns(*patterns.values())
-    named = dict(zip(patterns, relative, strict=True))
-    inputs = PipelineInputs(
-        input_base=input_base, train_pattern=named.get("training log"), eval_pattern=named.get("eval log"),
-        input_pattern=named.get("input log"),
-        item_vectors_dir=vectors.dir, item_vectors_dim=vectors.dim, item_vectors_count=vectors.count,
-        item_vectors_sha256=vectors.sha256, feature_spec_json=spec.to_json(), code_fingerprint=code_fingerprint())
+    inputs = _pipeline_inputs(patterns, vectors, vectors.dir, spec)
     metadata_path = os.path.join(workdir, "metadata.sqlite")
     pipeline = create_pipeline(
         pipeline_root=os.path.join(workdir, "pipeline"),
@@ -198,6 +225,60 @@ def serving_demo(config_path: str, config, log_pattern: str, spec, milvus_uri: s
           f"--port 8500 --rest_api_port 8501")
 
 
+def run_kubeflow(args) -> str:
+    """Compiles the same pipeline into a KFP v2 spec (TFX's KubeflowV2DagRunner); optionally submits it."""
+    config, spec, patterns = _load(args)
+    root = (args.pipeline_root or config.kubeflow.pipeline_root).rstrip("/")
+    if not root:
+        raise SystemExit("error: give --pipeline-root (or kubeflow.pipeline_root in the config), e.g. gs://bucket/dssm")
+    remote = _is_uri(root)
+    if remote and not config.milvus.uri:
+        raise SystemExit("error: set milvus.uri to a Milvus server: a Milvus Lite file does not outlive a container")
+    if not remote:
+        root = os.path.abspath(root)
+    # The prepared item vectors go under the pipeline root, where every step can read them.
+    import tempfile
+
+    from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
+    from tfx.proto.orchestration import pipeline_pb2
+    from tfx.utils import io_utils
+
+    from pipeline.pipeline import create_pipeline
+
+    with tempfile.TemporaryDirectory() as tmp:
+        vectors = _prepare_vectors(args, spec, tmp if remote else os.path.join(root, "item_vectors"))
+        vectors_dir = vectors.dir
+        if remote:
+            vectors_dir = f"{root}/item_vectors/{os.path.basename(vectors.dir)}"
+            io_utils.copy_dir(vectors.dir, vectors_dir)
+    resources = None
+    if config.kubeflow.trainer_cpu or config.kubeflow.trainer_memory_gib:
+        resources = pipeline_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec(
+            cpu_limit=config.kubeflow.trainer_cpu, memory_limit=config.kubeflow.trainer_memory_gib)
+    pipeline = create_pipeline(
+        pipeline_root=f"{root}/pipeline", serving_dir=f"{root}/serving",
+        inputs=_pipeline_inputs(patterns, vectors, vectors_dir, spec), config=config,
+        beam_pipeline_args=[*config.kubeflow.beam_args, *shlex.split(args.beam_args or "")],
+        milvus_uri=config.milvus.uri or f"{root}/milvus.db", trainer_resources=resources)
+    output = os.path.abspath(args.output)
+    runner = kubeflow_v2_dag_runner.KubeflowV2DagRunner(
+        config=kubeflow_v2_dag_runner.KubeflowV2DagRunnerConfig(
+            default_image=args.image or config.kubeflow.image, use_pipeline_spec_2_1=True),
+        output_dir=os.path.dirname(output), output_filename=os.path.basename(output))
+    if os.path.exists(output):
+        os.remove(output)  # the runner refuses to overwrite
+    runner.run(pipeline)
+    with open(output) as f:
+        tasks = json.load(f)["pipelineSpec"]["root"]["dag"]["tasks"]
+    print(f"compiled {len(tasks)} tasks to {output} (image {args.image or config.kubeflow.image}, root {root})")
+    if args.submit:
+        from pipeline.kfp_submit import submit
+
+        run_id = submit(output, args.endpoint, args.experiment)
+        print(f"submitted: run id {run_id}")
+    return output
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="run_pipeline.py", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -213,6 +294,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help='Beam pipeline options, e.g. "--direct_running_mode=multi_processing"')
     local.add_argument("--no-serving-demo", dest="serving_demo", action="store_false",
                        help="skip serving the pushed model and querying it over gRPC at the end")
+    kfp = sub.add_parser("kubeflow", help="compile for Kubeflow Pipelines (KFP v2 spec); optionally submit")
+    kfp.add_argument("--output", default="pipeline.json", help="the compiled KFP v2 pipeline job (JSON)")
+    kfp.add_argument("--image", default="", help="container image of every step (default: kubeflow.image)")
+    kfp.add_argument("--pipeline-root", default="", help="where the steps write (gs://..., or a shared path)")
+    kfp.add_argument("--train", help="training logs (gs://... or a path every step can read)")
+    kfp.add_argument("--eval")
+    kfp.add_argument("--input")
+    kfp.add_argument("--item-embeddings", default=os.path.join(SAMPLE_DIR, "item_vectors.jsonl"))
+    kfp.add_argument("--config", default=None)
+    kfp.add_argument("--beam-args", default="", help="added to kubeflow.beam_args")
+    kfp.add_argument("--submit", action="store_true", help="submit to the KFP API at --endpoint")
+    kfp.add_argument("--endpoint", default="", help="KFP API host, e.g. http://localhost:8080")
+    kfp.add_argument("--experiment", default="dssm-recall")
     return p
 
 
@@ -220,6 +314,10 @@ def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "local":
         run_local(args)
+    elif args.command == "kubeflow":
+        if args.submit and not args.endpoint:
+            raise SystemExit("error: --submit needs --endpoint")
+        run_kubeflow(args)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def main():
     p.add_argument("--sizes", default="10000,100000,1000000")
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--nlist", type=int, default=0, help="IVF lists; 0 = 4 * sqrt(n)")
-    p.add_argument("--nprobe", type=int, default=32)
+    p.add_argument("--nprobes", default="32,64,128", help="IVF lists searched; one row each")
     p.add_argument("--threads", type=int, default=8, help="insert requests in flight")
     args = p.parse_args()
     rng = np.random.default_rng(0)
@@ -76,19 +76,21 @@ def main():
         root = tempfile.mkdtemp(prefix="milvus-bench-")
         try:
             nlist = args.nlist or int(4 * np.sqrt(n))
-            kinds = (("FLAT", {}, {}), ("IVF_FLAT", {"nlist": nlist}, {"nprobe": args.nprobe}))
-            for index_type, params, search in kinds:
+            kinds = (("FLAT", {}, [{}]), ("IVF_FLAT", {"nlist": nlist},
+                                          [{"nprobe": int(x)} for x in args.nprobes.split(",")]))
+            for index_type, params, searches in kinds:
                 config = IndexConfig(uri=os.path.join(root, "bench.db"), alias=f"bench_{index_type.lower()}",
-                                     index_type=index_type, index_params=params, search_params=search,
-                                     insert_threads=args.threads)
+                                     index_type=index_type, index_params=params, insert_threads=args.threads)
                 client = connect(config)
                 done = write_generation(config, batches(vectors), "post_id", ["topic_id"], DIM, client=client)
                 build = done["total_seconds"] - done["insert_seconds"]
-                times, found = timed_searches(ItemSearcher(config, client=client), queries)
-                recall = np.mean([len(set(f) & set(e)) / K for f, e in zip(found, exact, strict=True)])
-                shown = ",".join(f"{k}={v}" for k, v in {**done["index_params"], **search}.items()) or "-"
-                print(f"{n:>9} {index_type:<9} {shown:<22} {done['items_per_second']:>9} {build:>8.1f} "
-                      f"{ms(times, 50):>7} {ms(times, 99):>7} {recall:>10.4f}", flush=True)
+                for search in searches:
+                    searcher = ItemSearcher(IndexConfig(**{**config.__dict__, "search_params": search}), client=client)
+                    times, found = timed_searches(searcher, queries)
+                    recall = np.mean([len(set(f) & set(e)) / K for f, e in zip(found, exact, strict=True)])
+                    shown = ",".join(f"{k}={v}" for k, v in {**done["index_params"], **search}.items()) or "-"
+                    print(f"{n:>9} {index_type:<9} {shown:<22} {done['items_per_second']:>9} {build:>8.1f} "
+                          f"{ms(times, 50):>7} {ms(times, 99):>7} {recall:>10.4f}", flush=True)
                 client.drop_collection(done["collection"])
                 client.close()
         finally:

@@ -92,6 +92,41 @@ def check_towers(target: str, model_name: str, examples: list[bytes], timeout: f
     return results
 
 
+def validate(model_dir: str, examples: list[bytes], model_name: str, out_dir: str, timeout_seconds: float) -> dict:
+    """Serves model_dir (and its -user / -item towers) in a server process and queries it; the report
+    says whether it is blessed and, if not, why. The server's log goes to <out_dir>/server.log."""
+    from serving.model_config import config_text
+
+    report = {"model": model_dir}
+    os.makedirs(out_dir, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="infra-") as tmp:
+        bases = serving_layout(model_dir, os.path.join(tmp, "models"), model_name)
+        config_path = os.path.join(tmp, "models.config")
+        with open(config_path, "w") as f:
+            f.write(config_text(bases))
+        port_file = os.path.join(tmp, "port")
+        started = time.monotonic()
+        proc = start_server(config_path, port_file, os.path.join(out_dir, "server.log"))
+        try:
+            port = wait_for_port(proc, port_file, timeout_seconds)
+            report["load_seconds"] = round(time.monotonic() - started, 2)
+            report["towers"] = check_towers(f"127.0.0.1:{port}", model_name, examples, timeout_seconds)
+            report["blessed"] = True
+        except Exception as e:  # any failure to load or answer: not blessed, and why
+            import grpc
+
+            report["error"] = (f"{e.code().name}: {e.details()}" if isinstance(e, grpc.RpcError)
+                               else f"{type(e).__name__}: {e}")
+            report["blessed"] = False
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    return report
+
+
 @component
 def ServingInfraValidator(
     model: InputArtifact[Model],
@@ -102,35 +137,10 @@ def ServingInfraValidator(
     num_examples: Parameter[int] = 16,
     timeout_seconds: Parameter[int] = 180,
 ) -> None:
-    from serving.model_config import config_text
-
     model_dir = path_utils.serving_model_path(model.uri, path_utils.is_old_model_artifact(model))
-    report = {"model": model_dir}
-    with tempfile.TemporaryDirectory(prefix="infra-") as tmp:
-        bases = serving_layout(model_dir, os.path.join(tmp, "models"), model_name)
-        config_path = os.path.join(tmp, "models.config")
-        with open(config_path, "w") as f:
-            f.write(config_text(bases))
-        port_file, log_path = os.path.join(tmp, "port"), os.path.join(blessing.uri, "server.log")
-        os.makedirs(blessing.uri, exist_ok=True)
-        started = time.monotonic()
-        proc = start_server(config_path, port_file, log_path)
-        try:
-            port = wait_for_port(proc, port_file, timeout_seconds)
-            report["load_seconds"] = round(time.monotonic() - started, 2)
-            report["towers"] = check_towers(f"127.0.0.1:{port}", model_name,
-                                            read_examples(examples, split, num_examples), timeout_seconds)
-            blessed = True
-        except Exception as e:  # any failure to load or answer: not blessed, and why
-            report["error"] = f"{type(e).__name__}: {e}"
-            blessed = False
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-    report["blessed"] = blessed
+    report = validate(model_dir, read_examples(examples, split, num_examples), model_name, blessing.uri,
+                      timeout_seconds)
+    blessed = report["blessed"]
     with open(os.path.join(blessing.uri, "INFRA_BLESSED" if blessed else "INFRA_NOT_BLESSED"), "w"):
         pass
     with open(os.path.join(blessing.uri, REPORT_FILE), "w") as f:

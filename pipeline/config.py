@@ -59,12 +59,25 @@ class MilvusConfig:
     uri: str = ""
     token: str = ""
     alias: str = "dssm_items"        # queries go through this alias; each run writes a new collection
-    index_type: str = "IVF_FLAT"     # FLAT | IVF_FLAT | AUTOINDEX on Milvus Lite; any type on a server
-    index_params: dict = field(default_factory=lambda: {"nlist": 1024})  # IVF: nlist capped at items / 39
-    search_params: dict = field(default_factory=lambda: {"nprobe": 64})
+    # FLAT (exact) by default: Milvus Lite 2.5 ignores search-time nprobe / ef, and its IVF_FLAT and
+    # AUTOINDEX return ~0.7 of the true top 100 (bench/milvus_search.py). On a server, IVF_FLAT
+    # (index_params {nlist: 4096}, search_params {nprobe: 64}) or HNSW scale further.
+    index_type: str = "FLAT"         # FLAT | IVF_FLAT | AUTOINDEX on Milvus Lite; any type on a server
+    index_params: dict = field(default_factory=dict)   # e.g. {nlist: 4096}; IVF nlist is capped at items / 39
+    search_params: dict = field(default_factory=dict)  # e.g. {nprobe: 64}
     keep_generations: int = 2        # collections kept per alias, the serving one included
     insert_batch: int = 1000
     insert_threads: int = 8
+
+
+@dataclass
+class KubeflowConfig:
+    # `run_pipeline.py kubeflow`: the image every step runs in, and what the steps get.
+    image: str = "dssm-recall-pipeline:latest"   # built from the Dockerfile, pushed to your registry
+    pipeline_root: str = ""                      # e.g. gs://bucket/dssm; --pipeline-root overrides
+    beam_args: list[str] = field(default_factory=list)  # e.g. [--runner=DataflowRunner, --project=P, ...]
+    trainer_cpu: float = 0.0                     # Trainer container limits (0 = the cluster's default)
+    trainer_memory_gib: float = 0.0
 
 
 @dataclass
@@ -81,6 +94,7 @@ class PipelineConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     milvus: MilvusConfig = field(default_factory=MilvusConfig)
+    kubeflow: KubeflowConfig = field(default_factory=KubeflowConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -109,7 +123,8 @@ def _build(cls, data: dict, where: str):
     if unknown:
         raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(names)}")
     kwargs = {}
-    nested = {"trainer": TrainerConfig, "evaluation": EvaluationConfig, "milvus": MilvusConfig}
+    nested = {"trainer": TrainerConfig, "evaluation": EvaluationConfig, "milvus": MilvusConfig,
+              "kubeflow": KubeflowConfig}
     for key, value in data.items():
         if key in nested and cls is PipelineConfig:
             value = _build(nested[key], value or {}, f"{where}.{key}")
@@ -131,7 +146,7 @@ def load_config(path: str | None = None, overrides: dict | None = None) -> Pipel
             raise ConfigError(f"{path}: expected a mapping at the top level")
     if overrides:
         overrides = dict(overrides)
-        for key in ("trainer", "evaluation", "milvus"):
+        for key in ("trainer", "evaluation", "milvus", "kubeflow"):
             if key in overrides:
                 overrides[key] = {**data.get(key, {}), **overrides[key]}
         data = {**data, **overrides}

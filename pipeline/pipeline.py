@@ -61,7 +61,7 @@ def _output_config(inputs: PipelineInputs, config: PipelineConfig, user_id: str)
 
 def create_pipeline(pipeline_root: str, serving_dir: str, inputs: PipelineInputs, config: PipelineConfig,
                     metadata_connection_config=None, beam_pipeline_args: list[str] | None = None,
-                    milvus_uri: str | None = None) -> tfx.dsl.Pipeline:
+                    milvus_uri: str | None = None, trainer_resources=None) -> tfx.dsl.Pipeline:
     """milvus_uri: where ItemIndexer writes (the runner resolves the config's default to a Lite file)."""
     user_id = FeatureSpec.from_json(inputs.feature_spec_json).user_id
     # Logs -> tf.Examples, with bad rows quarantined and counted.
@@ -113,6 +113,8 @@ def create_pipeline(pipeline_root: str, serving_dir: str, inputs: PipelineInputs
         train_args=tfx.proto.TrainArgs(num_steps=None if config.trainer.epochs else config.trainer.train_steps),
         eval_args=tfx.proto.EvalArgs(num_steps=config.trainer.eval_steps or None),
         custom_config={**module_config, "trainer": config.to_dict()["trainer"]})
+    if trainer_resources is not None:  # Kubeflow: the Trainer container's cpu / memory limits
+        trainer.with_platform_config(trainer_resources)
 
     # Full-catalog Recall/HitRate/NDCG@K against a popularity baseline; blesses a model that beats it.
     ev = config.evaluation

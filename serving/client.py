@@ -99,10 +99,11 @@ class ServingClient:
         self._call(self._predict.GetModelMetadata, request).metadata["signature_def"].Unpack(sig_map)
         return dict(sig_map.signature_def)
 
-    def version_states(self) -> dict[int, str]:
+    def version_states(self) -> dict[int, tuple[str, str]]:
+        """{version: (state, error message)} from GetModelStatus."""
         response = self._call(self._models.GetModelStatus,
                               self._spec(get_model_status_pb2.GetModelStatusRequest()))
-        return {s.version: get_model_status_pb2.ModelVersionStatus.State.Name(s.state)
+        return {s.version: (get_model_status_pb2.ModelVersionStatus.State.Name(s.state), s.status.error_message)
                 for s in response.model_version_status}
 
     def wait_until_available(self, timeout: float = 60.0) -> int:
@@ -110,9 +111,14 @@ class ServingClient:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                available = [v for v, s in self.version_states().items() if s == "AVAILABLE"]
+                states = self.version_states()
+                available = [v for v, (s, _) in states.items() if s == "AVAILABLE"]
                 if available:
                     return max(available)
+                failed = {v: error for v, (s, error) in states.items() if s == "END" and error}
+                if failed and len(failed) == len(states):  # every version failed to load: no point waiting
+                    raise RuntimeError(f"{self.model_name}: no version loaded: "
+                                       + "; ".join(f"version {v}: {e}" for v, e in sorted(failed.items())))
             except grpc.RpcError as e:
                 if e.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND):
                     raise

@@ -11,7 +11,9 @@ UNIMPLEMENTED, so on a Lite file the alias is a row in a small pointer collectio
 (<alias>__alias), switched with one upsert: the same all-or-nothing switch for readers.
 
 Milvus Lite 2.5 builds FLAT, IVF_FLAT and AUTOINDEX only; other index types (HNSW, ...) are passed
-through to a Milvus server.
+through to a Milvus server. Measured on Lite 2.5.1 (bench/milvus_search.py): search-time params
+(nprobe, ef) have no effect, and IVF_FLAT / AUTOINDEX return about 0.7 of the true top 100 whatever
+nlist is, so the default is FLAT (exact).
 """
 from __future__ import annotations
 
@@ -43,9 +45,9 @@ class IndexConfig:
     uri: str                                   # a Milvus Lite file (*.db) or http(s)://host:port
     token: str = ""
     alias: str = "dssm_items"
-    index_type: str = "IVF_FLAT"
-    index_params: dict = field(default_factory=lambda: {"nlist": 1024})
-    search_params: dict = field(default_factory=lambda: {"nprobe": 64})
+    index_type: str = "FLAT"
+    index_params: dict = field(default_factory=dict)
+    search_params: dict = field(default_factory=dict)  # Milvus Lite 2.5 ignores them (measured)
     keep_generations: int = 2                  # collections kept, the serving one included
     insert_batch: int = 1000                   # rows per insert request
     insert_threads: int = 8                    # insert requests in flight (Milvus works on them in parallel)
@@ -82,7 +84,8 @@ def milvus_string(value: str) -> str:
 # ---- the alias ----
 
 class _PointerAlias:
-    """Milvus Lite: the alias is one row of <alias>__alias; the upsert switches it."""
+    """Milvus Lite: the alias is the newest row of <alias>__alias (one row per generation, insert
+    only: an upsert is a delete and an insert, and a reader between the two would see nothing)."""
 
     def __init__(self, client, alias: str):
         self.client, self.alias, self.name = client, alias, f"{alias}__alias"
@@ -93,10 +96,10 @@ class _PointerAlias:
         if self.client.has_collection(self.name):
             return
         schema = self.client.create_schema(auto_id=False, enable_dynamic_field=False)
-        schema.add_field("alias", DataType.VARCHAR, max_length=MAX_VARCHAR, is_primary=True)
-        schema.add_field("collection", DataType.VARCHAR, max_length=MAX_VARCHAR)
+        schema.add_field("collection", DataType.VARCHAR, max_length=MAX_VARCHAR, is_primary=True)
+        schema.add_field("alias", DataType.VARCHAR, max_length=MAX_VARCHAR)
         schema.add_field("unused", DataType.FLOAT_VECTOR, dim=2)  # Milvus needs a vector field
-        self.client.create_collection(self.name, schema=schema)
+        self.client.create_collection(self.name, schema=schema, consistency_level="Strong")
         index = self.client.prepare_index_params()
         index.add_index("unused", index_type="FLAT", metric_type="L2")
         self.client.create_index(self.name, index)
@@ -105,12 +108,22 @@ class _PointerAlias:
     def get(self) -> str | None:
         if not self.client.has_collection(self.name):
             return None
-        rows = self.client.get(self.name, ids=[self.alias], output_fields=["collection"])
-        return rows[0]["collection"] if rows else None
+        rows = self.client.query(self.name, filter=f"alias == {milvus_string(self.alias)}",
+                                 output_fields=["collection"], consistency_level="Strong")
+        return max((r["collection"] for r in rows), default=None)  # generation names sort by time
 
-    def point_to(self, collection: str) -> None:
+    def point_to(self, collection: str, wait_seconds: float = 60.0) -> None:
         self._ensure()
-        self.client.upsert(self.name, [{"alias": self.alias, "collection": collection, "unused": [0.0, 0.0]}])
+        self.client.insert(self.name, [{"collection": collection, "alias": self.alias, "unused": [0.0, 0.0]}])
+        deadline = time.monotonic() + wait_seconds
+        while self.get() != collection:  # visible to readers before the switch counts as done
+            if time.monotonic() > deadline:
+                raise ItemIndexError(f"the alias {self.alias} does not show {collection} after {wait_seconds} s")
+            time.sleep(0.05)
+
+    def forget(self, collection: str) -> None:
+        if self.client.has_collection(self.name):
+            self.client.delete(self.name, ids=[collection])
 
 
 class _ServerAlias:
@@ -133,6 +146,9 @@ class _ServerAlias:
         else:
             self.client.alter_alias(collection, self.alias)
 
+    def forget(self, collection: str) -> None:
+        pass  # dropping a collection is enough on a server
+
 
 def alias_of(client, config: IndexConfig):
     return _PointerAlias(client, config.alias) if config.is_lite else _ServerAlias(client, config.alias)
@@ -141,7 +157,9 @@ def alias_of(client, config: IndexConfig):
 # ---- writing a generation ----
 
 def generation_name(alias: str) -> str:
-    return f"{alias}_g{time.strftime('%Y%m%d%H%M%S', time.gmtime())}_{uuid.uuid4().hex[:6]}"
+    """<alias>_g<UTC time to the nanosecond>: names sort in creation order."""
+    ns = time.time_ns()
+    return f"{alias}_g{time.strftime('%Y%m%d%H%M%S', time.gmtime(ns // 10**9))}{ns % 10**9:09d}"
 
 
 def generations(client, alias: str) -> list[str]:
@@ -264,6 +282,7 @@ def write_generation(config: IndexConfig, batches: Iterable[Batch], id_field: st
         connections.disconnect(orm)
     dropped = [g for g in generations(client, config.alias)[:-config.keep_generations] if g != name]
     for g in dropped:
+        alias.forget(g)
         client.drop_collection(g)
     return {"collection": name, "alias": config.alias, "previous": previous, "count": count, "dim": dim,
             "index_type": config.index_type, "index_params": index_params,
@@ -292,6 +311,7 @@ class ItemSearcher:
         with self._lock:
             if refresh or self._target is None or time.monotonic() - self._checked > self._refresh_seconds:
                 target = self._alias.get() if self.config.is_lite else self.config.alias
+                target = target or self._target  # keep the last one seen over a transient empty read
                 if target is None:
                     raise ItemIndexError(f"no index behind alias {self.config.alias} at {self.config.uri}: "
                                       "run the pipeline (ItemIndexer) first")

@@ -102,7 +102,7 @@ def main(argv=None) -> None:
     p.add_argument("--milvus", default=os.path.join("runs", "demo", "milvus.db"), help="Milvus Lite file or URI")
     p.add_argument("--token", default="")
     p.add_argument("--alias", default=defaults.alias)
-    p.add_argument("--nprobe", type=int, default=defaults.search_params.get("nprobe", 64))
+    p.add_argument("--nprobe", type=int, default=0, help="IVF lists searched on a Milvus server (0: its default)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--model", default=os.path.join("runs", "demo", "serving", "dssm"),
                        help="pushed model (base path or version directory), run in this process")
@@ -123,7 +123,8 @@ def main(argv=None) -> None:
     from serving.examples import FeatureError
 
     spec = load_spec(args.spec)
-    config = IndexConfig(uri=args.milvus, token=args.token, alias=args.alias, search_params={"nprobe": args.nprobe})
+    config = IndexConfig(uri=args.milvus, token=args.token, alias=args.alias,
+                         search_params={"nprobe": args.nprobe} if args.nprobe else {})
     if config.is_lite and not os.path.exists(args.milvus):
         raise SystemExit(f"error: {args.milvus} does not exist: run the pipeline first (make demo)")
     encoder = (ServingUserEncoder(ServingClient(args.target, args.model_name)) if args.target

@@ -395,3 +395,36 @@ def test_example_builder_checks_like_ingest(spec):
         builder.from_features({"all_topic_fav_7": {"3": -1}})
     with pytest.raises(FeatureError, match="field_count"):
         builder.from_log_line("1\tu1\tp1")
+
+
+# ---- infra validation ----
+
+def test_infra_validation_refuses_a_model_without_tower_signatures(tmp_path):
+    import shutil
+
+    from components.infra_validator import validate
+    from tests.serving_models import save_version
+
+    # A SavedModel that loads and serves, but has no user_embedding / item_embedding signature.
+    save_version(str(tmp_path / "export"), 1)
+    model_dir = str(tmp_path / "Format-Serving")
+    shutil.move(str(tmp_path / "export" / "1"), model_dir)
+    for tower in ("user", "item"):
+        shutil.copytree(model_dir, f"{model_dir}-{tower}")
+    report = validate(model_dir, [b""], "dssm", str(tmp_path / "out"), timeout_seconds=120)
+    assert report["blessed"] is False
+    assert report["error"] == 'FAILED_PRECONDITION: Serving signature key "user_embedding" not found.'
+    assert report["load_seconds"] > 0  # it did load: the failure is the query, not the start
+    assert (tmp_path / "out" / "server.log").stat().st_size > 0
+
+
+def test_infra_validation_refuses_a_model_that_does_not_load(tmp_path):
+    from components.infra_validator import validate
+
+    model_dir = tmp_path / "Format-Serving"
+    for d in (model_dir, tmp_path / "Format-Serving-user", tmp_path / "Format-Serving-item"):
+        d.mkdir()
+        (d / "saved_model.pb").write_bytes(b"not a SavedModel")
+    report = validate(str(model_dir), [b""], "dssm", str(tmp_path / "out"), timeout_seconds=120)
+    assert report["blessed"] is False
+    assert report["error"].startswith("RuntimeError: dssm: no version loaded: version 1: ")
