@@ -239,8 +239,8 @@ def run_kubeflow(args) -> str:
     # The prepared item vectors go under the pipeline root, where every step can read them.
     import tempfile
 
+    from kfp.pipeline_spec import pipeline_spec_pb2 as pipeline_pb2
     from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
-    from tfx.proto.orchestration import pipeline_pb2
     from tfx.utils import io_utils
 
     from pipeline.pipeline import create_pipeline

@@ -178,7 +178,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         index.set_int_custom_property("indexed", 1)
         index.set_string_custom_property("uri", config.uri)
         index.set_json_value_custom_property("milvus", result)
-        index.dim, index.count = dim, result["count"]
+        index.set_int_custom_property("dim", dim)
+        index.set_int_custom_property("count", result["count"])
 
 
 class ItemIndexerSpec(ComponentSpec):

@@ -82,7 +82,7 @@ class KubeflowConfig:
 
 @dataclass
 class PipelineConfig:
-    pipeline_name: str = "dssm_recall"
+    pipeline_name: str = "dssm-recall"  # [a-z0-9-]: Kubeflow accepts no other characters
     model_name: str = "dssm"         # serving folder: <workdir>/serving/<model_name>/<version>/
     feature_spec: str = DEFAULT_SPEC_PATH
     schema: str = DEFAULT_SCHEMA_PATH
@@ -101,6 +101,11 @@ class PipelineConfig:
 
 
 def _check(config: PipelineConfig) -> PipelineConfig:
+    import re
+
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,127}", config.pipeline_name):
+        raise ConfigError(f"pipeline_name {config.pipeline_name!r}: use lower-case letters, digits and '-' "
+                          "(Kubeflow's rule)")
     if set(config.split_buckets) != {"train", "eval"} or not all(
             isinstance(v, int) and v > 0 for v in config.split_buckets.values()):
         raise ConfigError(f"split_buckets must give positive integers for train and eval, got {config.split_buckets}")

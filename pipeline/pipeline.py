@@ -85,8 +85,8 @@ def create_pipeline(pipeline_root: str, serving_dir: str, inputs: PipelineInputs
     # The prepared pretrained vectors, recorded in the metadata store for lineage.
     item_vectors = tfx.dsl.Importer(
         source_uri=inputs.item_vectors_dir, artifact_type=ItemVectors,
-        properties={"dim": inputs.item_vectors_dim, "count": inputs.item_vectors_count,
-                    "sha256": inputs.item_vectors_sha256}).with_id("item_vectors_importer")
+        custom_properties={"dim": inputs.item_vectors_dim, "count": inputs.item_vectors_count,
+                           "sha256": inputs.item_vectors_sha256}).with_id("item_vectors_importer")
 
     # Vocabularies (one per share_embed group), padding, weights, post id -> pretrained row.
     # The sha256 keys the cache: new vectors at the same path give a new Transform and Trainer run.

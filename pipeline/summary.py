@@ -13,6 +13,7 @@ import ml_metadata as mlmd
 from ml_metadata.proto import metadata_store_pb2
 from tfx.types import artifact_utils
 
+from components.artifacts import ItemIndex
 from components.infra_validator import REPORT_PROPERTY as INFRA_REPORT_PROPERTY
 from components.preprocessing import OOV_COUNT_PREFIX
 from components.tower_pusher import TOWER_DESTINATIONS
@@ -120,7 +121,7 @@ def build_run_summary(metadata_path: str, pipeline_name: str) -> dict:
                 summary["model_run_uri"] = a.uri
             elif kind == "ModelEvaluation" and _custom(a, "retrieval") is not None:
                 summary["retrieval"] = _custom(a, "retrieval")
-            elif kind == "ItemIndex":
+            elif kind == ItemIndex.TYPE_NAME:
                 summary["item_index"] = _custom(a, "milvus") or {
                     "not_indexed_because": _custom(a, "not_indexed_because")}
             elif kind == "InfraBlessing":
