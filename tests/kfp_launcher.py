@@ -54,7 +54,7 @@ def run_job(job_path: str, work_dir: str, log, env: dict | None = None, timeout:
         if "importer" in executor:
             importer = executor["importer"]
             (key, out_def), = component["outputDefinitions"]["artifacts"].items()
-            outputs[name] = {key: [{"name": f"{name}-{key}", "uri": _constant(importer["artifactUri"]),
+            outputs[name] = {key: [{"name": f"{name}-{key}", "uri": importer["artifactUri"]["constant"],
                                     "type": importer["typeSchema"], "metadata": importer.get("metadata", {})}]}
             log(f"[kfp] {name}: imported {outputs[name][key][0]['uri']}")
             continue
@@ -71,6 +71,9 @@ def run_job(job_path: str, work_dir: str, log, env: dict | None = None, timeout:
                           "outputs": {"artifacts": artifacts_out,
                                       "outputFile": os.path.join(task_root, "executor_output.json")}}
         os.makedirs(task_root, exist_ok=True)
+        for declared in artifacts_out.values():  # KFP's launcher creates the local output folders
+            for artifact in declared["artifacts"]:
+                os.makedirs(artifact["uri"], exist_ok=True)
         container = executor["container"]
         steps = (["driver"] if "lifecycle" in container else []) + ["executor"]
         for step in steps:
