@@ -11,9 +11,9 @@ UNIMPLEMENTED, so on a Lite file the alias is a row in a small pointer collectio
 (<alias>__alias), switched with one upsert: the same all-or-nothing switch for readers.
 
 Milvus Lite 2.5 builds FLAT, IVF_FLAT and AUTOINDEX only; other index types (HNSW, ...) are passed
-through to a Milvus server. Measured on Lite 2.5.1 (bench/milvus_search.py): search-time params
-(nprobe, ef) have no effect, and IVF_FLAT / AUTOINDEX return about 0.7 of the true top 100 whatever
-nlist is, so the default is FLAT (exact).
+through to a Milvus server. Measured on Lite 2.5.1 (bench/milvus_search.py): on a 100k-item
+collection IVF_FLAT / AUTOINDEX return about 0.7 of the true top 100 whatever nlist / nprobe are (it
+is searched through Milvus's interim index), at 1M items IVF_FLAT is exact; the default is FLAT.
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ class IndexConfig:
     alias: str = "dssm_items"
     index_type: str = "FLAT"
     index_params: dict = field(default_factory=dict)
-    search_params: dict = field(default_factory=dict)  # Milvus Lite 2.5 ignores them (measured)
+    search_params: dict = field(default_factory=dict)
     keep_generations: int = 2                  # collections kept, the serving one included
     insert_batch: int = 1000                   # rows per insert request
     insert_threads: int = 8                    # insert requests in flight (Milvus works on them in parallel)
