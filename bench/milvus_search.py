@@ -57,6 +57,7 @@ def main():
     p.add_argument("--nlist", type=int, default=0, help="IVF lists; 0 = 4 * sqrt(n)")
     p.add_argument("--nprobes", default="32,64,128", help="IVF lists searched; one row each")
     p.add_argument("--threads", type=int, default=8, help="insert requests in flight")
+    p.add_argument("--index-types", default="FLAT,IVF_FLAT")
     args = p.parse_args()
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(CENTRES, DIM)).astype(np.float32)
@@ -78,7 +79,7 @@ def main():
             nlist = args.nlist or int(4 * np.sqrt(n))
             kinds = (("FLAT", {}, [{}]), ("IVF_FLAT", {"nlist": nlist},
                                           [{"nprobe": int(x)} for x in args.nprobes.split(",")]))
-            for index_type, params, searches in kinds:
+            for index_type, params, searches in (k for k in kinds if k[0] in args.index_types.split(",")):
                 config = IndexConfig(uri=os.path.join(root, "bench.db"), alias=f"bench_{index_type.lower()}",
                                      index_type=index_type, index_params=params, insert_threads=args.threads)
                 client = connect(config)

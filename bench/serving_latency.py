@@ -51,10 +51,10 @@ def in_process(model_dir: str, example: bytes, n: int) -> tuple[dict, np.ndarray
     return percentiles(times), expected
 
 
-def start_server(base: str, model: str, tmp: str) -> tuple[subprocess.Popen, int]:
+def start_server(base: str, model: str, tmp: str, extra: list[str]) -> tuple[subprocess.Popen, int]:
     port_file = os.path.join(tmp, "port")
     proc = subprocess.Popen([sys.executable, "-m", "serving.server", "--port", "0", "--model_name", model,
-                             "--model_base_path", base, "--port_file", port_file], cwd=HERE,
+                             "--model_base_path", base, "--port_file", port_file, *extra], cwd=HERE,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 180
     while not os.path.exists(port_file):
@@ -85,6 +85,7 @@ def main() -> None:
     p.add_argument("--model", default="dssm")
     p.add_argument("--requests", type=int, default=2000, help="sequential requests per measurement")
     p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--server-args", default="", help='extra server flags, e.g. "--tensorflow_intra_op_parallelism 1"')
     args = p.parse_args()
 
     base = os.path.join(args.serving_dir, args.model)
@@ -102,7 +103,7 @@ def main() -> None:
     request.inputs["examples"].CopyFrom(array_to_proto(np.array([example], dtype=object)))
 
     with tempfile.TemporaryDirectory() as tmp:
-        proc, port = start_server(base, args.model, tmp)
+        proc, port = start_server(base, args.model, tmp, args.server_args.split())
         target = f"127.0.0.1:{port}"
         try:
             ServingClient(target, args.model, timeout=120).wait_until_available(120)
@@ -125,7 +126,8 @@ def main() -> None:
             proc.wait(timeout=30)
 
     grpc_seq = percentiles(seq_times)
-    print(f"model {model_dir}, user_embedding, batch 1, {args.requests} requests each; {os.cpu_count()} CPUs")
+    print(f"model {model_dir}, user_embedding, batch 1, {args.requests} requests each; {os.cpu_count()} CPUs; "
+          f"server flags: {args.server_args or '(none)'}")
     print(f"{'path':<28}{'p50 ms':>10}{'p99 ms':>10}{'mean ms':>10}{'req/s':>10}")
     print(f"{'in-process signature':<28}{floor['p50_ms']:>10}{floor['p99_ms']:>10}{floor['mean_ms']:>10}"
           f"{1000 / floor['mean_ms']:>10.0f}")

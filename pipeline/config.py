@@ -66,7 +66,7 @@ class MilvusConfig:
     index_params: dict = field(default_factory=dict)   # e.g. {nlist: 4096}; IVF nlist is capped at items / 39
     search_params: dict = field(default_factory=dict)  # e.g. {nprobe: 64}
     keep_generations: int = 2        # collections kept per alias, the serving one included
-    insert_batch: int = 1000
+    insert_batch: int = 500
     insert_threads: int = 8
 
 

@@ -101,12 +101,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file_system_poll_wait_seconds", type=float, default=1)
     p.add_argument("--max_request_bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES)
     p.add_argument("--threads", type=int, default=16, help="gRPC worker threads")
+    p.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0,
+                   help="threads for one op (TF Serving's flag; 0 = TensorFlow's default)")
+    p.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0,
+                   help="ops run at once (TF Serving's flag; 0 = TensorFlow's default)")
     p.add_argument("--port_file", default="", help="write '<grpc port> <rest port>' here once serving")
     return p
 
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
+    import tensorflow as tf
+
+    if args.tensorflow_intra_op_parallelism:  # before any op runs
+        tf.config.threading.set_intra_op_parallelism_threads(args.tensorflow_intra_op_parallelism)
+    if args.tensorflow_inter_op_parallelism:
+        tf.config.threading.set_inter_op_parallelism_threads(args.tensorflow_inter_op_parallelism)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
         if args.model_config_file:
