@@ -6,7 +6,9 @@ each). The full model goes to <base>/<version>/ as with TFX's Pusher; the towers
 instance can load one tower only. saved_model.pb is copied last in each: TF Serving treats its
 presence as "the version is complete".
 """
+import json
 import os
+import shutil
 
 from tfx.components.pusher import component as pusher_component
 from tfx.components.pusher import executor as pusher_executor
@@ -17,6 +19,19 @@ from tfx.utils import io_utils
 
 TOWERS = ("user", "item")
 TOWER_DESTINATIONS = "tower_destinations"
+KEEP_VERSIONS = "keep_versions"  # custom_config key: pushed versions kept per folder (0 = all)
+
+
+def prune_versions(base: str, keep: int) -> list[str]:
+    """Deletes all but the newest `keep` version folders (<base>/<integer>/) and returns them.
+    TF Serving unloads a version whose folder disappears; other entries are left alone."""
+    if keep <= 0 or not os.path.isdir(base):
+        return []
+    versions = sorted((e for e in os.listdir(base) if e.isdigit()), key=int)
+    removed = [os.path.join(base, v) for v in versions[:-keep]]
+    for path in removed:
+        shutil.rmtree(path)
+    return removed
 
 
 def copy_saved_model(src: str, dest: str) -> None:
@@ -41,6 +56,9 @@ class Executor(pusher_executor.Executor):
                 copy_saved_model(src, dest)
             towers[tower] = dest
         pushed.set_json_value_custom_property(TOWER_DESTINATIONS, towers)
+        keep = int(json.loads(exec_properties.get("custom_config") or "{}").get(KEEP_VERSIONS, 0))
+        for folder in (base, *(f"{base}_{tower}" for tower in TOWERS)):
+            prune_versions(folder, keep)
 
 
 class TowerPusher(pusher_component.Pusher):

@@ -84,6 +84,7 @@ class KubeflowConfig:
 class PipelineConfig:
     pipeline_name: str = "dssm-recall"  # [a-z0-9-]: Kubeflow accepts no other characters
     model_name: str = "dssm"         # serving folder: <workdir>/serving/<model_name>/<version>/
+    keep_pushed_versions: int = 3    # versions kept in each serving folder after a push (0 = all)
     feature_spec: str = DEFAULT_SPEC_PATH
     schema: str = DEFAULT_SCHEMA_PATH
     max_rejected_fraction: float = 0.01
@@ -115,6 +116,8 @@ def _check(config: PipelineConfig) -> PipelineConfig:
         raise ConfigError(f"evaluation.catalog must be 'vectors' or 'logs', got '{config.evaluation.catalog}'")
     if not config.evaluation.ks or not all(isinstance(k, int) and k > 0 for k in config.evaluation.ks):
         raise ConfigError(f"evaluation.ks must be positive integers, got {config.evaluation.ks}")
+    if config.keep_pushed_versions < 0:
+        raise ConfigError("keep_pushed_versions must be >= 0 (0 keeps every pushed version)")
     if config.milvus.keep_generations < 1:
         raise ConfigError("milvus.keep_generations must be >= 1 (the serving generation)")
     if not 0 <= config.max_rejected_fraction <= 1:

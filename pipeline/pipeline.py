@@ -137,6 +137,7 @@ def create_pipeline(pipeline_root: str, serving_dir: str, inputs: PipelineInputs
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
         infra_blessing=infra_validator.outputs["blessing"],
+        custom_config={"keep_versions": config.keep_pushed_versions},
         push_destination=tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
             base_directory=f"{serving_dir}/{config.model_name}")))
 

@@ -204,10 +204,8 @@ def effective_index_params(config: IndexConfig, count: int) -> dict:
 
 
 def _id_hashes(ids: list[str]) -> np.ndarray:
-    import hashlib
-
-    return np.array([int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8).digest(), "little") for i in ids],
-                    np.uint64)
+    """64-bit hashes of the ids (Python's own string hash: only compared within this process)."""
+    return np.fromiter((hash(i) for i in ids), np.int64, count=len(ids))
 
 
 def _duplicates(hashes: np.ndarray) -> int:
@@ -267,7 +265,7 @@ def write_generation(config: IndexConfig, batches: Iterable[Batch], id_field: st
         stored = client.get_collection_stats(name)["row_count"]
         if stored != count:
             raise ItemIndexError(f"{name} holds {stored} rows after inserting {count}")
-        duplicates = _duplicates(np.concatenate(id_hashes) if id_hashes else np.zeros(0, np.uint64))
+        duplicates = _duplicates(np.concatenate(id_hashes) if id_hashes else np.zeros(0, np.int64))
         if duplicates:  # Milvus keeps both rows of a repeated primary key; a catalog must not have any
             raise ItemIndexError(f"{duplicates} duplicate ids in the catalog written to {name}")
         alias = alias_of(client, config)
