@@ -200,14 +200,14 @@ def serving_demo(config_path: str, config, log_pattern: str, spec, milvus_uri: s
     recall path: that user's vector (over gRPC) -> top 10 posts from Milvus."""
     from dataclasses import asdict
 
-    from serving.client import ServingClient, TowerClient, _log_lines
+    from serving.client import ServingClient, TowerClient, read_log_lines
     from serving.item_index import IndexConfig, ItemSearcher
     from serving.model_config import read_config_file
     from serving.recall import Recaller, ServingUserEncoder
     from serving.server import ModelServer
 
     model_name = config.model_name
-    line = _log_lines(_expand(log_pattern, "log")[0], 1)[0]
+    line = read_log_lines(_expand(log_pattern, "log")[0], 1)[0]
     with ModelServer(read_config_file(config_path), port=0, poll_seconds=0) as server, \
             ServingClient(server.target, model_name, timeout=30) as client:
         towers = TowerClient(client, spec)

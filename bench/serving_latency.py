@@ -9,8 +9,6 @@ counts errors and wrong answers.
 """
 import argparse
 import os
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -24,9 +22,10 @@ import tensorflow as tf  # noqa: E402
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
 
 from schema.spec import load_spec  # noqa: E402
-from serving.client import ServingClient, _log_lines  # noqa: E402
+from serving.client import ServingClient, read_log_lines  # noqa: E402
 from serving.examples import ExampleBuilder  # noqa: E402
 from serving.servables import versions_on_disk  # noqa: E402
+from serving.server import spawn  # noqa: E402
 from serving.tensors import array_to_proto  # noqa: E402
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,19 +48,6 @@ def in_process(model_dir: str, example: bytes, n: int) -> tuple[dict, np.ndarray
         fn(examples=tf.constant([example]))["embedding"].numpy()
         times.append(time.perf_counter() - t)
     return percentiles(times), expected
-
-
-def start_server(base: str, model: str, tmp: str, extra: list[str]) -> tuple[subprocess.Popen, int]:
-    port_file = os.path.join(tmp, "port")
-    proc = subprocess.Popen([sys.executable, "-m", "serving.server", "--port", "0", "--model_name", model,
-                             "--model_base_path", base, "--port_file", port_file, *extra], cwd=HERE,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 180
-    while not os.path.exists(port_file):
-        if proc.poll() is not None or time.time() > deadline:
-            raise SystemExit("the model server did not start")
-        time.sleep(0.2)
-    return proc, int(open(port_file).read().split()[0])
 
 
 def grpc_calls(target: str, request, n: int, expected: np.ndarray, times: list, errors: list) -> None:
@@ -93,7 +79,7 @@ def main() -> None:
     if not versions:
         raise SystemExit(f"no pushed model under {base}: run `make demo` first")
     model_dir = versions[max(versions)]
-    line = _log_lines(os.path.join(HERE, "data", "sample", "eval.tsv"), 1)[0]
+    line = read_log_lines(os.path.join(HERE, "data", "sample", "eval.tsv"), 1)[0]
     example = ExampleBuilder(load_spec()).from_log_line(line)
 
     floor, expected = in_process(model_dir, example, args.requests)
@@ -103,7 +89,8 @@ def main() -> None:
     request.inputs["examples"].CopyFrom(array_to_proto(np.array([example], dtype=object)))
 
     with tempfile.TemporaryDirectory() as tmp:
-        proc, port = start_server(base, args.model, tmp, args.server_args.split())
+        proc, port = spawn(["--model_name", args.model, "--model_base_path", base, *args.server_args.split()],
+                           os.path.join(tmp, "server.log"), 180)
         target = f"127.0.0.1:{port}"
         try:
             ServingClient(target, args.model, timeout=120).wait_until_available(120)

@@ -12,7 +12,6 @@ INFRA_NOT_BLESSED (blessed=0, with the reason) as TFX's InfraValidator does; Pus
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 
@@ -46,27 +45,6 @@ def read_examples(examples_artifact, split: str, n: int) -> list[bytes]:
     return [r.numpy() for r in dataset]
 
 
-def start_server(config_path: str, port_file: str, log_path: str) -> subprocess.Popen:
-    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    with open(log_path, "w") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "serving.server", "--port", "0", "--host", "127.0.0.1",
-             "--model_config_file", config_path, "--file_system_poll_wait_seconds", "0", "--port_file", port_file],
-            stdout=log, stderr=subprocess.STDOUT, env=env)
-
-
-def wait_for_port(proc: subprocess.Popen, port_file: str, timeout: float) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the model server exited with code {proc.returncode} while loading")
-        if os.path.exists(port_file):
-            with open(port_file) as f:
-                return int(f.read().split()[0])
-        time.sleep(0.2)
-    raise TimeoutError(f"the model server did not start within {timeout:.0f} s")
-
-
 def check_towers(target: str, model_name: str, examples: list[bytes], timeout: float) -> dict:
     """Queries every served model; raises AssertionError with the reason on a wrong answer."""
     import numpy as np
@@ -96,6 +74,7 @@ def validate(model_dir: str, examples: list[bytes], model_name: str, out_dir: st
     """Serves model_dir (and its -user / -item towers) in a server process and queries it; the report
     says whether it is blessed and, if not, why. The server's log goes to <out_dir>/server.log."""
     from serving.model_config import config_text
+    from serving.server import spawn
 
     report = {"model": model_dir}
     os.makedirs(out_dir, exist_ok=True)
@@ -104,11 +83,11 @@ def validate(model_dir: str, examples: list[bytes], model_name: str, out_dir: st
         config_path = os.path.join(tmp, "models.config")
         with open(config_path, "w") as f:
             f.write(config_text(bases))
-        port_file = os.path.join(tmp, "port")
         started = time.monotonic()
-        proc = start_server(config_path, port_file, os.path.join(out_dir, "server.log"))
+        proc = None
         try:
-            port = wait_for_port(proc, port_file, timeout_seconds)
+            proc, port = spawn(["--model_config_file", config_path, "--file_system_poll_wait_seconds", "0"],
+                               os.path.join(out_dir, "server.log"), timeout_seconds)
             report["load_seconds"] = round(time.monotonic() - started, 2)
             report["towers"] = check_towers(f"127.0.0.1:{port}", model_name, examples, timeout_seconds)
             report["blessed"] = True
@@ -119,11 +98,12 @@ def validate(model_dir: str, examples: list[bytes], model_name: str, out_dir: st
                                else f"{type(e).__name__}: {e}")
             report["blessed"] = False
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            if proc is not None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
     return report
 
 

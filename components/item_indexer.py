@@ -58,14 +58,9 @@ def _most_frequent(element):
     """(item, [((column, value), count)]) -> (item, {column: most frequent value, ties: smallest})."""
     item, counted = element
     best = {}
-    for (column, value), n in counted:
-        if column not in best or (n, -_rank(value)) > (best[column][1], -_rank(best[column][0])):
-            best[column] = (value, n)
-    return item, {c: v for c, (v, _) in best.items()}
-
-
-def _rank(value: str):
-    return tuple(-ord(ch) for ch in value)  # so that max() prefers the smallest string
+    for (column, value), _count in sorted(counted, key=lambda c: (-c[1], c[0][1])):
+        best.setdefault(column, value)  # the first per column is the most frequent, then the smallest
+    return item, best
 
 
 class _EmbedItems(beam.DoFn):
@@ -140,6 +135,14 @@ def read_embeddings(pattern: str, spec: FeatureSpec, dim: int, batch: int = 4096
                     parsed[EMBEDDING_FEATURE].numpy())
 
 
+def _embedding_size(pattern: str) -> int:
+    """The item vectors' size, from the first written record."""
+    files = sorted(tf.io.gfile.glob(pattern))
+    for record in tf.data.TFRecordDataset(files, compression_type="GZIP").take(1):
+        return len(tf.train.Example.FromString(record.numpy()).features.feature[EMBEDDING_FEATURE].float_list.value)
+    raise RuntimeError(f"the item tower wrote no vectors ({pattern}): the catalog is empty")
+
+
 def _blessed(input_dict) -> list[str]:
     reasons = []
     for key, check in (("model_blessing", model_utils.is_model_blessed),
@@ -169,10 +172,9 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         with self._make_beam_pipeline() as pipeline:
             embed_catalog(pipeline, examples, item_vectors, exec_properties["catalog_source"], model_dir, spec,
                           os.path.join(out_dir, "part"))
-        dim = int(tf.saved_model.load(model_dir).signatures["item_embedding"].structured_outputs[
-            "embedding"].shape[-1])
-        config = IndexConfig(**json.loads(exec_properties["index_config"]))
         pattern = os.path.join(out_dir, "part*")
+        dim = _embedding_size(pattern)
+        config = IndexConfig(**json.loads(exec_properties["index_config"]))
         result = write_generation(config, read_embeddings(pattern, spec, dim), spec.item_id,
                                   item_scalar_columns(spec), dim)
         index.set_int_custom_property("indexed", 1)

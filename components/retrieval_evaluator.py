@@ -52,7 +52,9 @@ def scan_logs(examples, spec: FeatureSpec):
     item_cols = _item_columns(spec)
     clicks, item_features, eval_rows = collections.Counter(), {}, []
     for split in ("train", "eval"):
-        columns = [spec.label, spec.item_id, *item_cols] + ([spec.user_id, *_history(spec)] if split == "eval" else [])
+        columns = [spec.label, spec.item_id, *item_cols]
+        if split == "eval":
+            columns += [spec.user_id, *spec.history_columns()]
         for raw, values in _batches(examples, split, spec, columns):
             for i in range(len(raw)):
                 item = values[spec.item_id][i]
@@ -62,10 +64,6 @@ def scan_logs(examples, spec: FeatureSpec):
                 if split == "eval":
                     eval_rows.append({**{c: values[c][i] for c in columns}, "_raw": raw[i]})
     return clicks, item_features, eval_rows
-
-
-def _history(spec: FeatureSpec) -> list[str]:
-    return [f.column for f in spec.features if f.kind == "pretrained" and f.reduce]
 
 
 def _item_columns(spec: FeatureSpec) -> list[str]:
@@ -89,7 +87,7 @@ def evaluate(model_dir: str, clicks: collections.Counter, item_features: dict, e
              catalog_ids: list[bytes], spec: FeatureSpec, ks: list[int], exclude_read: bool) -> dict:
     """Metrics of the model and of the popularity baseline (training clicks) on the same queries."""
     label, user_col, item_col = spec.label, spec.user_id, spec.item_id
-    history = _history(spec)
+    history = spec.history_columns()
     index = {item: i for i, item in enumerate(catalog_ids)}
 
     queries = collections.OrderedDict()  # user -> (query row, relevant item ids)

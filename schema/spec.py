@@ -253,6 +253,10 @@ class FeatureSpec:
         return {c: cols[c] for c in self.columns}
 
     # ---- derived views ------------------------------------------------------------------------
+    def history_columns(self) -> list[str]:
+        """Columns listing the user's past items (sources of pooled pretrained features, e.g. read_post_id)."""
+        return [f.column for f in self.features if f.kind == "pretrained" and f.reduce]
+
     def tower_features(self, tower: str) -> list[Feature]:
         return [f for f in self.features if f.tower == tower]
 

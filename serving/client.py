@@ -148,13 +148,13 @@ class TowerClient:
         return self.client.embeddings(signature, [self.examples.from_log_line(line) for line in lines])
 
 
-def _log_lines(path: str, limit: int) -> list[str]:
-    import gzip
+def read_log_lines(path: str, limit: int) -> list[str]:
+    """The first `limit` data lines of a log file (plain or .gz), read as ingest reads them."""
+    import itertools
 
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        next(f)  # header
-        return [line.rstrip("\n") for _, line in zip(range(limit), f, strict=False)]
+    from components.tsv_example_gen.executor import read_lines
+
+    return [line.decode("utf-8").rstrip("\r\n") for _, _, line in itertools.islice(read_lines(path), limit)]
 
 
 def main(argv=None) -> None:
@@ -183,7 +183,7 @@ def main(argv=None) -> None:
                 rows = rows if isinstance(rows, list) else [rows]
                 vectors = (towers.user_embeddings if args.tower == "user" else towers.item_embeddings)(rows)
             else:
-                lines = [args.log_line] if args.log_line else _log_lines(args.log_file, args.limit)
+                lines = [args.log_line] if args.log_line else read_log_lines(args.log_file, args.limit)
                 vectors = towers.embeddings_from_log_lines(args.tower, lines)
         except (FeatureError, json.JSONDecodeError) as e:
             raise SystemExit(f"error: {e}") from None

@@ -60,7 +60,7 @@ class Recaller:
     def __init__(self, encoder, searcher: ItemSearcher, spec: FeatureSpec):
         self.encoder, self.searcher, self.spec = encoder, searcher, spec
         self.examples = ExampleBuilder(spec)
-        self.history = [f.column for f in spec.features if f.kind == "pretrained" and f.reduce]
+        self.history = spec.history_columns()
 
     def _read(self, serialized: bytes) -> set[str]:
         import tensorflow as tf
@@ -119,7 +119,7 @@ def main(argv=None) -> None:
     p.add_argument("--keep-read", action="store_true", help="do not exclude the user's read posts")
     args = p.parse_args(argv)
 
-    from serving.client import ServingClient, _log_lines
+    from serving.client import ServingClient, read_log_lines
     from serving.examples import FeatureError
 
     spec = load_spec(args.spec)
@@ -136,7 +136,7 @@ def main(argv=None) -> None:
             results = recaller.recall(users if isinstance(users, list) else [users], args.k, not args.keep_read,
                                       _filters(args.filter))
         else:
-            lines = [args.log_line] if args.log_line else _log_lines(args.log_file, args.limit)
+            lines = [args.log_line] if args.log_line else read_log_lines(args.log_file, args.limit)
             results = recaller.recall_log_lines(lines, args.k, not args.keep_read, _filters(args.filter))
     except (FeatureError, json.JSONDecodeError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None

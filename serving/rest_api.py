@@ -14,7 +14,6 @@ import re
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
-import numpy as np
 from google.protobuf import json_format
 from tensorflow_serving.apis import get_model_metadata_pb2
 
@@ -30,7 +29,7 @@ _GET = re.compile(_MODEL + r"(?P<metadata>/metadata)?")
 _POST = re.compile(_MODEL + r":(?P<verb>predict|classify|regress)")
 
 
-def _instances_to_arrays(sig, instances) -> dict[str, np.ndarray]:
+def _instances_to_columns(sig, instances) -> dict:
     """Row format: one input -> a list of values; several -> a list of objects sharing dim 0."""
     if not isinstance(instances, list) or not instances:
         raise invalid_argument("'instances' must be a non-empty list")
@@ -45,10 +44,10 @@ def _instances_to_arrays(sig, instances) -> dict[str, np.ndarray]:
         columns = {k: [i[k] for i in instances] for k in keys}
     else:
         raise invalid_argument("The signature has several inputs: each instance must be an object keyed by input name")
-    return {k: json_to_array(v, k, sig.inputs[k].dtype if k in sig.inputs else 0) for k, v in columns.items()}
+    return columns
 
 
-def _inputs_to_arrays(sig, inputs) -> dict[str, np.ndarray]:
+def _inputs_to_columns(sig, inputs) -> dict:
     """Columnar format: one input -> its value; several -> an object keyed by input name."""
     names = sorted(sig.inputs)
     if isinstance(inputs, dict) and "b64" not in inputs:
@@ -57,7 +56,7 @@ def _inputs_to_arrays(sig, inputs) -> dict[str, np.ndarray]:
         columns = {names[0]: inputs}
     else:
         raise invalid_argument("The signature has several inputs: 'inputs' must be an object keyed by input name")
-    return {k: json_to_array(v, k, sig.inputs[k].dtype if k in sig.inputs else 0) for k, v in columns.items()}
+    return columns
 
 
 def rest_predict(manager: ServableManager, name: str, version: int | None, label: str | None, body: dict) -> dict:
@@ -68,11 +67,13 @@ def rest_predict(manager: ServableManager, name: str, version: int | None, label
     if "instances" in body and "inputs" in body:
         raise invalid_argument("Request body must contain either 'inputs' or 'instances', not both")
     if "instances" in body:
-        arrays = _instances_to_arrays(sig, body["instances"])
+        columns = _instances_to_columns(sig, body["instances"])
     elif "inputs" in body:
-        arrays = _inputs_to_arrays(sig, body["inputs"])
+        columns = _inputs_to_columns(sig, body["inputs"])
     else:
         raise invalid_argument("Missing 'inputs' or 'instances' key")
+    predict.check_input_names(sig, list(columns))
+    arrays = {k: json_to_array(v, k, sig.inputs[k].dtype) for k, v in columns.items()}
     _, outputs = predict.predict_arrays(servable, sig_name, arrays, rest=True)
     if "instances" in body:
         if len(outputs) == 1:

@@ -89,6 +89,30 @@ def _grpc_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def spawn(flags: list[str], log_path: str, timeout: float) -> tuple:
+    """Starts `python -m serving.server --port 0 FLAGS` in its own process on loopback and waits until
+    it serves (it loads the models first): (process, gRPC port). Its output goes to log_path."""
+    import subprocess
+    import tempfile
+    import time
+
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    port_file = os.path.join(tempfile.mkdtemp(prefix="model-server-"), "port")
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "serving.server", "--port", "0", "--host", "127.0.0.1",
+                                 "--port_file", port_file, *flags], stdout=log, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(port_file):
+        if proc.poll() is not None:
+            raise RuntimeError(f"the model server exited with code {proc.returncode} while loading (log: {log_path})")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise TimeoutError(f"the model server did not start within {timeout:.0f} s (log: {log_path})")
+        time.sleep(0.2)
+    with open(port_file) as f:
+        return proc, int(f.read().split()[0])
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m serving.server", description=__doc__.splitlines()[0])
     p.add_argument("--port", type=int, default=8500, help="gRPC port (0: pick a free one)")

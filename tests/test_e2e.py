@@ -229,6 +229,7 @@ def _most_frequent_topics():
 
 
 def test_item_index_recall_equals_brute_force_over_the_catalog(runs):
+    from schema.spec import load_spec
     from serving.item_index import IndexConfig, ItemSearcher
     from serving.recall import Recaller, SavedModelUserEncoder
 
@@ -252,8 +253,7 @@ def test_item_index_recall_equals_brute_force_over_the_catalog(runs):
 
     searcher = ItemSearcher(IndexConfig(uri=os.path.join(workdir, "milvus.db")))
     assert searcher.collection() == index["collection"]
-    recaller = Recaller(SavedModelUserEncoder(os.path.join(workdir, "serving", "dssm")), searcher,
-                        __import__("schema.spec", fromlist=["load_spec"]).load_spec())
+    recaller = Recaller(SavedModelUserEncoder(os.path.join(workdir, "serving", "dssm")), searcher, load_spec())
     user_features = {"client_id": "u7", "client_type": 1, "follow_topic_id": ["3", "8"],
                      "all_topic_fav_7": {"3": 0.7, "11": 0.3}, "read_post_id": ["p1", "p2"]}
     (hits,) = recaller.recall([user_features], k=20)

@@ -75,12 +75,12 @@ def test_header_check_names_missing_and_unexpected(spec):
 
 
 def test_gzip_lines_read_like_plain(tmp_path, spec):
-    from components.tsv_example_gen.executor import _read_lines
+    from components.tsv_example_gen.executor import read_lines
 
     text = "\t".join(spec.columns).encode() + b"\n" + GOOD + GOOD
     (tmp_path / "a.tsv").write_bytes(text)
     with gzip.open(tmp_path / "a.tsv.gz", "wb") as f:
         f.write(text)
-    plain = [(n, line) for _, n, line in _read_lines(str(tmp_path / "a.tsv"))]
-    gz = [(n, line) for _, n, line in _read_lines(str(tmp_path / "a.tsv.gz"))]
+    plain = [(n, line) for _, n, line in read_lines(str(tmp_path / "a.tsv"))]
+    gz = [(n, line) for _, n, line in read_lines(str(tmp_path / "a.tsv.gz"))]
     assert plain == gz == [(2, GOOD), (3, GOOD)]

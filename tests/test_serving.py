@@ -279,6 +279,8 @@ def test_rest_row_and_columnar_predict(server):
     ("/v1/models/nope:predict", {"inputs": [1.0]}, 404, "Servable not found for request: Latest(nope)"),
     ("/v1/models/tiny/versions/9:predict", {"inputs": [1.0]}, 404,
      "Servable not found for request: Specific(tiny, 9)"),
+    ("/v1/models/tiny:predict", {"inputs": {"x": [1.0], "z": [2.0]}}, 400,
+     "input size does not match signature: 2!=1 len({x,z}) != len({x}). Sent extra: {z}. Missing but required: {}."),
     ("/v1/models/tiny:predict", b"{not json", 400, None),
     ("/v1/models/tiny:predict", {"inputs": ["a"]}, 400, None),
 ])

@@ -60,7 +60,7 @@ def check_headers(files: list[str], spec: FeatureSpec) -> None:
         check_header(read_header(first), spec, path)
 
 
-def _read_lines(path: str):
+def read_lines(path: str):
     """(path, line number, raw bytes) for every data line; line 1 is the header.
 
     Blank lines are yielded too: they are rejected and counted (field_count), never skipped.
@@ -140,7 +140,7 @@ def _TsvToExample(pipeline: beam.Pipeline, exec_properties: dict[str, Any], spli
     parse = _ParseRowDoFn(spec_json, exec_properties.get(ITEM_IDS_PATH_KEY) or "")
     parsed = (pipeline
               | f"Files[{split}]" >> beam.Create(files)
-              | f"ReadLines[{split}]" >> beam.FlatMap(_read_lines)
+              | f"ReadLines[{split}]" >> beam.FlatMap(read_lines)
               | f"Parse[{split}]" >> beam.ParDo(parse).with_outputs(_REJECTED_TAG, _COUNTS_TAG, main="examples"))
     _ = (parsed[_REJECTED_TAG]
          | f"WriteRejected[{split}]" >> beam.io.WriteToText(

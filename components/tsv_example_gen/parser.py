@@ -102,7 +102,7 @@ class RowParser:
         self.columns = [spec.raw_columns[c] for c in spec.columns]
         # History lists in the item id space (sources of pretrained list features): the row's own
         # item must not appear in them.
-        self.history_columns = {f.column for f in spec.features if f.kind == "pretrained" and f.reduce}
+        self.history_columns = set(spec.history_columns())
 
     def parse(self, line: bytes) -> ParsedRow:
         """Returns the parsed row or raises Rejected."""
