@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 
 ML_DIR ?= ../shared/data/ml-latest-small
 
-.PHONY: setup demo serve test lint lock sample movielens clean
+.PHONY: setup browser demo serve test lint lock sample movielens clean
 
 setup: $(STAMP)
 
@@ -28,7 +28,11 @@ serve: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-test: lint
+# Chromium for the report test: Debian's packages, installed once.
+browser:
+	bash scripts/install_browser.sh
+
+test: lint browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Regenerate the lock after editing requirements.in.

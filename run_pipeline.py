@@ -150,6 +150,7 @@ def run_local(args) -> dict:
     from tfx import v1 as tfx
 
     from pipeline.pipeline import create_pipeline
+    from pipeline.progress import RunWatcher
     from pipeline.summary import write_run_summary
 
     inputs = _pipeline_inputs(patterns, vectors, vectors.dir, spec)
@@ -162,25 +163,41 @@ def run_local(args) -> dict:
         beam_pipeline_args=shlex.split(args.beam_args or ""),
         milvus_uri=config.milvus.uri or os.path.join(workdir, "milvus.db"))
     started = time.time()
+    watcher = RunWatcher(metadata_path)
+    watcher.start()
     try:
         tfx.orchestration.LocalDagRunner().run(pipeline)
     except Exception as e:  # a component failed: say which and why, keep what is known
+        watcher.stop()
         failure = f"{type(e).__name__}: {e}"
-        write_run_summary(metadata_path, config.pipeline_name, workdir, wall_seconds=time.time() - started,
-                          failure=failure)
+        summary = write_run_summary(metadata_path, config.pipeline_name, workdir,
+                                    wall_seconds=time.time() - started, failure=failure)
+        report = _write_report(workdir, summary, spec, config, patterns)
         raise SystemExit(f"error: the pipeline stopped: {failure}\n"
-                         f"(details above; summary in {os.path.join(workdir, 'run_summary.json')})") from None
+                         f"(details above; summary in {os.path.join(workdir, 'run_summary.json')}, "
+                         f"report in {report})") from None
+    watcher.stop()
     summary = write_run_summary(metadata_path, config.pipeline_name, workdir,
                                 wall_seconds=time.time() - started)
     shown = ("splits", "training", "retrieval", "infra_validation", "pushed_models", "not_pushed_because")
     print(json.dumps({k: summary[k] for k in shown if k in summary}, indent=2))
     print(f"run summary: {os.path.join(workdir, 'run_summary.json')}")
+    print(f"run report: {_write_report(workdir, summary, spec, config, patterns)}")
     if summary.get("pushed_models"):
         config_path = write_serving_config(os.path.join(workdir, "serving"), config.model_name)
         if args.serving_demo:
             serving_demo(config_path, config, patterns.get("eval log") or patterns["input log"], spec,
                          config.milvus.uri or os.path.join(workdir, "milvus.db"))
     return summary
+
+
+def _write_report(workdir: str, summary: dict, spec, config, patterns: dict) -> str:
+    from pipeline.report import write_report
+
+    pattern = patterns.get("eval log") or patterns.get("input log")
+    files = sorted(glob.glob(pattern)) if pattern and not _is_uri(pattern) else []
+    return write_report(workdir, summary, spec, config.milvus.uri or os.path.join(workdir, "milvus.db"),
+                        files[0] if files else None)
 
 
 def write_serving_config(serving_dir: str, model_name: str) -> str:

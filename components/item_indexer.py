@@ -175,8 +175,10 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         pattern = os.path.join(out_dir, "part*")
         dim = _embedding_size(pattern)
         config = IndexConfig(**json.loads(exec_properties["index_config"]))
+        catalog_size = item_vectors.get_int_custom_property("count") if exec_properties["catalog_source"] == "vectors" \
+            else None
         result = write_generation(config, read_embeddings(pattern, spec, dim), spec.item_id,
-                                  item_scalar_columns(spec), dim)
+                                  item_scalar_columns(spec), dim, expected_count=catalog_size or None)
         index.set_int_custom_property("indexed", 1)
         index.set_string_custom_property("uri", config.uri)
         index.set_json_value_custom_property("milvus", result)

@@ -224,12 +224,16 @@ class TwoTowerTrainer(tf.keras.Model):
 
     def train_step(self, data):
         x, y = data
+        # Each replica's loss is the mean over its share of the batch; the strategy sums the
+        # replicas' gradients, so each is scaled by 1/replicas (1 without a strategy).
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
             loss, logits = self._loss(x, y, training=True)
+            scaled = loss / tf.cast(replicas, loss.dtype)
         variables = self.trainable_variables
         if not variables:
             raise ValueError("the towers' variables are not tracked by the trainer")
-        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
+        self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables, strict=True))
         return self._update(loss, logits, y)
 
     def test_step(self, data):

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -22,6 +24,7 @@ from components import item_vectors
 from components.model import TwoTowerTrainer, build_towers, item_log_q, make_optimizer, model_input_names
 from components.preprocessing import ITEM_POSITIVE_COUNTS, ITEM_VOCAB, vocab_size_with_reserved
 from pipeline.config import TrainerConfig
+from pipeline.progress import RateLog
 from schema.spec import FeatureSpec, transformed_name
 
 METRICS_FILE = "metrics.json"
@@ -151,6 +154,26 @@ def _item_log_q(tft_output):
     return item_log_q(tft_output.vocabulary_by_name(ITEM_VOCAB), counts)
 
 
+class ProgressAndCurve(tf.keras.callbacks.Callback):
+    """Logs steps done, rate and time left; keeps about 100 points of (step, loss, AUC) for the report.
+
+    Keras reports the running mean of loss and AUC since the start of the epoch."""
+
+    def __init__(self, total_steps: int | None):
+        super().__init__()
+        self.total = total_steps
+        self.every = max(1, (total_steps or 10_000) // 100)
+        self.rate = RateLog("training", "steps", total=total_steps)
+        self.curve: list[dict] = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        step, logs = batch + 1, logs or {}
+        loss, auc = float(logs.get("loss", float("nan"))), float(logs.get("auc", float("nan")))
+        if step % self.every == 0 or step == self.total:
+            self.curve.append({"step": step, "loss": loss, "auc": auc})
+        self.rate.update(step, f"loss {loss:.3f}, AUC {auc:.3f}", force=step == self.total)
+
+
 def run_fn(fn_args: FnArgs) -> None:
     custom = fn_args.custom_config
     spec = FeatureSpec.from_json(custom["feature_spec"])
@@ -162,24 +185,67 @@ def run_fn(fn_args: FnArgs) -> None:
     vocab_sizes = {g: vocab_size_with_reserved(tft_output, g, num_oov) for g in spec.vocab_groups()}
     table = item_vectors.load_table(custom["item_vectors_dir"]) if any(
         f.kind == "pretrained" for f in spec.features) else None
-    towers = build_towers(spec, vocab_sizes, table, cfg)
-    trainer = TwoTowerTrainer(towers, spec, cfg, _item_log_q(tft_output))
-    trainer.compile(optimizer=make_optimizer(cfg))
+    strategy, chief = distribution()
+    with strategy.scope():  # every variable (tables, optimizer slots) is created under the strategy
+        towers = build_towers(spec, vocab_sizes, table, cfg)
+        trainer = TwoTowerTrainer(towers, spec, cfg, _item_log_q(tft_output))
+        trainer.compile(optimizer=make_optimizer(cfg))
 
     train_ds = _dataset(fn_args, fn_args.train_files, tft_output, spec, cfg.batch_size, cfg.seed, True,
                         cfg.epochs or None)
     eval_ds = _dataset(fn_args, fn_args.eval_files, tft_output, spec, cfg.batch_size, cfg.seed, False, 1)
-    log_dir = fn_args.model_run_dir
+    if strategy.num_replicas_in_sync > 1:  # a batch is split between the workers (files may be fewer)
+        train_ds, eval_ds = (_shard_by_data(d) for d in (train_ds, eval_ds))
+    log_dir = fn_args.model_run_dir if chief else _worker_dir(fn_args.model_run_dir)
+    progress = ProgressAndCurve(None if cfg.epochs else fn_args.train_steps)
     history = trainer.fit(
-        train_ds, epochs=1, steps_per_epoch=None if cfg.epochs else fn_args.train_steps, verbose=2,
-        callbacks=[tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq=50)])
+        train_ds, epochs=1, steps_per_epoch=None if cfg.epochs else fn_args.train_steps, verbose=0,
+        callbacks=[tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq=50), progress])
     eval_steps = fn_args.eval_steps or None
     results = trainer.evaluate(eval_ds, steps=eval_steps, return_dict=True, verbose=0)
     metrics = {"loss_kind": cfg.loss, "train_steps": int(trainer.optimizer.iterations.numpy()),
                "train_loss": float(history.history["loss"][-1]), "train_auc": float(history.history["auc"][-1]),
-               "eval_loss": float(results["loss"]), "eval_auc": float(results["auc"]), "vocab_sizes": vocab_sizes}
+               "eval_loss": float(results["loss"]), "eval_auc": float(results["auc"]), "vocab_sizes": vocab_sizes,
+               "curve": progress.curve, "weight_sums": weight_sums(trainer)}
     tf.io.gfile.makedirs(log_dir)
     with tf.io.gfile.GFile(os.path.join(log_dir, METRICS_FILE), "w") as f:
         json.dump(metrics, f, indent=2)
+    # Every worker saves (saving reads distributed variables collectively); only the chief's counts.
+    # A worker's logs stay beside the chief's (<model_run>-worker-<i>): its metrics.json records
+    # the same weight sums as the chief's when the strategy kept the replicas in step.
+    if chief:
+        export(towers, tft_output, spec, fn_args.serving_model_dir)
+    else:
+        scratch = tempfile.mkdtemp(prefix="worker-export-")
+        export(towers, tft_output, spec, os.path.join(scratch, "model"))
+        shutil.rmtree(scratch)
 
-    export(towers, tft_output, spec, fn_args.serving_model_dir)
+
+def weight_sums(model: tf.keras.Model) -> dict[str, float]:
+    """{variable: sum of its values}: a cheap fingerprint to compare replicas and runs."""
+    return {v.name: float(tf.reduce_sum(tf.cast(v, tf.float64))) for v in model.variables}
+
+
+def distribution() -> tuple[tf.distribute.Strategy, bool]:
+    """(strategy, is_chief): MultiWorkerMirroredStrategy when TF_CONFIG names a cluster of several
+    workers (as Kubeflow's TFJob or Vertex AI set it), else the default strategy on one process."""
+    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    cluster = config.get("cluster") or {}
+    if sum(len(v) for v in cluster.values()) <= 1:
+        return tf.distribute.get_strategy(), True
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    task = config.get("task") or {}
+    chief = task.get("type") == "chief" or (task.get("type") == "worker" and task.get("index") == 0
+                                            and "chief" not in cluster)
+    return strategy, chief
+
+
+def _shard_by_data(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
+
+
+def _worker_dir(path: str) -> str:
+    task = json.loads(os.environ["TF_CONFIG"])["task"]
+    return f"{path.rstrip('/')}-{task['type']}-{task['index']}"

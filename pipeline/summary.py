@@ -20,10 +20,10 @@ from components.tower_pusher import TOWER_DESTINATIONS
 from components.trainer import METRICS_FILE
 from components.tsv_example_gen.executor import REPORT_PROPERTY
 
-_STATES = {v: k for k, v in metadata_store_pb2.Execution.State.items()}
+STATE_NAMES = {v: k for k, v in metadata_store_pb2.Execution.State.items()}
 
 
-def _store(metadata_path: str) -> mlmd.MetadataStore:
+def open_store(metadata_path: str) -> mlmd.MetadataStore:
     cfg = metadata_store_pb2.ConnectionConfig()
     cfg.sqlite.filename_uri = metadata_path
     cfg.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
@@ -39,7 +39,7 @@ def _ints(value):
     return value
 
 
-def _custom(artifact, key):
+def custom_property(artifact, key):
     if key not in artifact.custom_properties:
         return None
     v = artifact.custom_properties[key]
@@ -59,15 +59,18 @@ def latest_run_executions(store: mlmd.MetadataStore, pipeline_name: str) -> tupl
     pipeline_execs = {e.id for e in store.get_executions_by_context(pipeline_ctx.id)}
     runs = [r for r in runs if {e.id for e in store.get_executions_by_context(r.id)} & pipeline_execs]
     run = max(runs, key=lambda c: (c.create_time_since_epoch, c.id))
-    node_of = {}
-    for ctx in store.get_contexts_by_type("node"):
-        for e in store.get_executions_by_context(ctx.id):
-            node_of[e.id] = ctx.name.split(".", 1)[-1]
+    node_of = node_names(store)
     out = []
     for e in sorted(store.get_executions_by_context(run.id), key=lambda e: e.id):
-        out.append({"id": e.id, "component": node_of.get(e.id, e.type), "state": _STATES[e.last_known_state],
+        out.append({"id": e.id, "component": node_of.get(e.id, e.type), "state": STATE_NAMES[e.last_known_state],
                     "seconds": round((e.last_update_time_since_epoch - e.create_time_since_epoch) / 1000, 1)})
     return out, run.name
+
+
+def node_names(store: mlmd.MetadataStore) -> dict[int, str]:
+    """{execution id: the pipeline node (component id) it ran}."""
+    return {e.id: ctx.name.split(".", 1)[-1] for ctx in store.get_contexts_by_type("node")
+            for e in store.get_executions_by_context(ctx.id)}
 
 
 def oov_counts(stats_uri: str, split_names: list[str]) -> dict:
@@ -92,24 +95,26 @@ def oov_counts(stats_uri: str, split_names: list[str]) -> dict:
     return out
 
 
-def _outputs(store, execution_id: int) -> list:
+def output_artifacts(store, execution_id: int) -> list:
     ids = [ev.artifact_id for ev in store.get_events_by_execution_ids([execution_id])
            if ev.type == metadata_store_pb2.Event.OUTPUT]
     return store.get_artifacts_by_id(ids)
 
 
 def build_run_summary(metadata_path: str, pipeline_name: str) -> dict:
-    store = _store(metadata_path)
+    store = open_store(metadata_path)
     executions, run_id = latest_run_executions(store, pipeline_name)
     types = {t.id: t.name for t in store.get_artifact_types()}
     summary = {"pipeline_name": pipeline_name, "run_id": run_id, "components": executions,
                "splits": {}, "training": {}, "pushed_models": [], "pushed": False}
     for e in executions:
-        for a in _outputs(store, e["id"]):
+        for a in output_artifacts(store, e["id"]):
             kind = types[a.type_id]
-            if kind == "Examples" and _custom(a, REPORT_PROPERTY) is not None:
-                summary["splits"] = _custom(a, REPORT_PROPERTY)
+            if kind == "Examples" and custom_property(a, REPORT_PROPERTY) is not None:
+                summary["splits"] = custom_property(a, REPORT_PROPERTY)
                 summary["examples_uri"] = a.uri
+            elif kind == "ExampleStatistics" and e["component"] == "StatisticsGen":
+                summary["statistics_uri"] = a.uri
             elif kind == "ExampleStatistics" and e["component"] == "TransformedStatisticsGen":
                 summary["oov_ids"] = oov_counts(
                     a.uri, artifact_utils.decode_split_names(a.properties["split_names"].string_value))
@@ -119,25 +124,28 @@ def build_run_summary(metadata_path: str, pipeline_name: str) -> dict:
                     with open(path) as f:
                         summary["training"] = json.load(f)
                 summary["model_run_uri"] = a.uri
-            elif kind == "ModelEvaluation" and _custom(a, "retrieval") is not None:
-                summary["retrieval"] = _custom(a, "retrieval")
+            elif kind == "ModelEvaluation" and custom_property(a, "retrieval") is not None:
+                summary["retrieval"] = custom_property(a, "retrieval")
             elif kind == ItemIndex.TYPE_NAME:
-                summary["item_index"] = _custom(a, "milvus") or {
-                    "not_indexed_because": _custom(a, "not_indexed_because")}
+                summary["item_index_uri"] = a.uri
+                summary["item_index"] = custom_property(a, "milvus") or {
+                    "not_indexed_because": custom_property(a, "not_indexed_because")}
             elif kind == "InfraBlessing":
-                summary["infra_validation"] = _custom(a, INFRA_REPORT_PROPERTY)
+                summary["infra_validation"] = custom_property(a, INFRA_REPORT_PROPERTY)
             elif kind == "Model":
                 summary["model_uri"] = a.uri
+            elif kind == "TransformGraph":
+                summary["transform_graph_uri"] = a.uri
             elif kind == "PushedModel":
-                pushed = bool(_custom(a, "pushed"))
+                pushed = bool(custom_property(a, "pushed"))
                 summary["pushed"] = pushed
                 if not pushed:
                     summary["not_pushed_because"] = _not_pushed_because(summary)
                 if pushed:
                     summary["pushed_models"].append({
-                        "path": _custom(a, "pushed_destination"),
-                        "version": _custom(a, "pushed_version"),
-                        "towers": _custom(a, TOWER_DESTINATIONS) or {}})
+                        "path": custom_property(a, "pushed_destination"),
+                        "version": custom_property(a, "pushed_version"),
+                        "towers": custom_property(a, TOWER_DESTINATIONS) or {}})
     return summary
 
 

@@ -213,9 +213,13 @@ def _duplicates(hashes: np.ndarray) -> int:
 
 
 def write_generation(config: IndexConfig, batches: Iterable[Batch], id_field: str, scalar_fields: list[str],
-                     dim: int, client=None) -> dict:
-    """Writes a new generation from the batches, then moves the alias to it. Returns what was done."""
+                     dim: int, client=None, expected_count: int | None = None) -> dict:
+    """Writes a new generation from the batches, then moves the alias to it. Returns what was done.
+
+    expected_count, when known, only makes the progress lines say how much is left."""
     from pymilvus import Collection, connections
+
+    from pipeline.progress import RateLog
 
     config.validate()
     client = client or connect(config)
@@ -223,6 +227,7 @@ def write_generation(config: IndexConfig, batches: Iterable[Batch], id_field: st
     orm = f"indexer-{uuid.uuid4().hex[:8]}"  # a column-wise insert connection (much faster than row dicts)
     started = time.perf_counter()
     count = 0
+    progress = RateLog(f"indexing into {name}", "items", total=expected_count)
     id_hashes = []  # 8 bytes per item, to detect repeated ids without holding the ids
     try:
         _create_collection(client, name, id_field, scalar_fields, dim)
@@ -249,6 +254,7 @@ def write_generation(config: IndexConfig, batches: Iterable[Batch], id_field: st
                     futures.append(pool.submit(insert, [batch.ids[s:e], *[batch.scalars[f][s:e] for f in scalar_fields],
                                                         vectors[s:e]]))
                 count += len(batch.ids)
+                progress.update(count)
                 done = [f for f in futures if f.done()]
                 for f in done:
                     f.result()  # raises the first insert error

@@ -1,4 +1,7 @@
+import json
 import os
+import subprocess
+import sys
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before any TensorFlow import, as at every entry point
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -9,6 +12,79 @@ from schema.spec import load_spec  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE_DIR = os.path.join(REPO, "data", "sample")
+RELIABILITY_SUMMARY = os.path.join(REPO, "runs", "reliability_summary.json")
+
+
+def run_local(workdir, *args, expect_ok=True, timeout=900):
+    """`run_pipeline.py local` in a subprocess: the run summary (plus its stdout), or the process."""
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1")
+    proc = subprocess.run([sys.executable, "run_pipeline.py", "local", "--workdir", str(workdir), *args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    if not expect_ok:
+        return proc
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    with open(os.path.join(workdir, "run_summary.json")) as f:
+        return {**json.load(f), "_stdout": proc.stdout, "_stderr": proc.stderr}
+
+
+def executions_by_node(metadata_path) -> dict[str, list[str]]:
+    """{pipeline node: the states of its executions, oldest first}, read from MLMD."""
+    import ml_metadata as mlmd
+    from ml_metadata.proto import metadata_store_pb2
+
+    cfg = metadata_store_pb2.ConnectionConfig()
+    cfg.sqlite.filename_uri = str(metadata_path)
+    cfg.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    store = mlmd.MetadataStore(cfg)
+    names = {v: k for k, v in metadata_store_pb2.Execution.State.items()}
+    return {ctx.name.split(".", 1)[1]: [names[e.last_known_state] for e in
+                                        sorted(store.get_executions_by_context(ctx.id), key=lambda e: e.id)]
+            for ctx in store.get_contexts_by_type("node")}
+
+
+@pytest.fixture(scope="session")
+def runs(tmp_path_factory):
+    """The sample through the whole pipeline, then the same command again (all cached):
+    (workdir, first summary, second summary). Shared by the e2e and reliability tests."""
+    workdir = str(tmp_path_factory.mktemp("e2e") / "run")
+    first = run_local(workdir)  # ends with the serving demo
+    second = run_local(workdir, "--no-serving-demo")
+    return workdir, first, second
+
+
+class ReliabilityLog:
+    """Every fault injected and bad input tried by the tests, with what happened; written at the end."""
+
+    def __init__(self):
+        self.entries = []
+
+    def record(self, category: str, fault: str, expected: str, observed: str, ok: bool, **figures):
+        self.entries.append({"category": category, "fault": fault, "expected": expected,
+                             "observed": observed, "ok": bool(ok), **figures})
+        return ok
+
+
+_RELIABILITY = ReliabilityLog()
+
+
+@pytest.fixture(scope="session")
+def reliability():
+    return _RELIABILITY
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _RELIABILITY.entries:
+        return
+    entries = _RELIABILITY.entries
+    failed = [e for e in entries if not e["ok"]]
+    os.makedirs(os.path.dirname(RELIABILITY_SUMMARY), exist_ok=True)
+    with open(RELIABILITY_SUMMARY, "w") as f:
+        json.dump({"faults_and_bad_inputs": len(entries), "failures": len(failed), "entries": entries}, f, indent=2)
+    terminalreporter.section("reliability summary")
+    for e in entries:
+        terminalreporter.write_line(f"{'ok  ' if e['ok'] else 'FAIL'} [{e['category']}] {e['fault']}: {e['observed']}")
+    terminalreporter.write_line(f"{len(entries)} faults and bad inputs tried, {len(failed)} failures; "
+                                f"written to {RELIABILITY_SUMMARY}")
 
 
 @pytest.fixture(scope="session")

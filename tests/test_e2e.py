@@ -1,18 +1,13 @@
 """The whole pipeline on the bundled sample with LocalDagRunner, then checks on what it produced."""
 import glob
-import json
 import os
-import subprocess
-import sys
 
-import ml_metadata as mlmd
 import numpy as np
 import pytest
 import tensorflow as tf
-from ml_metadata.proto import metadata_store_pb2
 
 from pipeline.config import TrainerConfig
-from tests.conftest import REPO
+from tests.conftest import REPO, executions_by_node, run_local
 
 pytestmark = pytest.mark.e2e
 
@@ -21,45 +16,16 @@ COMPONENTS = {"TsvExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValid
               "ServingInfraValidator", "TowerPusher", "ItemIndexer"}
 
 
-def _run(workdir, *args, expect_ok=True):
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1")
-    proc = subprocess.run([sys.executable, "run_pipeline.py", "local", "--workdir", workdir, *args],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
-    if not expect_ok:
-        return proc
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    with open(os.path.join(workdir, "run_summary.json")) as f:
-        return {**json.load(f), "_stdout": proc.stdout}
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    workdir = str(tmp_path_factory.mktemp("e2e") / "run")
-    first = _run(workdir)  # ends with the serving demo
-    second = _run(workdir, "--no-serving-demo")
-    return workdir, first, second
-
-
-def _executions_by_node(metadata_path):
-    cfg = metadata_store_pb2.ConnectionConfig()
-    cfg.sqlite.filename_uri = metadata_path
-    store = mlmd.MetadataStore(cfg)
-    by_node = {}
-    for ctx in store.get_contexts_by_type("node"):
-        by_node[ctx.name.split(".", 1)[1]] = store.get_executions_by_context(ctx.id)
-    return by_node
-
-
 def test_each_component_ran_once_and_the_rerun_is_cached(runs):
     workdir, first, second = runs
     assert {c["component"] for c in first["components"]} == COMPONENTS
     assert all(c["state"] == "COMPLETE" for c in first["components"]), first["components"]
     assert {c["component"] for c in second["components"]} == COMPONENTS
     assert all(c["state"] == "CACHED" for c in second["components"]), second["components"]
-    by_node = _executions_by_node(os.path.join(workdir, "metadata.sqlite"))
-    complete = metadata_store_pb2.Execution.COMPLETE
+    by_node = executions_by_node(os.path.join(workdir, "metadata.sqlite"))
+    complete = "COMPLETE"
     for node in COMPONENTS:
-        states = [e.last_known_state for e in by_node[node]]
+        states = by_node[node]
         assert states.count(complete) == 1, (node, states)
     assert second["pushed_models"] == first["pushed_models"]
     assert sorted(os.listdir(os.path.join(workdir, "serving"))) == ["dssm", "dssm_item", "dssm_user", "models.config"]
@@ -162,11 +128,11 @@ def test_a_data_anomaly_stops_the_run_before_transform(tmp_path):
     (tmp_path / "schema.pbtxt").write_text(schema)
     (tmp_path / "config.yaml").write_text(f"schema: {tmp_path / 'schema.pbtxt'}\n")
     workdir = str(tmp_path / "run")
-    proc = _run(workdir, "--config", str(tmp_path / "config.yaml"), expect_ok=False)
+    proc = run_local(workdir, "--config", str(tmp_path / "config.yaml"), expect_ok=False)
     assert proc.returncode != 0
     assert "error: the pipeline stopped: DataAnomalyError" in proc.stderr
     assert "train: client_type: " in proc.stderr and "eval: client_type: " in proc.stderr
-    by_node = _executions_by_node(os.path.join(workdir, "metadata.sqlite"))
+    by_node = executions_by_node(os.path.join(workdir, "metadata.sqlite"))
     assert "Transform" not in by_node or not by_node["Transform"]
     assert not os.path.exists(os.path.join(workdir, "serving"))
 
@@ -174,7 +140,7 @@ def test_a_data_anomaly_stops_the_run_before_transform(tmp_path):
 def test_a_model_that_does_not_beat_popularity_is_not_pushed(runs, tmp_path):
     workdir, first, _ = runs
     (tmp_path / "strict.yaml").write_text("evaluation:\n  bless_margin: 1.0\n")  # no model can beat that
-    summary = _run(workdir, "--config", str(tmp_path / "strict.yaml"))
+    summary = run_local(workdir, "--config", str(tmp_path / "strict.yaml"))
     states = {c["component"]: c["state"] for c in summary["components"]}
     assert states["Trainer"] == "CACHED" and states["RetrievalEvaluator"] == "COMPLETE"
     assert summary["pushed"] is False and summary["pushed_models"] == []

@@ -15,6 +15,7 @@ import collections
 import gzip
 import json
 import os
+import zlib
 from typing import Any
 
 import apache_beam as beam
@@ -27,6 +28,7 @@ from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
 from components.tsv_example_gen.parser import Rejected, RowParser, check_header, read_header
+from pipeline.progress import RateLog
 from schema.spec import FeatureSpec
 
 FEATURE_SPEC_KEY = "feature_spec"
@@ -65,10 +67,20 @@ def read_lines(path: str):
 
     Blank lines are yielded too: they are rejected and counted (field_count), never skipped.
     """
-    with _open_binary(path) as f:
-        for lineno, line in enumerate(f, start=1):
-            if lineno > 1:
-                yield path, lineno, line
+    lineno = 0
+    raw = fileio.open(path, "rb")
+    size = fileio.stat(path).length
+    progress = RateLog(f"reading {os.path.basename(path)}", "MB", total=size / 1e6)
+    try:
+        with gzip.GzipFile(fileobj=raw, mode="rb") if path.endswith(".gz") else raw as f:
+            for lineno, line in enumerate(f, start=1):
+                if lineno > 1:
+                    yield path, lineno, line
+                if lineno % 20_000 == 0:  # the position in the (compressed) file measures progress
+                    progress.update(raw.tell() / 1e6, f"{lineno - 1:,} rows")
+    except (EOFError, OSError, zlib.error) as e:  # a truncated or corrupt .gz: stop, never keep a part
+        raise IngestError(f"{path}: unreadable after line {lineno} ({type(e).__name__}: {e}); the file is "
+                          f"truncated or corrupt, so the run stops rather than train on part of it") from None
 
 
 def load_item_ids(path: str) -> frozenset[str]:
@@ -229,8 +241,10 @@ class Executor(BaseExampleGenExecutor):
         inputs = {k: r for k, r in report.items() if "read" in r}
         for split, n in output_written.items():
             if n == 0:
-                detail = report[split] if split in inputs else inputs
-                raise IngestError(f"split {split}: no usable rows ({detail})")
+                counted = inputs.get(split) or {"read": sum(r["read"] for r in inputs.values()),
+                                                 "rejected": sum(r["rejected"] for r in inputs.values())}
+                raise IngestError(f"split {split} is empty: no usable rows ({counted['read']} data rows read, "
+                                  f"{counted['rejected']} rejected; see {report_dir})")
         for split, r in inputs.items():
             if r["read"] != r["written"] + r["rejected"]:
                 raise IngestError(f"split {split}: rows read {r['read']} != written {r['written']} "

@@ -1,0 +1,170 @@
+"""What a user watches while a run goes.
+
+RunWatcher: a thread that polls the run's metadata store (MLMD), the record the runner itself
+keeps, and logs one line when each component starts and one when it ends with its key figures.
+It sees stock TFX components (StatisticsGen, Transform) as well as the project's own.
+
+RateLog: the progress of a long step (rows read, steps trained, items indexed): count, rate and
+time left, at most every few seconds. Lines go to stderr through the "progress" logger.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+
+_log = logging.getLogger("progress")
+if not _log.handlers:
+    _handler = logging.StreamHandler(sys.stderr)
+    _handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    _log.addHandler(_handler)
+    _log.setLevel(logging.INFO)
+    _log.propagate = False  # absl's root handler would print every line twice
+
+
+def log(message: str) -> None:
+    _log.info(message)
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+class RateLog:
+    """`what: 12,000/50,000 rows (24%), 3,100 rows/s, ~12s left`, every `every_seconds` at most."""
+
+    def __init__(self, what: str, unit: str, total: float | None = None, every_seconds: float = 5.0):
+        self.what, self.unit, self.total, self.every = what, unit, total, every_seconds
+        self._first: tuple[float, float] | None = None  # (time, done) of the first update: the rate
+        self._last = 0.0                                 # leaves out the set-up before it
+
+    def update(self, done: float, extra: str = "", force: bool = False) -> None:
+        now = time.monotonic()
+        if self._first is None:
+            self._first, self._last = (now, done), now
+            return
+        if not force and now - self._last < self.every:
+            return
+        self._last = now
+        elapsed = now - self._first[0]
+        log(self.line(done, (done - self._first[1]) / elapsed if elapsed > 0 else 0.0, extra))
+
+    def line(self, done: float, rate: float, extra: str = "") -> str:
+        text = f"{self.what}: {done:,.0f}"
+        if self.total:
+            text += f"/{self.total:,.0f} ({done / self.total:.0%})"
+        text += f" {self.unit}, {rate:,.0f} {self.unit}/s"
+        if self.total and rate > 0 and done < self.total:
+            text += f", ~{_duration((self.total - done) / rate)} left"
+        return text + (f", {extra}" if extra else "")
+
+
+def figures(kind: str, artifact, custom) -> str:
+    """Key figures of one output artifact, read from its properties or files ('' when none)."""
+    import json
+    import os
+
+    if kind == "Examples" and custom(artifact, "ingest_report"):
+        report = custom(artifact, "ingest_report")
+        return "; ".join(f"{s}: {r['written']:,} rows, {r['rejected']:,} rejected" for s, r in report.items()
+                         if "written" in r)
+    if kind == "ModelRun":
+        path = os.path.join(artifact.uri, "metrics.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                m = json.load(f)
+            return (f"{m['train_steps']:,} steps, train loss {m['train_loss']:.3f}, "
+                    f"eval loss {m['eval_loss']:.3f}, eval AUC {m['eval_auc']:.3f}")
+    if kind == "ModelEvaluation" and custom(artifact, "retrieval"):
+        r = custom(artifact, "retrieval")
+        key = r["bless_key"]
+        return (f"{key} {r['model'][key]:.3f} vs popularity {r['popularity'][key]:.3f}: "
+                f"{'blessed' if r['blessed'] else 'not blessed'}")
+    if kind == "InfraBlessing":
+        report = custom(artifact, "infra_validation") or {}
+        return "blessed: the towers answered over gRPC" if report.get("blessed") else \
+            f"not blessed: {report.get('error', 'unknown')}"
+    if kind == "PushedModel":
+        pushed = custom(artifact, "pushed")
+        return f"pushed version {custom(artifact, 'pushed_version')}" if pushed else "not pushed"
+    if kind == "ItemIndex":
+        milvus = custom(artifact, "milvus")
+        return (f"{milvus['count']:,} items in {milvus['collection']} ({milvus['items_per_second']:,} items/s)"
+                if milvus else f"not indexed: {custom(artifact, 'not_indexed_because')}")
+    return ""
+
+
+class RunWatcher(threading.Thread):
+    """Logs each component of the run as MLMD records it: started, done (with figures), cached, failed."""
+
+    def __init__(self, metadata_path: str, poll_seconds: float = 1.0, heartbeat_seconds: float = 30.0):
+        super().__init__(daemon=True, name="run-watcher")
+        self.metadata_path, self.poll_seconds, self.heartbeat = metadata_path, poll_seconds, heartbeat_seconds
+        self._stopped = threading.Event()
+        self._seen: dict[int, str] = {}  # execution id -> last state logged
+        self._old: set[int] | None = None  # executions of earlier runs: not logged
+        self._beat: dict[int, float] = {}
+
+    def start(self) -> None:
+        self.poll()  # what the store holds before the run is not logged
+        super().start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self.join(timeout=10)
+        self.poll()  # the last component's end
+
+    def run(self) -> None:
+        while not self._stopped.wait(self.poll_seconds):
+            self.poll()
+
+    def poll(self) -> None:
+        try:
+            self._poll()
+        except Exception:  # the store is being created or written: try again at the next poll
+            pass
+
+    def _poll(self) -> None:
+        import os
+
+        from pipeline.summary import STATE_NAMES, custom_property, node_names, open_store, output_artifacts
+
+        if not os.path.exists(self.metadata_path):
+            if self._old is None:
+                self._old = set()
+            return
+        store = open_store(self.metadata_path)
+        executions = store.get_executions()
+        if self._old is None:
+            self._old = {e.id for e in executions}
+            return
+        names = node_names(store)
+        types = None
+        now = time.time()
+        for e in sorted(executions, key=lambda e: e.id):
+            state = STATE_NAMES[e.last_known_state]
+            if e.id in self._old or self._seen.get(e.id) == state:
+                if state == "RUNNING" and now - self._beat.get(e.id, now) >= self.heartbeat:
+                    self._beat[e.id] = now
+                    log(f"… {names.get(e.id, e.id)} running for {_duration(now - e.create_time_since_epoch / 1000)}")
+                continue
+            name = names.get(e.id, str(e.id))
+            seconds = (e.last_update_time_since_epoch - e.create_time_since_epoch) / 1000
+            self._seen[e.id] = state
+            if state in ("NEW", "RUNNING"):
+                self._beat[e.id] = now
+                log(f"▶ {name} started")
+                continue
+            if types is None:
+                types = {t.id: t.name for t in store.get_artifact_types()}
+            found = [f for a in output_artifacts(store, e.id)
+                     if (f := figures(types[a.type_id].split(".")[-1], a, custom_property))]
+            detail = f": {'; '.join(found)}" if found else ""
+            if state == "COMPLETE":
+                log(f"✓ {name} done in {_duration(seconds)}{detail}")
+            elif state == "CACHED":
+                log(f"= {name} reused from an earlier run{detail}")
+            else:
+                log(f"✗ {name} {state.lower()} after {_duration(seconds)}")

@@ -1,0 +1,321 @@
+"""The run report: DIR/report/index.html with its images beside it, written after every run.
+
+Sections: the data (rows, rejected rows by reason, feature coverage from StatisticsGen), training
+curves, Recall@K against the popularity baseline, a 2-D projection of the item vectors coloured
+by topic, and example recalls (a user's history -> top-10 posts from Milvus). A section whose
+inputs the run did not produce (a failed or unblessed run) says why instead.
+
+Also DIR/tensorboard/: `training` (a link to the Trainer's logs) and `items` (the embedding
+projector over the item vectors, with post id and topic as metadata).
+"""
+from __future__ import annotations
+
+import csv
+import html
+import json
+import os
+
+import numpy as np
+
+MAX_POINTS = 20_000  # items drawn in the projection and given to the projector
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: files only
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(plt, fig, out_dir: str, name: str) -> str:
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, name), dpi=100)
+    plt.close(fig)
+    return f'<img src="{name}" alt="{html.escape(name)}">'
+
+
+def _table(header: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def feature_coverage(statistics_uri: str, split: str) -> list[list]:
+    """[feature, rows with the feature, share, mean values per row] from StatisticsGen's output."""
+    from tensorflow_metadata.proto.v0 import statistics_pb2
+
+    path = os.path.join(statistics_uri, f"Split-{split}", "FeatureStats.pb")
+    with open(path, "rb") as f:
+        stats = statistics_pb2.DatasetFeatureStatisticsList.FromString(f.read())
+    rows = []
+    for dataset in stats.datasets:
+        for feature in dataset.features:
+            common = feature.num_stats.common_stats if feature.HasField("num_stats") else \
+                feature.string_stats.common_stats
+            name = ".".join(feature.path.step) or feature.name
+            present = common.num_non_missing
+            values = common.avg_num_values if common.num_non_missing else 0.0
+            rows.append([name, int(present), present / max(1, dataset.num_examples), float(values)])
+    return sorted(rows)
+
+
+def _data_section(summary: dict, plt, out_dir: str) -> str:
+    splits = summary.get("splits") or {}
+    if not splits:
+        return "<p>No rows were ingested in this run.</p>"
+    rows = [[s, r["read"], r["written"], r["rejected"],
+             ", ".join(f"{k}: {v}" for k, v in r.get("rejected_by_reason", {}).items()) or "none"]
+            for s, r in splits.items() if "read" in r]
+    parts = [_table(["split", "rows read", "written", "rejected", "rejected by reason"], rows)]
+    soft = [[s, k, v] for s, r in splits.items() for k, v in (r.get("soft_problems") or {}).items()]
+    if soft:
+        parts.append("<p>Kept, but counted (soft problems):</p>" + _table(["split", "problem", "rows"], soft))
+    if summary.get("statistics_uri"):
+        coverage = feature_coverage(summary["statistics_uri"], "train")
+        parts.append("<p>Feature coverage in the training split (StatisticsGen):</p>"
+                     + _table(["feature", "rows with it", "share", "mean values per row"], coverage))
+        fig, ax = plt.subplots(figsize=(7, 0.35 * len(coverage) + 1))
+        ax.barh([c[0] for c in coverage], [c[2] for c in coverage], color="#4c72b0")
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("share of training rows with the feature")
+        parts.append(_save(plt, fig, out_dir, "coverage.png"))
+    return "".join(parts)
+
+
+def _training_section(summary: dict, plt, out_dir: str) -> str:
+    training = summary.get("training") or {}
+    curve = training.get("curve") or []
+    if not curve:
+        return "<p>The model was not trained in this run.</p>"
+    steps = [p["step"] for p in curve]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+    left.plot(steps, [p["loss"] for p in curve], color="#c44e52")
+    left.set(xlabel="step", ylabel="training loss (running mean)", title="loss")
+    right.plot(steps, [p["auc"] for p in curve], color="#55a868", label="training (running mean)")
+    right.axhline(training["eval_auc"], color="#8172b2", linestyle="--", label="eval split, end of training")
+    right.set(xlabel="step", ylabel="AUC", title="AUC")
+    right.legend(loc="lower right")
+    table = _table(["train steps", "train loss", "train AUC", "eval loss", "eval AUC"],
+                   [[training["train_steps"], training["train_loss"], training["train_auc"],
+                     training["eval_loss"], training["eval_auc"]]])
+    return table + _save(plt, fig, out_dir, "training.png")
+
+
+def _recall_section(summary: dict, plt, out_dir: str) -> str:
+    retrieval = summary.get("retrieval") or {}
+    if not retrieval:
+        return "<p>The model was not evaluated in this run.</p>"
+    ks = sorted(int(k.split("@")[1]) for k in retrieval["model"] if k.startswith("recall@"))
+    model = [retrieval["model"][f"recall@{k}"] for k in ks]
+    popular = [retrieval["popularity"][f"recall@{k}"] for k in ks]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    x = np.arange(len(ks))
+    ax.bar(x - 0.2, model, 0.4, label="two-tower model", color="#4c72b0")
+    ax.bar(x + 0.2, popular, 0.4, label="popularity baseline", color="#dd8452")
+    ax.set_xticks(x, [f"Recall@{k}" for k in ks])
+    ax.set_ylabel(f"over {retrieval['users']:,} eval users")
+    ax.legend()
+    verdict = "blessed" if retrieval["blessed"] else "not blessed: " + "; ".join(retrieval["not_blessed_because"])
+    rows = [[f"recall@{k}", m, p] for k, m, p in zip(ks, model, popular, strict=True)]
+    return (_table(["metric", "model", "popularity"], rows)
+            + f"<p>Blessing on {html.escape(retrieval['bless_key'])}: {html.escape(verdict)}.</p>"
+            + _save(plt, fig, out_dir, "recall.png"))
+
+
+def item_sample(summary: dict, spec, limit: int = MAX_POINTS):
+    """(ids, topics, vectors) of at most `limit` indexed items, streamed from ItemIndexer's shards."""
+    from components.item_indexer import EMBEDDINGS_DIR, item_scalar_columns, read_embeddings
+
+    index = summary.get("item_index") or {}
+    if not index.get("count") or not summary.get("item_index_uri"):
+        return None
+    topic = (item_scalar_columns(spec) or [None])[0]
+    ids, topics, vectors = [], [], []
+    pattern = os.path.join(summary["item_index_uri"], EMBEDDINGS_DIR, "part*")
+    for batch in read_embeddings(pattern, spec, index["dim"]):
+        take = limit - len(ids)
+        ids += batch.ids[:take]
+        topics += (batch.scalars[topic][:take] if topic else [""] * min(take, len(batch.ids)))
+        vectors.append(batch.vectors[:take])
+        if len(ids) >= limit:
+            break
+    return ids, topics, np.concatenate(vectors)
+
+
+def pca_2d(vectors: np.ndarray) -> np.ndarray:
+    centred = vectors - vectors.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    return centred @ vt[:2].T
+
+
+def _projection_section(items, plt, out_dir: str) -> str:
+    if items is None:
+        return "<p>No item vectors were indexed in this run (see the item index above).</p>"
+    ids, topics, vectors = items
+    xy = pca_2d(vectors)
+    counts: dict[str, int] = {}
+    for t in topics:
+        counts[t] = counts.get(t, 0) + 1
+    top = sorted(counts, key=lambda t: (-counts[t], t))[:10]
+    fig, ax = plt.subplots(figsize=(7, 6))
+    other = np.array([t not in top for t in topics])
+    ax.scatter(xy[other, 0], xy[other, 1], s=4, color="#cccccc", label="other topics")
+    cmap = plt.get_cmap("tab10")
+    for i, t in enumerate(top):
+        mask = np.array([x == t for x in topics])
+        ax.scatter(xy[mask, 0], xy[mask, 1], s=6, color=cmap(i), label=f"topic {t or '(none)'}")
+    ax.set(xlabel="first principal component", ylabel="second principal component")
+    ax.legend(fontsize=7, markerscale=2, loc="best")
+    return (f"<p>{len(ids):,} item-tower vectors, projected on their first two principal components; "
+            f"the ten most frequent topics in colour.</p>" + _save(plt, fig, out_dir, "items.png"))
+
+
+def example_log_lines(log_path: str, spec, users: int = 3) -> list[str]:
+    """The first clicked line of each of the first `users` users with a reading history."""
+    out, seen = [], set()
+    with open(log_path, newline="") as f:
+        header = f.readline()
+        names = header.rstrip("\n").split("\t")
+        for line in f:
+            row = dict(zip(names, line.rstrip("\n").split("\t"), strict=False))
+            user = row.get(spec.user_id, "")
+            if row.get(spec.label) == "1" and user not in seen and any(row.get(c) for c in spec.history_columns()):
+                seen.add(user)
+                out.append(line.rstrip("\n"))
+                if len(out) == users:
+                    break
+    return out
+
+
+def _examples_section(summary: dict, spec, milvus_uri: str, log_path: str | None, items) -> str:
+    pushed = summary.get("pushed_models") or []
+    if not pushed or not (summary.get("item_index") or {}).get("count") or not log_path:
+        return "<p>No model was pushed and indexed in this run.</p>"
+    import tensorflow as tf
+
+    from serving.examples import ExampleBuilder
+    from serving.item_index import IndexConfig, ItemSearcher
+    from serving.recall import Recaller, SavedModelUserEncoder
+
+    lines = example_log_lines(log_path, spec)
+    searcher = ItemSearcher(IndexConfig(uri=milvus_uri, alias=summary["item_index"]["alias"]))
+    recaller = Recaller(SavedModelUserEncoder(os.path.dirname(pushed[0]["path"])), searcher, spec)
+    results = recaller.recall_log_lines(lines, k=10)
+    builder = ExampleBuilder(spec)
+    topics = dict(zip(items[0], items[1], strict=True)) if items else {}
+    parts = []
+    for line, hits in zip(lines, results, strict=True):
+        features = tf.train.Example.FromString(builder.from_log_line(line)).features.feature
+        value = {c: [v.decode() for v in features[c].bytes_list.value] for c in features}
+        history = [p for c in spec.history_columns() for p in value.get(c, [])]
+        clicked = value.get(spec.item_id, [""])[0]
+        rows = [[i + 1, h["id"], topics.get(h["id"], ""), round(h["score"], 4),
+                 "clicked in this log line" if h["id"] == clicked else ""] for i, h in enumerate(hits)]
+        parts.append(f"<h3>user {html.escape(value.get(spec.user_id, ['?'])[0])}</h3>"
+                     f"<p>history ({len(history)} posts): {html.escape(', '.join(history[:30]))}"
+                     f"{' ...' if len(history) > 30 else ''}<br>clicked: {html.escape(clicked)}</p>"
+                     + _table(["rank", "post", "topic", "score", "note"], rows))
+    return "".join(parts)
+
+
+def write_projector(items, log_dir: str) -> None:
+    """TensorBoard's embedding projector over the items: a checkpoint, metadata.tsv, projector config."""
+    import tensorflow as tf
+    from tensorboard.plugins import projector
+
+    ids, topics, vectors = items
+    os.makedirs(log_dir, exist_ok=True)
+    with open(os.path.join(log_dir, "metadata.tsv"), "w", newline="") as f:
+        w = csv.writer(f, delimiter="\t", lineterminator="\n")
+        w.writerow(["post_id", "topic"])
+        w.writerows(zip(ids, topics, strict=True))
+    checkpoint = tf.train.Checkpoint(item_vectors=tf.Variable(vectors))
+    checkpoint.save(os.path.join(log_dir, "items.ckpt"))
+    config = projector.ProjectorConfig()
+    embedding = config.embeddings.add()
+    embedding.tensor_name = "item_vectors/.ATTRIBUTES/VARIABLE_VALUE"
+    embedding.metadata_path = "metadata.tsv"
+    projector.visualize_embeddings(log_dir, config)
+
+
+def _tensorboard(summary: dict, items, workdir: str) -> str:
+    root = os.path.join(workdir, "tensorboard")
+    os.makedirs(root, exist_ok=True)
+    if summary.get("model_run_uri"):
+        link = os.path.join(root, "training")
+        if os.path.islink(link):
+            os.remove(link)
+        os.symlink(summary["model_run_uri"], link)
+    if items is not None:
+        write_projector(items, os.path.join(root, "items"))
+    return root
+
+
+STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:0.5em 0 1em}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}
+th{background:#f3f3f3}img{max-width:100%;display:block;margin:0.5em 0 1.5em}h2{border-bottom:1px solid #ddd}
+.failed{color:#b00;font-weight:bold}"""
+
+
+def write_report(workdir: str, summary: dict, spec, milvus_uri: str, log_path: str | None) -> str:
+    """Writes DIR/report/index.html (and DIR/tensorboard/); returns the page's path."""
+    out_dir = os.path.join(workdir, "report")
+    os.makedirs(out_dir, exist_ok=True)
+    for name in os.listdir(out_dir):  # images of an earlier run must not linger
+        if name.endswith(".png"):
+            os.remove(os.path.join(out_dir, name))
+    plt = _figure()
+    sections = []
+
+    def section(title: str, build) -> None:
+        try:
+            body = build()
+        except Exception as e:  # one missing input must not cost the rest of the report
+            body = f"<p class='failed'>This section could not be built: {html.escape(type(e).__name__)}: " \
+                   f"{html.escape(str(e))}</p>"
+        sections.append(f"<h2>{html.escape(title)}</h2>{body}")
+
+    pushed = ", ".join(p["path"] for p in summary.get("pushed_models", []))
+    if summary.get("failure"):
+        status = f"<p class='failed'>The run stopped: {html.escape(summary['failure'])}</p>"
+    elif pushed:
+        status = f"<p>Pushed: {html.escape(pushed)}.</p>"
+    else:
+        status = f"<p>Nothing pushed: {html.escape('; '.join(summary.get('not_pushed_because', [])))}.</p>"
+    sections.append("<h2>Run</h2>" + status + _table(
+        ["component", "state", "seconds"], [[c["component"], c["state"], f"{c['seconds']:.1f}"]
+                                            for c in summary.get("components", [])]))
+    items = {}
+
+    def projection() -> str:
+        items["sample"] = item_sample(summary, spec)
+        return _projection_section(items["sample"], plt, out_dir)
+
+    section("Data", lambda: _data_section(summary, plt, out_dir))
+    section("Training", lambda: _training_section(summary, plt, out_dir))
+    section("Recall against the popularity baseline", lambda: _recall_section(summary, plt, out_dir))
+    section("Item vectors", projection)
+    section("Example recalls", lambda: _examples_section(summary, spec, milvus_uri, log_path, items.get("sample")))
+    section("TensorBoard", lambda: "<p>Training scalars and the item projector: <code>tensorboard --logdir "
+            f"{html.escape(_tensorboard(summary, items.get('sample'), workdir))}</code></p>")
+    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>DSSM recall run "
+            f"{html.escape(str(summary.get('run_id', '')))}</title><style>{STYLE}</style></head><body>"
+            f"<h1>DSSM recall: run {html.escape(str(summary.get('run_id', '')))}</h1>{''.join(sections)}"
+            f"<p><small>{html.escape(json.dumps({'wall_seconds': summary.get('wall_seconds')}))}</small></p>"
+            f"</body></html>")
+    path = os.path.join(out_dir, "index.html")
+    with open(path + ".tmp", "w") as f:
+        f.write(page)
+    os.replace(path + ".tmp", path)
+    return path
+

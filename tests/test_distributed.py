@@ -1,0 +1,74 @@
+"""Distributed training: two workers on loopback under MultiWorkerMirroredStrategy (TF_CONFIG)."""
+import glob
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.e2e
+
+STEPS = 30
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_workers(runs, tmp_path_factory):
+    workdir = runs[0]
+    out = tmp_path_factory.mktemp("distributed")
+    cluster = {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]}
+    procs = []
+    for index in range(2):
+        env = dict(os.environ, TF_USE_LEGACY_KERAS="1",
+                   TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+        log = open(out / f"worker-{index}.log", "w")
+        procs.append((subprocess.Popen([sys.executable, "-m", "tests.train_worker", workdir, str(out), str(STEPS)],
+                                       cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+    codes = []
+    for proc, log in procs:
+        codes.append(proc.wait(timeout=600))
+        log.close()
+    return out, codes
+
+
+def _signatures(path):
+    model = tf.saved_model.load(path)
+    return {name: (repr(fn.structured_input_signature), repr(fn.structured_outputs))
+            for name, fn in model.signatures.items()}
+
+
+def test_both_workers_finish_and_the_chief_exports_the_single_worker_signatures(two_workers, runs):
+    out, codes = two_workers
+    assert codes == [0, 0], [open(out / f"worker-{i}.log").read()[-3000:] for i in range(2)]
+    reference = runs[1]["model_uri"]
+    for suffix in ("", "-user", "-item"):
+        assert _signatures(str(out / "model" / f"Format-Serving{suffix}")) == \
+            _signatures(os.path.join(reference, f"Format-Serving{suffix}"))
+    # Only the chief's export is kept; the other worker leaves its logs beside the chief's.
+    assert sorted(os.listdir(out / "model")) == ["Format-Serving", "Format-Serving-item", "Format-Serving-user"]
+
+
+def test_replicas_stay_in_step_and_the_pretrained_table_is_untouched(two_workers, runs):
+    out, _ = two_workers
+    chief = json.load(open(out / "model_run" / "metrics.json"))
+    worker = json.load(open(out / "model_run-worker-1" / "metrics.json"))
+    # One optimizer step per global step (not one per worker), and identical weights on both.
+    assert chief["train_steps"] == worker["train_steps"] == STEPS
+    assert chief["weight_sums"] == worker["weight_sums"]
+    # The frozen pretrained table is the prepared file, unchanged by either worker.
+    (vectors,) = glob.glob(os.path.join(runs[0], "item_vectors", "*", "vectors.npy"))
+    table = np.load(vectors, allow_pickle=False)
+    (pretrained,) = [k for k in chief["weight_sums"] if k.startswith("pretrained")]
+    assert chief["weight_sums"][pretrained] == pytest.approx(float(table.astype(np.float64).sum()), rel=1e-9)
+    assert runs[1]["training"]["weight_sums"][pretrained] == chief["weight_sums"][pretrained]

@@ -1,0 +1,326 @@
+"""Faults, restarts and hostile input (issue [reliability]): nothing lost, nothing broken pushed.
+
+Each fault injected is recorded in the reliability summary (runs/reliability_summary.json), which
+pytest prints at the end of the run.
+"""
+import gzip
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import tensorflow as tf
+
+from tests.conftest import REPO, SAMPLE_DIR, executions_by_node, run_local
+
+pytestmark = pytest.mark.e2e
+
+UPSTREAM_OF_TRANSFORM = {"TsvExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "AnomalyGate",
+                         "item_vectors_importer"}
+
+
+def _states(metadata_path):
+    try:
+        return executions_by_node(metadata_path)
+    except Exception:  # the store does not exist yet, or is being created
+        return {}
+
+
+def _kill_during(workdir, node: str, settle_seconds: float) -> dict:
+    """Starts the run, waits until `node` is RUNNING in MLMD, waits `settle_seconds` more, then
+    SIGKILLs the whole process group: what a crashed machine or an OOM kill leaves behind."""
+    log = open(os.path.join(os.path.dirname(workdir), f"killed-during-{node}.log"), "w")
+    proc = subprocess.Popen([sys.executable, "run_pipeline.py", "local", "--workdir", workdir, "--no-serving-demo"],
+                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env=dict(os.environ, TF_USE_LEGACY_KERAS="1"))
+    metadata = os.path.join(workdir, "metadata.sqlite")
+    deadline = time.monotonic() + 600
+    while _states(metadata).get(node, [None])[-1] != "RUNNING":
+        assert proc.poll() is None, f"the run ended (rc {proc.returncode}) before {node} started; see {log.name}"
+        assert time.monotonic() < deadline, f"{node} did not start within 600 s"
+        time.sleep(0.3)
+    time.sleep(settle_seconds)
+    assert proc.poll() is None, f"the run ended before the kill; see {log.name}"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    log.close()
+    return executions_by_node(metadata)
+
+
+def _tree_digest(path) -> dict:
+    """{relative file: sha256} of everything under path."""
+    out = {}
+    for root, _, files in os.walk(path):
+        for name in files:
+            full = os.path.join(root, name)
+            with open(full, "rb") as f:
+                out[os.path.relpath(full, path)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+def _signatures(saved_model_dir) -> dict:
+    model = tf.saved_model.load(saved_model_dir)
+    return {name: (repr(fn.structured_input_signature), repr(fn.structured_outputs))
+            for name, fn in model.signatures.items()}
+
+
+@pytest.fixture(scope="module")
+def restarted(tmp_path_factory, reliability):
+    """One workdir: killed during Transform, rerun and killed during training, rerun to the end."""
+    workdir = str(tmp_path_factory.mktemp("restart") / "run")
+    at_transform = _kill_during(workdir, "Transform", settle_seconds=3)
+    reliability.record("restart", "SIGKILL during Transform", "Transform left RUNNING, nothing after it ran",
+                       f"Transform states {at_transform['Transform']}, Trainer ran: {'Trainer' in at_transform}",
+                       at_transform["Transform"] == ["RUNNING"] and not at_transform.get("Trainer"))
+    at_trainer = _kill_during(workdir, "Trainer", settle_seconds=12)
+    reliability.record("restart", "SIGKILL during training", "Trainer left RUNNING, Transform reused",
+                       f"Trainer states {at_trainer['Trainer']}, Transform states {at_trainer['Transform']}",
+                       at_trainer["Trainer"] == ["RUNNING"] and at_trainer["Transform"] == ["RUNNING", "COMPLETE"])
+    final = run_local(workdir, "--no-serving-demo")
+    return workdir, at_transform, at_trainer, final
+
+
+def test_killed_runs_resume_from_the_metadata_store(restarted):
+    workdir, at_transform, at_trainer, final = restarted
+    assert at_transform["Transform"] == ["RUNNING"] and not at_transform.get("Trainer")
+    assert all(at_transform[n] == ["COMPLETE"] for n in UPSTREAM_OF_TRANSFORM)
+    # The second run reused everything upstream of Transform, ran Transform, and died in training.
+    assert at_trainer["Transform"] == ["RUNNING", "COMPLETE"] and at_trainer["Trainer"] == ["RUNNING"]
+    assert all(at_trainer[n] == ["COMPLETE", "CACHED"] for n in UPSTREAM_OF_TRANSFORM)
+    # The third run reused Transform and trained once, to the end.
+    states = {c["component"]: c["state"] for c in final["components"]}
+    assert all(states[n] == "CACHED" for n in UPSTREAM_OF_TRANSFORM | {"Transform", "TransformedStatisticsGen"})
+    assert states["Trainer"] == "COMPLETE" and final["pushed"] is True
+    assert executions_by_node(os.path.join(workdir, "metadata.sqlite"))["Trainer"] == ["RUNNING", "COMPLETE"]
+
+
+def test_restarted_outputs_equal_an_uninterrupted_run(restarted, runs, reliability):
+    _, _, _, final = restarted
+    _, reference, _ = runs
+    vocab = os.path.join("transform_fn", "assets")
+    got = _tree_digest(os.path.join(final["transform_graph_uri"], vocab))
+    want = _tree_digest(os.path.join(reference["transform_graph_uri"], vocab))
+    same_signatures = all(
+        _signatures(final["pushed_models"][0]["towers"][t] if t else final["pushed_models"][0]["path"])
+        == _signatures(reference["pushed_models"][0]["towers"][t] if t else reference["pushed_models"][0]["path"])
+        for t in ("", "user", "item"))
+    reliability.record("restart", "outputs after two kills vs an uninterrupted run",
+                       "same vocabularies, row counts, signatures, indexed items",
+                       f"{len(got)} vocabulary files equal: {got == want}; splits equal: "
+                       f"{final['splits'] == reference['splits']}; signatures equal: {same_signatures}",
+                       got == want and final["splits"] == reference["splits"] and same_signatures)
+    assert len(want) >= 4 and got == want
+    assert final["splits"] == reference["splits"]
+    assert same_signatures
+    assert final["item_index"]["count"] == reference["item_index"]["count"]
+
+
+@pytest.fixture(scope="module")
+def new_data_run(restarted, tmp_path_factory):
+    """The restarted workdir again, on new training logs (the sample less its last 1,000 rows)."""
+    workdir, _, _, before = restarted
+    old_version = before["pushed_models"][0]["path"]
+    old_digest = _tree_digest(old_version)
+    lines = open(os.path.join(SAMPLE_DIR, "train.tsv")).read().splitlines(keepends=True)
+    new_logs = tmp_path_factory.mktemp("new-logs") / "train.tsv"
+    new_logs.write_text("".join(lines[:-1000]))
+    after = run_local(workdir, "--no-serving-demo", "--train", str(new_logs))
+    return workdir, before, after, old_version, old_digest
+
+
+def test_new_data_makes_new_artifacts_and_a_new_version_beside_the_old(new_data_run, reliability):
+    workdir, before, after, old_version, old_digest = new_data_run
+    new_version = after["pushed_models"][0]["path"]
+    versions = sorted(os.listdir(os.path.join(workdir, "serving", "dssm")))
+    ok = (new_version != old_version and _tree_digest(old_version) == old_digest
+          and versions == sorted([os.path.basename(old_version), os.path.basename(new_version)]))
+    reliability.record("new data", "a run on new logs into a workdir that serves a model",
+                       "new artifacts and a new version; the served version untouched",
+                       f"versions {versions}; old version byte-identical: "
+                       f"{_tree_digest(old_version) == old_digest}", ok)
+    assert after["splits"]["train"]["read"] == before["splits"]["train"]["read"] - 1000
+    assert after["examples_uri"] != before["examples_uri"] and after["model_uri"] != before["model_uri"]
+    assert ok, versions
+    for tower in ("user", "item"):
+        assert len(os.listdir(os.path.join(workdir, "serving", f"dssm_{tower}"))) == 2
+
+
+def _truncated_gz(tmp):
+    data = gzip.compress(open(os.path.join(SAMPLE_DIR, "train.tsv"), "rb").read())
+    path = tmp / "train.tsv.gz"
+    path.write_bytes(data[: len(data) * 6 // 10])
+    return ["--train", str(path)], [f"{path}: unreadable after line", "truncated or corrupt"]
+
+
+def _vectors_with(tmp, edit):
+    rows = [json.loads(line) for line in open(os.path.join(SAMPLE_DIR, "item_vectors.jsonl"))]
+    rows, expected = edit(rows)
+    path = tmp / "vectors.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return ["--item-embeddings", str(path)], [f"{path}:{expected}"]
+
+
+def _wrong_dimension(tmp):
+    def edit(rows):
+        rows[41]["values"] = rows[41]["values"][:-1]
+        return rows, f"42: post_id '{rows[41]['post_id']}' has {len(rows[41]['values'])} values"
+    return _vectors_with(tmp, edit)
+
+
+def _duplicate_post_id(tmp):
+    def edit(rows):
+        rows.append({"post_id": rows[7]["post_id"], "values": [0.0] * len(rows[7]["values"])})
+        return rows, f"{len(rows)}: duplicate post_id '{rows[7]['post_id']}'"
+    return _vectors_with(tmp, edit)
+
+
+def _empty_training_split(tmp):
+    path = tmp / "train.tsv"
+    path.write_text(open(os.path.join(SAMPLE_DIR, "train.tsv")).readline())
+    return ["--train", str(path)], ["split train is empty: no usable rows (0 data rows read, 0 rejected"]
+
+
+def _schema_without_a_feature(tmp):
+    schema = open(os.path.join(REPO, "schema", "schema.pbtxt")).read()
+    start = schema.index('feature {\n  name: "topic_id"')
+    end = schema.index("feature {", start + 1)
+    (tmp / "schema.pbtxt").write_text(schema[:start] + schema[end:])
+    (tmp / "config.yaml").write_text(f"schema: {tmp / 'schema.pbtxt'}\n")
+    return ["--config", str(tmp / "config.yaml")], ["does not match the feature spec: missing ['topic_id']"]
+
+
+def _data_that_breaks_the_schema(tmp):
+    lines = open(os.path.join(SAMPLE_DIR, "train.tsv")).read().splitlines()
+    column = lines[0].split("\t").index("client_type")
+    rows = [line.split("\t") for line in lines[1:]]
+    for row in rows[::10]:  # a tenth of the rows: client_type is a word, not the integer the spec says
+        row[column] = "android"
+    path = tmp / "train.tsv"
+    path.write_text("\n".join([lines[0], *("\t".join(r) for r in rows)]) + "\n")
+    return ["--train", str(path)], [f"split train: {len(rows[::10])} of {len(rows)} rows rejected", "client_type"]
+
+
+CORRUPT = {"truncated .gz log": _truncated_gz, "item vector of the wrong dimension": _wrong_dimension,
+           "duplicate post id in the item vectors": _duplicate_post_id, "empty training split": _empty_training_split,
+           "schema file that does not match the spec": _schema_without_a_feature,
+           "log values that do not match the schema": _data_that_breaks_the_schema}
+
+
+@pytest.mark.parametrize("fault", list(CORRUPT))
+def test_corrupt_input_stops_the_run_with_a_clear_message_and_no_push(fault, new_data_run, tmp_path, reliability):
+    workdir = new_data_run[0]
+    serving_before = _tree_digest(os.path.join(workdir, "serving"))
+    args, messages = CORRUPT[fault](tmp_path)
+    proc = run_local(workdir, "--no-serving-demo", *args, expect_ok=False)
+    error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    untouched = _tree_digest(os.path.join(workdir, "serving")) == serving_before
+    ok = proc.returncode != 0 and untouched and all(any(m in line for line in error_lines) for m in messages)
+    reliability.record("corrupt input", fault, "the run stops naming the problem; serving untouched",
+                       f"rc {proc.returncode}; {error_lines[-1][:300] if error_lines else 'no error line'}", ok)
+    assert proc.returncode != 0
+    assert len(error_lines) == 1, proc.stderr[-3000:]
+    for m in messages:
+        assert m in error_lines[0], (m, error_lines[0])
+    assert untouched
+
+
+def test_serving_under_load_and_abuse(tmp_path, reliability):
+    from serving.server import spawn
+    from tests.load_driver import EXPECTED, MIX, rss_bytes, run_load
+    from tests.serving_models import save_version
+
+    save_version(str(tmp_path / "tiny"), 1)  # y = 0.5 x + 2
+    proc, port = spawn(["--model_name", "tiny", "--model_base_path", str(tmp_path / "tiny"),
+                        "--max_request_bytes", str(64 * 1024)], str(tmp_path / "server.log"), timeout=120)
+    try:
+        report = run_load(f"127.0.0.1:{port}", proc.pid, model="tiny", offset=2.0, total=50_000)
+        alive = proc.poll() is None
+        rss_end = rss_bytes(proc.pid) if alive else 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    rss = dict(report["server_rss_mib"])
+    growth = rss[50_000] / rss[10_000] - 1
+    per_kind = {k: MIX.count(k) * 50_000 // len(MIX) for k in EXPECTED}
+    expected_codes = {f"{k}:{EXPECTED[k]}": n for k, n in per_kind.items()}
+    ok = (report["answered"] == 50_000 and report["wrong_count"] == 0 and alive
+          and report["by_kind_and_code"] == expected_codes and growth < 0.10)
+    reliability.record("serving load", "50,000 Predict requests from 16 clients, 25% hostile",
+                       "valid answered correctly, hostile get TF Serving's codes, server healthy, RSS +<10%",
+                       f"{report['answered']} answered, {report['wrong_count']} wrong, "
+                       f"{report['requests_per_s']} req/s,"
+                       f" RSS {rss[10_000]} -> {rss[50_000]} MiB ({growth:+.1%}), server alive: {alive}", ok,
+                       by_kind_and_code=report["by_kind_and_code"], server_rss_mib=report["server_rss_mib"],
+                       seconds=report["seconds"], server_rss_at_exit_mib=round(rss_end / 2**20, 1))
+    assert report["client_processes_exited_ok"]
+    assert report["answered"] == 50_000 and report["wrong_count"] == 0, report["wrong"]
+    assert report["by_kind_and_code"] == expected_codes
+    assert alive
+    assert growth < 0.10, report["server_rss_mib"]
+
+
+def test_request_names_never_reach_the_filesystem(tmp_path, reliability):
+    """Model names and versions are dictionary keys: '../' or absolute paths find nothing, read nothing."""
+    import grpc
+    from tensorflow_serving.apis import (
+        get_model_status_pb2,
+        model_service_pb2_grpc,
+        predict_pb2,
+        prediction_service_pb2_grpc,
+    )
+
+    from serving.model_config import single_model
+    from serving.server import ModelServer
+    from tests.serving_models import save_version
+
+    save_version(str(tmp_path / "models" / "tiny"), 1)
+    save_version(str(tmp_path / "outside"), 3)  # a real model beside the base path: must stay unreachable
+    hostile = ["../outside", "tiny/../../outside", str(tmp_path / "outside"), "..", "tiny/1", "%2e%2e/outside"]
+    codes = []
+    with ModelServer(single_model("tiny", str(tmp_path / "models" / "tiny")), port=0, poll_seconds=0) as server, \
+            grpc.insecure_channel(server.target) as channel:
+        predict = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict
+        status = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus
+        for name in hostile:
+            req = predict_pb2.PredictRequest()
+            req.model_spec.name = name
+            req.inputs["x"].float_val.append(1.0)
+            req.inputs["x"].dtype = tf.float32.as_datatype_enum
+            req.inputs["x"].tensor_shape.dim.add().size = 1
+            status_req = get_model_status_pb2.GetModelStatusRequest(model_spec=req.model_spec)
+            for call, r in ((predict, req), (status, status_req)):
+                with pytest.raises(grpc.RpcError) as info:
+                    call(r, timeout=10)
+                codes.append(info.value.code())
+    ok = set(codes) == {grpc.StatusCode.NOT_FOUND}
+    reliability.record("security", f"{len(hostile)} path-like model names over Predict and GetModelStatus",
+                       "NOT_FOUND for every one", f"codes {sorted({c.name for c in codes})}", ok)
+    assert ok, codes
+
+
+UNSAFE = [(r"\bpickle\.loads?\(|\bcloudpickle\.loads?\(|\bdill\.loads?\(", "unpickling"),
+          (r"(?<![\w.])eval\(|(?<![\w.])exec\(", "eval/exec"),
+          (r"yaml\.load\((?![^)]*SafeLoader)|yaml\.unsafe_load", "yaml.load without SafeLoader"),
+          (r"allow_pickle\s*=\s*True", "np.load with allow_pickle"),
+          (r"shell\s*=\s*True", "a shell command line")]
+
+
+def test_no_code_path_unpickles_or_evaluates_input(reliability):
+    """A static check over the project's own sources: none of the calls that run what they read."""
+    import re
+
+    hits = []
+    for package in ("components", "pipeline", "schema", "serving", "datagen", "run_pipeline.py"):
+        paths = [os.path.join(REPO, package)] if package.endswith(".py") else [
+            os.path.join(root, f) for root, _, files in os.walk(os.path.join(REPO, package))
+            for f in files if f.endswith(".py")]
+        for path in paths:
+            text = open(path).read()
+            hits += [f"{os.path.relpath(path, REPO)}: {why}" for pattern, why in UNSAFE if re.search(pattern, text)]
+    reliability.record("security", "unpickle/eval/unsafe yaml/shell calls in the project's sources", "none",
+                       f"{len(hits)} found" + (f": {hits}" if hits else ""), not hits)
+    assert hits == []

@@ -1,0 +1,111 @@
+"""What a user sees: progress lines, the run report in a real browser, and TensorBoard's files."""
+import glob
+import os
+import re
+
+import numpy as np
+import pytest
+
+from tests.conftest import SAMPLE_DIR
+
+
+def _data_rows(name):
+    with open(os.path.join(SAMPLE_DIR, name)) as f:
+        return sum(1 for _ in f) - 1
+
+
+@pytest.mark.e2e
+def test_each_component_logs_start_and_end_with_figures(runs):
+    _, first, second = runs
+    err = first["_stderr"]
+    for component in ("TsvExampleGen", "Transform", "Trainer", "ItemIndexer"):
+        assert re.search(rf"▶ {component} started", err), component
+        assert re.search(rf"✓ {component} done in \d+", err), component
+    assert f"train: {_data_rows('train.tsv'):,} rows, 0 rejected" in err
+    assert re.search(r"✓ Trainer done in \S+: 3,000 steps, train loss \d\.\d{3}, eval loss \d\.\d{3}, eval AUC", err)
+    # Training progress: steps done of the total, a rate, time left.
+    assert re.search(r"training: [\d,]+/3,000 \(\d+%\) steps, [\d,]+ steps/s, ~\d+s left, loss", err)
+    assert "✓ ItemIndexer done in" in err and "1,477 items in" in err
+    # The rerun reuses everything and says so.
+    assert second["_stderr"].count("reused from an earlier run") == len(second["components"])
+
+
+def _browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--allow-file-access-from-files", "--window-size=1200,900"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+
+
+@pytest.mark.e2e
+def test_report_renders_in_chromium_with_every_image(runs):
+    workdir, first, _ = runs
+    page = os.path.join(workdir, "report", "index.html")
+    assert os.path.exists(page)
+    driver = _browser()
+    try:
+        driver.get("file://" + page)
+        images = driver.execute_script(
+            "return Array.from(document.images).map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])")
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        text = driver.find_element("tag name", "body").text
+    finally:
+        driver.quit()
+    assert errors == []
+    assert sorted(src for src, _, _ in images) == ["coverage.png", "items.png", "recall.png", "training.png"]
+    assert all(complete and width > 100 for _, complete, width in images), images
+    for heading in ("Data", "Training", "Recall against the popularity baseline", "Item vectors",
+                    "Example recalls", "TensorBoard"):
+        assert heading in text
+    assert "could not be built" not in text
+    assert f"train {_data_rows('train.tsv'):,} {_data_rows('train.tsv'):,} 0 none" in text
+    assert "1,477 item-tower vectors" in text
+    assert len(re.findall(r"^user \S+$", text, re.M)) == 3  # three example recalls, ten posts each
+    assert text.count("\n10 p") == 3
+
+
+@pytest.mark.e2e
+def test_tensorboard_scalars_and_projector(runs):
+    import tensorflow as tf
+    from google.protobuf import text_format
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins import projector
+
+    workdir, first, _ = runs
+    root = os.path.join(workdir, "tensorboard")
+    (train_dir,) = glob.glob(os.path.join(root, "training", "train"))
+    events = EventAccumulator(train_dir, size_guidance={"tensors": 0}).Reload()
+    tags = events.Tags()["tensors"]
+    assert "batch_loss" in tags or "epoch_loss" in tags, tags
+
+    items = os.path.join(root, "items")
+    config = text_format.Parse(open(os.path.join(items, "projector_config.pbtxt")).read(),
+                               projector.ProjectorConfig())
+    (embedding,) = config.embeddings
+    metadata = open(os.path.join(items, embedding.metadata_path)).read().splitlines()
+    assert metadata[0] == "post_id\ttopic" and len(metadata) == 1 + 1477
+    reader = tf.train.load_checkpoint(items)
+    vectors = reader.get_tensor(embedding.tensor_name)
+    assert vectors.shape == (1477, 128)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)  # the towers' unit vectors
+
+
+def test_pca_matches_the_covariance_eigenvectors():
+    from pipeline.report import pca_2d
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((500, 6)) * np.array([5.0, 3.0, 1.0, 0.5, 0.2, 0.1]) + 7.0
+    xy = pca_2d(x)
+    centred = x - x.mean(axis=0)
+    values, vectors = np.linalg.eigh(np.cov(centred, rowvar=False))
+    expected = centred @ vectors[:, ::-1][:, :2]
+    for i in range(2):  # an eigenvector's sign is arbitrary
+        np.testing.assert_allclose(np.abs(xy[:, i]), np.abs(expected[:, i]), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(xy.var(axis=0, ddof=1), values[::-1][:2], rtol=1e-9)
