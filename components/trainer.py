@@ -190,6 +190,10 @@ def run_fn(fn_args: FnArgs) -> None:
         towers = build_towers(spec, vocab_sizes, table, cfg)
         trainer = TwoTowerTrainer(towers, spec, cfg, _item_log_q(tft_output))
         trainer.compile(optimizer=make_optimizer(cfg))
+        # Step logs hold each replica's metric values; Keras would sum them across workers
+        # (loss and AUC x workers). The progress lines show the first worker's; the figures kept
+        # below are read from the metrics themselves, which aggregate every worker.
+        trainer.distribute_reduction_method = "first"
 
     train_ds = _dataset(fn_args, fn_args.train_files, tft_output, spec, cfg.batch_size, cfg.seed, True,
                         cfg.epochs or None)
@@ -198,13 +202,14 @@ def run_fn(fn_args: FnArgs) -> None:
         train_ds, eval_ds = (_shard_by_data(d) for d in (train_ds, eval_ds))
     log_dir = fn_args.model_run_dir if chief else _worker_dir(fn_args.model_run_dir)
     progress = ProgressAndCurve(None if cfg.epochs else fn_args.train_steps)
-    history = trainer.fit(
+    trainer.fit(
         train_ds, epochs=1, steps_per_epoch=None if cfg.epochs else fn_args.train_steps, verbose=0,
         callbacks=[tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq=50), progress])
+    trained = {k: float(v) for k, v in trainer.get_metrics_result().items()}  # before evaluate resets them
     eval_steps = fn_args.eval_steps or None
     results = trainer.evaluate(eval_ds, steps=eval_steps, return_dict=True, verbose=0)
     metrics = {"loss_kind": cfg.loss, "train_steps": int(trainer.optimizer.iterations.numpy()),
-               "train_loss": float(history.history["loss"][-1]), "train_auc": float(history.history["auc"][-1]),
+               "train_loss": trained["loss"], "train_auc": trained["auc"],
                "eval_loss": float(results["loss"]), "eval_auc": float(results["auc"]), "vocab_sizes": vocab_sizes,
                "curve": progress.curve, "weight_sums": weight_sums(trainer)}
     tf.io.gfile.makedirs(log_dir)

@@ -42,6 +42,18 @@ def executions_by_node(metadata_path) -> dict[str, list[str]]:
             for ctx in store.get_contexts_by_type("node")}
 
 
+def signature_specs(saved_model_dir) -> dict:
+    """{signature: ({input: (shape, dtype)}, {output: (shape, dtype)})} of a SavedModel."""
+    import tensorflow as tf
+
+    def specs(tensors):
+        return {k: (v.shape.as_list(), v.dtype.name) for k, v in sorted(tensors.items())}
+
+    model = tf.saved_model.load(str(saved_model_dir))
+    return {name: (specs(fn.structured_input_signature[1]), specs(fn.structured_outputs))
+            for name, fn in model.signatures.items()}
+
+
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory):
     """The sample through the whole pipeline, then the same command again (all cached):

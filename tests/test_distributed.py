@@ -8,9 +8,8 @@ import sys
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from tests.conftest import REPO
+from tests.conftest import REPO, signature_specs
 
 pytestmark = pytest.mark.e2e
 
@@ -42,19 +41,14 @@ def two_workers(runs, tmp_path_factory):
     return out, codes
 
 
-def _signatures(path):
-    model = tf.saved_model.load(path)
-    return {name: (repr(fn.structured_input_signature), repr(fn.structured_outputs))
-            for name, fn in model.signatures.items()}
-
 
 def test_both_workers_finish_and_the_chief_exports_the_single_worker_signatures(two_workers, runs):
     out, codes = two_workers
     assert codes == [0, 0], [open(out / f"worker-{i}.log").read()[-3000:] for i in range(2)]
     reference = runs[1]["model_uri"]
     for suffix in ("", "-user", "-item"):
-        assert _signatures(str(out / "model" / f"Format-Serving{suffix}")) == \
-            _signatures(os.path.join(reference, f"Format-Serving{suffix}"))
+        assert signature_specs(str(out / "model" / f"Format-Serving{suffix}")) == \
+            signature_specs(os.path.join(reference, f"Format-Serving{suffix}"))
     # Only the chief's export is kept; the other worker leaves its logs beside the chief's.
     assert sorted(os.listdir(out / "model")) == ["Format-Serving", "Format-Serving-item", "Format-Serving-user"]
 
@@ -66,6 +60,9 @@ def test_replicas_stay_in_step_and_the_pretrained_table_is_untouched(two_workers
     # One optimizer step per global step (not one per worker), and identical weights on both.
     assert chief["train_steps"] == worker["train_steps"] == STEPS
     assert chief["weight_sums"] == worker["weight_sums"]
+    # Training figures aggregate both workers' metrics: the same on both, and an AUC is at most 1.
+    assert chief["train_auc"] == worker["train_auc"] and 0.0 <= chief["train_auc"] <= 1.0
+    assert chief["train_loss"] == worker["train_loss"]
     # The frozen pretrained table is the prepared file, unchanged by either worker.
     (vectors,) = glob.glob(os.path.join(runs[0], "item_vectors", "*", "vectors.npy"))
     table = np.load(vectors, allow_pickle=False)
