@@ -180,10 +180,14 @@ def _empty_training_split(tmp):
 
 
 def _schema_without_a_feature(tmp):
-    schema = open(os.path.join(REPO, "schema", "schema.pbtxt")).read()
-    start = schema.index('feature {\n  name: "topic_id"')
-    end = schema.index("feature {", start + 1)
-    (tmp / "schema.pbtxt").write_text(schema[:start] + schema[end:])
+    from google.protobuf import text_format
+
+    from schema.generate import read_schema
+
+    schema = read_schema(os.path.join(REPO, "schema", "schema.pbtxt"))
+    (index,) = [i for i, f in enumerate(schema.feature) if f.name == "topic_id"]
+    del schema.feature[index]
+    (tmp / "schema.pbtxt").write_text(text_format.MessageToString(schema))
     (tmp / "config.yaml").write_text(f"schema: {tmp / 'schema.pbtxt'}\n")
     return ["--config", str(tmp / "config.yaml")], ["does not match the feature spec: missing ['topic_id']"]
 
