@@ -66,12 +66,16 @@ def figures(kind: str, artifact, custom) -> str:
     import json
     import os
 
-    if kind == "Examples" and custom(artifact, "ingest_report"):
-        report = custom(artifact, "ingest_report")
+    from components.infra_validator import REPORT_PROPERTY as INFRA_REPORT
+    from components.trainer import METRICS_FILE
+    from components.tsv_example_gen.executor import REPORT_PROPERTY as INGEST_REPORT
+
+    if kind == "Examples" and custom(artifact, INGEST_REPORT):
+        report = custom(artifact, INGEST_REPORT)
         return "; ".join(f"{s}: {r['written']:,} rows, {r['rejected']:,} rejected" for s, r in report.items()
                          if "written" in r)
     if kind == "ModelRun":
-        path = os.path.join(artifact.uri, "metrics.json")
+        path = os.path.join(artifact.uri, METRICS_FILE)
         if os.path.exists(path):
             with open(path) as f:
                 m = json.load(f)
@@ -83,7 +87,7 @@ def figures(kind: str, artifact, custom) -> str:
         return (f"{key} {r['model'][key]:.3f} vs popularity {r['popularity'][key]:.3f}: "
                 f"{'blessed' if r['blessed'] else 'not blessed'}")
     if kind == "InfraBlessing":
-        report = custom(artifact, "infra_validation") or {}
+        report = custom(artifact, INFRA_REPORT) or {}
         return "blessed: the towers answered over gRPC" if report.get("blessed") else \
             f"not blessed: {report.get('error', 'unknown')}"
     if kind == "PushedModel":

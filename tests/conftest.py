@@ -42,6 +42,27 @@ def executions_by_node(metadata_path) -> dict[str, list[str]]:
             for ctx in store.get_contexts_by_type("node")}
 
 
+def tree_digest(path) -> dict:
+    """{file relative to path: sha256} of everything under path."""
+    import hashlib
+
+    out = {}
+    for root, _, files in os.walk(path):
+        for name in files:
+            full = os.path.join(root, name)
+            with open(full, "rb") as f:
+                out[os.path.relpath(full, path)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def signature_specs(saved_model_dir) -> dict:
     """{signature: ({input: (shape, dtype)}, {output: (shape, dtype)})} of a SavedModel."""
     import tensorflow as tf

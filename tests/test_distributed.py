@@ -2,31 +2,25 @@
 import glob
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, signature_specs
+from tests.conftest import REPO, free_port, signature_specs
 
 pytestmark = pytest.mark.e2e
 
 STEPS = 30
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def two_workers(runs, tmp_path_factory):
     workdir = runs[0]
     out = tmp_path_factory.mktemp("distributed")
-    cluster = {"worker": [f"127.0.0.1:{_free_port()}", f"127.0.0.1:{_free_port()}"]}
+    cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
     procs = []
     for index in range(2):
         env = dict(os.environ, TF_USE_LEGACY_KERAS="1",

@@ -5,7 +5,6 @@ a portable proto to a job service; the service asks a worker pool for SDK harnes
 Python process. Everything the Beam code ships to them must pickle and run without the
 submitting process's state.
 """
-import hashlib
 import os
 import signal
 import subprocess
@@ -14,25 +13,11 @@ import time
 
 import pytest
 
-from tests.conftest import REPO, run_local
+from tests.conftest import REPO, free_port, run_local, tree_digest
 
 pytestmark = pytest.mark.e2e
 
 
-def _digests(folder):
-    out = {}
-    for name in sorted(os.listdir(folder)):
-        with open(os.path.join(folder, name), "rb") as f:
-            out[name] = hashlib.sha256(f.read()).hexdigest()
-    return out
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +26,7 @@ def portable_services(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("portable")
     # The pool starts each SDK worker as `python -c ...`: this environment's python must come first.
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-    pool_port = _free_port()
+    pool_port = free_port()
     port_file = tmp / "job.port"
     logs = [open(tmp / "job.log", "w"), open(tmp / "pool.log", "w")]
     procs = [
@@ -78,8 +63,8 @@ def test_beam_stages_through_the_portable_runner_equal_the_direct_runner(portabl
     # ExampleGen and Transform: the same rows and the same vocabularies.
     assert portable["splits"] == direct["splits"]
     vocab = os.path.join("transform_fn", "assets")
-    assert _digests(os.path.join(portable["transform_graph_uri"], vocab)) == \
-        _digests(os.path.join(direct["transform_graph_uri"], vocab))
+    assert tree_digest(os.path.join(portable["transform_graph_uri"], vocab)) == \
+        tree_digest(os.path.join(direct["transform_graph_uri"], vocab))
     # StatisticsGen: the same statistics of the raw splits.
     for split in ("train", "eval"):
         path = os.path.join("Split-" + split, "FeatureStats.pb")

@@ -4,7 +4,6 @@ Each fault injected is recorded in the reliability summary (runs/reliability_sum
 pytest prints at the end of the run.
 """
 import gzip
-import hashlib
 import json
 import os
 import signal
@@ -15,7 +14,7 @@ import time
 import pytest
 import tensorflow as tf
 
-from tests.conftest import REPO, SAMPLE_DIR, executions_by_node, run_local, signature_specs
+from tests.conftest import REPO, SAMPLE_DIR, executions_by_node, run_local, signature_specs, tree_digest
 
 pytestmark = pytest.mark.e2e
 
@@ -50,16 +49,6 @@ def _kill_during(workdir, node: str, settle_seconds: float) -> dict:
     log.close()
     return executions_by_node(metadata)
 
-
-def _tree_digest(path) -> dict:
-    """{relative file: sha256} of everything under path."""
-    out = {}
-    for root, _, files in os.walk(path):
-        for name in files:
-            full = os.path.join(root, name)
-            with open(full, "rb") as f:
-                out[os.path.relpath(full, path)] = hashlib.sha256(f.read()).hexdigest()
-    return out
 
 
 
@@ -97,8 +86,8 @@ def test_restarted_outputs_equal_an_uninterrupted_run(restarted, runs, reliabili
     _, _, _, final = restarted
     _, reference, _ = runs
     vocab = os.path.join("transform_fn", "assets")
-    got = _tree_digest(os.path.join(final["transform_graph_uri"], vocab))
-    want = _tree_digest(os.path.join(reference["transform_graph_uri"], vocab))
+    got = tree_digest(os.path.join(final["transform_graph_uri"], vocab))
+    want = tree_digest(os.path.join(reference["transform_graph_uri"], vocab))
     same_signatures = all(
         signature_specs(final["pushed_models"][0]["towers"][t] if t else final["pushed_models"][0]["path"])
         == signature_specs(reference["pushed_models"][0]["towers"][t] if t else reference["pushed_models"][0]["path"])
@@ -119,7 +108,7 @@ def new_data_run(restarted, tmp_path_factory):
     """The restarted workdir again, on new training logs (the sample less its last 1,000 rows)."""
     workdir, _, _, before = restarted
     old_version = before["pushed_models"][0]["path"]
-    old_digest = _tree_digest(old_version)
+    old_digest = tree_digest(old_version)
     lines = open(os.path.join(SAMPLE_DIR, "train.tsv")).read().splitlines(keepends=True)
     new_logs = tmp_path_factory.mktemp("new-logs") / "train.tsv"
     new_logs.write_text("".join(lines[:-1000]))
@@ -131,12 +120,12 @@ def test_new_data_makes_new_artifacts_and_a_new_version_beside_the_old(new_data_
     workdir, before, after, old_version, old_digest = new_data_run
     new_version = after["pushed_models"][0]["path"]
     versions = sorted(os.listdir(os.path.join(workdir, "serving", "dssm")))
-    ok = (new_version != old_version and _tree_digest(old_version) == old_digest
+    ok = (new_version != old_version and tree_digest(old_version) == old_digest
           and versions == sorted([os.path.basename(old_version), os.path.basename(new_version)]))
     reliability.record("new data", "a run on new logs into a workdir that serves a model",
                        "new artifacts and a new version; the served version untouched",
                        f"versions {versions}; old version byte-identical: "
-                       f"{_tree_digest(old_version) == old_digest}", ok)
+                       f"{tree_digest(old_version) == old_digest}", ok)
     assert after["splits"]["train"]["read"] == before["splits"]["train"]["read"] - 1000
     assert after["examples_uri"] != before["examples_uri"] and after["model_uri"] != before["model_uri"]
     assert ok, versions
@@ -212,11 +201,11 @@ CORRUPT = {"truncated .gz log": _truncated_gz, "item vector of the wrong dimensi
 @pytest.mark.parametrize("fault", list(CORRUPT))
 def test_corrupt_input_stops_the_run_with_a_clear_message_and_no_push(fault, new_data_run, tmp_path, reliability):
     workdir = new_data_run[0]
-    serving_before = _tree_digest(os.path.join(workdir, "serving"))
+    serving_before = tree_digest(os.path.join(workdir, "serving"))
     args, messages = CORRUPT[fault](tmp_path)
     proc = run_local(workdir, "--no-serving-demo", *args, expect_ok=False)
     error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    untouched = _tree_digest(os.path.join(workdir, "serving")) == serving_before
+    untouched = tree_digest(os.path.join(workdir, "serving")) == serving_before
     ok = proc.returncode != 0 and untouched and all(any(m in line for line in error_lines) for m in messages)
     reliability.record("corrupt input", fault, "the run stops naming the problem; serving untouched",
                        f"rc {proc.returncode}; {error_lines[-1][:300] if error_lines else 'no error line'}", ok)

@@ -109,3 +109,13 @@ def test_pca_matches_the_covariance_eigenvectors():
     for i in range(2):  # an eigenvector's sign is arbitrary
         np.testing.assert_allclose(np.abs(xy[:, i]), np.abs(expected[:, i]), rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(xy.var(axis=0, ddof=1), values[::-1][:2], rtol=1e-9)
+
+
+def test_rate_log_line_counts_rate_and_time_left():
+    from pipeline.progress import RateLog
+
+    log = RateLog("indexing", "items", total=10_000)
+    assert log.line(2_500, 500.0) == "indexing: 2,500/10,000 (25%) items, 500 items/s, ~15s left"
+    assert log.line(10_000, 500.0) == "indexing: 10,000/10,000 (100%) items, 500 items/s"
+    assert RateLog("reading", "MB").line(12, 3.0, "40,000 rows") == "reading: 12 MB, 3 MB/s, 40,000 rows"
+    assert RateLog("training", "steps", total=100_000).line(10_000, 100.0).endswith("~15m00s left")
