@@ -48,7 +48,8 @@ def _batches(examples, split: str, spec: FeatureSpec, columns: list[str]):
 
 
 def scan_logs(examples, spec: FeatureSpec):
-    """Training clicks per item, the item-tower features of every logged item, and the eval rows."""
+    """Training clicks per item, the item-tower features of every logged item, and the clicked eval
+    rows (the only ones the queries use)."""
     item_cols = _item_columns(spec)
     clicks, item_features, eval_rows = collections.Counter(), {}, []
     for split in ("train", "eval"):
@@ -61,7 +62,7 @@ def scan_logs(examples, spec: FeatureSpec):
                 item_features[item] = {c: values[c][i] for c in item_cols}
                 if split == "train" and values[spec.label][i] == 1:
                     clicks[item] += 1
-                if split == "eval":
+                if split == "eval" and values[spec.label][i] == 1:
                     eval_rows.append({**{c: values[c][i] for c in columns}, "_raw": raw[i]})
     return clicks, item_features, eval_rows
 
@@ -108,9 +109,10 @@ def evaluate(model_dir: str, clicks: collections.Counter, item_features: dict, e
         _item_example(item_features.get(i, {item_col: i})) for i in catalog_ids])
     users = _embed(model.signatures[SIGNATURE_USER], [q["_raw"] for q, _ in queries.values()])
     kmax = max(ks)
-    top_model = rank_catalog(users @ items.T, exclude, kmax)
     popularity = np.array([clicks.get(i, 0) for i in catalog_ids], np.float64)
-    top_pop = rank_catalog(np.tile(popularity, (len(queries), 1)), exclude, kmax)
+    top_model = _rank_in_chunks(lambda s, e: users[s:e] @ items.T, len(queries), len(catalog_ids), exclude, kmax)
+    top_pop = _rank_in_chunks(lambda s, e: np.broadcast_to(popularity, (e - s, len(popularity))),
+                              len(queries), len(catalog_ids), exclude, kmax)
 
     # Recall is over all relevant items, also those outside the catalog (they can never be hit).
     def metrics(top):
@@ -121,6 +123,15 @@ def evaluate(model_dir: str, clicks: collections.Counter, item_features: dict, e
             "users": len(queries), "relevant_items": int(sum(sizes)),
             "relevant_outside_catalog": int(sum(sizes) - sum(len(r) for r in relevant)),
             "catalog_items": len(catalog_ids), "exclude_read": exclude_read}
+
+
+def _rank_in_chunks(scores_of, queries: int, items: int, exclude: list[set[int]], k: int,
+                    budget_bytes: int = 256 * 2**20) -> np.ndarray:
+    """Top-k of every query, scoring as many queries at a time as fit the budget: the memory is
+    bounded by the budget, not by users x catalog (a copy in float64 is made per chunk)."""
+    step = max(1, budget_bytes // (8 * max(1, items)))
+    return np.concatenate([rank_catalog(scores_of(s, min(s + step, queries)), exclude[s:s + step], k)
+                           for s in range(0, queries, step)])
 
 
 def catalog(item_vectors, source: str, logged_items) -> list[bytes]:

@@ -47,3 +47,16 @@ def test_ties_and_exclusions_together():
     assert top.tolist() == [[0, 2, 3, 4]]
     m = metrics_at_k(top, [{1, 4}], [1, 4])  # the excluded relevant item can never be hit
     assert m["recall@4"] == 0.5 and m["recall@1"] == 0.0
+
+
+def test_ranking_in_chunks_equals_ranking_all_queries_at_once():
+    from components.retrieval_evaluator import _rank_in_chunks
+
+    rng = np.random.default_rng(3)
+    scores = rng.standard_normal((37, 50)).astype(np.float32)
+    exclude = [set(rng.choice(50, size=q % 4, replace=False).tolist()) for q in range(37)]
+    budget = 8 * 50 * 5  # five queries per chunk: eight chunks, the last one short
+    chunked = _rank_in_chunks(lambda s, e: scores[s:e], 37, 50, exclude, 10, budget_bytes=budget)
+    np.testing.assert_array_equal(chunked, rank_catalog(scores, exclude, 10))
+    expected_first = [i for i in np.argsort(-scores[0].astype(np.float64), kind="stable") if i not in exclude[0]][:10]
+    assert chunked[0].tolist() == expected_first
