@@ -15,6 +15,7 @@ and writes both metric sets to `evaluation/metrics.json`. The model is blessed (
 than bless_margin and, when auc_floor > 0, the Trainer's eval AUC reaches it.
 """
 import collections
+import hashlib
 import json
 import os
 
@@ -84,9 +85,16 @@ def _item_example(values: dict[str, bytes]) -> bytes:
     return ex.SerializeToString()
 
 
+def sample_users(users: list[bytes], n: int) -> set[bytes]:
+    """The n users with the smallest sha256 of their id: the same sample whatever the row order."""
+    return set(sorted(users, key=lambda u: hashlib.sha256(bytes(u)).digest())[:n])
+
+
 def evaluate(model_dir: str, clicks: collections.Counter, item_features: dict, eval_rows: list[dict],
-             catalog_ids: list[bytes], spec: FeatureSpec, ks: list[int], exclude_read: bool) -> dict:
-    """Metrics of the model and of the popularity baseline (training clicks) on the same queries."""
+             catalog_ids: list[bytes], spec: FeatureSpec, ks: list[int], exclude_read: bool,
+             max_users: int = 0) -> dict:
+    """Metrics of the model and of the popularity baseline (training clicks) on the same queries:
+    every eval user with a click, or the max_users of them with the smallest id hashes."""
     label, user_col, item_col = spec.label, spec.user_id, spec.item_id
     history = spec.history_columns()
     index = {item: i for i, item in enumerate(catalog_ids)}
@@ -98,6 +106,10 @@ def evaluate(model_dir: str, clicks: collections.Counter, item_features: dict, e
             relevant.add(row[item_col])
     if not queries:
         raise ValueError("the eval split has no clicked rows: nothing to evaluate retrieval on")
+    eval_users = len(queries)
+    if max_users and eval_users > max_users:
+        kept = sample_users(list(queries), max_users)
+        queries = collections.OrderedDict((u, q) for u, q in queries.items() if u in kept)
     relevant = [{index[i] for i in rel if i in index} for _, rel in queries.values()]
     sizes = [len(rel) for _, rel in queries.values()]
     exclude = [set() for _ in queries]
@@ -120,7 +132,7 @@ def evaluate(model_dir: str, clicks: collections.Counter, item_features: dict, e
         return metrics_at_k(top, full, ks)
 
     return {"model": metrics(top_model), "popularity": metrics(top_pop),
-            "users": len(queries), "relevant_items": int(sum(sizes)),
+            "users": len(queries), "eval_users": eval_users, "relevant_items": int(sum(sizes)),
             "relevant_outside_catalog": int(sum(sizes) - sum(len(r) for r in relevant)),
             "catalog_items": len(catalog_ids), "exclude_read": exclude_read}
 
@@ -158,13 +170,14 @@ def RetrievalEvaluator(
     bless_k: Parameter[int] = 50,
     bless_margin: Parameter[float] = 0.0,
     auc_floor: Parameter[float] = 0.0,
+    max_users: Parameter[int] = 0,
 ) -> None:
     spec = FeatureSpec.from_json(feature_spec)
     k_list = sorted({int(k) for k in ks.split(",")} | {bless_k})
     clicks, item_features, eval_rows = scan_logs(examples, spec)
     ids = catalog(item_vectors, catalog_source, item_features)
     result = evaluate(path_utils.serving_model_path(model.uri), clicks, item_features, eval_rows, ids, spec,
-                      k_list, bool(exclude_read))
+                      k_list, bool(exclude_read), max_users)
     with fileio.open(os.path.join(model_run.uri, METRICS_FILE)) as f:
         eval_auc = json.load(f)["eval_auc"]
     key = f"recall@{bless_k}"

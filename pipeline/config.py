@@ -50,6 +50,8 @@ class EvaluationConfig:
     bless_k: int = 50                # blessed only if Recall@bless_k beats popularity ...
     bless_margin: float = 0.0        # ... by more than this
     auc_floor: float = 0.0           # and, when > 0, the eval AUC reaches this
+    max_users: int = 10_000          # eval users ranked against the full catalog: a stable sample by
+                                     # user-id hash when there are more (cost ~ users x items); 0 = all
 
 
 @dataclass

@@ -60,3 +60,18 @@ def test_ranking_in_chunks_equals_ranking_all_queries_at_once():
     np.testing.assert_array_equal(chunked, rank_catalog(scores, exclude, 10))
     expected_first = [i for i in np.argsort(-scores[0].astype(np.float64), kind="stable") if i not in exclude[0]][:10]
     assert chunked[0].tolist() == expected_first
+
+
+def test_user_sample_is_stable_and_by_id_hash():
+    import hashlib
+    import random
+
+    from components.retrieval_evaluator import sample_users
+
+    users = [f"u{i}".encode() for i in range(1000)]
+    expected = {u for u in users if hashlib.sha256(u).hexdigest() < sorted(
+        hashlib.sha256(v).hexdigest() for v in users)[100]}
+    shuffled = users[:]
+    random.Random(1).shuffle(shuffled)
+    assert sample_users(users, 100) == sample_users(shuffled, 100) == expected
+    assert sample_users(users, 5000) == set(users)
