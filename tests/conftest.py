@@ -79,8 +79,12 @@ def signature_specs(saved_model_dir) -> dict:
 def runs(tmp_path_factory):
     """The sample through the whole pipeline, then the same command again (all cached):
     (workdir, first summary, second summary). Shared by the e2e and reliability tests."""
+    import shutil
+
     workdir = str(tmp_path_factory.mktemp("e2e") / "run")
     first = run_local(workdir)  # ends with the serving demo
+    # Later tests run the workdir again (e.g. with a model that is not blessed): keep this report.
+    first["_report_dir"] = shutil.copytree(os.path.join(workdir, "report"), os.path.join(workdir, "report-first"))
     second = run_local(workdir, "--no-serving-demo")
     return workdir, first, second
 

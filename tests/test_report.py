@@ -46,8 +46,8 @@ def _browser():
 
 @pytest.mark.e2e
 def test_report_renders_in_chromium_with_every_image(runs):
-    workdir, first, _ = runs
-    page = os.path.join(workdir, "report", "index.html")
+    _, first, _ = runs
+    page = os.path.join(first["_report_dir"], "index.html")
     assert os.path.exists(page)
     driver = _browser()
     try:
