@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-# kind -> expected status code name ("OK" for valid requests); the mix repeats every 20 requests.
+# kind -> expected status code name ("OK" for valid requests); each client cycles through the 20-request mix.
 EXPECTED = {
     "valid": "OK",
     "oversized": "RESOURCE_EXHAUSTED",   # larger than the server's --max_request_bytes
@@ -26,8 +26,10 @@ MIX = ["valid"] * 15 + ["oversized", "wrong_dtype", "unknown_model", "unknown_si
 GARBAGE = b"\x0a\xff\xff\xff\xff\x0f not a protobuf"  # field 1 claims a length far past the end
 
 
-def _kind(i: int) -> str:
-    return MIX[i % len(MIX)]
+def _kind(i: int, clients: int) -> str:
+    """Request i is the (i // clients)-th of client i % clients, whose cycle starts at its own offset:
+    every client sends every kind, and the clients do not all send the same kind at once."""
+    return MIX[(i // clients + i % clients) % len(MIX)]
 
 
 def _hostile_or_valid(request, kind: str, x: np.ndarray, oversized_floats: int):
@@ -42,7 +44,8 @@ def _hostile_or_valid(request, kind: str, x: np.ndarray, oversized_floats: int):
     return request(signature="no_such_signature", x=x)
 
 
-def _client(target: str, model: str, offset: float, oversized_floats: int, indices, counter, results) -> None:
+def _client(target: str, model: str, offset: float, oversized_floats: int, clients: int, indices, counter,
+            results) -> None:
     import grpc
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
@@ -62,7 +65,7 @@ def _client(target: str, model: str, offset: float, oversized_floats: int, indic
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         raw = channel.unary_unary("/tensorflow.serving.PredictionService/Predict")
         for i in indices:
-            kind = _kind(i)
+            kind = _kind(i, clients)
             x = rng.standard_normal(int(rng.integers(1, 9))).astype(np.float32)
             try:
                 if kind == "garbage":
@@ -85,8 +88,9 @@ def _client(target: str, model: str, offset: float, oversized_floats: int, indic
     results.put(tally)
 
 
-def _process(target, model, offset, oversized_floats, threads_indices, counter, results) -> None:
-    threads = [threading.Thread(target=_client, args=(target, model, offset, oversized_floats, ix, counter, results))
+def _process(target, model, offset, oversized_floats, clients, threads_indices, counter, results) -> None:
+    threads = [threading.Thread(target=_client,
+                                args=(target, model, offset, oversized_floats, clients, ix, counter, results))
                for ix in threads_indices]
     for t in threads:
         t.start()
@@ -110,7 +114,7 @@ def run_load(target: str, server_pid: int, *, model: str, offset: float, total: 
     counter, results = ctx.Value("q", 0), ctx.Queue()
     clients = processes * threads
     per_client = [list(range(c, total, clients)) for c in range(clients)]
-    procs = [ctx.Process(target=_process, args=(target, model, offset, oversized_floats,
+    procs = [ctx.Process(target=_process, args=(target, model, offset, oversized_floats, clients,
                                                 per_client[p * threads:(p + 1) * threads], counter, results))
              for p in range(processes)]
     started = time.monotonic()

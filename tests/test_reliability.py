@@ -3,6 +3,7 @@
 Each fault injected is recorded in the reliability summary (runs/reliability_summary.json), which
 pytest prints at the end of the run.
 """
+import collections
 import gzip
 import json
 import os
@@ -218,7 +219,7 @@ def test_corrupt_input_stops_the_run_with_a_clear_message_and_no_push(fault, new
 
 def test_serving_under_load_and_abuse(tmp_path, reliability):
     from serving.server import spawn
-    from tests.load_driver import EXPECTED, MIX, rss_bytes, run_load
+    from tests.load_driver import EXPECTED, _kind, rss_bytes, run_load
     from tests.serving_models import save_version
 
     save_version(str(tmp_path / "tiny"), 1)  # y = 0.5 x + 2
@@ -233,8 +234,9 @@ def test_serving_under_load_and_abuse(tmp_path, reliability):
         proc.wait(timeout=30)
     rss = dict(report["server_rss_mib"])
     growth = rss[50_000] / rss[10_000] - 1
-    per_kind = {k: MIX.count(k) * 50_000 // len(MIX) for k in EXPECTED}
-    expected_codes = {f"{k}:{EXPECTED[k]}": n for k, n in per_kind.items()}
+    kinds = collections.Counter(_kind(i, report["clients"]) for i in range(50_000))  # what was sent
+    expected_codes = {f"{k}:{EXPECTED[k]}": kinds[k] for k in EXPECTED}
+    assert sum(kinds[k] for k in EXPECTED if k != "valid") == 50_000 // 4  # a quarter hostile
     ok = (report["answered"] == 50_000 and report["wrong_count"] == 0 and alive
           and report["by_kind_and_code"] == expected_codes and growth < 0.10)
     reliability.record("serving load", "50,000 Predict requests from 16 clients, 25% hostile",
@@ -252,7 +254,9 @@ def test_serving_under_load_and_abuse(tmp_path, reliability):
 
 
 def test_request_names_never_reach_the_filesystem(tmp_path, reliability):
-    """Model names and versions are dictionary keys: '../' or absolute paths find nothing, read nothing."""
+    """Model names and versions are dictionary keys: '../' or absolute paths find nothing, read nothing.
+
+    inotify watches the model beside the base path: no file or folder of it may be opened."""
     import grpc
     from tensorflow_serving.apis import (
         get_model_status_pb2,
@@ -263,12 +267,15 @@ def test_request_names_never_reach_the_filesystem(tmp_path, reliability):
 
     from serving.model_config import single_model
     from serving.server import ModelServer
+    from tests.fs_watch import OpenWatch
     from tests.serving_models import save_version
 
     save_version(str(tmp_path / "models" / "tiny"), 1)
     save_version(str(tmp_path / "outside"), 3)  # a real model beside the base path: must stay unreachable
+    outside = [root for root, _, _ in os.walk(tmp_path / "outside")]
     hostile = ["../outside", "tiny/../../outside", str(tmp_path / "outside"), "..", "tiny/1", "%2e%2e/outside"]
     codes = []
+    watch = OpenWatch(outside)
     with ModelServer(single_model("tiny", str(tmp_path / "models" / "tiny")), port=0, poll_seconds=0) as server, \
             grpc.insecure_channel(server.target) as channel:
         predict = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict
@@ -284,10 +291,19 @@ def test_request_names_never_reach_the_filesystem(tmp_path, reliability):
                 with pytest.raises(grpc.RpcError) as info:
                     call(r, timeout=10)
                 codes.append(info.value.code())
-    ok = set(codes) == {grpc.StatusCode.NOT_FOUND}
+    opened = watch.events()
+    # The watch itself must see a read, or an empty list would prove nothing.
+    tf.saved_model.load(str(tmp_path / "outside" / "3"))
+    control = watch.events()
+    watch.close()
+    ok = set(codes) == {grpc.StatusCode.NOT_FOUND} and not opened and bool(control)
     reliability.record("security", f"{len(hostile)} path-like model names over Predict and GetModelStatus",
-                       "NOT_FOUND for every one", f"codes {sorted({c.name for c in codes})}", ok)
-    assert ok, codes
+                       "NOT_FOUND for every one; no file of the model outside the base path opened",
+                       f"codes {sorted({c.name for c in codes})}; outside files opened: {len(opened)}"
+                       f" (a direct load opens {len(control)})", ok)
+    assert set(codes) == {grpc.StatusCode.NOT_FOUND}, codes
+    assert control, "the inotify watch saw nothing even for a direct load"
+    assert not opened, opened
 
 
 UNSAFE = [(r"\bpickle\.loads?\(|\bcloudpickle\.loads?\(|\bdill\.loads?\(", "unpickling"),
