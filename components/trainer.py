@@ -185,7 +185,8 @@ def run_fn(fn_args: FnArgs) -> None:
     vocab_sizes = {g: vocab_size_with_reserved(tft_output, g, num_oov) for g in spec.vocab_groups()}
     table = item_vectors.load_table(custom["item_vectors_dir"]) if any(
         f.kind == "pretrained" for f in spec.features) else None
-    strategy, chief = distribution()
+    strategy, task = distribution()
+    chief = task is None
     with strategy.scope():  # every variable (tables, optimizer slots) is created under the strategy
         towers = build_towers(spec, vocab_sizes, table, cfg)
         trainer = TwoTowerTrainer(towers, spec, cfg, _item_log_q(tft_output))
@@ -200,7 +201,7 @@ def run_fn(fn_args: FnArgs) -> None:
     eval_ds = _dataset(fn_args, fn_args.eval_files, tft_output, spec, cfg.batch_size, cfg.seed, False, 1)
     if strategy.num_replicas_in_sync > 1:  # a batch is split between the workers (files may be fewer)
         train_ds, eval_ds = (_shard_by_data(d) for d in (train_ds, eval_ds))
-    log_dir = fn_args.model_run_dir if chief else _worker_dir(fn_args.model_run_dir)
+    log_dir = fn_args.model_run_dir if chief else f"{fn_args.model_run_dir.rstrip('/')}-{task}"
     progress = ProgressAndCurve(None if cfg.epochs else fn_args.train_steps)
     trainer.fit(
         train_ds, epochs=1, steps_per_epoch=None if cfg.epochs else fn_args.train_steps, verbose=0,
@@ -231,18 +232,19 @@ def weight_sums(model: tf.keras.Model) -> dict[str, float]:
     return {v.name: float(tf.reduce_sum(tf.cast(v, tf.float64))) for v in model.variables}
 
 
-def distribution() -> tuple[tf.distribute.Strategy, bool]:
-    """(strategy, is_chief): MultiWorkerMirroredStrategy when TF_CONFIG names a cluster of several
-    workers (as Kubeflow's TFJob or Vertex AI set it), else the default strategy on one process."""
+def distribution() -> tuple[tf.distribute.Strategy, str | None]:
+    """(strategy, task): MultiWorkerMirroredStrategy when TF_CONFIG names a cluster of several workers
+    (as Kubeflow's TFJob or Vertex AI set it), else the default strategy on one process. `task` is
+    None for the chief (the one that exports), else e.g. 'worker-1' (where its logs go)."""
     config = json.loads(os.environ.get("TF_CONFIG") or "{}")
     cluster = config.get("cluster") or {}
     if sum(len(v) for v in cluster.values()) <= 1:
-        return tf.distribute.get_strategy(), True
+        return tf.distribute.get_strategy(), None
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     task = config.get("task") or {}
     chief = task.get("type") == "chief" or (task.get("type") == "worker" and task.get("index") == 0
                                             and "chief" not in cluster)
-    return strategy, chief
+    return strategy, None if chief else f"{task.get('type')}-{task.get('index')}"
 
 
 def _shard_by_data(dataset: tf.data.Dataset) -> tf.data.Dataset:
@@ -250,7 +252,3 @@ def _shard_by_data(dataset: tf.data.Dataset) -> tf.data.Dataset:
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return dataset.with_options(options)
 
-
-def _worker_dir(path: str) -> str:
-    task = json.loads(os.environ["TF_CONFIG"])["task"]
-    return f"{path.rstrip('/')}-{task['type']}-{task['index']}"

@@ -8,8 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tfx import v1 as tfx
+from tfx.dsl.components.base.executor_spec import BeamExecutorSpec
 from tfx.proto import example_gen_pb2
 
+from components import transform_executor
 from components.anomaly_gate import AnomalyGate
 from components.artifacts import ItemVectors
 from components.infra_validator import ServingInfraValidator
@@ -98,6 +100,7 @@ def create_pipeline(pipeline_root: str, serving_dir: str, inputs: PipelineInputs
     transform = tfx.components.Transform(
         examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
         preprocessing_fn="components.preprocessing.preprocessing_fn", custom_config=module_config)
+    transform.executor_spec = BeamExecutorSpec(transform_executor.Executor)  # TFX's, plus row progress
     transform.add_upstream_node(anomaly_gate)
 
     # Statistics of the transformed splits: padding, id ranges and the OOV counts per split.

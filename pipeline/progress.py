@@ -101,14 +101,18 @@ def figures(kind: str, artifact, custom) -> str:
 
 
 class RunWatcher(threading.Thread):
-    """Logs each component of the run as MLMD records it: started, done (with figures), cached, failed."""
+    """Logs each component of the run as MLMD records it: started, done (with figures), cached, failed.
+
+    One read-only connection; each poll reads only executions newer than the last one seen and those
+    still running, so a store with a long history costs no more than a new one."""
 
     def __init__(self, metadata_path: str, poll_seconds: float = 1.0, heartbeat_seconds: float = 30.0):
         super().__init__(daemon=True, name="run-watcher")
         self.metadata_path, self.poll_seconds, self.heartbeat = metadata_path, poll_seconds, heartbeat_seconds
         self._stopped = threading.Event()
-        self._seen: dict[int, str] = {}  # execution id -> last state logged
-        self._old: set[int] | None = None  # executions of earlier runs: not logged
+        self._store, self._node_type = None, None
+        self._last_id: int | None = None  # executions up to this id were in the store before the run
+        self._open: dict[int, tuple[str, str]] = {}  # unfinished execution id -> (node name, state logged)
         self._beat: dict[int, float] = {}
 
     def start(self) -> None:
@@ -130,45 +134,61 @@ class RunWatcher(threading.Thread):
         except Exception:  # the store is being created or written: try again at the next poll
             pass
 
+    def _node_name(self, execution_id: int) -> str:
+        for ctx in self._store.get_contexts_by_execution(execution_id):
+            if self._node_type is not None and ctx.type_id == self._node_type:
+                return ctx.name.split(".", 1)[-1]
+        return str(execution_id)
+
     def _poll(self) -> None:
         import os
 
-        from pipeline.summary import STATE_NAMES, custom_property, node_names, open_store, output_artifacts
+        import ml_metadata as mlmd
 
-        if not os.path.exists(self.metadata_path):
-            if self._old is None:
-                self._old = set()
+        from pipeline.summary import open_store
+
+        if self._store is None:
+            if not os.path.exists(self.metadata_path):
+                if self._last_id is None:
+                    self._last_id = 0
+                return
+            self._store = open_store(self.metadata_path)
+        store = self._store
+        if self._last_id is None:
+            self._last_id = max((e.id for e in store.get_executions()), default=0)
             return
-        store = open_store(self.metadata_path)
-        executions = store.get_executions()
-        if self._old is None:
-            self._old = {e.id for e in executions}
-            return
-        names = node_names(store)
-        types = None
+        self._node_type = next((t.id for t in store.get_context_types() if t.name == "node"), None)
+        new = store.get_executions(list_options=mlmd.ListOptions(filter_query=f"id > {self._last_id}"))
+        unfinished = store.get_executions_by_id(list(self._open)) if self._open else []
         now = time.time()
-        for e in sorted(executions, key=lambda e: e.id):
-            state = STATE_NAMES[e.last_known_state]
-            if e.id in self._old or self._seen.get(e.id) == state:
-                if state == "RUNNING" and now - self._beat.get(e.id, now) >= self.heartbeat:
-                    self._beat[e.id] = now
-                    log(f"… {names.get(e.id, e.id)} running for {_duration(now - e.create_time_since_epoch / 1000)}")
-                continue
-            name = names.get(e.id, str(e.id))
-            seconds = (e.last_update_time_since_epoch - e.create_time_since_epoch) / 1000
-            self._seen[e.id] = state
-            if state in ("NEW", "RUNNING"):
+        for e in sorted({e.id: e for e in [*unfinished, *new]}.values(), key=lambda e: e.id):
+            self._last_id = max(self._last_id, e.id)
+            self._log_state(store, e, now)
+
+    def _log_state(self, store, e, now: float) -> None:
+        from pipeline.summary import STATE_NAMES, custom_property, output_artifacts
+
+        state = STATE_NAMES[e.last_known_state]
+        name, logged = self._open.get(e.id) or (self._node_name(e.id), None)
+        if logged == state:
+            if state == "RUNNING" and now - self._beat.get(e.id, now) >= self.heartbeat:
                 self._beat[e.id] = now
-                log(f"▶ {name} started")
-                continue
-            if types is None:
-                types = {t.id: t.name for t in store.get_artifact_types()}
-            found = [f for a in output_artifacts(store, e.id)
-                     if (f := figures(types[a.type_id].split(".")[-1], a, custom_property))]
-            detail = f": {'; '.join(found)}" if found else ""
-            if state == "COMPLETE":
-                log(f"✓ {name} done in {_duration(seconds)}{detail}")
-            elif state == "CACHED":
-                log(f"= {name} reused from an earlier run{detail}")
-            else:
-                log(f"✗ {name} {state.lower()} after {_duration(seconds)}")
+                log(f"… {name} running for {_duration(now - e.create_time_since_epoch / 1000)}")
+            return
+        if state in ("NEW", "RUNNING"):
+            self._open[e.id] = (name, state)
+            self._beat[e.id] = now
+            log(f"▶ {name} started")
+            return
+        self._open.pop(e.id, None)
+        seconds = (e.last_update_time_since_epoch - e.create_time_since_epoch) / 1000
+        types = {t.id: t.name for t in store.get_artifact_types()}
+        found = [f for a in output_artifacts(store, e.id)
+                 if (f := figures(types[a.type_id].split(".")[-1], a, custom_property))]
+        detail = f": {'; '.join(found)}" if found else ""
+        if state == "COMPLETE":
+            log(f"✓ {name} done in {_duration(seconds)}{detail}")
+        elif state == "CACHED":
+            log(f"= {name} reused from an earlier run{detail}")
+        else:
+            log(f"✗ {name} {state.lower()} after {_duration(seconds)}")

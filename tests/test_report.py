@@ -26,6 +26,11 @@ def test_each_component_logs_start_and_end_with_figures(runs):
     # Training progress: steps done of the total, a rate, time left.
     assert re.search(r"training: [\d,]+/3,000 \(\d+%\) steps, [\d,]+ steps/s, ~\d+s left, loss", err)
     assert "✓ ItemIndexer done in" in err and "1,477 items in" in err
+    # Transform's reads count rows against what ExampleGen wrote: the analysis of train, then each split.
+    train, eval_ = _data_rows("train.tsv"), _data_rows("eval.tsv")
+    for verb, split, n in (("analyzing", "train", train), ("transforming", "train", train),
+                           ("transforming", "eval", eval_)):
+        assert re.search(rf"Transform {verb} {split}: {n:,}/{n:,} \(100%\) rows, [\d,]+ rows/s", err), (verb, split)
     # The rerun reuses everything and says so.
     assert second["_stderr"].count("reused from an earlier run") == len(second["components"])
 

@@ -1,0 +1,47 @@
+"""Transform's row progress: the counting step passes every batch through and counts rows exactly."""
+import logging
+
+import apache_beam as beam
+import pyarrow as pa
+from apache_beam.testing.util import assert_that, equal_to
+
+from components.transform_executor import CountRows, split_of, written_rows
+
+
+class _Lines(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+def test_batches_pass_through_and_the_rows_are_counted():
+    sizes = [3, 0, 7, 5]  # 15 rows; an empty batch counts nothing
+    batches = [pa.RecordBatch.from_arrays([pa.array(list(range(n)))], ["x"]) for n in sizes]
+    handler = _Lines()
+    logging.getLogger("progress").addHandler(handler)
+    try:
+        with beam.Pipeline() as p:
+            out = (p | beam.Create(batches, reshuffle=False)
+                   | beam.ParDo(CountRows("Transform analyzing train", total=15, every_seconds=0))
+                   | beam.Map(lambda b: b.num_rows))
+            assert_that(out, equal_to(sizes))
+    finally:
+        logging.getLogger("progress").removeHandler(handler)
+    counted = [line for line in handler.lines if line.startswith("Transform analyzing train: ")]
+    assert counted, handler.lines
+    assert counted[-1].startswith("Transform analyzing train: 15/15 (100%) rows, "), counted
+
+
+def test_split_names_and_totals():
+    assert split_of("/w/Transform/examples/7/Split-train/*") == "train"
+    assert split_of("gs://b/x/Split-eval_2/data_tfrecord-*.gz") == "eval_2"
+
+    class Artifact:
+        def get_json_value_custom_property(self, key):
+            assert key == "ingest_report"
+            return {"train": {"written": 8000.0, "rejected": 3}, "eval": {"written": 2000}, "files": {}}
+
+    assert written_rows(Artifact()) == {"train": 8000, "eval": 2000}
