@@ -14,8 +14,8 @@ and writes both metric sets to `evaluation/metrics.json`. The model is blessed (
 `blessed`=1, which TFX's Pusher requires) only if its Recall@bless_k beats the baseline's by more
 than bless_margin and, when auc_floor > 0, the Trainer's eval AUC reaches it.
 """
-import collections
 import hashlib
+import heapq
 import json
 import os
 
@@ -30,42 +30,81 @@ from tfx.utils import path_utils
 
 from components.artifacts import ItemVectors
 from components.item_vectors import IDS_FILE
-from components.retrieval_metrics import metrics_at_k, rank_catalog
+from components.retrieval_metrics import RunningTopK, metrics_at_k
 from components.trainer import EXAMPLES_INPUT, METRICS_FILE, SIGNATURE_ITEM, SIGNATURE_USER
+from pipeline.progress import RateLog
 from schema.spec import FeatureSpec
 
 EVALUATION_FILE = "metrics.json"
 _BATCH = 1024
+_SCORE_BUDGET_BYTES = 256 * 2**20  # one chunk of users x items scores in float64
 
 
 def _batches(examples, split: str, spec: FeatureSpec, columns: list[str]):
-    """(serialized examples, {column: dense numpy values}) per batch of a split."""
+    """(serialized examples, {column: numpy values}) per batch of a split; strings as 'S' arrays."""
     files = fileio.glob(os.path.join(artifact_utils.get_split_uri([examples], split), "*"))
     parse = {k: v for k, v in spec.raw_feature_spec().items() if k in columns}
     for batch in tf.data.TFRecordDataset(files, compression_type="GZIP").batch(_BATCH):
         parsed = tf.io.parse_example(batch, parse)
-        yield batch.numpy(), {k: (tf.sparse.to_dense(v) if isinstance(v, tf.SparseTensor) else v).numpy()
-                              for k, v in parsed.items()}
+        values = {k: (tf.sparse.to_dense(v) if isinstance(v, tf.SparseTensor) else v).numpy()
+                  for k, v in parsed.items()}
+        yield batch.numpy(), {k: v.astype(bytes) if v.dtype == object else v for k, v in values.items()}
 
 
-def scan_logs(examples, spec: FeatureSpec):
-    """Training clicks per item, the item-tower features of every logged item, and the clicked eval
-    rows (the only ones the queries use)."""
-    item_cols = _item_columns(spec)
-    clicks, item_features, eval_rows = collections.Counter(), {}, []
+class IdTable:
+    """Item ids with a count and the last values seen of some columns, in sorted numpy arrays (no
+    Python object per item). Rows are buffered and folded in every `fold_every` rows."""
+
+    def __init__(self, columns: list[str], fold_every: int = 1 << 20):
+        self.columns, self.fold_every = columns, fold_every
+        self.ids = np.zeros(0, "S1")
+        self.counts = np.zeros(0, np.int64)
+        self.values = {c: np.zeros(0, "S1") for c in columns}
+        self._pending: list[tuple] = []
+        self._pending_rows = 0
+
+    def add(self, ids: np.ndarray, counts: np.ndarray, values: dict[str, np.ndarray]) -> None:
+        self._pending.append((ids, counts, values))
+        self._pending_rows += len(ids)
+        if self._pending_rows >= self.fold_every:
+            self.fold()
+
+    def fold(self) -> None:
+        if not self._pending:
+            return
+        parts = [(self.ids, self.counts, self.values), *self._pending]
+        ids = np.concatenate([p[0] for p in parts])
+        counts = np.concatenate([p[1] for p in parts])
+        # The last occurrence of an id keeps its values: unique over the reversed rows.
+        self.ids, first_reversed, inverse = np.unique(ids[::-1], return_index=True, return_inverse=True)
+        last = len(ids) - 1 - first_reversed
+        self.counts = np.bincount(inverse, weights=counts[::-1], minlength=len(self.ids)).astype(np.int64)
+        self.values = {c: np.concatenate([p[2][c] for p in parts])[last] for c in self.columns}
+        self._pending, self._pending_rows = [], 0
+
+    def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(position in the table, found) for each id."""
+        pos = np.searchsorted(self.ids, ids)
+        pos[pos == len(self.ids)] = 0
+        return pos, (self.ids[pos] == ids) if len(self.ids) else np.zeros(len(ids), bool)
+
+
+def scan_logs(examples, spec: FeatureSpec) -> tuple[IdTable, np.ndarray]:
+    """The logged items (training clicks, last item-tower features seen) and the user id of every
+    clicked eval row."""
+    item_cols = [c for c in _item_columns(spec) if c != spec.item_id]
+    items = IdTable(item_cols)
+    clicked_users = []
     for split in ("train", "eval"):
-        columns = [spec.label, spec.item_id, *item_cols]
-        if split == "eval":
-            columns += [spec.user_id, *spec.history_columns()]
-        for raw, values in _batches(examples, split, spec, columns):
-            for i in range(len(raw)):
-                item = values[spec.item_id][i]
-                item_features[item] = {c: values[c][i] for c in item_cols}
-                if split == "train" and values[spec.label][i] == 1:
-                    clicks[item] += 1
-                if split == "eval" and values[spec.label][i] == 1:
-                    eval_rows.append({**{c: values[c][i] for c in columns}, "_raw": raw[i]})
-    return clicks, item_features, eval_rows
+        columns = [spec.label, spec.item_id, *item_cols] + ([spec.user_id] if split == "eval" else [])
+        for _, values in _batches(examples, split, spec, columns):
+            clicked = values[spec.label].reshape(-1) == 1
+            counts = clicked.astype(np.int64) if split == "train" else np.zeros(len(clicked), np.int64)
+            items.add(values[spec.item_id].reshape(-1), counts, {c: values[c].reshape(-1) for c in item_cols})
+            if split == "eval":
+                clicked_users.append(values[spec.user_id].reshape(-1)[clicked])
+    items.fold()
+    return items, np.concatenate(clicked_users) if clicked_users else np.zeros(0, "S1")
 
 
 def _item_columns(spec: FeatureSpec) -> list[str]:
@@ -85,74 +124,132 @@ def _item_example(values: dict[str, bytes]) -> bytes:
     return ex.SerializeToString()
 
 
-def sample_users(users: list[bytes], n: int) -> set[bytes]:
-    """The n users with the smallest sha256 of their id: the same sample whatever the row order."""
-    return set(sorted(users, key=lambda u: hashlib.sha256(bytes(u)).digest())[:n])
+def sample_users(users, n: int) -> set[bytes]:
+    """The n users with the smallest sha256 of their id: the same sample whatever the row order.
+    Streams: memory for n users, not for all of them."""
+    smallest = heapq.nsmallest(n, ((hashlib.sha256(bytes(u)).digest(), bytes(u)) for u in users))
+    return {u for _, u in smallest}
 
 
-def evaluate(model_dir: str, clicks: collections.Counter, item_features: dict, eval_rows: list[dict],
-             catalog_ids: list[bytes], spec: FeatureSpec, ks: list[int], exclude_read: bool,
-             max_users: int = 0) -> dict:
-    """Metrics of the model and of the popularity baseline (training clicks) on the same queries:
-    every eval user with a click, or the max_users of them with the smallest id hashes."""
-    label, user_col, item_col = spec.label, spec.user_id, spec.item_id
-    history = spec.history_columns()
-    index = {item: i for i, item in enumerate(catalog_ids)}
+class Queries:
+    """The eval users ranked: each one's first clicked eval row (its features describe the user
+    before the eval clicks), its clicked items and the items it had read (excluded when asked)."""
 
-    queries = collections.OrderedDict()  # user -> (query row, relevant item ids)
-    for row in eval_rows:
-        if row[label] == 1:
-            query, relevant = queries.setdefault(row[user_col], (row, set()))
-            relevant.add(row[item_col])
-    if not queries:
-        raise ValueError("the eval split has no clicked rows: nothing to evaluate retrieval on")
-    eval_users = len(queries)
-    if max_users and eval_users > max_users:
-        kept = sample_users(list(queries), max_users)
-        queries = collections.OrderedDict((u, q) for u, q in queries.items() if u in kept)
-    relevant = [{index[i] for i in rel if i in index} for _, rel in queries.values()]
-    sizes = [len(rel) for _, rel in queries.values()]
-    exclude = [set() for _ in queries]
-    if exclude_read:
-        exclude = [{index[h] for c in history for h in q[c] if h and h in index} for q, _ in queries.values()]
-
-    model = tf.saved_model.load(model_dir)
-    items = _embed(model.signatures[SIGNATURE_ITEM], [
-        _item_example(item_features.get(i, {item_col: i})) for i in catalog_ids])
-    users = _embed(model.signatures[SIGNATURE_USER], [q["_raw"] for q, _ in queries.values()])
-    kmax = max(ks)
-    popularity = np.array([clicks.get(i, 0) for i in catalog_ids], np.float64)
-    top_model = _rank_in_chunks(lambda s, e: users[s:e] @ items.T, len(queries), len(catalog_ids), exclude, kmax)
-    top_pop = _rank_in_chunks(lambda s, e: np.broadcast_to(popularity, (e - s, len(popularity))),
-                              len(queries), len(catalog_ids), exclude, kmax)
-
-    # Recall is over all relevant items, also those outside the catalog (they can never be hit).
-    def metrics(top):
-        full = [rel | {-(j + 1) for j in range(n - len(rel))} for rel, n in zip(relevant, sizes, strict=True)]
-        return metrics_at_k(top, full, ks)
-
-    return {"model": metrics(top_model), "popularity": metrics(top_pop),
-            "users": len(queries), "eval_users": eval_users, "relevant_items": int(sum(sizes)),
-            "relevant_outside_catalog": int(sum(sizes) - sum(len(r) for r in relevant)),
-            "catalog_items": len(catalog_ids), "exclude_read": exclude_read}
+    def __init__(self, examples, spec: FeatureSpec, users: set[bytes], exclude_read: bool):
+        self.users = sorted(users)
+        slot = {u: i for i, u in enumerate(self.users)}
+        self.raw: list[bytes | None] = [None] * len(self.users)
+        relevant = [set() for _ in self.users]
+        excluded = [set() for _ in self.users]
+        history = spec.history_columns() if exclude_read else []
+        columns = [spec.label, spec.user_id, spec.item_id, *history]
+        for raw, values in _batches(examples, "eval", spec, columns):
+            for i in np.flatnonzero(values[spec.label].reshape(-1) == 1):
+                q = slot.get(values[spec.user_id].reshape(-1)[i])
+                if q is None:
+                    continue
+                if self.raw[q] is None:
+                    self.raw[q] = raw[i]
+                    excluded[q] = {h for c in history for h in values[c][i] if h}
+                relevant[q].add(values[spec.item_id].reshape(-1)[i])
+        self.relevant, self.excluded = relevant, excluded
+        # (query, item id) pairs as arrays: matched against each catalog chunk without a dict per item.
+        self.relevant_pairs = _pairs(relevant)
+        self.excluded_pairs = _pairs(excluded)
 
 
-def _rank_in_chunks(scores_of, queries: int, items: int, exclude: list[set[int]], k: int,
-                    budget_bytes: int = 256 * 2**20) -> np.ndarray:
-    """Top-k of every query, scoring as many queries at a time as fit the budget: the memory is
-    bounded by the budget, not by users x catalog (a copy in float64 is made per chunk)."""
-    step = max(1, budget_bytes // (8 * max(1, items)))
-    return np.concatenate([rank_catalog(scores_of(s, min(s + step, queries)), exclude[s:s + step], k)
-                           for s in range(0, queries, step)])
+def _pairs(sets: list[set[bytes]]) -> tuple[np.ndarray, np.ndarray]:
+    query = np.array([q for q, s in enumerate(sets) for _ in s], np.int64)
+    ids = np.array([i for s in sets for i in s], bytes) if len(query) else np.zeros(0, "S1")
+    return query, ids
 
 
-def catalog(item_vectors, source: str, logged_items) -> list[bytes]:
+def _in_chunk(chunk_ids: np.ndarray, pairs) -> tuple[np.ndarray, np.ndarray]:
+    """(query, position in the chunk) of the pairs whose item is in the chunk."""
+    query, ids = pairs
+    order = np.argsort(chunk_ids)
+    pos = np.searchsorted(chunk_ids, ids, sorter=order)
+    pos[pos == len(chunk_ids)] = 0
+    found = chunk_ids[order[pos]] == ids if len(ids) else np.zeros(0, bool)
+    return query[found], order[pos[found]]
+
+
+def catalog_chunks(item_vectors, source: str, items: IdTable, size: int):
+    """The catalog's item ids, `size` at a time, as 'S' arrays: the item-vector file's order, or
+    the logged items sorted."""
     if source == "logs":
-        return sorted(logged_items)
+        for s in range(0, len(items.ids), size):
+            yield items.ids[s:s + size]
+        return
     if source != "vectors":
         raise ValueError(f"catalog must be 'vectors' or 'logs', got '{source}'")
+    chunk = []
     with fileio.open(os.path.join(item_vectors.uri, IDS_FILE), "rb") as f:
-        return [line.rstrip(b"\n") for line in f]
+        for line in f:
+            chunk.append(line.rstrip(b"\n"))
+            if len(chunk) == size:
+                yield np.array(chunk, bytes)
+                chunk = []
+    if chunk:
+        yield np.array(chunk, bytes)
+
+
+def evaluate(model_dir: str, items: IdTable, clicked_users: np.ndarray, examples, item_vectors,
+             spec: FeatureSpec, ks: list[int], exclude_read: bool, catalog_source: str = "vectors",
+             max_users: int = 0) -> dict:
+    """Metrics of the model and of the popularity baseline (training clicks) on the same queries:
+    every eval user with a click, or the max_users of them with the smallest id hashes.
+
+    The catalog streams through in chunks: each chunk is embedded, scored against every query and
+    folded into a running top-k, so memory holds the queries, not the catalog."""
+    eval_users = np.unique(clicked_users)
+    if not len(eval_users):
+        raise ValueError("the eval split has no clicked rows: nothing to evaluate retrieval on")
+    users = sample_users(eval_users, max_users) if max_users and len(eval_users) > max_users \
+        else {bytes(u) for u in eval_users}
+    queries = Queries(examples, spec, users, exclude_read)
+    model = tf.saved_model.load(model_dir)
+    user_vectors = _embed(model.signatures[SIGNATURE_USER], queries.raw)
+    kmax, n = max(ks), len(queries.users)
+    most_excluded = max((len(e) for e in queries.excluded), default=0)
+    top_model, top_pop = RunningTopK(n, kmax), RunningTopK(1, kmax + most_excluded)
+    relevant_index = [set() for _ in range(n)]
+    excluded_index = [set() for _ in range(n)]
+    item_cols = items.columns
+    chunk_size = min(64 * _BATCH, max(_BATCH, _SCORE_BUDGET_BYTES // (8 * max(1, n))))
+    offset = 0
+    progress = RateLog("RetrievalEvaluator ranking the catalog", "items")
+    for ids in catalog_chunks(item_vectors, catalog_source, items, chunk_size):
+        pos, found = items.lookup(ids)
+        examples_ = [_item_example({spec.item_id: bytes(i), **({c: bytes(items.values[c][p]) for c in item_cols}
+                                                               if f else {})})
+                     for i, p, f in zip(ids, pos, found, strict=True)]
+        scores = (user_vectors @ _embed(model.signatures[SIGNATURE_ITEM], examples_).T).astype(np.float64)
+        q, j = _in_chunk(ids, queries.excluded_pairs)
+        scores[q, j] = -np.inf
+        for qi, ji in zip(q, j, strict=True):
+            excluded_index[qi].add(offset + int(ji))
+        for qi, ji in zip(*_in_chunk(ids, queries.relevant_pairs), strict=True):
+            relevant_index[qi].add(offset + int(ji))
+        top_model.add(scores, offset)
+        top_pop.add(np.where(found, items.counts[pos], 0)[None, :], offset)
+        offset += len(ids)
+        progress.update(offset)
+    catalog_items = offset
+
+    # Popularity ranks every query the same way but for its exclusions: the best items not
+    # excluded, then (as -inf scores would, by index) the excluded ones.
+    best = top_pop.index[0]
+    popularity = np.array([([i for i in best if i not in ex] + sorted(ex))[:kmax] for ex in excluded_index],
+                          np.int64).reshape(n, -1)
+
+    # Recall is over all relevant items, also those outside the catalog (they can never be hit).
+    sizes = [len(r) for r in queries.relevant]
+    full = [rel | {-(j + 1) for j in range(size - len(rel))} for rel, size in zip(relevant_index, sizes, strict=True)]
+    return {"model": metrics_at_k(top_model.index, full, ks), "popularity": metrics_at_k(popularity, full, ks),
+            "users": n, "eval_users": int(len(eval_users)), "relevant_items": int(sum(sizes)),
+            "relevant_outside_catalog": int(sum(sizes) - sum(len(r) for r in relevant_index)),
+            "catalog_items": catalog_items, "exclude_read": exclude_read}
 
 
 @component
@@ -174,10 +271,9 @@ def RetrievalEvaluator(
 ) -> None:
     spec = FeatureSpec.from_json(feature_spec)
     k_list = sorted({int(k) for k in ks.split(",")} | {bless_k})
-    clicks, item_features, eval_rows = scan_logs(examples, spec)
-    ids = catalog(item_vectors, catalog_source, item_features)
-    result = evaluate(path_utils.serving_model_path(model.uri), clicks, item_features, eval_rows, ids, spec,
-                      k_list, bool(exclude_read), max_users)
+    items, clicked_users = scan_logs(examples, spec)
+    result = evaluate(path_utils.serving_model_path(model.uri), items, clicked_users, examples, item_vectors, spec,
+                      k_list, bool(exclude_read), catalog_source, max_users)
     with fileio.open(os.path.join(model_run.uri, METRICS_FILE)) as f:
         eval_auc = json.load(f)["eval_auc"]
     key = f"recall@{bless_k}"

@@ -19,6 +19,13 @@ def topk_indices(scores: np.ndarray, k: int) -> np.ndarray:
     k = min(k, scores.shape[1])
     part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     part_scores = np.take_along_axis(scores, part, axis=1)
+    # argpartition picks any of the items tied with the k-th score; the lowest indices must win.
+    kth = part_scores.min(axis=1, keepdims=True)
+    short = np.flatnonzero((scores == kth).sum(axis=1) > (part_scores == kth).sum(axis=1))
+    for q in short:
+        greater = np.flatnonzero(scores[q] > kth[q])
+        part[q] = np.concatenate([greater, np.flatnonzero(scores[q] == kth[q])[:k - len(greater)]])
+    part_scores = np.take_along_axis(scores, part, axis=1)
     order = np.lexsort((part, -part_scores), axis=1)
     return np.take_along_axis(part, order, axis=1)
 
@@ -49,3 +56,23 @@ def rank_catalog(scores: np.ndarray, exclude: list[set[int]], k: int) -> np.ndar
         if items:
             scores[q, list(items)] = -np.inf
     return topk_indices(scores, k)
+
+
+class RunningTopK:
+    """Top-k per query over a catalog that arrives in chunks: the result equals ranking the whole
+    catalog at once (score, then lower index first), with memory of queries x (k + one chunk)."""
+
+    def __init__(self, queries: int, k: int):
+        self.k = k
+        self.index = np.zeros((queries, 0), np.int64)
+        self.score = np.zeros((queries, 0), np.float64)
+
+    def add(self, scores: np.ndarray, offset: int) -> None:
+        """scores: [queries, chunk] of the catalog items offset .. offset + chunk - 1."""
+        scores = np.asarray(scores, np.float64)
+        local = topk_indices(scores, self.k)
+        index = np.concatenate([self.index, local + offset], axis=1)
+        score = np.concatenate([self.score, np.take_along_axis(scores, local, axis=1)], axis=1)
+        order = np.lexsort((index, -score), axis=1)[:, :self.k]
+        self.index = np.take_along_axis(index, order, axis=1)
+        self.score = np.take_along_axis(score, order, axis=1)
