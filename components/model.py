@@ -193,6 +193,7 @@ class TwoTowerTrainer(tf.keras.Model):
         self.user_inputs = model_input_names(spec, "user")
         self.item_inputs = model_input_names(spec, "item")
         self.item_index = transformed_name(spec.item_id)
+        self.weight_key = spec.weight
         self.item_log_q = None if item_log_q is None else tf.constant(item_log_q, tf.float32)
         self.loss_tracker = tf.keras.metrics.Mean(name="loss")
         self.auc = tf.keras.metrics.AUC(name="auc", from_logits=True)
@@ -209,17 +210,20 @@ class TwoTowerTrainer(tf.keras.Model):
     def _loss(self, x, y, training):
         user, item = self(x, training=training)
         cfg = self.cfg
+        weight = x[self.weight_key] if self.weight_key else None
         if cfg.loss == "pointwise":
-            loss = pointwise_loss(user, item, y, cfg.gamma, cfg.pos_weight)
+            loss = pointwise_loss(user, item, y, cfg.gamma, cfg.pos_weight, sample_weight=weight)
         else:
             ids = tf.reshape(x[self.item_index], [-1])
             log_q = tf.gather(self.item_log_q, ids) if (cfg.logq_correction and self.item_log_q is not None) else None
-            loss = softmax_loss(user, item, y, ids, cfg.temperature, log_q, hard_negatives=cfg.loss == "mixed")
-        return loss, pair_logits(user, item, cfg.gamma)
+            loss = softmax_loss(user, item, y, ids, cfg.temperature, log_q, hard_negatives=cfg.loss == "mixed",
+                                sample_weight=weight)
+        return loss, pair_logits(user, item, cfg.gamma), weight
 
-    def _update(self, loss, logits, y):
+    def _update(self, loss, logits, y, weight):
         self.loss_tracker.update_state(loss)
-        self.auc.update_state(tf.reshape(y, [-1]), logits)
+        self.auc.update_state(tf.reshape(y, [-1]), logits,
+                              sample_weight=None if weight is None else tf.reshape(weight, [-1]))
         return {m.name: m.result() for m in self.metrics}
 
     def train_step(self, data):
@@ -228,18 +232,18 @@ class TwoTowerTrainer(tf.keras.Model):
         # replicas' gradients, so each is scaled by 1/replicas (1 without a strategy).
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
-            loss, logits = self._loss(x, y, training=True)
+            loss, logits, weight = self._loss(x, y, training=True)
             scaled = loss / tf.cast(replicas, loss.dtype)
         variables = self.trainable_variables
         if not variables:
             raise ValueError("the towers' variables are not tracked by the trainer")
         self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables, strict=True))
-        return self._update(loss, logits, y)
+        return self._update(loss, logits, y, weight)
 
     def test_step(self, data):
         x, y = data
-        loss, logits = self._loss(x, y, training=False)
-        return self._update(loss, logits, y)
+        loss, logits, weight = self._loss(x, y, training=False)
+        return self._update(loss, logits, y, weight)
 
 
 def item_log_q(items: list[bytes], positive_counts: dict[bytes, int]) -> np.ndarray:

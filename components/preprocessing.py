@@ -75,6 +75,8 @@ def preprocessing_fn(inputs, custom_config):
     spec = FeatureSpec.from_json(custom_config["feature_spec"])
     num_oov = int(custom_config.get("num_oov_buckets", 1))
     outputs = {spec.label: inputs[spec.label]}
+    if spec.weight:  # the sample weight, passed through like the label
+        outputs[spec.weight] = inputs[spec.weight]
 
     items = inputs[spec.item_id]
     outputs[transformed_name(spec.item_id)] = tft.compute_and_apply_vocabulary(

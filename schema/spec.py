@@ -27,6 +27,7 @@ INT = "int"                      # one integer
 STRING = "string"                # one string
 STRING_LIST = "string_list"      # comma-separated strings
 WEIGHTED_LIST = "weighted_list"  # comma-separated id:weight pairs -> ids + float weights
+FLOAT = "float"                  # one finite number >= 0 (the sample weight)
 
 
 class SpecError(ValueError):
@@ -90,12 +91,13 @@ class FeatureSpec:
     item_id: str
     features: tuple[Feature, ...]
     pretrained_dim: int | None = None
+    weight: str | None = None  # column of per-row sample weights (optional)
     raw_columns: dict[str, RawColumn] = field(default_factory=dict, compare=False, repr=False)
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, d: dict) -> FeatureSpec:
-        known = {"columns", "label", "user_id", "item_id", "features", "pretrained_dim"}
+        known = {"columns", "label", "user_id", "item_id", "features", "pretrained_dim", "weight"}
         unknown = set(d) - known
         if unknown:
             raise SpecError(f"unknown top-level keys in feature spec: {sorted(unknown)}")
@@ -112,7 +114,8 @@ class FeatureSpec:
                 raise SpecError(f"feature '{name}': 'kind' and 'tower' are required")
             feats.append(Feature(name=name, **body))
         spec = cls(columns=tuple(d["columns"]), label=d["label"], user_id=d["user_id"],
-                   item_id=d["item_id"], features=tuple(feats), pretrained_dim=d.get("pretrained_dim"))
+                   item_id=d["item_id"], features=tuple(feats), pretrained_dim=d.get("pretrained_dim"),
+                   weight=d.get("weight"))
         spec._validate()
         object.__setattr__(spec, "raw_columns", spec._derive_raw_columns())
         return spec
@@ -138,8 +141,11 @@ class FeatureSpec:
             if body.get("dtype") == "string":
                 body.pop("dtype")
             feats[f.name] = body
-        return {"columns": list(self.columns), "label": self.label, "user_id": self.user_id,
-                "item_id": self.item_id, "pretrained_dim": self.pretrained_dim, "features": feats}
+        out = {"columns": list(self.columns), "label": self.label, "user_id": self.user_id,
+               "item_id": self.item_id, "pretrained_dim": self.pretrained_dim, "features": feats}
+        if self.weight is not None:  # absent, not null: a spec without weights keeps its JSON (and cache keys)
+            out["weight"] = self.weight
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())  # feature order matters (tower input order)
@@ -152,9 +158,13 @@ class FeatureSpec:
     def _validate(self) -> None:
         if len(set(self.columns)) != len(self.columns):
             raise SpecError(f"duplicate column names in {list(self.columns)}")
-        for role in ("label", "user_id", "item_id"):
+        for role in ("label", "user_id", "item_id", "weight"):
+            if role == "weight" and self.weight is None:
+                continue
             if getattr(self, role) not in self.columns:
                 raise SpecError(f"{role} column '{getattr(self, role)}' is not in columns")
+        if self.weight in (self.label, self.user_id, self.item_id):
+            raise SpecError(f"weight column '{self.weight}' is also the label or an id")
         by_name = {f.name: f for f in self.features}
         towers = set()
         for f in self.features:
@@ -234,6 +244,8 @@ class FeatureSpec:
             self.user_id: RawColumn(self.user_id, STRING),
             self.item_id: RawColumn(self.item_id, STRING),
         }
+        if self.weight:
+            cols[self.weight] = RawColumn(self.weight, FLOAT)
         for f in self.features:
             if f.kind == "sparse":
                 col = RawColumn(f.column, INT if f.dtype == "int64" else STRING)
@@ -278,7 +290,7 @@ class FeatureSpec:
         """tf.Example feature names ExampleGen writes (weights get their own feature)."""
         names = []
         for col in self.raw_columns.values():
-            if col.name == self.label and not include_label:
+            if col.name in (self.label, self.weight) and not include_label:
                 continue
             names.append(col.name)
             if col.weight_name:
@@ -295,12 +307,14 @@ class FeatureSpec:
 
         spec = {}
         for col in self.raw_columns.values():
-            if col.name == self.label and not include_label:
+            if col.name in (self.label, self.weight) and not include_label:  # training targets
                 continue
             if col.type == INT:
                 spec[col.name] = tf.io.FixedLenFeature([], tf.int64, default_value=-1 if serving else None)
             elif col.type == STRING:
                 spec[col.name] = tf.io.FixedLenFeature([], tf.string, default_value="" if serving else None)
+            elif col.type == FLOAT:
+                spec[col.name] = tf.io.FixedLenFeature([], tf.float32)
             else:
                 spec[col.name] = tf.io.VarLenFeature(tf.string)
                 if col.weight_name:

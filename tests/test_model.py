@@ -87,3 +87,40 @@ def test_one_training_step_leaves_the_pretrained_table_unchanged(spec):
     trainer.train_on_batch(batch, tf.constant([1, 0, 1]))
     np.testing.assert_array_equal([w for w in t.scorer.weights if "pretrained" in w.name][0].numpy(), TABLE)
     assert any(not np.array_equal(before[w.name], w.numpy()) for w in t.scorer.trainable_weights)
+
+
+@pytest.mark.parametrize("loss", ["pointwise", "inbatch_softmax"])
+def test_sample_weights_from_the_spec_weight_the_loss(spec, loss):
+    """A row of weight 0 counts for nothing; the others by their weight (numpy reference)."""
+    import dataclasses
+
+    weighted = dataclasses.replace(spec, weight="w")  # the trainer only reads the weight's name
+    cfg = TrainerConfig(user_units=[8, 4], item_units=[8, 4], gamma=GAMMA, seed=3, loss=loss, pos_weight=2.0,
+                        logq_correction=False)
+    trainer = TwoTowerTrainer(build_towers(spec, {"topic_id": 6, "client_type": 4}, TABLE, cfg), weighted, cfg)
+    batch = {k: tf.constant(v) for k, v in _batch(n=4, seed=5).items()}
+    batch["post_id_xf"] = tf.constant([1, 2, 3, 4])
+    labels = np.array([1, 0, 1, 1])
+    w = np.array([2.0, 0.5, 0.0, 1.0], np.float32)
+    loss_value, _, _ = trainer._loss({**batch, "w": tf.constant(w)}, tf.constant(labels), training=False)
+
+    user, item = (t.numpy().astype(np.float64) for t in trainer(batch, training=False))
+    if loss == "pointwise":
+        z = GAMMA * (user * item).sum(axis=1)
+        p = 1 / (1 + np.exp(-z))
+        per_row = -(2.0 * labels * np.log(p) + (1 - labels) * np.log(1 - p))
+        expected = (per_row * w).sum() / w.sum()
+    else:  # clicked rows 0, 2, 3 are the candidates; row 2 has weight 0
+        logits = user @ item.T / cfg.temperature
+        rows = [0, 2, 3]
+        per_row = {r: -(logits[r, r] - np.log(np.exp(logits[r, rows]).sum())) for r in rows}
+        expected = sum(per_row[r] * w[r] for r in rows) / sum(w[r] for r in rows)
+    assert float(loss_value) == pytest.approx(expected, rel=1e-5)
+
+    # Dropping the zero-weight row changes nothing for the pointwise loss.
+    if loss == "pointwise":
+        keep = [0, 1, 3]
+        fewer = {k: tf.gather(v, keep) for k, v in batch.items()}
+        fewer_loss, _, _ = trainer._loss({**fewer, "w": tf.constant(w[keep])}, tf.constant(labels[keep]),
+                                         training=False)
+        assert float(fewer_loss) == pytest.approx(float(loss_value), rel=1e-6)

@@ -1,12 +1,14 @@
-"""Adding a multi-valued user feature is a change to the spec file and the data only.
+"""Adding a multi-valued user feature, or a sample weight, is a change to the spec file and the data only.
 
-The spec and the log below add `liked_topic_id` (a user's liked topics, sharing topic_id's table);
-nothing else changes: the parser, the schema, tf.Transform and the towers pick it up from the spec.
+The spec and the log below add `liked_topic_id` (a user's liked topics, sharing topic_id's table)
+and a `w` column named as the spec's `weight`; nothing else changes: the parser, the schema,
+tf.Transform and the towers pick them up from the spec.
 """
 import functools
 import tempfile
 
 import numpy as np
+import pytest
 import tensorflow as tf
 import tensorflow_transform.beam as tft_beam
 import yaml
@@ -14,15 +16,15 @@ from tensorflow_transform.tf_metadata import dataset_metadata
 
 from components.model import build_towers, model_input_names
 from components.preprocessing import preprocessing_fn
-from components.tsv_example_gen.parser import RowParser
+from components.tsv_example_gen.parser import Rejected, RowParser
 from pipeline.config import TrainerConfig
 from schema.generate import schema_from_spec
 from schema.spec import DEFAULT_SPEC_PATH, STRING_LIST, FeatureSpec
 
 LOG = [
-    "1\tu1\tp1\t0\tt1\tt1:1\tt1\tp2\tt2,t3",
-    "0\tu2\tp2\t1\tt2\tt2:1\tt2\tp1\tt3,t3,t1",
-    "1\tu3\tp3\t0\tt1\tt1:1\tt3\t\t",
+    "1\tu1\tp1\t0\tt1\tt1:1\tt1\tp2\tt2,t3\t2.5",
+    "0\tu2\tp2\t1\tt2\tt2:1\tt2\tp1\tt3,t3,t1\t1",
+    "1\tu3\tp3\t0\tt1\tt1:1\tt3\t\t\t0",
 ]
 
 
@@ -31,6 +33,8 @@ def _extended_spec(tmp_path) -> FeatureSpec:
         d = yaml.safe_load(f)
     d["columns"].append("liked_topic_id")
     d["features"]["liked_topic_id"] = {"kind": "varlen", "tower": "user", "share_embed": "topic_id", "maxlen": 3}
+    d["columns"].append("w")
+    d["weight"] = "w"
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(d, sort_keys=False))
     return FeatureSpec.load(str(path))
@@ -39,7 +43,7 @@ def _extended_spec(tmp_path) -> FeatureSpec:
 def _instance(row, spec):
     out = {}
     for name, col in spec.raw_columns.items():
-        values = row.ints.get(name) or row.strings.get(name) or []
+        values = row.ints.get(name) or row.strings.get(name) or row.floats.get(name) or []
         out[name] = values if col.type in (STRING_LIST, "weighted_list") else values[0]
         if col.weight_name:
             out[col.weight_name] = row.floats[col.weight_name]
@@ -55,7 +59,13 @@ def test_a_new_multivalued_user_feature_flows_through(tmp_path):
     parser = RowParser(spec)
     rows = [parser.parse(line.encode()) for line in LOG]
     assert rows[1].strings["liked_topic_id"] == [b"t3", b"t1"]  # duplicate dropped
-    assert "liked_topic_id" in {f.name for f in schema_from_spec(spec).feature}
+    assert [r.floats["w"] for r in rows] == [[2.5], [1.0], [0.0]]
+    for bad in ("-1", "x", "", "inf"):
+        with pytest.raises(Rejected) as info:
+            parser.parse(LOG[0].rsplit("\t", 1)[0].encode() + b"\t" + bad.encode())
+        assert info.value.reason == "bad_weight:w"
+    assert {"liked_topic_id", "w"} <= {f.name for f in schema_from_spec(spec).feature}
+    assert "w" not in spec.raw_feature_spec(include_label=False, serving=True)  # not a serving input
 
     ids = tmp_path / "ids.txt"
     ids.write_text("p1\np2\np3\n")
@@ -67,6 +77,7 @@ def test_a_new_multivalued_user_feature_flows_through(tmp_path):
     # Shared topic vocabulary over topic_id, follow, fav and liked: t1 x6, t2 x4, t3 x3
     # -> t1=1, t2=2, t3=3 (0 = padding).
     assert [d["liked_topic_id_xf"].tolist() for d in data] == [[2, 3, 0], [3, 1, 0], [0, 0, 0]]
+    assert [float(d["w"]) for d in data] == [2.5, 1.0, 0.0]  # passed through for the trainer
 
     cfg = TrainerConfig(user_units=[8, 4], item_units=[8, 4])
     towers = build_towers(spec, {"topic_id": 5, "client_type": 4}, np.zeros((4, 2), np.float32), cfg)

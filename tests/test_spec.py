@@ -26,6 +26,11 @@ def test_default_spec_expresses_the_original_features(spec):
 
 def test_spec_round_trips_through_json(spec):
     assert FeatureSpec.from_json(spec.to_json()) == spec
+    assert "weight" not in spec.to_dict()  # no weight: the JSON (a cache key) is as before
+    d = _base(spec)
+    d.update(columns=d["columns"] + ["w"], weight="w")
+    weighted = FeatureSpec.from_dict(d)
+    assert FeatureSpec.from_json(weighted.to_json()) == weighted and weighted.weight == "w"
 
 
 @pytest.mark.parametrize("mutate, message", [
@@ -36,6 +41,8 @@ def test_spec_round_trips_through_json(spec):
     (lambda d: d["features"]["client_embed"].update(reduce="max"), "reduce must be one of"),
     (lambda d: d.update(columns=d["columns"] + ["extra"]), "used by no feature"),
     (lambda d: d.update(label="missing"), "label column 'missing' is not in columns"),
+    (lambda d: d.update(weight="w"), "weight column 'w' is not in columns"),
+    (lambda d: d.update(weight="act"), "weight column 'act' is also the label"),
 ])
 def test_spec_errors_name_the_problem(spec, mutate, message):
     d = _base(spec)

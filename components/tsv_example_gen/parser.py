@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from schema.spec import INT, STRING, STRING_LIST, WEIGHTED_LIST, FeatureSpec
+from schema.spec import FLOAT, INT, STRING, STRING_LIST, WEIGHTED_LIST, FeatureSpec
 
 
 @dataclass
@@ -132,6 +132,8 @@ class RowParser:
                 row.ints[col.name] = [int(label)]
             elif col.type == INT:
                 row.ints[col.name] = [_parse_int(col.name, raw)]
+            elif col.type == FLOAT:
+                row.floats[col.name] = [_parse_weight(col.name, raw.strip())]
             elif col.type == STRING:
                 value = raw.strip()
                 if not value and col.name in (self.spec.item_id, self.spec.user_id):
@@ -176,15 +178,19 @@ class RowParser:
             key = key.strip()
             if not key:
                 raise Rejected(f"bad_pair:{col}", f"'{pair}' has an empty id")
-            try:
-                w = float(value)
-            except ValueError:
-                raise Rejected(f"bad_weight:{col}", f"'{value}' is not a number") from None
-            if not math.isfinite(w) or w < 0:
-                raise Rejected(f"bad_weight:{col}", f"weight {value} is not a finite number >= 0")
             ids.append(key)
-            weights.append(w)
+            weights.append(_parse_weight(col, value))
         return ids, weights
+
+
+def _parse_weight(col: str, value: str) -> float:
+    try:
+        w = float(value)
+    except ValueError:
+        raise Rejected(f"bad_weight:{col}", f"'{value}' is not a number") from None
+    if not math.isfinite(w) or w < 0:
+        raise Rejected(f"bad_weight:{col}", f"weight {value} is not a finite number >= 0")
+    return w
 
 
 def read_header(line: bytes) -> list[str]:
