@@ -99,7 +99,10 @@ def create_pipeline(pipeline_root: str, serving_dir: str, inputs: PipelineInputs
                      "code_fingerprint": inputs.code_fingerprint}
     transform = tfx.components.Transform(
         examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
-        preprocessing_fn="components.preprocessing.preprocessing_fn", custom_config=module_config)
+        preprocessing_fn="components.preprocessing.preprocessing_fn", custom_config=module_config,
+        # StatisticsGen and TransformedStatisticsGen compute the statistics; TFDV inside Transform would
+        # compute them again (pre and post), in Transform's time and memory.
+        disable_statistics=True)
     transform.executor_spec = BeamExecutorSpec(transform_executor.Executor)  # TFX's, plus row progress
     transform.add_upstream_node(anomaly_gate)
 
