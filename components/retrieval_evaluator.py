@@ -117,13 +117,6 @@ def _embed(signature, serialized: list[bytes]) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
-def _item_example(values: dict[str, bytes]) -> bytes:
-    ex = tf.train.Example()
-    for key, value in values.items():
-        ex.features.feature[key].bytes_list.value.append(value)
-    return ex.SerializeToString()
-
-
 def sample_users(users, n: int) -> set[bytes]:
     """The n users with the smallest sha256 of their id: the same sample whatever the row order.
     Streams: memory for n users, not for all of them."""
@@ -210,6 +203,7 @@ def evaluate(model_dir: str, items: IdTable, clicked_users: np.ndarray, examples
     queries = Queries(examples, spec, users, exclude_read)
     model = tf.saved_model.load(model_dir)
     user_vectors = _embed(model.signatures[SIGNATURE_USER], queries.raw)
+    item_tower = model.signatures[SIGNATURE_ITEM + "_raw"]
     kmax, n = max(ks), len(queries.users)
     most_excluded = max((len(e) for e in queries.excluded), default=0)
     top_model, top_pop = RunningTopK(n, kmax), RunningTopK(1, kmax + most_excluded)
@@ -221,10 +215,11 @@ def evaluate(model_dir: str, items: IdTable, clicked_users: np.ndarray, examples
     progress = RateLog("RetrievalEvaluator ranking the catalog", "items")
     for ids in catalog_chunks(item_vectors, catalog_source, items, chunk_size):
         pos, found = items.lookup(ids)
-        examples_ = [_item_example({spec.item_id: bytes(i), **({c: bytes(items.values[c][p]) for c in item_cols}
-                                                               if f else {})})
-                     for i, p, f in zip(ids, pos, found, strict=True)]
-        scores = (user_vectors @ _embed(model.signatures[SIGNATURE_ITEM], examples_).T).astype(np.float64)
+        # The raw-tensor signature: no tf.Example per item. An item the logs never showed gets ""
+        # for its other features, as a tf.Example without them would.
+        raw = {spec.item_id: ids, **{c: np.where(found, items.values[c][pos], b"") for c in item_cols}}
+        vectors = item_tower(**{k: tf.constant(v) for k, v in raw.items()})["embedding"].numpy()
+        scores = (user_vectors @ vectors.T).astype(np.float64)
         q, j = _in_chunk(ids, queries.excluded_pairs)
         scores[q, j] = -np.inf
         for qi, ji in zip(q, j, strict=True):

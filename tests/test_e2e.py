@@ -228,3 +228,61 @@ def test_item_index_recall_equals_brute_force_over_the_catalog(runs):
                                                                   reverse=True), atol=1e-4)
     (in_topic,) = recaller.recall([user_features], k=5, filters={"topic_id": ["3"]})
     assert in_topic and all(topics.get(h["id"]) == "3" for h in in_topic)
+
+
+def test_retrieval_metrics_equal_a_numpy_ranking_of_the_whole_catalog(runs):
+    """The evaluator streams the catalog in chunks; here every user is ranked against the whole
+    catalog at once with numpy (stable sort: ties by catalog order), from the logs and the model."""
+    import collections
+    import csv
+    import math
+
+    workdir, first, _ = runs
+    (ids_file,) = glob.glob(os.path.join(workdir, "item_vectors", "*", "item_ids.txt"))
+    catalog = open(ids_file).read().split()
+    position = {p: i for i, p in enumerate(catalog)}
+    topics = _most_frequent_topics()  # one topic per post in the sample
+    clicks = collections.Counter()
+    with open(os.path.join(REPO, "data", "sample", "train.tsv"), newline="") as f:
+        clicks.update(r["post_id"] for r in csv.DictReader(f, delimiter="\t") if r["act"] == "1")
+
+    # Queries: each eval user's first clicked row in ExampleGen's eval split, and all its clicked posts.
+    queries, relevant = {}, collections.defaultdict(set)
+    for record in tf.data.TFRecordDataset(glob.glob(os.path.join(first["examples_uri"], "Split-eval", "*")),
+                                          compression_type="GZIP"):
+        ex = tf.train.Example.FromString(record.numpy())
+        f = ex.features.feature
+        if f["act"].int64_list.value[0] != 1:
+            continue
+        user = f["client_id"].bytes_list.value[0]
+        queries.setdefault(user, (record.numpy(), {v.decode() for v in f["read_post_id"].bytes_list.value}))
+        relevant[user].add(f["post_id"].bytes_list.value[0].decode())
+    users = list(queries)
+    assert len(users) == first["retrieval"]["users"] == first["retrieval"]["eval_users"]
+
+    model = tf.saved_model.load(first["model_uri"] + "/Format-Serving")
+    examples = [_example(post_id=[p], **({"topic_id": [topics[p]]} if p in topics else {})) for p in catalog]
+
+    def embed(signature, serialized):
+        return np.concatenate([model.signatures[signature](examples=tf.constant(serialized[i:i + 512]))["embedding"]
+                               for i in range(0, len(serialized), 512)])
+
+    items = embed("item_embedding", examples)
+    user_vectors = embed("user_embedding", [queries[u][0] for u in users])
+    popularity = np.array([clicks[p] for p in catalog], np.float64)
+
+    def recall_at(scores_of, k):
+        total = 0.0
+        for u, user in enumerate(users):
+            scores = scores_of(u).astype(np.float64)
+            scores[[position[p] for p in queries[user][1] if p in position]] = -np.inf
+            top = {catalog[i] for i in np.argsort(-scores, kind="stable")[:k]}
+            total += len(top & relevant[user]) / len(relevant[user])
+        return total / len(users)
+
+    for k in (10, 50, 100):
+        model_recall = recall_at(lambda u: items @ user_vectors[u], k)
+        popularity_recall = recall_at(lambda u: popularity, k)
+        assert math.isclose(first["retrieval"]["model"][f"recall@{k}"], model_recall, rel_tol=1e-9, abs_tol=1e-12)
+        assert math.isclose(first["retrieval"]["popularity"][f"recall@{k}"], popularity_recall, rel_tol=1e-9,
+                            abs_tol=1e-12)
