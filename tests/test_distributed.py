@@ -63,3 +63,25 @@ def test_replicas_stay_in_step_and_the_pretrained_table_is_untouched(two_workers
     (pretrained,) = [k for k in chief["weight_sums"] if k.startswith("pretrained")]
     assert chief["weight_sums"][pretrained] == pytest.approx(float(table.astype(np.float64).sum()), rel=1e-9)
     assert runs[1]["training"]["weight_sums"][pretrained] == chief["weight_sums"][pretrained]
+
+
+def test_epochs_train_whole_passes_over_the_training_split(runs, tmp_path):
+    """trainer.epochs = 2 at batch 1,000: ceil(2 x rows / 1,000) steps, the rows counted here."""
+    import math
+
+    import tensorflow as tf
+
+    workdir, first, _ = runs
+    graph = first["transform_graph_uri"]  # .../Transform/transform_graph/<execution>
+    examples = os.path.join(os.path.dirname(os.path.dirname(graph)), "transformed_examples", os.path.basename(graph))
+    files = glob.glob(os.path.join(examples, "Split-train", "*"))
+    rows = sum(1 for _ in tf.data.TFRecordDataset(files, compression_type="GZIP"))
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1")
+    env.pop("TF_CONFIG", None)
+    proc = subprocess.run([sys.executable, "-m", "tests.train_worker", workdir, str(tmp_path), "0",
+                           json.dumps({"epochs": 2, "batch_size": 1000})], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.load(open(tmp_path / "model_run" / "metrics.json"))
+    assert rows == first["splits"]["train"]["written"]
+    assert metrics["train_steps"] == math.ceil(2 * rows / 1000)

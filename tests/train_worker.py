@@ -1,10 +1,11 @@
 """One worker of a distributed training: TFX's own Trainer executor on a finished run's inputs.
 
-    TF_CONFIG='{"cluster": {...}, "task": {...}}' python -m tests.train_worker WORKDIR OUT [STEPS]
+    TF_CONFIG='{"cluster": {...}, "task": {...}}' python -m tests.train_worker WORKDIR OUT [STEPS [TRAINER_JSON]]
 
 It reads the Trainer execution of the run in WORKDIR from its metadata store (inputs, and exec
 properties: run_fn, custom_config, train/eval args) and runs tfx's GenericExecutor with outputs
 under OUT: what Kubeflow's TFJob or Vertex AI run on each worker, with TF_CONFIG set by them.
+STEPS 0 leaves the steps to the trainer config; TRAINER_JSON overrides keys of the trainer config.
 """
 import json
 import os
@@ -35,17 +36,24 @@ def trainer_execution(workdir: str):
     return inputs, properties
 
 
-def main(workdir: str, out: str, steps: int | None = None) -> None:
+def main(workdir: str, out: str, steps: int | None = None, trainer: dict | None = None) -> None:
     from tfx.components.trainer.executor import GenericExecutor
     from tfx.types import standard_artifacts
 
     inputs, properties = trainer_execution(workdir)
     if steps:
         properties["train_args"] = json.dumps({"num_steps": steps})
+    if trainer:
+        custom = json.loads(properties["custom_config"])
+        custom["trainer"].update(trainer)
+        properties["custom_config"] = json.dumps(custom)
+        if trainer.get("epochs"):
+            properties["train_args"] = json.dumps({})  # as the pipeline sets it: no step count
     model, model_run = standard_artifacts.Model(), standard_artifacts.ModelRun()
     model.uri, model_run.uri = os.path.join(out, "model"), os.path.join(out, "model_run")
     GenericExecutor().Do(inputs, {"model": [model], "model_run": [model_run]}, properties)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else None)
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else None,
+         json.loads(sys.argv[4]) if len(sys.argv) > 4 else None)
