@@ -246,14 +246,14 @@ class TwoTowerTrainer(tf.keras.Model):
         return self._update(loss, logits, y, weight)
 
 
-def item_log_q(items: list[bytes], positive_counts: dict[bytes, int]) -> np.ndarray:
+def item_log_q(positive_counts: np.ndarray) -> np.ndarray:
     """log q per item index (0 and the OOV index V+1 included): clicks of the item / all clicks.
+    positive_counts[i] is the clicks of the vocabulary's item i (index i + 1).
 
     Items never clicked get one click, so that log q stays finite (they are never sampled as
     in-batch candidates anyway)."""
-    counts = np.ones(len(items) + 2, np.float64)
-    for i, item in enumerate(items, start=1):
-        counts[i] = max(positive_counts.get(item, 0), 1)
+    counts = np.ones(len(positive_counts) + 2, np.float64)
+    counts[1:-1] = np.maximum(np.asarray(positive_counts, np.float64), 1)
     return np.log(counts / counts[1:-1].sum()).astype(np.float32)
 
 

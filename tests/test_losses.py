@@ -69,6 +69,17 @@ def test_softmax_without_clicks_is_zero_not_nan():
 
 
 def test_item_log_q_from_click_counts():
-    log_q = item_log_q([b"a", b"b", b"c"], {b"a": 6, b"b": 2})
+    log_q = item_log_q(np.array([6, 2, 0]))  # clicks of the vocabulary's a, b, c
     # index 0 (padding) and 4 (OOV) get one click; c was never clicked: one click. Total over a, b, c = 9.
     np.testing.assert_allclose(np.exp(log_q), [1 / 9, 6 / 9, 2 / 9, 1 / 9, 1 / 9], rtol=1e-6)
+
+
+def test_clicks_are_read_in_vocabulary_order(tmp_path):
+    from components.trainer import clicks_in_vocab_order
+
+    (tmp_path / "vocab").write_text("p9\np1 x\np3\n")  # an id may hold a space
+    (tmp_path / "counts").write_text("6 p1 x\n2.0 p9\n")  # tf.Transform's `count item` lines
+    np.testing.assert_array_equal(clicks_in_vocab_order(str(tmp_path / "vocab"), str(tmp_path / "counts")),
+                                  [2.0, 6.0, 0.0])
+    (tmp_path / "none").write_text("")
+    np.testing.assert_array_equal(clicks_in_vocab_order(str(tmp_path / "vocab"), str(tmp_path / "none")), [0, 0, 0])
