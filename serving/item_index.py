@@ -251,8 +251,10 @@ def write_generation(config: IndexConfig, batches: Iterable[Batch], id_field: st
                 for s in range(0, len(batch.ids), config.insert_batch):
                     e = s + config.insert_batch
                     sem.acquire()
+                    # Lists of Python floats: pymilvus flattens the vectors element by element, and
+                    # numpy scalars make that several times slower.
                     futures.append(pool.submit(insert, [batch.ids[s:e], *[batch.scalars[f][s:e] for f in scalar_fields],
-                                                        vectors[s:e]]))
+                                                        vectors[s:e].tolist()]))
                 count += len(batch.ids)
                 progress.update(count)
                 done = [f for f in futures if f.done()]
