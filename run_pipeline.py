@@ -162,11 +162,19 @@ def run_local(args) -> dict:
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path),
         beam_pipeline_args=shlex.split(args.beam_args or ""),
         milvus_uri=config.milvus.uri or os.path.join(workdir, "milvus.db"))
+    run_options = None
+    if args.until:  # TFX's partial run: the component and everything upstream of it
+        from tfx.orchestration.pipeline import RunOptions
+
+        known = [c.id for c in pipeline.components]
+        if args.until not in known:
+            raise SystemExit(f"error: --until {args.until}: no such component; the pipeline has {', '.join(known)}")
+        run_options = RunOptions(to_nodes=[args.until])
     started = time.time()
     watcher = RunWatcher(metadata_path)
     watcher.start()
     try:
-        tfx.orchestration.LocalDagRunner().run(pipeline)
+        tfx.orchestration.LocalDagRunner().run(pipeline, run_options=run_options)
     except Exception as e:  # a component failed: say which and why, keep what is known
         watcher.stop()
         failure = f"{type(e).__name__}: {e}"
@@ -309,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_argument("--config", default=None, help="YAML config (see README, Configuration)")
     local.add_argument("--beam-args", default="",
                        help='Beam pipeline options, e.g. "--direct_running_mode=multi_processing"')
+    local.add_argument("--until", default="", metavar="COMPONENT",
+                       help="run only this component and what it needs (e.g. Transform), then stop")
     local.add_argument("--no-serving-demo", dest="serving_demo", action="store_false",
                        help="skip serving the pushed model and querying it over gRPC at the end")
     kfp = sub.add_parser("kubeflow", help="compile for Kubeflow Pipelines (KFP v2 spec); optionally submit")

@@ -2,6 +2,10 @@
 several log sizes, with a fitted growth exponent per component.
 
     .venv/bin/python bench/pipeline_scaling.py [--sizes 10000,100000,1000000] [--dim 32] [--beam-args "..."]
+        [--items N] [--until COMPONENT]
+
+Transform alone on the feature issue's logs (100,000 items of 768-d vectors):
+    .venv/bin/python bench/pipeline_scaling.py --sizes 115930,1000000 --items 100000 --dim 768 --until Transform
 
 For each size n it generates a log of n rows (datagen.synthetic: 80% train, 20% eval, n/10 users)
 with n pretrained item vectors of `dim` dimensions, runs `run_pipeline.py local` in a subprocess,
@@ -64,11 +68,12 @@ def _windows(metadata_path: str) -> dict[str, tuple[float, float]]:
             for e in store.get_executions() if e.last_known_state == metadata_store_pb2.Execution.COMPLETE}
 
 
-def run_size(n: int, dim: int, root: str, train_steps: int, beam_args: str) -> dict:
-    data = os.path.join(root, f"data_{n}_{dim}")
+def run_size(n: int, dim: int, root: str, train_steps: int, beam_args: str, items: int = 0, until: str = "") -> dict:
+    items = items or n
+    data = os.path.join(root, f"data_{n}_{dim}" + (f"_{items}" if items != n else ""))
     if not os.path.exists(os.path.join(data, "item_vectors.jsonl")):
         subprocess.run([sys.executable, "-m", "datagen.synthetic", "--out", data, "--train-rows", str(n * 4 // 5),
-                        "--eval-rows", str(n // 5), "--users", str(max(300, n // 10)), "--items", str(n),
+                        "--eval-rows", str(n // 5), "--users", str(max(300, n // 10)), "--items", str(items),
                         "--topics", "200", "--dim", str(dim)], cwd=REPO, check=True)
     workdir = os.path.join(root, f"run_{n}")
     subprocess.run(["rm", "-rf", workdir], check=True)
@@ -78,7 +83,7 @@ def run_size(n: int, dim: int, root: str, train_steps: int, beam_args: str) -> d
     cmd = [sys.executable, "run_pipeline.py", "local", "--workdir", workdir, "--config",
            os.path.join(workdir, "config.yaml"), "--train", os.path.join(data, "train.tsv"),
            "--eval", os.path.join(data, "eval.tsv"), "--item-embeddings", os.path.join(data, "item_vectors.jsonl"),
-           "--no-serving-demo", "--beam-args", beam_args]
+           "--no-serving-demo", "--beam-args", beam_args, *(["--until", until] if until else [])]
     samples: list[tuple[float, int]] = []
     started = time.time()
     with open(os.path.join(workdir, "log.txt"), "w") as log:
@@ -122,11 +127,13 @@ def main() -> None:
     p.add_argument("--root", default="/tmp/dssm_bench_scaling")
     p.add_argument("--beam-args", default="")
     p.add_argument("--json", default="", help="also write the results here")
+    p.add_argument("--items", type=int, default=0, help="catalog size (default: as many as log rows)")
+    p.add_argument("--until", default="", help="stop after this component (run_pipeline.py --until)")
     a = p.parse_args()
     sizes = [int(s) for s in a.sizes.split(",")]
     results = []
     for n in sizes:
-        results.append(run_size(n, a.dim, a.root, a.train_steps, a.beam_args))
+        results.append(run_size(n, a.dim, a.root, a.train_steps, a.beam_args, a.items, a.until))
         print(f"{n:,} rows: {results[-1]['wall_seconds']} s", flush=True)
     names = list(results[-1]["components"])
     head = "".join(f"{n:>18,}" for n in sizes)

@@ -44,3 +44,9 @@ def test_header_that_does_not_match_the_spec(tmp_path):
     bad.write_text("act\tclient_id\tpost_id\n1\tu\tp\n")
     msg = _run(tmp_path, train=str(bad))
     assert f"error: {bad}: header does not match the feature spec: missing columns" in msg
+
+
+def test_until_names_a_component_of_the_pipeline(tmp_path):
+    msg = _run(tmp_path, until="Transfrom")
+    assert msg.startswith("error: --until Transfrom: no such component; the pipeline has ")
+    assert "Transform" in msg and "TsvExampleGen" in msg
