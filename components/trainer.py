@@ -178,9 +178,11 @@ class ProgressAndCurve(tf.keras.callbacks.Callback):
         self.every = max(1, (total_steps or 10_000) // 100)
         self.rate = RateLog("training", "steps", total=total_steps)
         self.curve: list[dict] = []
+        self.steps = 0  # batches trained
 
     def on_train_batch_end(self, batch, logs=None):
         step, logs = batch + 1, logs or {}
+        self.steps = step
         loss, auc = float(logs.get("loss", float("nan"))), float(logs.get("auc", float("nan")))
         if step % self.every == 0 or step == self.total:
             self.curve.append({"step": step, "loss": loss, "auc": auc})
@@ -222,7 +224,10 @@ def run_fn(fn_args: FnArgs) -> None:
     trained = {k: float(v) for k, v in trainer.get_metrics_result().items()}  # before evaluate resets them
     eval_steps = fn_args.eval_steps or None
     results = trainer.evaluate(eval_ds, steps=eval_steps, return_dict=True, verbose=0)
-    metrics = {"loss_kind": cfg.loss, "train_steps": int(trainer.optimizer.iterations.numpy()),
+    # Steps are counted by the callback: when an epoch-based run reaches the end of its data, Keras
+    # has already counted one more optimizer iteration for the call that found no batch.
+    metrics = {"loss_kind": cfg.loss, "train_steps": progress.steps,
+               "optimizer_iterations": int(trainer.optimizer.iterations.numpy()),
                "train_loss": trained["loss"], "train_auc": trained["auc"],
                "eval_loss": float(results["loss"]), "eval_auc": float(results["auc"]), "vocab_sizes": vocab_sizes,
                "curve": progress.curve, "weight_sums": weight_sums(trainer)}
