@@ -3,14 +3,16 @@
 TFX's Evaluator scores examples one by one; retrieval quality needs every catalog item ranked for
 every user. This component
   1. embeds every catalog item with the item tower (the item-vector file's items, or the items seen
-     in the logs; an item's topic is taken from the logs, unknown otherwise),
+     in the logs; an item's topic is the last one the logs show, unknown otherwise), a chunk of the
+     catalog at a time: memory holds the queries and one chunk, never the catalog,
   2. embeds each eval user with the user tower, from the user's first clicked eval event (its
      features describe the user before the eval clicks), and takes the user's eval clicks as the
      relevant items,
   3. ranks the catalog by <user, item>, optionally excluding the posts the user has already read,
   4. ranks the same catalog for the same users by clicks in the training split (the popularity
      baseline), with the same exclusions,
-and writes both metric sets to `evaluation/metrics.json`. The model is blessed (ModelBlessing
+with ties going to the item earlier in the catalog, and writes both metric sets to
+`evaluation/metrics.json`. The model is blessed (ModelBlessing
 `blessed`=1, which TFX's Pusher requires) only if its Recall@bless_k beats the baseline's by more
 than bless_margin and, when auc_floor > 0, the Trainer's eval AUC reaches it.
 """
