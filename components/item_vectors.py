@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import os
+from array import array
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -55,18 +56,64 @@ def _sha256(paths: list[str]) -> str:
     return h.hexdigest()
 
 
-def _check_id(path: str, where: str, item_id: str, seen: set) -> None:
-    if not item_id or any(c in item_id for c in "\t\n\r"):
-        raise ItemVectorError(f"{path}:{where}: post_id {item_id!r} is empty or contains a tab or newline")
-    if item_id in seen:
-        raise ItemVectorError(f"{path}:{where}: duplicate post_id {item_id!r}")
-    seen.add(item_id)
+class _Ids:
+    """The ids of a vector file as they are read: checked, written in order to `out`, and kept only
+    as 8-byte hashes with their line (16 bytes an item, not a Python string per item). Repeated
+    ids are found when the file is done."""
+
+    def __init__(self, source: str, out):
+        self.source, self.out = source, out
+        self.hashes, self.lines = array("q"), array("q")
+
+    def add(self, item_id: str, line: int) -> None:
+        if not item_id or any(c in item_id for c in "\t\n\r"):
+            raise ItemVectorError(f"{self.source}:{line}: post_id {item_id!r} is empty or contains a tab or newline")
+        self.out.write(item_id + "\n")
+        digest = hashlib.blake2b(item_id.encode("utf-8"), digest_size=8).digest()
+        self.hashes.append(int.from_bytes(digest, "little", signed=True))
+        self.lines.append(line)
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+    def check_repeats(self, written_path: str) -> None:
+        """Raises on the first id (in file order) seen before, naming its line."""
+        hashes = np.frombuffer(self.hashes, np.int64)
+        order = np.argsort(hashes, kind="stable")
+        same = hashes[order][1:] == hashes[order][:-1]
+        if not same.any():
+            return
+        pairs = sorted(zip(order[1:][same].tolist(), order[:-1][same].tolist(), strict=True))  # (later, earlier)
+        wanted = {i for pair in pairs for i in pair}
+        ids = {}
+        with tf.io.gfile.GFile(written_path, "r") as f:
+            for row, line in enumerate(f):
+                if row in wanted:
+                    ids[row] = line.rstrip("\n")
+        for later, earlier in pairs:
+            if ids[later] == ids[earlier]:  # not merely a hash collision
+                raise ItemVectorError(f"{self.source}:{self.lines[later]}: duplicate post_id {ids[later]!r}")
 
 
-def _read_jsonl(path: str) -> tuple[list[str], np.ndarray]:
-    ids: list[str] = []
-    rows: list[np.ndarray] = []
-    seen: set = set()
+class _Rows:
+    """float32 rows appended into blocks: no Python object per row."""
+
+    def __init__(self, block: int = 1 << 16):
+        self.block, self.blocks, self.used = block, [], 0
+
+    def add(self, values: list) -> None:
+        if not self.blocks or self.used == len(self.blocks[-1]):
+            self.blocks.append(np.empty((self.block, len(values)), np.float32))
+            self.used = 0
+        self.blocks[-1][self.used] = values
+        self.used += 1
+
+    def matrix(self) -> np.ndarray:
+        return np.concatenate(self.blocks[:-1] + [self.blocks[-1][:self.used]])
+
+
+def _read_jsonl(path: str, ids: _Ids) -> np.ndarray:
+    rows = _Rows()
     dim = None
     raw = tf.io.gfile.GFile(path, "rb")
     f = gzip.GzipFile(fileobj=raw, mode="rb") if path.endswith(".gz") else raw
@@ -86,7 +133,6 @@ def _read_jsonl(path: str) -> tuple[list[str], np.ndarray]:
             if isinstance(item_id, bool) or not isinstance(item_id, (str, int)):
                 raise ItemVectorError(f"{path}:{lineno}: post_id must be a string, got {item_id!r}")
             item_id = str(item_id)
-            _check_id(path, str(lineno), item_id, seen)
             if not isinstance(values, list) or not values or not all(
                     isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
                     for v in values):
@@ -97,22 +143,22 @@ def _read_jsonl(path: str) -> tuple[list[str], np.ndarray]:
             elif len(values) != dim:
                 raise ItemVectorError(f"{path}:{lineno}: post_id {item_id!r} has {len(values)} values, "
                                       f"the file's first vector has {dim}")
-            ids.append(item_id)
-            rows.append(np.asarray(values, dtype=np.float32))  # not Python floats: 7x less memory
+            ids.add(item_id, lineno)
+            rows.add(values)
     except (OSError, EOFError) as e:
         raise ItemVectorError(f"{path}: cannot read the file ({e})") from None
     finally:
         f.close()
-    if not ids:
+    if not len(ids):
         raise ItemVectorError(f"{path}: no item vectors in the file")
-    return ids, np.stack(rows)
+    return rows.matrix()
 
 
 def _ids_file_for(npy_path: str) -> str:
     return npy_path[: -len(".npy")] + ".ids.txt"
 
 
-def _read_npy(path: str) -> tuple[list[str], np.ndarray]:
+def _read_npy(path: str, ids: _Ids) -> np.ndarray:
     ids_path = _ids_file_for(path)
     if not tf.io.gfile.exists(ids_path):
         raise ItemVectorError(f"{path}: a .npy item-vector file needs its ids in {ids_path} (one per line)")
@@ -126,23 +172,25 @@ def _read_npy(path: str) -> tuple[list[str], np.ndarray]:
                               f"dtype {matrix.dtype}")
     if not np.all(np.isfinite(matrix)):
         raise ItemVectorError(f"{path}: the matrix holds NaN or infinite values")
+    ids.source = ids_path
     with tf.io.gfile.GFile(ids_path, "r") as f:
-        ids = [line.rstrip("\n") for line in f]
+        for i, line in enumerate(f, start=1):
+            ids.add(line.rstrip("\n"), i)
     if len(ids) != matrix.shape[0]:
         raise ItemVectorError(f"{ids_path}: {len(ids)} ids for {matrix.shape[0]} rows in {path}")
-    seen: set = set()
-    for i, item_id in enumerate(ids, start=1):
-        _check_id(ids_path, str(i), item_id, seen)
-    return ids, matrix.astype(np.float32)
+    return matrix.astype(np.float32)
 
 
-def read_item_vectors(path: str) -> tuple[list[str], np.ndarray]:
-    """Reads and validates an item-vector file; returns (ids, matrix [n, dim])."""
+def read_item_vectors(path: str, ids_path: str) -> np.ndarray:
+    """Reads and validates an item-vector file: writes its ids, in row order, to ids_path and
+    returns the matrix [n, dim]."""
     if not tf.io.gfile.exists(path):
         raise ItemVectorError(f"{path}: item-vector file not found")
-    if path.endswith(".npy"):
-        return _read_npy(path)
-    return _read_jsonl(path)
+    with tf.io.gfile.GFile(ids_path, "w") as out:
+        ids = _Ids(path, out)
+        matrix = _read_npy(path, ids) if path.endswith(".npy") else _read_jsonl(path, ids)
+    ids.check_repeats(ids_path)
+    return matrix
 
 
 def source_files(path: str) -> list[str]:
@@ -160,14 +208,12 @@ def prepare_item_vectors(path: str, out_root: str, expected_dim: int | None = No
         with tf.io.gfile.GFile(meta_path) as f:
             prepared = PreparedVectors(**json.load(f))
     else:
-        ids, matrix = read_item_vectors(path)
         tf.io.gfile.makedirs(out_dir)
-        with tf.io.gfile.GFile(os.path.join(out_dir, IDS_FILE), "w") as f:
-            f.write("".join(i + "\n" for i in ids))
+        matrix = read_item_vectors(path, os.path.join(out_dir, IDS_FILE))
         table = np.concatenate([np.zeros((1, matrix.shape[1]), np.float32), matrix])
         with tf.io.gfile.GFile(os.path.join(out_dir, VECTORS_FILE), "wb") as f:
             np.save(f, table, allow_pickle=False)
-        prepared = PreparedVectors(dir=out_dir, dim=int(matrix.shape[1]), count=len(ids), sha256=digest,
+        prepared = PreparedVectors(dir=out_dir, dim=int(matrix.shape[1]), count=int(matrix.shape[0]), sha256=digest,
                                    source=path)
         with tf.io.gfile.GFile(meta_path, "w") as f:  # written last: marks the folder complete
             json.dump(asdict(prepared), f)

@@ -7,6 +7,13 @@ import pytest
 from components.item_vectors import ItemVectorError, load_table, prepare_item_vectors, read_item_vectors
 
 
+def _read(path, tmp_path):
+    """(ids, matrix) as read_item_vectors gives them: the ids from the file it writes."""
+    ids_path = tmp_path / "ids.out"
+    matrix = read_item_vectors(path, str(ids_path))
+    return ids_path.read_text().splitlines(), matrix
+
+
 def _write_jsonl(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return str(path)
@@ -18,7 +25,7 @@ def test_jsonl_and_gzip_read_the_same(tmp_path):
     with gzip.open(tmp_path / "v.jsonl.gz", "wt") as f:
         f.write("".join(json.dumps(r) + "\n" for r in rows))
     for path in (plain, str(tmp_path / "v.jsonl.gz")):
-        ids, m = read_item_vectors(path)
+        ids, m = _read(path, tmp_path)
         assert ids == ["a", "7"]
         np.testing.assert_array_equal(m, [[1, 2], [3, 4]])
 
@@ -26,13 +33,14 @@ def test_jsonl_and_gzip_read_the_same(tmp_path):
 def test_npy_with_ids_file(tmp_path):
     np.save(tmp_path / "v.npy", np.array([[1.0, 0.0], [0.0, 1.0]], np.float32))
     (tmp_path / "v.ids.txt").write_text("x\ny\n")
-    ids, m = read_item_vectors(str(tmp_path / "v.npy"))
+    ids, m = _read(str(tmp_path / "v.npy"), tmp_path)
     assert ids == ["x", "y"] and m.shape == (2, 2)
 
 
 @pytest.mark.parametrize("rows, message", [
     ([{"post_id": "a", "values": [1.0, 2.0]}, {"post_id": "b", "values": [1.0]}], r":2: post_id 'b' has 1 values"),
     ([{"post_id": "a", "values": [1.0]}, {"post_id": "a", "values": [2.0]}], r":2: duplicate post_id 'a'"),
+    ([{"post_id": p, "values": [1.0]} for p in ["x", "y", "z", "y", "x"]], r":4: duplicate post_id 'y'"),
     ([{"id": "a", "values": [1.0]}], r":1: expected"),
     ([{"post_id": "a", "values": ["x"]}], r":1: values of post_id 'a' must be"),
     ([], "no item vectors"),
@@ -40,13 +48,13 @@ def test_npy_with_ids_file(tmp_path):
 def test_bad_files_name_the_line_and_problem(tmp_path, rows, message):
     path = _write_jsonl(tmp_path / "v.jsonl", rows)
     with pytest.raises(ItemVectorError, match=message):
-        read_item_vectors(path)
+        _read(path, tmp_path)
 
 
 def test_not_json_at_all(tmp_path):
     (tmp_path / "v.jsonl").write_text("post_id,values\na,1 2 3\n")
     with pytest.raises(ItemVectorError, match=r"v.jsonl:1: not a JSON object"):
-        read_item_vectors(str(tmp_path / "v.jsonl"))
+        _read(str(tmp_path / "v.jsonl"), tmp_path)
 
 
 def test_prepare_writes_zero_row_and_is_reused(tmp_path):
