@@ -157,7 +157,8 @@ class RunWatcher(threading.Thread):
         if self._last_id is None:
             self._last_id = max((e.id for e in store.get_executions()), default=0)
             return
-        self._node_type = next((t.id for t in store.get_context_types() if t.name == "node"), None)
+        if self._node_type is None:  # registered with the first component; fixed from then on
+            self._node_type = next((t.id for t in store.get_context_types() if t.name == "node"), None)
         new = store.get_executions(list_options=mlmd.ListOptions(filter_query=f"id > {self._last_id}"))
         unfinished = store.get_executions_by_id(list(self._open)) if self._open else []
         now = time.time()
