@@ -32,8 +32,11 @@ lint: $(STAMP)
 browser:
 	bash scripts/install_browser.sh
 
+# Two pytest-xdist workers, each taking whole modules (their module fixtures run once); TEST_WORKERS=0
+# runs everything in this process.
+TEST_WORKERS ?= 2
 test: lint browser
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope --durations=15 $(PYTEST_ARGS)
 
 # Regenerate the lock after editing requirements.in.
 lock:

@@ -1,3 +1,4 @@
+import contextlib
 import json
 import os
 import subprocess
@@ -75,33 +76,66 @@ def signature_specs(saved_model_dir) -> dict:
             for name, fn in model.signatures.items()}
 
 
+def shared_tmp(tmp_path_factory):
+    """A folder all test processes of this session see: the base temp of a single pytest, or the
+    parent of the xdist workers' base temps (pytest-xdist's own recipe)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory):
     """The sample through the whole pipeline, then the same command again (all cached):
-    (workdir, first summary, second summary). Shared by the e2e and reliability tests."""
+    (workdir, first summary, second summary). Shared by the e2e and reliability tests, and computed
+    once per session: the first test process to need it runs it, under a lock; the others read it.
+    A test that runs the workdir again, or reads its metadata store, holds holding_the_shared_run."""
     import shutil
 
-    workdir = str(tmp_path_factory.mktemp("e2e") / "run")
-    first = run_local(workdir)  # ends with the serving demo
-    # Later tests run the workdir again (e.g. with a model that is not blessed): keep this report.
-    first["_report_dir"] = shutil.copytree(os.path.join(workdir, "report"), os.path.join(workdir, "report-first"))
-    second = run_local(workdir, "--no-serving-demo")
-    return workdir, first, second
+    from filelock import FileLock
+
+    root = shared_tmp(tmp_path_factory)
+    done = root / "runs.json"
+    with FileLock(str(root / "runs.lock")):
+        if done.exists():
+            return tuple(json.loads(done.read_text()))
+        workdir = str(root / "e2e" / "run")
+        first = run_local(workdir)  # ends with the serving demo
+        first["_report_dir"] = shutil.copytree(os.path.join(workdir, "report"), os.path.join(workdir, "report-first"))
+        second = run_local(workdir, "--no-serving-demo")
+        done.write_text(json.dumps([workdir, first, second]))
+        return workdir, first, second
+
+
+@contextlib.contextmanager
+def holding_the_shared_run(tmp_path_factory):
+    """Held while a test runs the shared workdir again, or reads its metadata store, possibly in
+    another xdist worker: SQLite refuses a read during another process's write ("database is
+    locked")."""
+    from filelock import FileLock
+
+    with FileLock(str(shared_tmp(tmp_path_factory) / "runs-workdir.lock")):
+        yield
 
 
 class ReliabilityLog:
-    """Every fault injected and bad input tried by the tests, with what happened; written at the end."""
+    """Every fault injected and bad input tried by the tests, with what happened.
+
+    An entry travels in the user_properties of the report of the test (or fixture) that recorded it,
+    so that under pytest-xdist the controlling process sees the entries of every worker; the
+    summary is written at the end of the session."""
 
     def __init__(self):
-        self.entries = []
+        self.pending = []    # recorded in this process, not yet attached to a report
+        self.collected = []  # seen in the reports (all processes' entries, in the controller)
 
     def record(self, category: str, fault: str, expected: str, observed: str, ok: bool, **figures):
-        self.entries.append({"category": category, "fault": fault, "expected": expected,
+        self.pending.append({"category": category, "fault": fault, "expected": expected,
                              "observed": observed, "ok": bool(ok), **figures})
         return ok
 
 
 _RELIABILITY = ReliabilityLog()
+_PROPERTY = "reliability"
 
 
 @pytest.fixture(scope="session")
@@ -109,10 +143,22 @@ def reliability():
     return _RELIABILITY
 
 
-def pytest_terminal_summary(terminalreporter):
-    if not _RELIABILITY.entries:
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = (yield).get_result()
+    if _RELIABILITY.pending:  # a list of this report's own: item.user_properties is shared by its phases
+        report.user_properties = [*report.user_properties, *((_PROPERTY, e) for e in _RELIABILITY.pending)]
+        _RELIABILITY.pending.clear()
+
+
+def pytest_runtest_logreport(report):
+    _RELIABILITY.collected += [value for name, value in report.user_properties if name == _PROPERTY]
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    entries = _RELIABILITY.collected
+    if hasattr(config, "workerinput") or not entries:  # an xdist worker: its controller reports
         return
-    entries = _RELIABILITY.entries
     failed = [e for e in entries if not e["ok"]]
     os.makedirs(os.path.dirname(RELIABILITY_SUMMARY), exist_ok=True)
     with open(RELIABILITY_SUMMARY, "w") as f:
@@ -122,6 +168,20 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(f"{'ok  ' if e['ok'] else 'FAIL'} [{e['category']}] {e['fault']}: {e['observed']}")
     terminalreporter.write_line(f"{len(entries)} faults and bad inputs tried, {len(failed)} failures; "
                                 f"written to {RELIABILITY_SUMMARY}")
+
+
+# Modules that take minutes, longest first: pytest-xdist (make test) hands out whole modules in this
+# order, so the long ones start at once on both workers instead of ending the run alone.
+SLOW_FIRST = ["test_reliability", "test_kubeflow", "test_distributed", "test_portable", "test_e2e",
+              "test_serving_abuse", "test_report", "test_export"]
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = item.module.__name__.rsplit(".", 1)[-1]
+        return SLOW_FIRST.index(name) if name in SLOW_FIRST else len(SLOW_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a module is kept
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, free_port, signature_specs
+from tests.conftest import REPO, free_port, holding_the_shared_run, signature_specs
 
 pytestmark = pytest.mark.e2e
 
@@ -21,17 +21,17 @@ def two_workers(runs, tmp_path_factory):
     workdir = runs[0]
     out = tmp_path_factory.mktemp("distributed")
     cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
-    procs = []
-    for index in range(2):
-        env = dict(os.environ, TF_USE_LEGACY_KERAS="1",
-                   TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
-        log = open(out / f"worker-{index}.log", "w")
-        procs.append((subprocess.Popen([sys.executable, "-m", "tests.train_worker", workdir, str(out), str(STEPS)],
-                                       cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT), log))
-    codes = []
-    for proc, log in procs:
-        codes.append(proc.wait(timeout=600))
-        log.close()
+    procs, codes = [], []
+    with holding_the_shared_run(tmp_path_factory):  # the workers read the run's metadata store
+        for index in range(2):
+            env = dict(os.environ, TF_USE_LEGACY_KERAS="1",
+                       TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
+            log = open(out / f"worker-{index}.log", "w")
+            procs.append((subprocess.Popen([sys.executable, "-m", "tests.train_worker", workdir, str(out), str(STEPS)],
+                                           cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+        for proc, log in procs:
+            codes.append(proc.wait(timeout=600))
+            log.close()
     return out, codes
 
 
@@ -66,7 +66,7 @@ def test_replicas_stay_in_step_and_the_pretrained_table_is_untouched(two_workers
     assert runs[1]["training"]["weight_sums"][pretrained] == chief["weight_sums"][pretrained]
 
 
-def test_epochs_train_whole_passes_over_the_training_split(runs, tmp_path):
+def test_epochs_train_whole_passes_over_the_training_split(runs, tmp_path, tmp_path_factory):
     """trainer.epochs = 2 at batch 1,000: ceil(2 x rows / 1,000) steps, the rows counted here.
     (Keras's optimizer counts one more iteration at the end of the data: train_steps must not.)"""
     import math
@@ -80,9 +80,10 @@ def test_epochs_train_whole_passes_over_the_training_split(runs, tmp_path):
     rows = sum(1 for _ in tf.data.TFRecordDataset(files, compression_type="GZIP"))
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1")
     env.pop("TF_CONFIG", None)
-    proc = subprocess.run([sys.executable, "-m", "tests.train_worker", workdir, str(tmp_path), "0",
-                           json.dumps({"epochs": 2, "batch_size": 1000})], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+    with holding_the_shared_run(tmp_path_factory):  # the worker reads the run's metadata store
+        proc = subprocess.run([sys.executable, "-m", "tests.train_worker", workdir, str(tmp_path), "0",
+                               json.dumps({"epochs": 2, "batch_size": 1000})], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.load(open(tmp_path / "model_run" / "metrics.json"))
     assert rows == first["splits"]["train"]["written"]

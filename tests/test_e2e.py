@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from pipeline.config import TrainerConfig
-from tests.conftest import REPO, executions_by_node, run_local
+from tests.conftest import REPO, executions_by_node, holding_the_shared_run, run_local
 
 pytestmark = pytest.mark.e2e
 
@@ -137,10 +137,11 @@ def test_a_data_anomaly_stops_the_run_before_transform(tmp_path):
     assert not os.path.exists(os.path.join(workdir, "serving"))
 
 
-def test_a_model_that_does_not_beat_popularity_is_not_pushed(runs, tmp_path):
+def test_a_model_that_does_not_beat_popularity_is_not_pushed(runs, tmp_path, tmp_path_factory):
     workdir, first, _ = runs
     (tmp_path / "strict.yaml").write_text("evaluation:\n  bless_margin: 1.0\n")  # no model can beat that
-    summary = run_local(workdir, "--config", str(tmp_path / "strict.yaml"))
+    with holding_the_shared_run(tmp_path_factory):
+        summary = run_local(workdir, "--config", str(tmp_path / "strict.yaml"))
     states = {c["component"]: c["state"] for c in summary["components"]}
     assert states["Trainer"] == "CACHED" and states["RetrievalEvaluator"] == "COMPLETE"
     assert summary["pushed"] is False and summary["pushed_models"] == []
