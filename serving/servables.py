@@ -44,7 +44,7 @@ class Servable:
         self.name, self.version, self.path = name, version, path
         self.signature_defs = read_signature_defs(path)
         self._model = tf.saved_model.load(path, tags=[SERVE_TAG])
-        self._functions = {k: _graph_call(fn) for k, fn in self._model.signatures.items()}
+        self._functions = {k: _FlatCall(fn) for k, fn in self._model.signatures.items()}
         # per signature: {alias: tf dtype} of its inputs, looked up on every request
         self._input_dtypes = {k: {a: tf.dtypes.as_dtype(t.dtype) for a, t in self.signature_defs[k].inputs.items()}
                               for k in self._functions}
@@ -60,9 +60,9 @@ class Servable:
         for alias, a in arrays.items():
             _check_shape(alias, a.shape, sig.inputs[alias].tensor_shape)
         dtypes = self._input_dtypes[signature_name]
-        feed = {alias: tf.constant(a, dtype=dtypes[alias]) for alias, a in arrays.items()}
+        call = self._functions[signature_name]
         try:
-            out = self._functions[signature_name](**feed)
+            out = call([tf.constant(arrays[alias], dtype=dtypes[alias]) for alias in call.input_names])
         except tf.errors.OpError as e:
             raise ServingError(grpc.StatusCode(_grpc_code(e.error_code)), e.message) from None
         except (TypeError, ValueError) as e:  # shapes that do not fit the signature
@@ -70,12 +70,28 @@ class Servable:
         return {k: out[k].numpy() for k in output_keys}
 
 
-def _graph_call(signature):
-    """The signature called from inside one traced graph: the same computation, but each request
-    skips the restored signature's per-call Python work (argument binding, and a lookup of each of
-    its captured variables), about 0.1 ms of a 0.5 ms batch-1 call."""
-    inputs = signature.structured_input_signature[1]
-    return tf.function(lambda **kwargs: signature(**kwargs)).get_concrete_function(**inputs)
+class _FlatCall:
+    """A signature traced into one graph function that takes its inputs as a list, in input_names
+    order. The same computation, minus per-request Python work: the restored signature binds its
+    arguments and maps each of its captured variables on every call, and a traced function binds
+    again and checks for gradient tapes. Together about 0.2 ms of a 0.6 ms batch-1 call."""
+
+    def __init__(self, signature):
+        specs = signature.structured_input_signature[1]
+        self.input_names = sorted(specs)
+        names = self.input_names
+        self._traced = tf.function(lambda *args: signature(**dict(zip(names, args, strict=True)))
+                                   ).get_concrete_function(*(specs[n] for n in names))
+        # TensorFlow's own call path when no gradient tape records (ConcreteFunction._call_flat):
+        # the atomic function on the inputs plus the captured variables. Private in TF 2.16, so
+        # another TensorFlow falls back to the public call.
+        self._atomic = getattr(self._traced, "_inference_function", None)
+        self._captured = list(self._traced.captured_inputs)
+
+    def __call__(self, tensors: list) -> dict:
+        if self._atomic is None:
+            return self._traced(*tensors)
+        return self._traced.function_type.pack_output(self._atomic.call_flat(*tensors, *self._captured))
 
 
 def _check_shape(alias: str, shape: tuple, expected) -> None:
