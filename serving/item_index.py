@@ -141,10 +141,14 @@ class _ServerAlias:
             return None
 
     def point_to(self, collection: str) -> None:
-        if self.get() is None:
-            self.client.create_alias(collection, self.alias)
-        else:
+        from pymilvus.exceptions import MilvusException
+
+        # Alter first: an alias left behind by a dropped collection cannot be described, and
+        # cannot be created again either.
+        try:
             self.client.alter_alias(collection, self.alias)
+        except MilvusException:  # no such alias yet
+            self.client.create_alias(collection, self.alias)
 
     def forget(self, collection: str) -> None:
         pass  # dropping a collection is enough on a server
