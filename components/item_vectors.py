@@ -172,7 +172,6 @@ def _read_npy(path: str, ids: _Ids) -> np.ndarray:
                               f"dtype {matrix.dtype}")
     if not np.all(np.isfinite(matrix)):
         raise ItemVectorError(f"{path}: the matrix holds NaN or infinite values")
-    ids.source = ids_path
     with tf.io.gfile.GFile(ids_path, "r") as f:
         for i, line in enumerate(f, start=1):
             ids.add(line.rstrip("\n"), i)
@@ -187,7 +186,7 @@ def read_item_vectors(path: str, ids_path: str) -> np.ndarray:
     if not tf.io.gfile.exists(path):
         raise ItemVectorError(f"{path}: item-vector file not found")
     with tf.io.gfile.GFile(ids_path, "w") as out:
-        ids = _Ids(path, out)
+        ids = _Ids(_ids_file_for(path) if path.endswith(".npy") else path, out)  # the file errors name
         matrix = _read_npy(path, ids) if path.endswith(".npy") else _read_jsonl(path, ids)
     ids.check_repeats(ids_path)
     return matrix

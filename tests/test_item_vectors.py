@@ -35,6 +35,9 @@ def test_npy_with_ids_file(tmp_path):
     (tmp_path / "v.ids.txt").write_text("x\ny\n")
     ids, m = _read(str(tmp_path / "v.npy"), tmp_path)
     assert ids == ["x", "y"] and m.shape == (2, 2)
+    (tmp_path / "v.ids.txt").write_text("x\nx\n")  # an error in the ids names the ids file and its line
+    with pytest.raises(ItemVectorError, match=r"v\.ids\.txt:2: duplicate post_id 'x'"):
+        _read(str(tmp_path / "v.npy"), tmp_path)
 
 
 @pytest.mark.parametrize("rows, message", [
