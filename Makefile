@@ -1,5 +1,6 @@
 # Two entry points for a fresh machine: `make demo` and `make test`.
-# Both create .venv (Python 3.10, installed with uv from requirements.lock) when it is missing or stale.
+# Both create .venv (Python 3.10, the stack installed from requirements.lock by a uv that lives in .venv)
+# when it is missing, stale or half-made; nothing outside the project changes but the download caches.
 SHELL := /bin/bash
 WORKDIR ?= runs/demo
 export TF_USE_LEGACY_KERAS := 1
@@ -14,9 +15,9 @@ ML_DIR ?= ../shared/data/ml-latest-small
 
 setup: $(STAMP)
 
-$(STAMP): requirements.lock setup.py
+# The script writes the stamp itself, last, once .venv imports the stack.
+$(STAMP): requirements.lock setup.py scripts/setup_venv.sh
 	bash scripts/setup_venv.sh
-	touch $(STAMP)
 
 demo: $(STAMP)
 	$(PY) run_pipeline.py local --workdir $(WORKDIR)
@@ -39,8 +40,8 @@ test: lint browser
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope --durations=15 $(PYTEST_ARGS)
 
 # Regenerate the lock after editing requirements.in.
-lock:
-	uv pip compile requirements.in -o requirements.lock --python-version 3.10 \
+lock: $(STAMP)
+	$(VENV)/bin/uv pip compile requirements.in -o requirements.lock --python-version 3.10 \
 	  --python-platform x86_64-unknown-linux-gnu
 
 # Rewrite the committed sample under data/sample/ (deterministic).
