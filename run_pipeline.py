@@ -33,7 +33,9 @@ class InputError(ValueError):
 
 
 def _expand(pattern: str, what: str) -> list[str]:
-    files = sorted(p for p in glob.glob(pattern) if os.path.isfile(p))
+    from components.tsv_example_gen.executor import expand_pattern  # the glob ExampleGen uses
+
+    files = expand_pattern(pattern)
     if not files:
         if not any(c in pattern for c in "*?["):
             raise InputError(f"{what} file not found: {pattern}")

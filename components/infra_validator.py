@@ -45,8 +45,22 @@ def read_examples(examples_artifact, split: str, n: int) -> list[bytes]:
     return [r.numpy() for r in dataset]
 
 
-def check_towers(target: str, model_name: str, examples: list[bytes], timeout: float) -> dict:
-    """Queries every served model; raises AssertionError with the reason on a wrong answer."""
+def distinct_inputs(examples: list[bytes], features: list[str]) -> int:
+    """How many different inputs a tower sees among the examples (only its features count)."""
+    import tensorflow as tf
+
+    seen = set()
+    for serialized in examples:
+        fmap = tf.train.Example.FromString(serialized).features.feature
+        seen.add(tuple(fmap[name].SerializeToString() if name in fmap else b"" for name in features))
+    return len(seen)
+
+
+def check_towers(target: str, model_name: str, examples: list[bytes], timeout: float,
+                 tower_features: dict[str, list[str]] | None = None) -> dict:
+    """Queries every served model; raises AssertionError with the reason on a wrong answer.
+    With `tower_features` (tower -> the features it reads), a tower that gives one vector for
+    different inputs is refused: a collapsed model (e.g. trained on an inf) answers the same for all."""
     import numpy as np
 
     from serving.client import ITEM_SIGNATURE, USER_SIGNATURE, ServingClient
@@ -60,6 +74,10 @@ def check_towers(target: str, model_name: str, examples: list[bytes], timeout: f
             latency = time.perf_counter() - started
             assert vectors.shape[0] == len(examples), f"{signature}: {vectors.shape[0]} vectors for {len(examples)}"
             assert np.isfinite(vectors).all(), f"{signature}: non-finite values"
+            inputs = distinct_inputs(examples, tower_features[tower]) if tower_features else 1
+            if inputs > 1:
+                spread = float(np.abs(vectors - vectors[0]).max())
+                assert spread > 1e-6, f"{signature}: the same vector for {inputs} different inputs (a collapsed model)"
             with ServingClient(target, f"{model_name}_{tower}", timeout=timeout) as single:
                 single.wait_until_available(timeout)
                 alone = single.embeddings("serving_default", examples)
@@ -70,7 +88,8 @@ def check_towers(target: str, model_name: str, examples: list[bytes], timeout: f
     return results
 
 
-def validate(model_dir: str, examples: list[bytes], model_name: str, out_dir: str, timeout_seconds: float) -> dict:
+def validate(model_dir: str, examples: list[bytes], model_name: str, out_dir: str, timeout_seconds: float,
+             tower_features: dict[str, list[str]] | None = None) -> dict:
     """Serves model_dir (and its -user / -item towers) in a server process and queries it; the report
     says whether it is blessed and, if not, why. The server's log goes to <out_dir>/server.log."""
     from serving.model_config import config_text
@@ -89,7 +108,8 @@ def validate(model_dir: str, examples: list[bytes], model_name: str, out_dir: st
             proc, port = spawn(["--model_config_file", config_path, "--file_system_poll_wait_seconds", "0"],
                                os.path.join(out_dir, "server.log"), timeout_seconds)
             report["load_seconds"] = round(time.monotonic() - started, 2)
-            report["towers"] = check_towers(f"127.0.0.1:{port}", model_name, examples, timeout_seconds)
+            report["towers"] = check_towers(f"127.0.0.1:{port}", model_name, examples, timeout_seconds,
+                                            tower_features)
             report["blessed"] = True
         except Exception as e:  # any failure to load or answer: not blessed, and why
             import grpc
@@ -116,10 +136,18 @@ def ServingInfraValidator(
     split: Parameter[str] = "eval",
     num_examples: Parameter[int] = 16,
     timeout_seconds: Parameter[int] = 180,
+    feature_spec: Parameter[str] = "",
 ) -> None:
     model_dir = path_utils.serving_model_path(model.uri, path_utils.is_old_model_artifact(model))
+    tower_features = None
+    if feature_spec:
+        from components.trainer import tower_raw_features
+        from schema.spec import FeatureSpec
+
+        spec = FeatureSpec.from_json(feature_spec)
+        tower_features = {t: tower_raw_features(spec, t) for t in ("user", "item")}
     report = validate(model_dir, read_examples(examples, split, num_examples), model_name, blessing.uri,
-                      timeout_seconds)
+                      timeout_seconds, tower_features)
     blessed = report["blessed"]
     with open(os.path.join(blessing.uri, "INFRA_BLESSED" if blessed else "INFRA_NOT_BLESSED"), "w"):
         pass

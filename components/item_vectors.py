@@ -17,13 +17,14 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import math
 import os
 from array import array
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import tensorflow as tf
+
+from schema.numbers import FLOAT32_MAX, MAX_NUMBER_CHARS, NumberError, check_number
 
 IDS_FILE = "item_ids.txt"
 VECTORS_FILE = "vectors.npy"
@@ -66,6 +67,7 @@ class _Ids:
         self.hashes, self.lines = array("q"), array("q")
 
     def add(self, item_id: str, line: int) -> None:
+        item_id = item_id.strip()  # as the log parser strips ids: "p1 " must match "p1"
         if not item_id or any(c in item_id for c in "\t\n\r"):
             raise ItemVectorError(f"{self.source}:{line}: post_id {item_id!r} is empty or contains a tab or newline")
         self.out.write(item_id + "\n")
@@ -96,14 +98,20 @@ class _Ids:
 
 
 class _Rows:
-    """float32 rows appended into blocks: no Python object per row."""
+    """float32 rows appended into blocks: no Python object per row. Blocks double from one row up to
+    MAX_BLOCK_BYTES, so what is allocated stays within twice what was read (a file with one
+    150,000-dimension vector allocates one row, not 65,536)."""
 
-    def __init__(self, block: int = 1 << 16):
-        self.block, self.blocks, self.used = block, [], 0
+    MAX_BLOCK_BYTES = 64 << 20
+
+    def __init__(self):
+        self.blocks, self.used = [], 0
 
     def add(self, values: list) -> None:
         if not self.blocks or self.used == len(self.blocks[-1]):
-            self.blocks.append(np.empty((self.block, len(values)), np.float32))
+            cap = max(1, self.MAX_BLOCK_BYTES // (4 * len(values)))
+            rows = min(cap, max(1, sum(len(b) for b in self.blocks)))
+            self.blocks.append(np.empty((rows, len(values)), np.float32))
             self.used = 0
         self.blocks[-1][self.used] = values
         self.used += 1
@@ -112,20 +120,36 @@ class _Rows:
         return np.concatenate(self.blocks[:-1] + [self.blocks[-1][:self.used]])
 
 
+MAX_LINE_BYTES = 16 << 20  # a 65,536-dimension vector at 25 characters a value fits
+
+
+def _lines(f, chunk: int = 1 << 20):
+    """The file's lines, read in chunks; a line longer than MAX_LINE_BYTES is yielded cut at
+    MAX_LINE_BYTES + 1 bytes (for the caller to refuse), never held whole."""
+    pending = b""
+    while data := f.read(chunk):
+        pending += data
+        *lines, pending = pending.split(b"\n")
+        yield from (line + b"\n" for line in lines)
+        if len(pending) > MAX_LINE_BYTES:
+            yield pending[: MAX_LINE_BYTES + 1]
+            return
+    if pending:
+        yield pending
+
+
 def _read_jsonl(path: str, ids: _Ids) -> np.ndarray:
     rows = _Rows()
     dim = None
     raw = tf.io.gfile.GFile(path, "rb")
     f = gzip.GzipFile(fileobj=raw, mode="rb") if path.endswith(".gz") else raw
     try:
-        for lineno, line in enumerate(f, start=1):
+        for lineno, line in enumerate(_lines(f), start=1):
+            if len(line) > MAX_LINE_BYTES:
+                raise ItemVectorError(f"{path}:{lineno}: a line longer than {MAX_LINE_BYTES >> 20} MiB")
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise ItemVectorError(f"{path}:{lineno}: not a JSON object ({e.__class__.__name__}: {e}); "
-                                      f'expected {{"post_id": "...", "values": [...]}}') from None
+            obj = _json_line(path, lineno, line)
             if not isinstance(obj, dict) or "post_id" not in obj or "values" not in obj:
                 raise ItemVectorError(f'{path}:{lineno}: expected {{"post_id": "...", "values": [...]}}, '
                                       f"got keys {sorted(obj) if isinstance(obj, dict) else type(obj).__name__}")
@@ -133,11 +157,15 @@ def _read_jsonl(path: str, ids: _Ids) -> np.ndarray:
             if isinstance(item_id, bool) or not isinstance(item_id, (str, int)):
                 raise ItemVectorError(f"{path}:{lineno}: post_id must be a string, got {item_id!r}")
             item_id = str(item_id)
-            if not isinstance(values, list) or not values or not all(
-                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                    for v in values):
+            if not isinstance(values, list) or not values:
                 raise ItemVectorError(f"{path}:{lineno}: values of post_id {item_id!r} must be a non-empty "
-                                      f"list of finite numbers")
+                                      f"list of numbers")
+            try:
+                for v in values:
+                    check_number(v)
+            except NumberError as e:
+                raise ItemVectorError(f"{path}:{lineno}: values of post_id {item_id!r} must be finite float32 "
+                                      f"numbers: {e}") from None
             if dim is None:
                 dim = len(values)
             elif len(values) != dim:
@@ -154,30 +182,83 @@ def _read_jsonl(path: str, ids: _Ids) -> np.ndarray:
     return rows.matrix()
 
 
+def _json_int(text: str) -> int:
+    # A 4,400-digit int would raise ValueError inside json, a 400-digit one OverflowError later:
+    # long numbers are refused here, before int() (check_number then checks the float32 range).
+    if len(text) > MAX_NUMBER_CHARS:
+        raise NumberError(f"a number of {len(text)} characters")
+    return int(text)
+
+
+def _json_float(text: str) -> float:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise NumberError(f"a number of {len(text)} characters")
+    return float(text)
+
+
+def _json_constant(name: str):
+    raise NumberError(f"{name} is not a finite number")
+
+
+def _json_line(path: str, lineno: int, line: bytes):
+    try:
+        return json.loads(line, parse_int=_json_int, parse_float=_json_float, parse_constant=_json_constant)
+    except NumberError as e:
+        raise ItemVectorError(f"{path}:{lineno}: {e} (each value must be a finite float32)") from None
+    except RecursionError:
+        raise ItemVectorError(f"{path}:{lineno}: JSON nested too deeply; "
+                              f'expected {{"post_id": "...", "values": [...]}}') from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ItemVectorError(f"{path}:{lineno}: not a JSON object ({e.__class__.__name__}: {e}); "
+                              f'expected {{"post_id": "...", "values": [...]}}') from None
+
+
 def _ids_file_for(npy_path: str) -> str:
     return npy_path[: -len(".npy")] + ".ids.txt"
+
+
+def _load_npy_matrix(path: str) -> np.ndarray:
+    """The [items, dim] matrix of a .npy file as float32. Its header is read first and checked against
+    the file's size, so a 192-byte file that claims (10^6, 10^5) allocates nothing; never unpickles."""
+    size = tf.io.gfile.stat(path).length
+    with tf.io.gfile.GFile(path, "rb") as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read_header is None:
+                raise ValueError(f".npy format version {version} is not supported")
+            shape, fortran, dtype = read_header(f)
+        except (ValueError, SyntaxError, TypeError, OverflowError, EOFError) as e:
+            raise ItemVectorError(f"{path}: not a .npy array ({e})") from None
+        if dtype.hasobject or dtype.fields is not None or dtype.kind not in "iuf":
+            raise ItemVectorError(f"{path}: expected a matrix of real numbers (int or float), got dtype {dtype}")
+        if len(shape) != 2 or 0 in shape:
+            raise ItemVectorError(f"{path}: expected a non-empty matrix [items, dim], got shape {shape}")
+        data_bytes = shape[0] * shape[1] * dtype.itemsize
+        if data_bytes != size - f.tell():
+            raise ItemVectorError(f"{path}: the header says shape {shape} of {dtype} ({data_bytes:,} bytes), "
+                                  f"the file holds {size - f.tell():,} bytes of data")
+        matrix = np.frombuffer(f.read(data_bytes), dtype=dtype).reshape(shape, order="F" if fortran else "C")
+    if dtype.kind == "f":  # ints of any width are finite in float32
+        if not np.all(np.isfinite(matrix)):
+            raise ItemVectorError(f"{path}: the matrix holds NaN or infinite values")
+        if np.abs(matrix).max() > FLOAT32_MAX:
+            raise ItemVectorError(f"{path}: the matrix holds values outside the float32 range")
+    return matrix.astype(np.float32)
 
 
 def _read_npy(path: str, ids: _Ids) -> np.ndarray:
     ids_path = _ids_file_for(path)
     if not tf.io.gfile.exists(ids_path):
         raise ItemVectorError(f"{path}: a .npy item-vector file needs its ids in {ids_path} (one per line)")
-    try:
-        with tf.io.gfile.GFile(path, "rb") as f:
-            matrix = np.load(f, allow_pickle=False)  # never unpickle a data file
-    except ValueError as e:
-        raise ItemVectorError(f"{path}: not a plain numeric .npy array ({e})") from None
-    if matrix.ndim != 2 or matrix.shape[0] == 0 or not np.issubdtype(matrix.dtype, np.number):
-        raise ItemVectorError(f"{path}: expected a numeric matrix [items, dim], got shape {matrix.shape} "
-                              f"dtype {matrix.dtype}")
-    if not np.all(np.isfinite(matrix)):
-        raise ItemVectorError(f"{path}: the matrix holds NaN or infinite values")
+    matrix = _load_npy_matrix(path)
     with tf.io.gfile.GFile(ids_path, "r") as f:
         for i, line in enumerate(f, start=1):
             ids.add(line.rstrip("\n"), i)
     if len(ids) != matrix.shape[0]:
         raise ItemVectorError(f"{ids_path}: {len(ids)} ids for {matrix.shape[0]} rows in {path}")
-    return matrix.astype(np.float32)
+    return matrix
 
 
 def read_item_vectors(path: str, ids_path: str) -> np.ndarray:

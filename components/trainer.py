@@ -189,6 +189,47 @@ class ProgressAndCurve(tf.keras.callbacks.Callback):
         self.rate.update(step, f"loss {loss:.3f}, AUC {auc:.3f}", force=step == self.total)
 
 
+class NonFiniteTrainingError(RuntimeError):
+    """Training produced a non-finite loss or weight; nothing is exported."""
+
+
+def first_non_finite(variables) -> str | None:
+    """The name of the first variable holding NaN or inf, or None."""
+    for v in variables:
+        if not bool(tf.reduce_all(tf.math.is_finite(v))):
+            return v.name
+    return None
+
+
+class StopOnNonFinite(tf.keras.callbacks.Callback):
+    """Stops training with NonFiniteTrainingError, naming the step and the first non-finite tensor, as
+    soon as the loss is non-finite (checked every step) or a trainable weight is (every
+    `weights_every` steps and at the end): a NaN model must never be exported."""
+
+    def __init__(self, weights_every: int = 100):
+        super().__init__()
+        self.weights_every = weights_every
+        self.step = 0
+
+    def _fail(self, what: str) -> None:
+        raise NonFiniteTrainingError(f"training stopped at step {self.step}: {what}; the model is not exported "
+                                     f"(look for extreme values in the inputs)")
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step = batch + 1
+        loss = float((logs or {}).get("loss", 0.0))
+        if not np.isfinite(loss):
+            bad = first_non_finite(self.model.trainable_variables)
+            self._fail(f"the loss is {loss}" + (f"; first non-finite weight: {bad}" if bad else ""))
+        if self.step % self.weights_every == 0:
+            self.check_weights()
+
+    def check_weights(self) -> None:
+        bad = first_non_finite(self.model.variables)
+        if bad:
+            self._fail(f"first non-finite weight: {bad}")
+
+
 def run_fn(fn_args: FnArgs) -> None:
     custom = fn_args.custom_config
     spec = FeatureSpec.from_json(custom["feature_spec"])
@@ -218,9 +259,11 @@ def run_fn(fn_args: FnArgs) -> None:
         train_ds, eval_ds = (_shard_by_data(d) for d in (train_ds, eval_ds))
     log_dir = fn_args.model_run_dir if chief else f"{fn_args.model_run_dir.rstrip('/')}-{task}"
     progress = ProgressAndCurve(None if cfg.epochs else fn_args.train_steps)
+    guard = StopOnNonFinite()
     trainer.fit(
         train_ds, epochs=1, steps_per_epoch=None if cfg.epochs else fn_args.train_steps, verbose=0,
-        callbacks=[tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq=50), progress])
+        callbacks=[tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq=50), progress, guard])
+    guard.check_weights()
     trained = {k: float(v) for k, v in trainer.get_metrics_result().items()}  # before evaluate resets them
     eval_steps = fn_args.eval_steps or None
     results = trainer.evaluate(eval_ds, steps=eval_steps, return_dict=True, verbose=0)

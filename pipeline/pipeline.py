@@ -134,7 +134,8 @@ def create_pipeline(pipeline_root: str, serving_dir: str, inputs: PipelineInputs
     # The candidate served over gRPC by the TF Serving-protocol server in its own process, both towers
     # queried with real eval examples (TFX's InfraValidator needs Docker or Kubernetes).
     infra_validator = ServingInfraValidator(
-        model=trainer.outputs["model"], examples=example_gen.outputs["examples"], model_name=config.model_name)
+        model=trainer.outputs["model"], examples=example_gen.outputs["examples"], model_name=config.model_name,
+        feature_spec=inputs.feature_spec_json)
 
     # TF Serving layout: <serving_dir>/<model_name>/<version>/saved_model.pb, and the single-tower
     # models in <model_name>_user/ and <model_name>_item/ with the same version. Models blessed by

@@ -43,11 +43,17 @@ class ExampleBuilder:
         self._parser = RowParser(spec)
         self._inputs = [c for c in spec.columns if c != spec.label]
 
-    def from_features(self, features: Mapping) -> bytes:
+    def texts(self, features: Mapping) -> dict[str, str]:
+        """The features as the log's column texts (lists comma-joined)."""
+        if not isinstance(features, Mapping):
+            raise FeatureError(f"features must be an object of column: value, got {type(features).__name__}")
         unknown = sorted(set(features) - set(self._inputs))
         if unknown:
             raise FeatureError(f"unknown feature(s) {unknown}; the feature spec's columns are {self._inputs}")
-        text = {k: _as_text(self.spec.raw_columns[k], v) for k, v in features.items()}
+        return {k: _as_text(self.spec.raw_columns[k], v) for k, v in features.items()}
+
+    def from_features(self, features: Mapping) -> bytes:
+        text = self.texts(features)
         try:
             return self._parser.parse_fields(text).to_example_bytes()
         except Rejected as e:

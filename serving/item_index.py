@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 import time
 import uuid
@@ -316,6 +315,24 @@ class ItemSearcher:
         self._refresh_seconds = refresh_seconds
         self._target, self._checked = None, 0.0
         self._lock = threading.Lock()
+        self._fields: dict[str, set[str]] = {}  # generation -> its filterable (non-vector) fields
+
+    def filterable_fields(self, collection: str) -> set[str]:
+        if collection not in self._fields:
+            described = self.client.describe_collection(collection)
+            self._fields[collection] = {f["name"] for f in described["fields"] if f["name"] != VECTOR_FIELD}
+        return self._fields[collection]
+
+    def check_request(self, k, filters: dict[str, list[str]] | None) -> None:
+        """ValueError, with the reason, for a k that is not an int in [1, MAX_LIMIT] or a filter on a
+        field the index does not hold (the vector field included)."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= self.MAX_LIMIT:
+            raise ValueError(f"k must be an integer from 1 to {self.MAX_LIMIT}, got {k!r}")
+        if filters:
+            known = self.filterable_fields(self.collection())
+            unknown = sorted(set(filters) - known)
+            if unknown:
+                raise ValueError(f"cannot filter on {unknown}: the index's filterable fields are {sorted(known)}")
 
     def collection(self, refresh: bool = False) -> str:
         with self._lock:
@@ -333,12 +350,10 @@ class ItemSearcher:
                ) -> list[list[dict]]:
         from pymilvus.exceptions import MilvusException
 
+        self.check_request(k, filters)
         vectors = normalise(np.atleast_2d(np.asarray(vectors, np.float32)))
         exclude = exclude or [set()] * len(vectors)
         limit = min(k + max((len(e) for e in exclude), default=0), self.MAX_LIMIT)
-        for f in filters or {}:
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", f):
-                raise ValueError(f"not a field name: {f!r}")
         expr = " and ".join(f"{f} in [{', '.join(milvus_string(v) for v in values)}]"
                             for f, values in sorted((filters or {}).items()))
         params = {"metric_type": "IP", "params": self.config.search_params}

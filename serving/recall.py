@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 
 from schema.spec import FeatureSpec, load_spec  # noqa: E402
 from serving.examples import ExampleBuilder  # noqa: E402
-from serving.item_index import IndexConfig, ItemSearcher  # noqa: E402
+from serving.item_index import IndexConfig, ItemIndexError, ItemSearcher  # noqa: E402
 
 USER_SIGNATURE = "user_embedding"
 
@@ -68,20 +68,38 @@ class Recaller:
         features = tf.train.Example.FromString(serialized).features.feature
         return {v.decode() for c in self.history for v in features[c].bytes_list.value}
 
+    def _read_raw(self, texts: dict[str, str]) -> set[str]:
+        # Every read post of the raw input: the tf.Example keeps only the first maxlen of them.
+        return {x.strip() for c in self.history if c in texts for x in texts[c].split(",") if x.strip()}
+
     def recall_examples(self, serialized: list[bytes], k: int, exclude_read: bool = True,
-                        filters: dict[str, list[str]] | None = None) -> list[list[dict]]:
+                        filters: dict[str, list[str]] | None = None,
+                        read: list[set[str]] | None = None) -> list[list[dict]]:
+        """`read`: each user's read posts when the caller has more than the examples hold (they
+        are truncated to maxlen); by default the examples' own history lists."""
+        self.searcher.check_request(k, filters)
+        if not serialized:
+            raise ValueError("no users to recall for")
         vectors = self.encoder(serialized)
-        exclude = [self._read(s) for s in serialized] if exclude_read else None
+        exclude = (read if read is not None else [self._read(s) for s in serialized]) if exclude_read else None
         return self.searcher.search(vectors, k, exclude=exclude, filters=filters,
                                     output_fields=list(filters or {}))
 
     def recall(self, users: list[dict], k: int = 10, exclude_read: bool = True,
                filters: dict[str, list[str]] | None = None) -> list[list[dict]]:
-        return self.recall_examples([self.examples.from_features(u) for u in users], k, exclude_read, filters)
+        if not isinstance(users, list) or not all(isinstance(u, dict) for u in users):
+            raise ValueError("users must be a list of JSON objects of raw user features")
+        examples = [self.examples.from_features(u) for u in users]
+        read = [self._read_raw(self.examples.texts(u)) for u in users]
+        return self.recall_examples(examples, k, exclude_read, filters, read)
 
     def recall_log_lines(self, lines: list[str], k: int = 10, exclude_read: bool = True,
                          filters: dict[str, list[str]] | None = None) -> list[list[dict]]:
-        return self.recall_examples([self.examples.from_log_line(x) for x in lines], k, exclude_read, filters)
+        examples = [self.examples.from_log_line(x) for x in lines]
+        texts = [x.decode("utf-8", "replace") if isinstance(x, bytes) else x for x in lines]
+        read = [self._read_raw(dict(zip(self.spec.columns, t.rstrip("\r\n").split("\t"), strict=False)))
+                for t in texts]
+        return self.recall_examples(examples, k, exclude_read, filters, read)
 
 
 def _filters(values: list[str]) -> dict[str, list[str]]:
@@ -90,6 +108,8 @@ def _filters(values: list[str]) -> dict[str, list[str]]:
         name, sep, allowed = v.partition("=")
         if not sep or not allowed:
             raise SystemExit(f"error: --filter takes FIELD=V1,V2,..., got {v!r}")
+        if not name.isidentifier():
+            raise SystemExit(f"error: --filter: {name!r} is not a field name")
         out.setdefault(name, []).extend(allowed.split(","))
     return out
 
@@ -127,18 +147,27 @@ def main(argv=None) -> None:
                          search_params={"nprobe": args.nprobe} if args.nprobe else {})
     if config.is_lite and not os.path.exists(args.milvus):
         raise SystemExit(f"error: {args.milvus} does not exist: run the pipeline first (make demo)")
-    encoder = (ServingUserEncoder(ServingClient(args.target, args.model_name)) if args.target
-               else SavedModelUserEncoder(args.model))
-    recaller = Recaller(encoder, ItemSearcher(config), spec)
     try:
+        # The request is checked before the model loads: a wrong k or filter answers in seconds.
+        filters = _filters(args.filter)
+        searcher = ItemSearcher(config)
+        searcher.check_request(args.k, filters)
         if args.features:
             users = json.loads(args.features)
-            results = recaller.recall(users if isinstance(users, list) else [users], args.k, not args.keep_read,
-                                      _filters(args.filter))
+            if isinstance(users, dict):
+                users = [users]
+            if not isinstance(users, list) or not users or not all(isinstance(u, dict) for u in users):
+                raise ValueError("--features takes a JSON object of raw user features, or a non-empty list of them")
         else:
             lines = [args.log_line] if args.log_line else read_log_lines(args.log_file, args.limit)
-            results = recaller.recall_log_lines(lines, args.k, not args.keep_read, _filters(args.filter))
-    except (FeatureError, json.JSONDecodeError, ValueError) as e:
+        encoder = (ServingUserEncoder(ServingClient(args.target, args.model_name)) if args.target
+                   else SavedModelUserEncoder(args.model))
+        recaller = Recaller(encoder, searcher, spec)
+        if args.features:
+            results = recaller.recall(users, args.k, not args.keep_read, filters)
+        else:
+            results = recaller.recall_log_lines(lines, args.k, not args.keep_read, filters)
+    except (FeatureError, json.JSONDecodeError, ValueError, ItemIndexError) as e:
         raise SystemExit(f"error: {e}") from None
     for hits in results:
         print(json.dumps([{**h, "score": round(h["score"], 5)} for h in hits]))

@@ -55,11 +55,30 @@ def _open_binary(path: str):
 
 def check_headers(files: list[str], spec: FeatureSpec) -> None:
     for path in files:
-        with _open_binary(path) as f:
-            first = f.readline()
+        try:
+            with _open_binary(path) as f:
+                first = f.readline()
+        except (OSError, EOFError, zlib.error) as e:  # e.g. a .gz that is plain text
+            raise IngestError(f"{path}: cannot read the file ({type(e).__name__}: {e})") from None
         if not first:
             raise IngestError(f"{path}: file is empty (expected a header row)")
         check_header(read_header(first), spec, path)
+
+
+def expand_pattern(pattern: str) -> list[str]:
+    """The files a pattern matches, with the glob ExampleGen uses; a match that is a directory or
+    cannot be opened (a broken link, a symlink loop, no permission) is an IngestError naming it."""
+    files = sorted(fileio.glob(pattern))
+    for path in files:
+        if fileio.isdir(path):
+            raise IngestError(f"{path}: matches the input pattern {pattern} but is a directory")
+        try:
+            with fileio.open(path, "rb") as f:
+                f.read(1)
+        except Exception as e:  # noqa: BLE001 - every filesystem's error means the same here
+            raise IngestError(f"{path}: matches the input pattern {pattern} but cannot be read "
+                              f"({type(e).__name__}: {e})") from None
+    return files
 
 
 def read_lines(path: str):
@@ -142,7 +161,7 @@ def _TsvToExample(pipeline: beam.Pipeline, exec_properties: dict[str, Any], spli
     spec_json = exec_properties[FEATURE_SPEC_KEY]
     spec = FeatureSpec.from_json(spec_json)
     pattern = os.path.join(exec_properties[standard_component_specs.INPUT_BASE_KEY], split_pattern)
-    files = sorted(fileio.glob(pattern))
+    files = expand_pattern(pattern)
     if not files:
         raise IngestError(f"no input files match {pattern}")
     check_headers(files, spec)

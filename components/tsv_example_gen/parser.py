@@ -19,9 +19,9 @@ Soft problems (the row is kept, repaired where needed; each kind is counted once
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
+from schema.numbers import NumberError, parse_float32, parse_int64
 from schema.spec import FLOAT, INT, STRING, STRING_LIST, WEIGHTED_LIST, FeatureSpec
 
 
@@ -62,9 +62,9 @@ class Rejected(Exception):
 
 def _parse_int(col: str, text: str) -> int:
     try:
-        return int(text.strip())
-    except ValueError:
-        raise Rejected(f"bad_int:{col}", f"'{text}' is not an integer") from None
+        return parse_int64(text.strip())
+    except NumberError as e:
+        raise Rejected(f"bad_int:{col}", str(e)) from None
 
 
 def _split_list(col: str, text: str, repairs: list[str]) -> list[str]:
@@ -184,12 +184,13 @@ class RowParser:
 
 
 def _parse_weight(col: str, value: str) -> float:
+    """A weight as the tf.Example stores it: a finite float32 >= 0 (schema/numbers.py's grammar)."""
     try:
-        w = float(value)
-    except ValueError:
-        raise Rejected(f"bad_weight:{col}", f"'{value}' is not a number") from None
-    if not math.isfinite(w) or w < 0:
-        raise Rejected(f"bad_weight:{col}", f"weight {value} is not a finite number >= 0")
+        w = parse_float32(value.strip())
+    except NumberError as e:
+        raise Rejected(f"bad_weight:{col}", str(e)) from None
+    if w < 0:
+        raise Rejected(f"bad_weight:{col}", f"weight {value} is negative")
     return w
 
 
