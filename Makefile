@@ -20,7 +20,7 @@ $(STAMP): requirements.lock setup.py scripts/setup_venv.sh
 	bash scripts/setup_venv.sh
 
 demo: $(STAMP)
-	$(PY) run_pipeline.py local --workdir $(WORKDIR)
+	$(PY) run_pipeline.py local --sample --workdir $(WORKDIR)
 
 # Serve the pushed models of a run (gRPC 8500, REST 8501) until Ctrl-C; new pushes load without a restart.
 serve: $(STAMP)

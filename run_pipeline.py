@@ -50,13 +50,32 @@ def _relative_patterns(*patterns: str) -> tuple[str, list[str]]:
     return base, [os.path.relpath(p, base) for p in patterns]
 
 
+SAMPLE = {"train": os.path.join(SAMPLE_DIR, "train.tsv"), "eval": os.path.join(SAMPLE_DIR, "eval.tsv"),
+          "item_embeddings": os.path.join(SAMPLE_DIR, "item_vectors.jsonl")}
+
+
+def resolve_inputs(args) -> None:
+    """Fills args.train / eval / item_embeddings. Nothing falls back to the bundled sample unless
+    --sample asks for it: then the sample fills only what was not given, and says so."""
+    if args.input and (args.train or args.eval):
+        raise InputError("give either --input (split by user hash) or --train and --eval, not both")
+    wanted = ([] if args.input else ["train", "eval"]) + ["item_embeddings"]
+    missing = [name for name in wanted if not getattr(args, name)]
+    if not missing:
+        return
+    if not args.sample:
+        flags = ", ".join("--" + m.replace("_", "-") for m in missing)
+        raise InputError(f"missing {flags}: give your logs (--train and --eval, or --input) and your item vectors "
+                         f"(--item-embeddings), or add --sample to use the bundled sample for what is not given")
+    for name in missing:
+        setattr(args, name, SAMPLE[name])
+        print(f"--sample: {name.replace('_', '-')} = {SAMPLE[name]}", file=sys.stderr)
+
+
 def _log_patterns(args) -> dict[str, str]:
     if args.input:
-        if args.train or args.eval:
-            raise InputError("give either --input (split by user hash) or --train and --eval, not both")
         return {"input log": args.input}
-    return {"training log": args.train or os.path.join(SAMPLE_DIR, "train.tsv"),
-            "eval log": args.eval or os.path.join(SAMPLE_DIR, "eval.tsv")}
+    return {"training log": args.train, "eval log": args.eval}
 
 
 def code_fingerprint() -> str:
@@ -108,6 +127,7 @@ def _load(args):
     from schema.spec import SpecError, load_spec
 
     try:
+        resolve_inputs(args)
         config = load_config(args.config)
         spec = load_spec(config.feature_spec)
         patterns = _log_patterns(args)
@@ -310,11 +330,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="run_pipeline.py", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     local = sub.add_parser("local", help="run with TFX's LocalDagRunner and the local Beam runner")
-    local.add_argument("--train", help="glob of training log files (.tsv or .tsv.gz); default: the sample")
-    local.add_argument("--eval", help="glob of eval log files; default: the sample")
+    local.add_argument("--train", help="glob of training log files (.tsv or .tsv.gz)")
+    local.add_argument("--eval", help="glob of eval log files")
     local.add_argument("--input", help="glob of log files to split by a hash of the user id instead")
-    local.add_argument("--item-embeddings", default=os.path.join(SAMPLE_DIR, "item_vectors.jsonl"),
+    local.add_argument("--item-embeddings",
                        help="pretrained item vectors: JSON lines (.jsonl[.gz]) or .npy with <name>.ids.txt")
+    local.add_argument("--sample", action="store_true",
+                       help=f"use the bundled sample ({SAMPLE_DIR}) for the logs and vectors not given")
     local.add_argument("--workdir", default=os.path.join("runs", "demo"))
     local.add_argument("--config", default=None, help="YAML config (see README, Configuration)")
     local.add_argument("--beam-args", default="",
@@ -330,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     kfp.add_argument("--train", help="training logs (gs://... or a path every step can read)")
     kfp.add_argument("--eval")
     kfp.add_argument("--input")
-    kfp.add_argument("--item-embeddings", default=os.path.join(SAMPLE_DIR, "item_vectors.jsonl"))
+    kfp.add_argument("--item-embeddings")
+    kfp.add_argument("--sample", action="store_true", help="the bundled sample for the logs and vectors not given")
     kfp.add_argument("--config", default=None)
     kfp.add_argument("--beam-args", default="", help="added to kubeflow.beam_args")
     kfp.add_argument("--submit", action="store_true", help="submit to the KFP API at --endpoint")

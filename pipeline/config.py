@@ -5,6 +5,7 @@ Every option and its default is listed in README.md ("Configuration"); an unknow
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 
 import yaml
@@ -127,18 +128,54 @@ def _check(config: PipelineConfig) -> PipelineConfig:
     return config
 
 
-def _build(cls, data: dict, where: str):
+# Values a key may take, checked when the config loads (before any component runs). The trainer's
+# names must equal what components/losses.py and components/model.py accept (tests/test_config.py).
+CHOICES = {
+    "trainer.loss": ("pointwise", "inbatch_softmax", "mixed"),
+    "trainer.optimizer": ("adam", "adagrad", "sgd"),
+    "evaluation.catalog": ("vectors", "logs"),
+}
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+               list: "a list", dict: "a mapping"}
+
+
+def _typed(value, expected, where: str):
+    """`value` checked against the field's type (int, float, str, bool, list[...], dict[...]); ints are
+    accepted for floats. ConfigError naming the key, the type and the value otherwise."""
+    origin = typing.get_origin(expected) or expected
+    ok = (isinstance(value, bool) if origin is bool
+          else isinstance(value, (int, float)) and not isinstance(value, bool) if origin is float
+          else isinstance(value, origin) and not isinstance(value, bool))
+    if not ok:
+        raise ConfigError(f"{where}: expected {_TYPE_NAMES.get(origin, origin.__name__)}, "
+                          f"got {value!r} ({type(value).__name__})")
+    args = typing.get_args(expected)
+    if origin is list and args:
+        return [_typed(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict and args:
+        return {_typed(k, args[0], f"{where} key"): _typed(v, args[1], f"{where}.{k}") for k, v in value.items()}
+    return float(value) if origin is float else value
+
+
+def _build(cls, data: dict, where: str, prefix: str = ""):
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(data) - set(names)
     if unknown:
         raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(names)}")
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     nested = {"trainer": TrainerConfig, "evaluation": EvaluationConfig, "milvus": MilvusConfig,
               "kubeflow": KubeflowConfig}
     for key, value in data.items():
         if key in nested and cls is PipelineConfig:
-            value = _build(nested[key], value or {}, f"{where}.{key}")
-        kwargs[key] = value
+            if value is not None and not isinstance(value, dict):
+                raise ConfigError(f"{where}: {key} must be a mapping, got {value!r}")
+            kwargs[key] = _build(nested[key], value or {}, where, f"{key}.")
+        else:
+            kwargs[key] = _typed(value, hints[key], f"{where}: {prefix}{key}")
+            allowed = CHOICES.get(prefix + key)
+            if allowed is not None and value not in allowed:
+                raise ConfigError(f"{where}: {prefix}{key}: must be one of {', '.join(allowed)}, got {value!r}")
     return cls(**kwargs)
 
 

@@ -18,7 +18,7 @@ from components.infra_validator import REPORT_PROPERTY as INFRA_REPORT_PROPERTY
 from components.preprocessing import OOV_COUNT_PREFIX
 from components.tower_pusher import TOWER_DESTINATIONS
 from components.trainer import METRICS_FILE
-from components.tsv_example_gen.executor import REPORT_PROPERTY
+from components.tsv_example_gen.executor import REPORT_PROPERTY, kept_dir
 
 STATE_NAMES = {v: k for k, v in metadata_store_pb2.Execution.State.items()}
 
@@ -113,6 +113,11 @@ def build_run_summary(metadata_path: str, pipeline_name: str) -> dict:
             if kind == "Examples" and custom_property(a, REPORT_PROPERTY) is not None:
                 summary["splits"] = custom_property(a, REPORT_PROPERTY)
                 summary["examples_uri"] = a.uri
+            elif kind == "Examples" and os.path.exists(os.path.join(kept_dir(a.uri), "report.json")):
+                # ExampleGen failed on its rows: its counts were kept beside the deleted output.
+                with open(os.path.join(kept_dir(a.uri), "report.json")) as f:
+                    summary["splits"] = json.load(f)
+                summary["rejected_rows_dir"] = kept_dir(a.uri)
             elif kind == "ExampleStatistics" and e["component"] == "StatisticsGen":
                 summary["statistics_uri"] = a.uri
             elif kind == "ExampleStatistics" and e["component"] == "TransformedStatisticsGen":

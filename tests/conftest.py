@@ -16,10 +16,12 @@ SAMPLE_DIR = os.path.join(REPO, "data", "sample")
 RELIABILITY_SUMMARY = os.path.join(REPO, "runs", "reliability_summary.json")
 
 
-def run_local(workdir, *args, expect_ok=True, timeout=900):
-    """`run_pipeline.py local` in a subprocess: the run summary (plus its stdout), or the process."""
+def run_local(workdir, *args, expect_ok=True, timeout=900, sample=True):
+    """`run_pipeline.py local` in a subprocess: the run summary (plus its stdout), or the process.
+    With `sample`, --sample: the bundled sample gives the logs and vectors that `args` do not."""
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1")
-    proc = subprocess.run([sys.executable, "run_pipeline.py", "local", "--workdir", str(workdir), *args],
+    proc = subprocess.run([sys.executable, "run_pipeline.py", "local", "--workdir", str(workdir),
+                           *(["--sample"] if sample else []), *args],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     if not expect_ok:
         return proc
@@ -173,7 +175,7 @@ def pytest_terminal_summary(terminalreporter, config):
 # Modules that take minutes, longest first: pytest-xdist (make test) hands out whole modules in this
 # order, so the long ones start at once on both workers instead of ending the run alone.
 SLOW_FIRST = ["test_reliability", "test_kubeflow", "test_distributed", "test_portable", "test_e2e",
-              "test_serving_abuse", "test_report", "test_setup", "test_export"]
+              "test_serving_abuse", "test_report", "test_input_safety", "test_setup", "test_export"]
 
 
 def pytest_collection_modifyitems(items):

@@ -50,3 +50,32 @@ def test_until_names_a_component_of_the_pipeline(tmp_path):
     msg = _run(tmp_path, until="Transfrom")
     assert msg.startswith("error: --until Transfrom: no such component; the pipeline has ")
     assert "Transform" in msg and "TsvExampleGen" in msg
+
+
+def _run_argv(tmp_path, *argv):
+    with pytest.raises(SystemExit) as e:
+        run_pipeline.main(["local", "--workdir", str(tmp_path / "w"), *argv])
+    assert not os.path.exists(tmp_path / "w" / "metadata.sqlite"), "a component started"
+    return str(e.value)
+
+
+@pytest.mark.parametrize("given,missing", [
+    (["--train", TRAIN, "--item-embeddings", VECTORS], "--eval"),
+    (["--train", TRAIN, "--eval", EVAL], "--item-embeddings"),
+    (["--input", TRAIN], "--item-embeddings"),
+    ([], "--train, --eval, --item-embeddings"),
+])
+def test_a_missing_input_is_an_error_not_the_sample(tmp_path, given, missing):
+    msg = _run_argv(tmp_path, *given)
+    assert msg.startswith(f"error: missing {missing}: give your logs"), msg
+    assert "--sample" in msg
+
+
+def test_sample_fills_only_what_is_not_given_and_says_so(tmp_path, capsys):
+    bad = tmp_path / "train.tsv"
+    bad.write_text("act\tclient_id\tpost_id\n1\tu\tp\n")
+    msg = _run_argv(tmp_path, "--sample", "--train", str(bad))
+    assert f"error: {bad}: header does not match" in msg  # the given file is used, not the sample's
+    err = capsys.readouterr().err
+    assert f"--sample: eval = {EVAL}" in err and f"--sample: item-embeddings = {VECTORS}" in err
+    assert "--sample: train" not in err

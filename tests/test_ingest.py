@@ -6,6 +6,8 @@ import glob
 import gzip
 import json
 import os
+import re
+import shutil
 
 import pytest
 import tensorflow as tf
@@ -62,7 +64,7 @@ def _write_inputs(root):
 
 def _run(root, spec, input_config, output_config=None, max_rejected=1.0):
     examples = standard_artifacts.Examples()
-    examples.uri = str(root / "examples")
+    examples.uri = str(root / "TsvExampleGen" / "examples" / "1")  # TFX's layout: <node>/<output>/<execution>
     output_config = output_config or utils.make_default_output_config(input_config)
     props = {
         "input_base": str(root / "logs"),
@@ -113,8 +115,29 @@ def test_fixture_counts_and_quarantine(tmp_path, spec):
 
 def test_too_many_rejected_rows_stop_the_run(tmp_path, spec):
     _write_inputs(tmp_path)
-    with pytest.raises(IngestError, match=r"split train: 10 of 17 rows rejected .*bad_pair:all_topic_fav_7=2"):
+    with pytest.raises(IngestError, match=r"split train: 10 of 17 rows rejected .*bad_pair:all_topic_fav_7=2") as e:
         _run(tmp_path, spec, EXPLICIT, max_rejected=0.01)
+    # The file the message names is outside the output folder that TFX deletes after a failure.
+    named = re.search(r"the rows are in (\S+\.jsonl)", str(e.value)).group(1)
+    output = tmp_path / "TsvExampleGen" / "examples" / "1"
+    assert not named.startswith(str(output) + os.sep)
+    shutil.rmtree(output)  # what TFX does to a failed execution's outputs
+    with open(named) as f:
+        assert len(f.readlines()) == 10
+    with open(os.path.join(os.path.dirname(named), "report.json")) as f:
+        assert json.load(f)["train"]["rejected"] == 10
+
+
+def test_a_file_where_every_row_is_rejected_gives_the_reasons(tmp_path, spec):
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "train.tsv").write_text(HEADER + "1,u1,p1,0,t1,t1:1,t1,p2\n0,u2,p1,0,t1,t1:1,t1,p2\n")
+    (tmp_path / "logs" / "eval.tsv").write_text(HEADER + "1\tu1\tp1\t0\tt1\tt1:1\tt1\tp2\n")
+    (tmp_path / "item_ids.txt").write_text("p1\n")
+    config = example_gen_pb2.Input(splits=[example_gen_pb2.Input.Split(name="train", pattern="train.tsv"),
+                                           example_gen_pb2.Input.Split(name="eval", pattern="eval.tsv")])
+    with pytest.raises(IngestError, match=r"split train is empty: no usable rows \(2 data rows read, 2 rejected; "
+                                          r"most frequent reasons: field_count=2 \(the file must be tab-separated"):
+        _run(tmp_path, spec, config)
 
 
 def test_hash_split_keeps_each_user_in_one_split(tmp_path, spec):

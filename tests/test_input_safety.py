@@ -323,3 +323,27 @@ def test_recall_cli_errors_are_one_line(runs):
         assert proc.returncode != 0 and proc.stdout == ""
         assert proc.stderr.strip().splitlines()[-1].startswith(message), (extra, proc.stderr[-2000:])
         assert "Traceback" not in proc.stderr
+
+
+# ---- end to end ----
+
+def test_one_float32_overflow_row_is_rejected_and_the_model_is_the_clean_one(runs, tmp_path):
+    """The sample plus one row whose weight is 1e39 (finite in float64, inf in float32): the row is
+    rejected and counted, and the model matches the clean sample's (it once trained to AUC 0.5)."""
+    from tests.conftest import SAMPLE_DIR, run_local
+
+    _, clean, _ = runs
+    lines = open(f"{SAMPLE_DIR}/train.tsv").read().splitlines()
+    fields = lines[1].split("\t")
+    fields[SPEC.columns.index("all_topic_fav_7")] = "3:1e39"
+    poisoned = tmp_path / "train.tsv"
+    poisoned.write_text("\n".join([lines[0], *lines[1:], "\t".join(fields)]) + "\n")
+    summary = run_local(tmp_path / "run", "--train", str(poisoned), "--eval", f"{SAMPLE_DIR}/eval.tsv",
+                        "--item-embeddings", f"{SAMPLE_DIR}/item_vectors.jsonl", "--until", "RetrievalEvaluator")
+    train = summary["splits"]["train"]
+    assert train["read"] == clean["splits"]["train"]["read"] + 1
+    assert train["written"] == clean["splits"]["train"]["written"]
+    assert train["rejected_by_reason"] == {"bad_weight:all_topic_fav_7": 1}
+    assert abs(summary["retrieval"]["eval_auc"] - clean["retrieval"]["eval_auc"]) < 0.01
+    for key in ("recall@50", "hit_rate@50"):
+        assert abs(summary["retrieval"]["model"][key] - clean["retrieval"]["model"][key]) < 0.02, key

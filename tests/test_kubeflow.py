@@ -20,7 +20,7 @@ def _compile(tmp_path, *extra):
     output = tmp_path / "pipeline.json"
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1")
     proc = subprocess.run([sys.executable, "run_pipeline.py", "kubeflow", "--output", str(output),
-                           "--pipeline-root", str(tmp_path / "root"), *extra], cwd=REPO, env=env,
+                           "--pipeline-root", str(tmp_path / "root"), "--sample", *extra], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return output, proc.stdout

@@ -6,6 +6,7 @@ pytest prints at the end of the run. Hostile serving traffic is in test_serving_
 import gzip
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -45,7 +46,8 @@ def _kill_during(workdir, node: str, settle_seconds: float) -> dict:
     """Starts the run, waits until `node` is RUNNING in MLMD, waits `settle_seconds` more, then
     SIGKILLs the whole process group: what a crashed machine or an OOM kill leaves behind."""
     log = open(os.path.join(os.path.dirname(workdir), f"killed-during-{node}.log"), "w")
-    proc = subprocess.Popen([sys.executable, "run_pipeline.py", "local", "--workdir", workdir, *_chain_args(workdir)],
+    proc = subprocess.Popen([sys.executable, "run_pipeline.py", "local", "--workdir", workdir, "--sample",
+                             *_chain_args(workdir)],
                             cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                             env=dict(os.environ, TF_USE_LEGACY_KERAS="1"))
     metadata = os.path.join(workdir, "metadata.sqlite")
@@ -226,3 +228,11 @@ def test_corrupt_input_stops_the_run_with_a_clear_message_and_no_push(fault, new
     for m in messages:
         assert m in error_lines[0], (m, error_lines[0])
     assert untouched
+    named = re.search(r"the rows are in (\S+\.jsonl)", error_lines[0])
+    if named:  # the evidence survives the failed run, and the summary keeps the counts
+        with open(named.group(1)) as f:
+            kept = [json.loads(line) for line in f]
+        counted = int(re.search(r"(\d+) of \d+ rows rejected", error_lines[0]).group(1))
+        assert len(kept) == counted
+        with open(os.path.join(workdir, "run_summary.json")) as f:
+            assert json.load(f)["splits"]["train"]["rejected"] == counted

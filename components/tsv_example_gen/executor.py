@@ -37,6 +37,7 @@ ITEM_IDS_PATH_KEY = "item_ids_path"  # optional: ids with a pretrained vector, t
 HASH_INPUT_SPLIT = "all"  # name of the one input split that a hash of the user id divides
 REPORT_PROPERTY = "ingest_report"
 REPORT_DIR = "ingest_report"
+KEPT_DIR = "rejected_rows"  # <pipeline root>/<node>/rejected_rows/<execution id>/: survives a failed run
 _REPORT_DIR_KEY = "_report_dir"
 _REJECTED_TAG = "rejected"
 _COUNTS_TAG = "counts"
@@ -231,7 +232,15 @@ class Executor(BaseExampleGenExecutor):
         report_dir = os.path.join(examples.uri, REPORT_DIR)
         exec_properties = dict(exec_properties, **{_REPORT_DIR_KEY: report_dir})
         super().Do(input_dict, output_dict, exec_properties)
+        try:
+            self._report(examples, exec_properties, report_dir)
+        except IngestError as e:
+            # TFX deletes a failed execution's outputs: the evidence is copied where it stays.
+            kept = kept_dir(examples.uri)
+            keep_evidence(report_dir, kept, getattr(e, "report", None))
+            raise IngestError(str(e).replace(report_dir, kept)) from None
 
+    def _report(self, examples, exec_properties, report_dir: str) -> None:
         input_config = example_gen_pb2.Input()
         proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY], input_config)
         report = {}
@@ -252,26 +261,63 @@ class Executor(BaseExampleGenExecutor):
         else:
             output_written = {split: report[split]["written"] for split in outputs}
         examples.set_json_value_custom_property(REPORT_PROPERTY, report)
-        self._enforce(report, output_written, float(exec_properties.get(MAX_REJECTED_FRACTION_KEY, 0.01)),
-                      report_dir)
+        try:
+            self._enforce(report, output_written, float(exec_properties.get(MAX_REJECTED_FRACTION_KEY, 0.01)),
+                          report_dir)
+        except IngestError as e:
+            e.report = report
+            raise
 
     @staticmethod
     def _enforce(report: dict, output_written: dict, max_fraction: float, report_dir: str) -> None:
         inputs = {k: r for k, r in report.items() if "read" in r}
         for split, n in output_written.items():
             if n == 0:
-                counted = inputs.get(split) or {"read": sum(r["read"] for r in inputs.values()),
-                                                 "rejected": sum(r["rejected"] for r in inputs.values())}
-                raise IngestError(f"split {split} is empty: no usable rows ({counted['read']} data rows read, "
-                                  f"{counted['rejected']} rejected; see {report_dir})")
+                names = [split] if split in inputs else list(inputs)  # a hash split: every input split
+                reasons = collections.Counter()
+                for name in names:
+                    reasons.update(inputs[name]["rejected_by_reason"])
+                read, rejected = (sum(inputs[name][k] for name in names) for k in ("read", "rejected"))
+                where = ", ".join(f"{report_dir}/{name}-rejected.jsonl" for name in names)
+                raise IngestError(f"split {split} is empty: no usable rows ({read} data rows read, {rejected} "
+                                  f"rejected; most frequent reasons: {_top(reasons)}{_hint(reasons)}; "
+                                  f"the rows are in {where})")
         for split, r in inputs.items():
             if r["read"] != r["written"] + r["rejected"]:
                 raise IngestError(f"split {split}: rows read {r['read']} != written {r['written']} "
                                   f"+ rejected {r['rejected']}")
             share = r["rejected"] / r["read"]
             if share > max_fraction:
-                top = ", ".join(f"{k}={v}" for k, v in list(r["rejected_by_reason"].items())[:5])
+                reasons = r["rejected_by_reason"]
                 raise IngestError(
                     f"split {split}: {r['rejected']} of {r['read']} rows rejected ({share:.2%} > "
-                    f"max_rejected_fraction {max_fraction:.2%}); most frequent reasons: {top}; "
-                    f"the rows are in {report_dir}/{split}-rejected.jsonl")
+                    f"max_rejected_fraction {max_fraction:.2%}); most frequent reasons: {_top(reasons)}"
+                    f"{_hint(reasons)}; the rows are in {report_dir}/{split}-rejected.jsonl")
+
+
+def _top(reasons: dict) -> str:
+    ranked = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
+    return ", ".join(f"{k}={v}" for k, v in ranked) or "none"
+
+
+def _hint(reasons: dict) -> str:
+    if reasons and max(reasons, key=reasons.get) == "field_count":
+        return " (the file must be tab-separated, one row per line, columns as in the header)"
+    return ""
+
+
+def kept_dir(examples_uri: str) -> str:
+    """Where a failed ExampleGen's rejected rows and counts are kept: beside its output folder, under
+    the pipeline root (<root>/TsvExampleGen/rejected_rows/<execution id>)."""
+    node_dir = os.path.dirname(os.path.dirname(examples_uri.rstrip("/")))
+    return os.path.join(node_dir, KEPT_DIR, os.path.basename(examples_uri.rstrip("/")))
+
+
+def keep_evidence(report_dir: str, kept: str, report: dict | None) -> None:
+    fileio.makedirs(kept)
+    if fileio.exists(report_dir):
+        for name in fileio.listdir(report_dir):
+            fileio.copy(os.path.join(report_dir, name), os.path.join(kept, name), overwrite=True)
+    if report is not None:
+        with fileio.open(os.path.join(kept, "report.json"), "w") as f:
+            f.write(json.dumps(report, indent=2, sort_keys=True))
