@@ -4,7 +4,6 @@
 SHELL := /bin/bash
 WORKDIR ?= runs/demo
 export TF_USE_LEGACY_KERAS := 1
-export TF_CPP_MIN_LOG_LEVEL := 2
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed

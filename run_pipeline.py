@@ -3,8 +3,9 @@
     python run_pipeline.py local [--train GLOB --eval GLOB | --input GLOB] [--item-embeddings PATH]
                                  [--workdir DIR] [--config FILE] [--beam-args "..."]
 
---train/--eval give explicit splits (default: the bundled sample); --input gives one set of logs
-that is split by a stable hash of the user id (config split_buckets), so no user is in both splits.
+--train/--eval give explicit splits; --input gives one set of logs that is split by a stable hash of
+the user id (config split_buckets), so no user is in both splits. Nothing defaults to the bundled
+sample: --sample asks for it. --verbose shows third-party warnings, quiet by default.
 
 Under DIR: the TFX pipeline root (pipeline/), metadata.sqlite, the prepared item vectors
 (item_vectors/<sha256>/), pushed models in TF Serving layout (serving/<model_name>/<version>/) and
@@ -13,15 +14,23 @@ run_summary.json. Inputs are checked before any component starts.
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before TensorFlow is imported anywhere
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+VERBOSE = "--verbose" in sys.argv[1:]
+if not VERBOSE:  # third-party noise (TF's C++ log, FutureWarnings, absl) off; --verbose brings it back
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning,ignore::DeprecationWarning,ignore::UserWarning")
+    import warnings
+
+    for _category in (FutureWarning, DeprecationWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=_category)
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import glob  # noqa: E402
 import json  # noqa: E402
 import shlex  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -33,9 +42,12 @@ class InputError(ValueError):
 
 
 def _expand(pattern: str, what: str) -> list[str]:
-    from components.tsv_example_gen.executor import expand_pattern  # the glob ExampleGen uses
+    from schema.logfiles import LogFileError, expand_local  # the glob ExampleGen uses for local files
 
-    files = expand_pattern(pattern)
+    try:
+        files = expand_local(pattern)
+    except LogFileError as e:
+        raise InputError(str(e)) from None
     if not files:
         if not any(c in pattern for c in "*?["):
             raise InputError(f"{what} file not found: {pattern}")
@@ -83,7 +95,7 @@ def code_fingerprint() -> str:
     import hashlib
 
     h = hashlib.sha256()
-    for package in ("components", "schema", "pipeline"):
+    for package in ("components", "schema", "pipeline", "serving"):  # serving/: ItemIndexer, infra validation
         for path in sorted(glob.glob(os.path.join(HERE, package, "**", "*.py"), recursive=True)):
             h.update(os.path.relpath(path, HERE).encode())
             with open(path, "rb") as f:
@@ -92,14 +104,15 @@ def code_fingerprint() -> str:
 
 
 def check_inputs(patterns: dict[str, str], spec) -> None:
-    """Fails early, naming the file, on missing files, empty globs and headers that do not match."""
-    from components.tsv_example_gen.executor import check_headers
+    """Fails early, naming the file, on missing files, empty globs and headers that do not match.
+    Light: nothing here imports TensorFlow, so the error comes within a second or two."""
+    from schema.logfiles import LogFileError, check_headers
 
     for what, pattern in patterns.items():
         files = _expand(pattern, what)
         try:
             check_headers(files, spec)
-        except (ValueError, OSError) as e:  # IngestError is a RuntimeError: caught below
+        except LogFileError as e:
             raise InputError(str(e)) from None
 
 
@@ -121,8 +134,8 @@ def _is_uri(path: str) -> bool:
 
 
 def _load(args):
-    """Config, spec and log patterns, with every local input checked before anything runs."""
-    from components.tsv_example_gen.executor import IngestError
+    """Config, spec and log patterns, with every local input checked before anything runs (and before
+    TensorFlow is imported)."""
     from pipeline.config import ConfigError, load_config
     from schema.spec import SpecError, load_spec
 
@@ -133,7 +146,10 @@ def _load(args):
         patterns = _log_patterns(args)
         check_inputs({k: v for k, v in patterns.items() if not _is_uri(v)}, spec)
         check_schema(config.schema, spec)
-    except (InputError, ConfigError, SpecError, IngestError) as e:
+        vectors = args.item_embeddings
+        if vectors and not _is_uri(vectors) and not os.path.isfile(vectors):
+            raise InputError(f"{vectors}: item-vector file not found")
+    except (InputError, ConfigError, SpecError) as e:
         raise SystemExit(f"error: {e}") from None
     return config, spec, patterns
 
@@ -173,7 +189,9 @@ def run_local(args) -> dict:
 
     from pipeline.pipeline import create_pipeline
     from pipeline.progress import RunWatcher
-    from pipeline.summary import write_run_summary
+    from pipeline.summary import summary_lines, write_run_summary
+
+    _quiet_loggers()
 
     inputs = _pipeline_inputs(patterns, vectors, vectors.dir, spec)
     metadata_path = os.path.join(workdir, "metadata.sqlite")
@@ -209,16 +227,34 @@ def run_local(args) -> dict:
     watcher.stop()
     summary = write_run_summary(metadata_path, config.pipeline_name, workdir,
                                 wall_seconds=time.time() - started)
-    shown = ("splits", "training", "retrieval", "infra_validation", "pushed_models", "not_pushed_because")
-    print(json.dumps({k: summary[k] for k in shown if k in summary}, indent=2))
-    print(f"run summary: {os.path.join(workdir, 'run_summary.json')}")
-    print(f"run report: {_write_report(workdir, summary, spec, config, patterns)}")
+    _write_report(workdir, summary, spec, config, patterns)
+    if VERBOSE:
+        shown = ("splits", "training", "retrieval", "infra_validation", "pushed_models", "not_pushed_because")
+        print(json.dumps({k: summary[k] for k in shown if k in summary}, indent=2))
+    print("\n" + "\n".join(summary_lines(summary, workdir)))
     if summary.get("pushed_models"):
         config_path = write_serving_config(os.path.join(workdir, "serving"), config.model_name)
         if args.serving_demo:
             serving_demo(config_path, config, patterns.get("eval log") or patterns["input log"], spec,
                          config.milvus.uri or os.path.join(workdir, "milvus.db"))
+        print(f"\nnext:\n  make serve WORKDIR={args.workdir}    # gRPC 8500 and REST 8501, TF Serving's API\n"
+              f"  .venv/bin/python -m serving.recall --workdir {args.workdir} --log-file "
+              f"{_first_file(patterns.get('eval log') or patterns['input log'])} --limit 1 --k 10")
     return summary
+
+
+def _first_file(pattern: str) -> str:
+    return pattern if _is_uri(pattern) else (sorted(glob.glob(pattern)) or [pattern])[0]
+
+
+def _quiet_loggers() -> None:
+    """absl, TensorFlow and Beam warnings off unless --verbose (our progress lines have their own logger)."""
+    if VERBOSE:
+        return
+    import logging
+
+    for name in ("absl", "tensorflow", "apache_beam", "tfx", "ml_metadata"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _write_report(workdir: str, summary: dict, spec, config, patterns: dict) -> str:
@@ -268,8 +304,21 @@ def serving_demo(config_path: str, config, log_pattern: str, spec, milvus_uri: s
         (top,) = Recaller(ServingUserEncoder(client), searcher, spec).recall_log_lines([line], k=10)
         print(f"recall (Milvus {searcher.collection()}, read posts excluded): "
               + ", ".join(f"{h['id']} ({h['score']:.3f})" for h in top))
-    print(f"serve it yourself: .venv/bin/python -m serving.server --model_config_file {config_path} "
-          f"--port 8500 --rest_api_port 8501")
+
+
+def _copy_schema(schema_path: str, root: str) -> str:
+    """The schema file copied under the pipeline root (named by its content), where every step reads it."""
+    import hashlib
+
+    from tfx.dsl.io import fileio
+
+    with open(schema_path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()[:16]
+    target = f"{root}/schema/{digest}/{os.path.basename(schema_path)}"
+    if not fileio.exists(target):
+        fileio.makedirs(os.path.dirname(target))
+        fileio.copy(schema_path, target, overwrite=True)
+    return target
 
 
 def run_kubeflow(args) -> str:
@@ -292,12 +341,20 @@ def run_kubeflow(args) -> str:
 
     from pipeline.pipeline import create_pipeline
 
-    with tempfile.TemporaryDirectory() as tmp:
-        vectors = _prepare_vectors(args, spec, tmp if remote else os.path.join(root, "item_vectors"))
-        vectors_dir = vectors.dir
-        if remote:
-            vectors_dir = f"{root}/item_vectors/{os.path.basename(vectors.dir)}"
-            io_utils.copy_dir(vectors.dir, vectors_dir)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            vectors = _prepare_vectors(args, spec, tmp if remote else os.path.join(root, "item_vectors"))
+            vectors_dir = vectors.dir
+            if remote:
+                vectors_dir = f"{root}/item_vectors/{os.path.basename(vectors.dir)}"
+                io_utils.copy_dir(vectors.dir, vectors_dir)
+        # The schema too: the checkout's path does not exist in the image.
+        config = dataclasses.replace(config, schema=_copy_schema(config.schema, root))
+    except SystemExit:
+        raise
+    except Exception as e:  # noqa: BLE001 - an unreachable or unwritable root, whatever the filesystem says
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise SystemExit(f"error: cannot write under the pipeline root {root}: {type(e).__name__}: {first}") from None
     resources = None
     if config.kubeflow.trainer_cpu or config.kubeflow.trainer_memory_gib:
         resources = pipeline_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec(
@@ -343,6 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help='Beam pipeline options, e.g. "--direct_running_mode=multi_processing"')
     local.add_argument("--until", default="", metavar="COMPONENT",
                        help="run only this component and what it needs (e.g. Transform), then stop")
+    local.add_argument("--verbose", action="store_true",
+                       help="also third-party warnings (absl, TensorFlow, Beam) and the summary's JSON")
     local.add_argument("--no-serving-demo", dest="serving_demo", action="store_false",
                        help="skip serving the pushed model and querying it over gRPC at the end")
     kfp = sub.add_parser("kubeflow", help="compile for Kubeflow Pipelines (KFP v2 spec); optionally submit")

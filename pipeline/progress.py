@@ -72,8 +72,9 @@ def figures(kind: str, artifact, custom) -> str:
 
     if kind == "Examples" and custom(artifact, INGEST_REPORT):
         report = custom(artifact, INGEST_REPORT)
-        return "; ".join(f"{s}: {r['written']:,} rows, {r['rejected']:,} rejected" for s, r in report.items()
-                         if "written" in r)
+        # An input split has read/written/rejected; the splits a hash divides it into have written only.
+        return "; ".join(f"{s}: {r['written']:,} rows" + (f", {r['rejected']:,} rejected" if "rejected" in r else "")
+                         for s, r in report.items() if "written" in r)
     if kind == "ModelRun":
         path = os.path.join(artifact.uri, METRICS_FILE)
         if os.path.exists(path):

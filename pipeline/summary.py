@@ -169,3 +169,54 @@ def write_run_summary(metadata_path: str, pipeline_name: str, workdir: str, **ex
         json.dump(summary, f, indent=2, sort_keys=True)
     os.replace(path + ".tmp", path)
     return summary
+
+
+def _rows(splits: dict) -> str:
+    parts = []
+    for name, r in splits.items():
+        text = f"{name} {r.get('written', 0):,} written"
+        if "rejected" in r:
+            text += f", {r['rejected']:,} rejected"
+            top = list((r.get("rejected_by_reason") or {}).items())[:3]
+            if top:
+                text += " (" + ", ".join(f"{k} {v:,}" for k, v in top) + ")"
+        parts.append(text)
+    return "; ".join(parts)
+
+
+def summary_lines(summary: dict, workdir: str) -> list[str]:
+    """What a person reads after a run, in about 20 lines; run_summary.json keeps everything."""
+    lines = []
+    if summary.get("splits"):
+        lines.append(f"rows:       {_rows(summary['splits'])}")
+    t = summary.get("training") or {}
+    if t:
+        lines.append(f"training:   {t['train_steps']:,} steps ({t.get('loss_kind', '?')} loss); train loss "
+                     f"{t['train_loss']:.3f}, AUC {t['train_auc']:.3f}; eval loss {t['eval_loss']:.3f}, "
+                     f"AUC {t['eval_auc']:.3f}")
+    r = summary.get("retrieval") or {}
+    if r:
+        key = r["bless_key"]
+        lines.append(f"retrieval:  {key} {r['model'][key]:.3f} vs popularity {r['popularity'][key]:.3f} "
+                     f"({r.get('users', 0):,} eval users, {r.get('catalog_items', 0):,} catalog items): "
+                     + ("blessed" if r.get("blessed") else "not blessed"))
+        for reason in r.get("not_blessed_because") or []:
+            lines.append(f"            - {reason}")
+    infra = summary.get("infra_validation") or {}
+    if infra:
+        lines.append("infra:      " + ("blessed: both towers answered over gRPC" if infra.get("blessed")
+                                       else f"not blessed: {infra.get('error', 'unknown')}"))
+    index = summary.get("item_index") or {}
+    if index.get("collection"):
+        lines.append(f"item index: {index['count']:,} items in Milvus collection {index['collection']}")
+    elif index.get("not_indexed_because"):
+        lines.append(f"item index: not indexed: {index['not_indexed_because']}")
+    for pushed in summary.get("pushed_models") or []:
+        lines.append(f"pushed:     version {pushed['version']} -> {pushed['path']}")
+    if summary.get("training") and not summary.get("pushed"):
+        lines.append("pushed:     nothing: " + "; ".join(summary.get("not_pushed_because") or ["not blessed"]))
+    if summary.get("failure"):
+        lines.append(f"failed:     {summary['failure']}")
+    lines += [f"summary:    {os.path.join(workdir, 'run_summary.json')} (everything, as JSON)",
+              f"report:     {os.path.join(workdir, 'report', 'index.html')}"]
+    return lines

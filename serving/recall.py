@@ -3,9 +3,10 @@
 The user vector comes from the user tower, in-process (a pushed SavedModel) or from any TF Serving
 endpoint; the posts come from the Milvus generation behind the alias (serving/item_index.py).
 The user's read posts are excluded unless asked otherwise; filters keep items whose stored
-features (topic_id) take one of the given values.
+features (topic_id) take one of the given values. Before answering, the CLI checks that the index
+was filled by the model it queries (a few indexed items embedded again by the model's item tower).
 
-    python -m serving.recall [--milvus runs/demo/milvus.db] [--model runs/demo/serving/dssm | --target HOST:PORT]
+    python -m serving.recall [--workdir runs/demo] [--milvus URI] [--model DIR | --target HOST:PORT]
                              (--features JSON | --log-line LINE | --log-file TSV [--limit N])
                              [--k 10] [--filter topic_id=3,7] [--keep-read]
 """
@@ -27,23 +28,31 @@ from serving.examples import ExampleBuilder  # noqa: E402
 from serving.item_index import IndexConfig, ItemIndexError, ItemSearcher  # noqa: E402
 
 USER_SIGNATURE = "user_embedding"
+ITEM_SIGNATURE = "item_embedding"
 
 
 class SavedModelUserEncoder:
-    """The user tower in this process: a version directory, or a base path (its latest version)."""
+    """The user tower in this process: a version directory, or a base path (its latest version).
+    `item(examples)` is the same model's item tower."""
 
     def __init__(self, path: str):
         import tensorflow as tf
 
         from serving.servables import versions_on_disk
 
+        if not os.path.exists(path):
+            raise ValueError(f"no model at {path}: give --workdir of a run that pushed one, or --model")
         versions = versions_on_disk(path)
         self.path = versions[max(versions)] if versions else path
-        self._fn = tf.saved_model.load(self.path).signatures[USER_SIGNATURE]
+        signatures = tf.saved_model.load(self.path).signatures
+        self._fn, self._item = signatures[USER_SIGNATURE], signatures[ITEM_SIGNATURE]
         self._tf = tf
 
     def __call__(self, examples: list[bytes]) -> np.ndarray:
         return self._fn(examples=self._tf.constant(examples))["embedding"].numpy()
+
+    def item(self, examples: list[bytes]) -> np.ndarray:
+        return self._item(examples=self._tf.constant(examples))["embedding"].numpy()
 
 
 class ServingUserEncoder:
@@ -54,6 +63,34 @@ class ServingUserEncoder:
 
     def __call__(self, examples: list[bytes]) -> np.ndarray:
         return self.client.embeddings(USER_SIGNATURE, examples)
+
+    def item(self, examples: list[bytes]) -> np.ndarray:
+        return self.client.embeddings(ITEM_SIGNATURE, examples)
+
+
+def check_index_matches_model(searcher: ItemSearcher, item_tower, spec: FeatureSpec, sample: int = 8,
+                              tolerance: float = 1e-3) -> None:
+    """ValueError unless a few indexed item vectors equal what this model's item tower gives the same
+    items now, i.e. the index was filled by this model. A user vector of one model searched against
+    the item vectors of another gives scores that mean nothing, with nothing to tell."""
+    from serving.item_index import VECTOR_FIELD, normalise
+
+    collection = searcher.collection()
+    scalars = sorted(searcher.filterable_fields(collection) - {spec.item_id})
+    rows = searcher.client.query(collection, filter=f'{spec.item_id} != ""', limit=sample,
+                                 output_fields=[spec.item_id, VECTOR_FIELD, *scalars])
+    if not rows:
+        return
+    builder = ExampleBuilder(spec)
+    examples = [builder.from_features({spec.item_id: r[spec.item_id], **{c: r[c] for c in scalars if r.get(c)}})
+                for r in rows]
+    stored = np.asarray([r[VECTOR_FIELD] for r in rows], np.float32)
+    now = normalise(np.asarray(item_tower(examples), np.float32))
+    gap = float(np.abs(now - stored).max()) if now.shape == stored.shape else float("inf")
+    if gap > tolerance:
+        raise ValueError(f"the item index {collection} at {searcher.config.uri} was not filled by this model "
+                         f"(its item vectors differ from the model's item tower by up to {gap:.3g}): use the model "
+                         f"and the index of one run (--workdir), or --skip-model-check")
 
 
 class Recaller:
@@ -119,13 +156,16 @@ def main(argv=None) -> None:
 
     defaults = MilvusConfig()
     p = argparse.ArgumentParser(prog="python -m serving.recall", description=__doc__.splitlines()[0])
-    p.add_argument("--milvus", default=os.path.join("runs", "demo", "milvus.db"), help="Milvus Lite file or URI")
+    p.add_argument("--workdir", default=os.path.join("runs", "demo"),
+                   help="a run's work directory: its milvus.db and its pushed serving/MODEL_NAME (default: the demo's)")
+    p.add_argument("--milvus", default=None, help="Milvus Lite file or URI (default: WORKDIR/milvus.db)")
     p.add_argument("--token", default="")
     p.add_argument("--alias", default=defaults.alias)
     p.add_argument("--nprobe", type=int, default=0, help="IVF lists searched on a Milvus server (0: its default)")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--model", default=os.path.join("runs", "demo", "serving", "dssm"),
-                       help="pushed model (base path or version directory), run in this process")
+    where.add_argument("--model", default=None,
+                       help="pushed model (base path or version directory), run in this process "
+                            "(default: WORKDIR/serving/MODEL_NAME)")
     where.add_argument("--target", help="host:port of a TF Serving endpoint serving the model instead")
     p.add_argument("--model-name", default="dssm", help="with --target: the served model name")
     p.add_argument("--spec", default=None)
@@ -137,7 +177,11 @@ def main(argv=None) -> None:
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--filter", action="append", default=[], help="FIELD=V1,V2 (repeatable), e.g. topic_id=3,7")
     p.add_argument("--keep-read", action="store_true", help="do not exclude the user's read posts")
+    p.add_argument("--skip-model-check", action="store_true",
+                   help="do not check that the index was filled by this model's item tower")
     args = p.parse_args(argv)
+    args.milvus = args.milvus or os.path.join(args.workdir, "milvus.db")
+    args.model = args.model or os.path.join(args.workdir, "serving", args.model_name)
 
     from serving.client import ServingClient, read_log_lines
     from serving.examples import FeatureError
@@ -162,6 +206,8 @@ def main(argv=None) -> None:
             lines = [args.log_line] if args.log_line else read_log_lines(args.log_file, args.limit)
         encoder = (ServingUserEncoder(ServingClient(args.target, args.model_name)) if args.target
                    else SavedModelUserEncoder(args.model))
+        if not args.skip_model_check:
+            check_index_matches_model(searcher, encoder.item, spec)
         recaller = Recaller(encoder, searcher, spec)
         if args.features:
             results = recaller.recall(users, args.k, not args.keep_read, filters)

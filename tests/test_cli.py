@@ -79,3 +79,24 @@ def test_sample_fills_only_what_is_not_given_and_says_so(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"--sample: eval = {EVAL}" in err and f"--sample: item-embeddings = {VECTORS}" in err
     assert "--sample: train" not in err
+
+
+def test_input_errors_come_before_tensorflow_is_imported(tmp_path):
+    """A wrong path or header is reported without loading TensorFlow (seconds, not ~20 s)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    bad = tmp_path / "train.csv"
+    bad.write_text("act,client_id\n1,u\n")
+    argv = ["local", "--workdir", str(tmp_path / "w"), "--sample", "--train", str(bad)]
+    code = ("import sys, run_pipeline\n"
+            "try:\n"
+            f"    run_pipeline.main({argv!r})\n"
+            "except SystemExit as e:\n"
+            "    print(e)\n"
+            "print('tensorflow imported:', 'tensorflow' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120).stdout
+    assert f"error: {bad}: header does not match the feature spec (the file must be tab-separated)" in out
+    assert "tensorflow imported: False" in out

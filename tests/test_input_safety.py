@@ -347,3 +347,17 @@ def test_one_float32_overflow_row_is_rejected_and_the_model_is_the_clean_one(run
     assert abs(summary["retrieval"]["eval_auc"] - clean["retrieval"]["eval_auc"]) < 0.01
     for key in ("recall@50", "hit_rate@50"):
         assert abs(summary["retrieval"]["model"][key] - clean["retrieval"]["model"][key]) < 0.02, key
+
+
+@pytest.mark.parametrize("pattern", ["*.tsv", "logs/*.tsv", "*/*.tsv", "logs/day?/*.tsv", "logs/day[12]/a.tsv",
+                                     "logs/.hidden*", "logs/*", "nope/*.tsv", "logs/a.tsv", "logs/day1"])
+def test_the_pre_check_glob_matches_what_tensorflow_matches(tmp_path, pattern):
+    from schema.logfiles import glob_files
+
+    for path in ["a.tsv", "logs/a.tsv", "logs/.hidden.tsv", "logs/day1/a.tsv", "logs/day2/a.tsv", "logs/day3/b.tsv",
+                 "x/y/z.tsv"]:
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(HEADER + "\n")
+    (tmp_path / "logs" / "d.tsv").mkdir()
+    full = str(tmp_path / pattern)
+    assert glob_files(full) == sorted(tf.io.gfile.glob(full))

@@ -10,18 +10,25 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import tensorflow as tf
 
-from tests.conftest import REPO
+from tests.conftest import REPO, SAMPLE_DIR
 from tests.kfp_launcher import run_job
 
 pytestmark = pytest.mark.e2e
 
 
 def _compile(tmp_path, *extra):
+    """Compiles with the sample's logs and vectors copied out of the checkout, as a user's would be."""
+    import shutil
+
     output = tmp_path / "pipeline.json"
+    data = tmp_path / "data"
+    if not data.exists():
+        shutil.copytree(SAMPLE_DIR, data)
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1")
     proc = subprocess.run([sys.executable, "run_pipeline.py", "kubeflow", "--output", str(output),
-                           "--pipeline-root", str(tmp_path / "root"), "--sample", *extra], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+                           "--pipeline-root", str(tmp_path / "root"), "--train", str(data / "train.tsv"),
+                           "--eval", str(data / "eval.tsv"), "--item-embeddings", str(data / "item_vectors.jsonl"),
+                           *extra], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return output, proc.stdout
 
@@ -45,6 +52,16 @@ def test_compiled_spec_has_every_component(compiled):
     assert trainer["image"] == "dssm-recall-pipeline:latest"
     assert trainer["resources"] == {"cpuLimit": 2.0, "memoryLimit": 4.0}
     assert f"compiled {len(tasks)} tasks" in stdout
+
+
+def test_compiled_spec_holds_no_path_of_the_checkout(compiled):
+    tmp, output, _ = compiled
+    text = output.read_text()
+    assert REPO not in text  # the image has the project at /pipeline, not where it was compiled
+    job = json.loads(text)
+    schema_gen = job["pipelineSpec"]["root"]["dag"]["tasks"]["ImportSchemaGen"]
+    schema_file = schema_gen["inputs"]["parameters"]["schema_file"]["runtimeValue"]["constant"]
+    assert schema_file.startswith(str(tmp / "root") + "/schema/")
 
 
 def test_every_compiled_task_runs_and_pushes_both_towers(compiled):

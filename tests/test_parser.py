@@ -3,7 +3,8 @@ import gzip
 import pytest
 import tensorflow as tf
 
-from components.tsv_example_gen.parser import Rejected, RowParser, check_header
+from components.tsv_example_gen.parser import Rejected, RowParser
+from schema.logfiles import check_header
 
 GOOD = b"1\tu1\tp9\t0\t3,4,3\t5:0.5,6:1.5\t7\tp1,p9,p2\n"
 

@@ -27,8 +27,9 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
-from components.tsv_example_gen.parser import Rejected, RowParser, check_header, read_header
+from components.tsv_example_gen.parser import Rejected, RowParser
 from pipeline.progress import RateLog
+from schema import logfiles
 from schema.spec import FeatureSpec
 
 FEATURE_SPEC_KEY = "feature_spec"
@@ -47,39 +48,29 @@ class IngestError(RuntimeError):
     """The input cannot be ingested (bad header, no files, too many rejected rows)."""
 
 
-def _open_binary(path: str):
-    f = fileio.open(path, "rb")
-    if path.endswith(".gz"):
-        return gzip.GzipFile(fileobj=f, mode="rb")
-    return f
+def _is_uri(path: str) -> bool:
+    return "://" in path
 
 
 def check_headers(files: list[str], spec: FeatureSpec) -> None:
-    for path in files:
-        try:
-            with _open_binary(path) as f:
-                first = f.readline()
-        except (OSError, EOFError, zlib.error) as e:  # e.g. a .gz that is plain text
-            raise IngestError(f"{path}: cannot read the file ({type(e).__name__}: {e})") from None
-        if not first:
-            raise IngestError(f"{path}: file is empty (expected a header row)")
-        check_header(read_header(first), spec, path)
+    try:
+        logfiles.check_headers(files, spec, lambda p: fileio.open(p, "rb"))
+    except logfiles.LogFileError as e:
+        raise IngestError(str(e)) from None
 
 
 def expand_pattern(pattern: str) -> list[str]:
-    """The files a pattern matches, with the glob ExampleGen uses; a match that is a directory or
+    """The files a pattern matches: local ones with the pre-check's glob (schema/logfiles.py, what
+    tf.io.gfile.glob matches), remote ones with TFX's filesystem; a match that is a directory or
     cannot be opened (a broken link, a symlink loop, no permission) is an IngestError naming it."""
-    files = sorted(fileio.glob(pattern))
-    for path in files:
-        if fileio.isdir(path):
-            raise IngestError(f"{path}: matches the input pattern {pattern} but is a directory")
-        try:
-            with fileio.open(path, "rb") as f:
-                f.read(1)
-        except Exception as e:  # noqa: BLE001 - every filesystem's error means the same here
-            raise IngestError(f"{path}: matches the input pattern {pattern} but cannot be read "
-                              f"({type(e).__name__}: {e})") from None
-    return files
+    try:
+        if not _is_uri(pattern):
+            return logfiles.expand_local(pattern)
+        files = sorted(fileio.glob(pattern))
+        logfiles.check_matches(pattern, files, fileio.isdir, lambda p: fileio.open(p, "rb"))
+        return files
+    except logfiles.LogFileError as e:
+        raise IngestError(str(e)) from None
 
 
 def read_lines(path: str):

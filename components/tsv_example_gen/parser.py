@@ -192,21 +192,3 @@ def _parse_weight(col: str, value: str) -> float:
     if w < 0:
         raise Rejected(f"bad_weight:{col}", f"weight {value} is negative")
     return w
-
-
-def read_header(line: bytes) -> list[str]:
-    return line.decode("utf-8", errors="replace").rstrip("\r\n").split("\t")
-
-
-def check_header(header: list[str], spec: FeatureSpec, path: str) -> None:
-    """Raises ValueError naming the missing / unexpected / misordered columns."""
-    expected = list(spec.columns)
-    if header == expected:
-        return
-    missing = [c for c in expected if c not in header]
-    unexpected = [c for c in header if c not in expected]
-    if missing or unexpected:
-        raise ValueError(f"{path}: header does not match the feature spec: missing columns {missing}, "
-                         f"unexpected columns {unexpected} (expected {expected})")
-    raise ValueError(f"{path}: header columns are in a different order than the feature spec: "
-                     f"got {header}, expected {expected}")

@@ -1,0 +1,109 @@
+"""The log files an input pattern names, and their header rows.
+
+Light on purpose (no TensorFlow, no TFX): the command line checks every local input with it before
+the heavy imports, so a wrong path or header is reported in about a second. TsvExampleGen expands
+local patterns with the same function, so the pre-check and the run see the same files.
+
+`glob_files` follows tf.io.gfile.glob on local paths: the wildcards * ? [..] match within one path
+component, and hidden files (".x") are matched like any other.
+"""
+from __future__ import annotations
+
+import fnmatch
+import gzip
+import os
+import re
+import zlib
+
+from schema.spec import FeatureSpec
+
+_WILDCARD = re.compile(r"[*?\[]")
+
+
+class LogFileError(ValueError):
+    """An input file that cannot be used; the message names it."""
+
+
+def glob_files(pattern: str) -> list[str]:
+    """Every path matching `pattern` (files and directories alike), sorted."""
+    parts = pattern.split(os.sep)
+    if not any(_WILDCARD.search(p) for p in parts):
+        return [pattern] if os.path.lexists(pattern) else []
+    first = next(i for i, p in enumerate(parts) if _WILDCARD.search(p))
+    matches = [os.sep.join(parts[:first]) or (os.sep if pattern.startswith(os.sep) else ".")]
+    for i, part in enumerate(parts[first:], start=first):
+        last = i == len(parts) - 1
+        found = []
+        for base in matches:
+            if not _WILDCARD.search(part):
+                path = os.path.join(base, part)
+                if os.path.lexists(path):
+                    found.append(path)
+                continue
+            try:
+                names = os.listdir(base)
+            except OSError:
+                continue
+            found += [os.path.join(base, n) for n in names if fnmatch.fnmatchcase(n, part)
+                      and (last or os.path.isdir(os.path.join(base, n)))]
+        matches = found
+    if not pattern.startswith(os.sep) and not pattern.startswith("."):
+        matches = [m[2:] if m.startswith("./") else m for m in matches]
+    return sorted(matches)
+
+
+def check_matches(pattern: str, paths: list[str], isdir, open_binary) -> None:
+    """LogFileError naming a match that is a directory or cannot be opened and read."""
+    for path in paths:
+        if isdir(path):
+            raise LogFileError(f"{path}: matches the input pattern {pattern} but is a directory")
+        try:
+            with open_binary(path) as f:
+                f.read(1)
+        except Exception as e:  # noqa: BLE001 - a broken link, a loop, no permission: all mean the same
+            raise LogFileError(f"{path}: matches the input pattern {pattern} but cannot be read "
+                               f"({type(e).__name__}: {e})") from None
+
+
+def read_header(line: bytes) -> list[str]:
+    return line.decode("utf-8", errors="replace").rstrip("\r\n").split("\t")
+
+
+def check_header(header: list[str], spec: FeatureSpec, path: str) -> None:
+    """Raises LogFileError naming the missing / unexpected / misordered columns."""
+    expected = list(spec.columns)
+    if header == expected:
+        return
+    missing = [c for c in expected if c not in header]
+    unexpected = [c for c in header if c not in expected]
+    hint = " (the file must be tab-separated)" if len(header) == 1 and "," in header[0] else ""
+    if missing or unexpected:
+        raise LogFileError(f"{path}: header does not match the feature spec{hint}: missing columns {missing}, "
+                           f"unexpected columns {unexpected} (expected {expected})")
+    raise LogFileError(f"{path}: header columns are in a different order than the feature spec: "
+                       f"got {header}, expected {expected}")
+
+
+def first_line(path: str, open_binary) -> bytes:
+    """The first line of a log file, through gzip for .gz; LogFileError naming the file otherwise."""
+    try:
+        with open_binary(path) as raw:
+            f = gzip.GzipFile(fileobj=raw, mode="rb") if path.endswith(".gz") else raw
+            return f.readline()
+    except (OSError, EOFError, zlib.error) as e:  # e.g. a .gz that is plain text
+        raise LogFileError(f"{path}: cannot read the file ({type(e).__name__}: {e})") from None
+
+
+def check_headers(files: list[str], spec: FeatureSpec, open_binary=None) -> None:
+    for path in files:
+        first = first_line(path, open_binary or (lambda p: open(p, "rb")))
+        if not first:
+            raise LogFileError(f"{path}: file is empty (expected a header row)")
+        check_header(read_header(first), spec, path)
+
+
+def expand_local(pattern: str) -> list[str]:
+    """The local files of a pattern, each checked to be a readable file."""
+    files = glob_files(pattern)
+    check_matches(pattern, files, os.path.isdir, lambda p: open(p, "rb"))
+    return files
