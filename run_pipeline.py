@@ -141,7 +141,7 @@ def _load(args):
 
     try:
         resolve_inputs(args)
-        config = load_config(args.config)
+        config = load_config(args.config, {"feature_spec": args.feature_spec} if args.feature_spec else None)
         spec = load_spec(config.feature_spec)
         patterns = _log_patterns(args)
         check_inputs({k: v for k, v in patterns.items() if not _is_uri(v)}, spec)
@@ -396,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"use the bundled sample ({SAMPLE_DIR}) for the logs and vectors not given")
     local.add_argument("--workdir", default=os.path.join("runs", "demo"))
     local.add_argument("--config", default=None, help="YAML config (see README, Configuration)")
+    local.add_argument("--feature-spec", default=None, help="feature spec YAML (overrides the config's feature_spec)")
     local.add_argument("--beam-args", default="",
                        help='Beam pipeline options, e.g. "--direct_running_mode=multi_processing"')
     local.add_argument("--until", default="", metavar="COMPONENT",
@@ -414,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     kfp.add_argument("--item-embeddings")
     kfp.add_argument("--sample", action="store_true", help="the bundled sample for the logs and vectors not given")
     kfp.add_argument("--config", default=None)
+    kfp.add_argument("--feature-spec", default=None, help="feature spec YAML (overrides the config's feature_spec)")
     kfp.add_argument("--beam-args", default="", help="added to kubeflow.beam_args")
     kfp.add_argument("--submit", action="store_true", help="submit to the KFP API at --endpoint")
     kfp.add_argument("--endpoint", default="", help="KFP API host, e.g. http://localhost:8080")

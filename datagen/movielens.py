@@ -110,6 +110,10 @@ def main(argv=None) -> None:
     p.add_argument("--source", required=True, help="folder with ratings.csv and movies.csv")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
+    missing = [n for n in ("ratings.csv", "movies.csv") if not os.path.isfile(os.path.join(a.source, n))]
+    if missing:
+        raise SystemExit(f"error: {a.source} lacks {', '.join(missing)}: give --source (make movielens ML_DIR=...) the "
+                         f"folder of MovieLens ml-latest-small (https://grouplens.org/datasets/movielens/)")
     print(json.dumps(convert(a.source, a.out)))
 
 

@@ -122,11 +122,13 @@ class FeatureSpec:
 
     @classmethod
     def load(cls, path: str = DEFAULT_SPEC_PATH) -> FeatureSpec:
-        with open(path, encoding="utf-8") as f:
-            try:
+        try:
+            with open(path, encoding="utf-8") as f:
                 d = yaml.safe_load(f)
-            except yaml.YAMLError as e:
-                raise SpecError(f"{path}: not valid YAML: {e}") from None
+        except OSError as e:
+            raise SpecError(f"{path}: cannot read the feature spec ({e.strerror})") from None
+        except yaml.YAMLError as e:
+            raise SpecError(f"{path}: not valid YAML: {e}") from None
         if not isinstance(d, dict):
             raise SpecError(f"{path}: expected a mapping at the top level")
         try:

@@ -122,8 +122,8 @@ def test_rejected_rows_file_exists_and_is_empty(runs):
 def test_a_data_anomaly_stops_the_run_before_transform(tmp_path):
     # A curated schema that allows only client_type 0: the sample has 0 and 1.
     schema = (open(os.path.join(REPO, "schema", "schema.pbtxt")).read()
-              .replace('name: "client_type"\n  type: INT\n  int_domain {\n    min: 0\n    max: 1',
-                       'name: "client_type"\n  type: INT\n  int_domain {\n    min: 0\n    max: 0'))
+              .replace('name: "client_type"\n  type: INT\n',
+                       'name: "client_type"\n  type: INT\n  int_domain {\n    min: 0\n    max: 0\n  }\n'))
     assert "max: 0" in schema
     (tmp_path / "schema.pbtxt").write_text(schema)
     (tmp_path / "config.yaml").write_text(f"schema: {tmp_path / 'schema.pbtxt'}\n")
