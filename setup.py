@@ -16,6 +16,7 @@ setup(
     install_requires=[
         "tfx[kfp]==1.16.0",
         "tensorflow-serving-api==2.16.1",
+        "tornado>=6.5,<7",
         "pymilvus>=2.5,<2.6",
         "milvus-lite>=2.5,<2.6",
         "dill",

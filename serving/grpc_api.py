@@ -36,13 +36,13 @@ def _status_codes(method):
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, manager: ServableManager):
-        self.manager = manager
+    def __init__(self, manager: ServableManager, max_elements: int = 0):
+        self.manager, self.max_elements = manager, max_elements
 
     @_status_codes
     def Predict(self, request, context):
         servable = predict.resolve(self.manager, request.model_spec, request.HasField("model_spec"))
-        return predict.predict_request(servable, request)
+        return predict.predict_request(servable, request, self.max_elements)
 
     @_status_codes
     def GetModelMetadata(self, request, context):
@@ -83,6 +83,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         return model_management_pb2.ReloadConfigResponse()
 
 
-def add_services(server: grpc.Server, manager: ServableManager) -> None:
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(manager), server)
+def add_services(server: grpc.Server, manager: ServableManager, max_elements: int = 0) -> None:
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(manager, max_elements),
+                                                                        server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager), server)

@@ -9,7 +9,7 @@ from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2, predict_p
 
 from serving.servables import Servable, ServableManager
 from serving.status import failed_precondition, invalid_argument
-from serving.tensors import array_to_proto, proto_to_array
+from serving.tensors import array_to_proto, declared_elements, proto_to_array
 
 DEFAULT_SIGNATURE = "serving_default"
 SIGNATURE_DEF_FIELD = "signature_def"
@@ -61,9 +61,22 @@ def resolve(manager: ServableManager, spec: model_pb2.ModelSpec, has_spec: bool 
                            label=spec.version_label if which == "version_label" else None)
 
 
-def predict_request(servable: Servable, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
+def check_element_count(request: predict_pb2.PredictRequest, max_elements: int) -> None:
+    """The elements the shapes declare, summed over the inputs, against the limit: checked before any
+    tensor is built (a 20-byte TensorProto can declare [200000] elements, one value filling all)."""
+    if max_elements <= 0:
+        return
+    total = sum(max(declared_elements(t), 0) for t in request.inputs.values())
+    if total > max_elements:
+        raise invalid_argument(f"the request declares {total} tensor elements, more than the limit of "
+                               f"{max_elements} (--max_request_elements)")
+
+
+def predict_request(servable: Servable, request: predict_pb2.PredictRequest,
+                    max_elements: int = 0) -> predict_pb2.PredictResponse:
     name, sig = signature_def(servable, request.model_spec.signature_name)
     check_input_names(sig, list(request.inputs))
+    check_element_count(request, max_elements)
     keys = output_keys(sig, request.output_filter)
     arrays = {alias: proto_to_array(request.inputs[alias], alias, sig.inputs[alias].dtype, i)
               for i, alias in enumerate(sorted(request.inputs))}

@@ -209,9 +209,10 @@ class ServableManager:
             states = self._states.setdefault(config.name, {})
         for version in aspired:
             known = states.get(version)
-            if known and (known.state in (AVAILABLE, LOADING) or known.error_code != grpc.StatusCode.OK):
-                continue  # loaded, loading, or failed before (not retried)
-            self._load(config.name, version, on_disk[version])
+            if known and (known.state in (AVAILABLE, LOADING)
+                          or known.error_code not in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED)):
+                continue  # loaded, loading, or failed before (not retried; a discarded load is)
+            self._load(config, version, on_disk[version])
         with self._lock:
             if self._configs.get(config.name) is not config:
                 return  # reconfigured meanwhile
@@ -223,7 +224,11 @@ class ServableManager:
                 if version not in aspired:
                     self._unload(config.name, version)
 
-    def _load(self, name: str, version: int, path: str) -> None:
+    def _load(self, config: ModelConfig, version: int, path: str) -> None:
+        """Loads outside the lock (seconds); adds the version only if the config that asked for it is
+        still the one served. A reload that dropped (or changed) the model while it loaded wins: the
+        version is discarded, never added after the reload's unloads have run."""
+        name = config.name
         states = self._states[name]
         with self._lock:
             states[version] = VersionState(LOADING)
@@ -237,6 +242,11 @@ class ServableManager:
                 states[version] = VersionState(END, grpc.StatusCode.UNKNOWN, f"{type(e).__name__}: {e}")
             return
         with self._lock:
+            if self._configs.get(name) != config:
+                states[version] = VersionState(END, grpc.StatusCode.CANCELLED,
+                                               "the model config changed while this version loaded")
+                log.info("discarded %s version %d: the model config changed while it loaded", name, version)
+                return
             self._available.setdefault(name, {})[version] = servable
             states[version] = VersionState(AVAILABLE)
         log.info("serving %s version %d", name, version)

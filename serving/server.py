@@ -26,12 +26,16 @@ import grpc  # noqa: E402
 
 from serving.grpc_api import add_services  # noqa: E402
 from serving.model_config import ConfigError, ModelConfig, read_config_file, single_model  # noqa: E402
-from serving.rest_api import make_rest_server  # noqa: E402
+from serving.rest_api import RestLimits, RestServer  # noqa: E402
 from serving.servables import ServableManager  # noqa: E402
 
 log = logging.getLogger("serving")
 
 DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
+# Tensor elements per request, over all inputs (checked against the declared shapes before any tensor
+# is built): what a request may make the model compute. 65,536 serialized examples cost the DSSM
+# towers about 0.6 GB at most.
+DEFAULT_MAX_REQUEST_ELEMENTS = 65_536
 
 
 class ModelServer:
@@ -40,7 +44,8 @@ class ModelServer:
     def __init__(self, configs: list[ModelConfig], port: int = 0, rest_api_port: int | None = None,
                  host: str = "127.0.0.1", poll_seconds: float = 1.0, config_file: str | None = None,
                  config_poll_seconds: float = 0, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-                 threads: int = 16):
+                 threads: int = 16, max_request_elements: int = DEFAULT_MAX_REQUEST_ELEMENTS,
+                 rest_limits: RestLimits | None = None):
         self.manager = ServableManager(configs, poll_seconds, config_file, config_poll_seconds)
         self.host = host
         self._grpc = grpc.server(
@@ -48,21 +53,24 @@ class ModelServer:
             options=[("grpc.max_receive_message_length", max_request_bytes),
                      ("grpc.max_send_message_length", -1),
                      ("grpc.so_reuseport", 0)])
-        add_services(self._grpc, self.manager)
+        add_services(self._grpc, self.manager, max_request_elements)
         self.port = self._grpc.add_insecure_port(f"{_grpc_host(host)}:{port}")
         if self.port == 0:
             raise OSError(f"cannot bind the gRPC port {host}:{port}")
         self._rest = None
         self.rest_port = None
         if rest_api_port is not None:
-            self._rest = make_rest_server(self.manager, host, rest_api_port, max_request_bytes)
-            self.rest_port = self._rest.server_address[1]
+            limits = rest_limits or RestLimits()
+            limits = RestLimits(**{**limits.__dict__, "max_request_bytes": max_request_bytes,
+                                   "max_elements": max_request_elements})
+            self._rest = RestServer(self.manager, host, rest_api_port, limits)
+            self.rest_port = self._rest.port
 
     def start(self) -> ModelServer:
         self.manager.start()  # loads what is on disk before the first request is accepted
         self._grpc.start()
         if self._rest:
-            threading.Thread(target=self._rest.serve_forever, daemon=True, name="rest").start()
+            self._rest.start()
         log.info("serving gRPC on %s:%d%s", self.host, self.port,
                  f", REST on {self.host}:{self.rest_port}" if self._rest else "")
         return self
@@ -70,8 +78,7 @@ class ModelServer:
     def stop(self, grace: float = 1.0) -> None:
         self._grpc.stop(grace).wait()
         if self._rest:
-            self._rest.shutdown()
-            self._rest.server_close()
+            self._rest.stop()
         self.manager.stop()
 
     def __enter__(self):
@@ -89,18 +96,22 @@ def _grpc_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def spawn(flags: list[str], log_path: str, timeout: float) -> tuple:
+def spawn(flags: list[str], log_path: str, timeout: float, cwd: str | None = None) -> tuple:
     """Starts `python -m serving.server --port 0 FLAGS` in its own process on loopback and waits until
-    it serves (it loads the models first): (process, gRPC port). Its output goes to log_path."""
+    it serves (it loads the models first): (process, gRPC port); process.rest_port is the REST port
+    (0 when off). Its output goes to log_path. `cwd`: run the server code of another checkout."""
     import subprocess
     import tempfile
     import time
 
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    if cwd:
+        env["PYTHONPATH"] = cwd
     port_file = os.path.join(tempfile.mkdtemp(prefix="model-server-"), "port")
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "serving.server", "--port", "0", "--host", "127.0.0.1",
-                                 "--port_file", port_file, *flags], stdout=log, stderr=subprocess.STDOUT, env=env)
+                                 "--port_file", port_file, *flags], stdout=log, stderr=subprocess.STDOUT, env=env,
+                                cwd=cwd)
     deadline = time.monotonic() + timeout
     while not os.path.exists(port_file):
         if proc.poll() is not None:
@@ -110,7 +121,9 @@ def spawn(flags: list[str], log_path: str, timeout: float) -> tuple:
             raise TimeoutError(f"the model server did not start within {timeout:.0f} s (log: {log_path})")
         time.sleep(0.2)
     with open(port_file) as f:
-        return proc, int(f.read().split()[0])
+        ports = [int(p) for p in f.read().split()]
+    proc.rest_port = ports[1] if len(ports) > 1 else 0
+    return proc, ports[0]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,7 +136,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model_config_file", default="")
     p.add_argument("--model_config_file_poll_wait_seconds", type=float, default=0)
     p.add_argument("--file_system_poll_wait_seconds", type=float, default=1)
-    p.add_argument("--max_request_bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES)
+    p.add_argument("--max_request_bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES,
+                   help="largest request (gRPC: RESOURCE_EXHAUSTED; REST: 413 from the headers)")
+    p.add_argument("--max_request_elements", type=int, default=DEFAULT_MAX_REQUEST_ELEMENTS,
+                   help="tensor elements per request over all inputs, from the declared shapes "
+                        "(INVALID_ARGUMENT / 400 above it; 0 = no limit)")
+    p.add_argument("--max_json_depth", type=int, default=RestLimits.max_json_depth,
+                   help="REST: deepest JSON nesting accepted (400 above it)")
+    p.add_argument("--rest_api_num_threads", type=int, default=RestLimits.threads,
+                   help="REST: threads that compute answers (TF Serving's flag)")
+    p.add_argument("--rest_api_timeout_in_ms", type=int, default=int(RestLimits.timeout_seconds * 1000),
+                   help="REST: time for a request's headers, for its body, and for an idle kept-alive "
+                        "connection (TF Serving's flag)")
+    p.add_argument("--rest_api_max_connections", type=int, default=RestLimits.max_connections,
+                   help="REST: connections open at once; more are closed when accepted")
     p.add_argument("--threads", type=int, default=16, help="gRPC worker threads")
     p.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0,
                    help="threads for one op (TF Serving's flag; 0 = TensorFlow's default)")
@@ -154,7 +180,11 @@ def main(argv=None) -> None:
     server = ModelServer(configs, port=args.port, rest_api_port=args.rest_api_port or None, host=args.host,
                          poll_seconds=args.file_system_poll_wait_seconds, config_file=args.model_config_file or None,
                          config_poll_seconds=args.model_config_file_poll_wait_seconds,
-                         max_request_bytes=args.max_request_bytes, threads=args.threads).start()
+                         max_request_bytes=args.max_request_bytes, threads=args.threads,
+                         max_request_elements=args.max_request_elements,
+                         rest_limits=RestLimits(max_json_depth=args.max_json_depth, threads=args.rest_api_num_threads,
+                                                timeout_seconds=args.rest_api_timeout_in_ms / 1000,
+                                                max_connections=args.rest_api_max_connections)).start()
     if args.port_file:
         with open(args.port_file + ".tmp", "w") as f:
             f.write(f"{server.port} {server.rest_port or 0}\n")

@@ -12,6 +12,8 @@ from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
 from serving.status import invalid_argument
 
+INT64_MAX = 2**63 - 1
+
 # numpy dtype -> (DataType, typed TensorProto field)
 _TYPED_FIELD = {
     np.dtype(np.float32): (types_pb2.DT_FLOAT, "float_val"),
@@ -35,6 +37,30 @@ def dtype_name(dtype: int) -> str:
     return types_pb2.DataType.Name(dtype).removeprefix("DT_").lower()
 
 
+def declared_elements(proto: tensor_pb2.TensorProto) -> int:
+    """The element count the shape declares, in Python ints (no int64 overflow); -1 if not fully defined."""
+    if proto.tensor_shape.unknown_rank:
+        return -1
+    n = 1
+    for d in proto.tensor_shape.dim:
+        if d.size < 0:
+            return -1
+        n *= d.size
+    return n
+
+
+def count_elements(value, stop: int) -> int:
+    """Leaves of a JSON value (nested lists), counted without recursion; counting stops past `stop`."""
+    count, stack = 0, [value]
+    while stack and count <= stop:
+        v = stack.pop()
+        if isinstance(v, list):
+            stack.extend(v)
+        else:
+            count += 1
+    return count
+
+
 def proto_to_array(proto: tensor_pb2.TensorProto, alias: str, expected_dtype: int, index: int) -> np.ndarray:
     """The request tensor as numpy; INVALID_ARGUMENT on a dtype other than the signature's or bad content."""
     if proto.dtype != expected_dtype:
@@ -43,9 +69,11 @@ def proto_to_array(proto: tensor_pb2.TensorProto, alias: str, expected_dtype: in
     if proto.dtype not in _NUMPY_OF:
         raise invalid_argument(f"tensor parsing error: {alias}: dtype {dtype_name(proto.dtype)} is not supported")
     shape = [d.size for d in proto.tensor_shape.dim]
-    if proto.tensor_shape.unknown_rank or any(s < 0 for s in shape):
+    n = declared_elements(proto)
+    if n < 0:
         raise invalid_argument(f"tensor parsing error: {alias}: the shape must be fully defined")
-    n = int(np.prod(shape, dtype=np.int64))
+    if n > INT64_MAX:
+        raise invalid_argument(f"tensor parsing error: {alias}: shape {shape} has more elements than int64 holds")
     np_dtype = _NUMPY_OF[proto.dtype]
     if proto.dtype == types_pb2.DT_STRING:
         values = list(proto.string_val)
@@ -100,10 +128,10 @@ def json_to_array(value, alias: str, dtype: int) -> np.ndarray:
     """A JSON value (nested lists) as an array of the signature's dtype."""
     if dtype == types_pb2.DT_STRING:
         decoded = _decode_strings(value)
-        array = np.empty(np.shape(decoded), dtype=object) if isinstance(decoded, list) else None
-        if array is None:
+        if not isinstance(decoded, list):
             return np.array(decoded, dtype=object)
         try:
+            array = np.empty(np.shape(decoded), dtype=object)
             array[...] = decoded
         except ValueError:
             raise invalid_argument(f"input {alias}: lists of different lengths (the tensor must be dense)") from None
@@ -114,7 +142,7 @@ def json_to_array(value, alias: str, dtype: int) -> np.ndarray:
         raise invalid_argument(f"JSON Value: {value!r} is not of expected type: {dtype_name(dtype)}")
     try:
         return np.array(value, dtype=_NUMPY_OF[dtype])
-    except (ValueError, TypeError, OverflowError):
+    except (ValueError, TypeError, OverflowError):  # ragged lists, 5,000-digit ints
         raise invalid_argument(f"input {alias}: the values are not a dense {dtype_name(dtype)} tensor") from None
 
 

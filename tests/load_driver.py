@@ -21,8 +21,11 @@ EXPECTED = {
     "unknown_model": "NOT_FOUND",
     "unknown_signature": "FAILED_PRECONDITION",
     "garbage": "INTERNAL",               # bytes that are no PredictRequest: gRPC cannot parse them
+    "element_bomb": "INVALID_ARGUMENT",  # ~20 bytes declaring [200000] elements filled by one value
+    "shape_overflow": "INVALID_ARGUMENT",  # a shape whose element count overflows int64
 }
-MIX = ["valid"] * 15 + ["oversized", "wrong_dtype", "unknown_model", "unknown_signature", "garbage"]
+MIX = ["valid"] * 15 + ["oversized", "wrong_dtype", "unknown_model", "unknown_signature", "garbage",
+                        "element_bomb", "shape_overflow"]
 GARBAGE = b"\x0a\xff\xff\xff\xff\x0f not a protobuf"  # field 1 claims a length far past the end
 
 
@@ -41,6 +44,12 @@ def _hostile_or_valid(request, kind: str, x: np.ndarray, oversized_floats: int):
         return request(x=x.astype(np.int64))
     if kind == "unknown_model":
         return request(name="no_such_model", x=x)
+    if kind in ("element_bomb", "shape_overflow"):
+        req = request(x=x[:1])
+        del req.inputs["x"].tensor_shape.dim[:]
+        for size in ([200_000] if kind == "element_bomb" else [2**62, 2**62]):
+            req.inputs["x"].tensor_shape.dim.add(size=size)
+        return req
     return request(signature="no_such_signature", x=x)
 
 

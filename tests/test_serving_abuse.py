@@ -20,7 +20,8 @@ def test_serving_under_load_and_abuse(tmp_path, reliability):
 
     save_version(str(tmp_path / "tiny"), 1)  # y = 0.5 x + 2
     proc, port = spawn(["--model_name", "tiny", "--model_base_path", str(tmp_path / "tiny"),
-                        "--max_request_bytes", str(64 * 1024)], str(tmp_path / "server.log"), timeout=120)
+                        "--max_request_bytes", str(64 * 1024), "--max_request_elements", "10000"],
+                       str(tmp_path / "server.log"), timeout=120)
     try:
         report = run_load(f"127.0.0.1:{port}", proc.pid, model="tiny", offset=2.0, total=50_000)
         alive = proc.poll() is None
@@ -126,3 +127,140 @@ def test_no_code_path_unpickles_or_evaluates_input(reliability):
     reliability.record("security", "unpickle/eval/unsafe yaml/shell calls in the project's sources", "none",
                        f"{len(hits)} found" + (f": {hits}" if hits else ""), not hits)
     assert hits == []
+
+
+REST_HOSTILE = {
+    # kind -> (raw request bytes, the status line's code)
+    "negative_length": (b"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n"
+                        b'{"inputs": [1.0]}', b"400"),
+    "smuggled": (b"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 b"29\r\nGET /v1/models/tiny HTTP/1.1\r\nHost: x\r\n\r\n\r\n0\r\n\r\n", b"400"),
+    "bad_chunk_framing": (b"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                          b"2b\r\nGET /v1/models/tiny HTTP/1.1\r\nHost: x\r\n\r\n\r\n0\r\n\r\n", b"400"),
+    "oversized": (b"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n"
+                  b"Expect: 100-continue\r\n\r\n", b"413"),
+    "deep_json": (None, b"400"),
+    "element_bomb": (None, b"400"),
+    "huge_number": (None, b"400"),
+}
+
+
+def _post(body: bytes) -> bytes:
+    return (b"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: x\r\nContent-Length: "
+            + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+def _hostile_request(kind: str) -> bytes:
+    raw, _ = REST_HOSTILE[kind]
+    if raw is not None:
+        return raw
+    if kind == "deep_json":
+        return _post(b"[" * 20_000 + b"]" * 20_000)
+    if kind == "element_bomb":
+        return _post(b'{"inputs": [' + b",".join([b"0"] * 20_000) + b"]}")
+    return _post(b'{"inputs": [' + b"9" * 5000 + b"]}")
+
+
+def _raw_exchange(port: int, data: bytes) -> bytes:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(data)
+        s.settimeout(2)
+        reply = b""
+        try:
+            while chunk := s.recv(65536):
+                reply += chunk
+                if b"\r\n\r\n" in reply and b"Content-Length" not in reply.split(b"\r\n\r\n")[0]:
+                    break
+                head, _, body = reply.partition(b"\r\n\r\n")
+                length = [int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")]
+                if length and len(body) >= length[0]:
+                    break
+        except TimeoutError:
+            pass
+    return reply
+
+
+def test_rest_under_load_and_abuse(tmp_path, reliability):
+    """8 kept-alive REST clients send valid predictions (checked against 0.5 x + 2) while 8 others
+    send the hostile requests of issue [serving-hardening]: lying lengths, smuggling, oversized,
+    deep, element-bomb and huge-number bodies. The server stays alive, answers every valid request
+    correctly, answers every hostile one with its code, and its memory grows by less than 64 MiB."""
+    import http.client
+    import json
+    import socket
+    import threading
+
+    import numpy as np
+
+    from serving.server import spawn
+    from tests.load_driver import rss_bytes
+    from tests.serving_models import save_version
+
+    save_version(str(tmp_path / "tiny"), 1)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        rest = s.getsockname()[1]
+    proc, _ = spawn(["--model_name", "tiny", "--model_base_path", str(tmp_path / "tiny"), "--rest_api_port",
+                     str(rest), "--max_request_bytes", str(256 * 1024), "--max_request_elements", "10000",
+                     "--rest_api_timeout_in_ms", "2000"], str(tmp_path / "server.log"), timeout=120)
+    wrong, codes, lock = [], collections.Counter(), threading.Lock()
+    per_client = 300
+
+    def valid_client(seed):
+        rng = np.random.default_rng(seed)
+        conn = http.client.HTTPConnection("127.0.0.1", rest, timeout=30)
+        for _ in range(per_client):
+            x = rng.standard_normal(int(rng.integers(1, 9))).astype(np.float32)
+            conn.request("POST", "/v1/models/tiny:predict", body=json.dumps({"inputs": x.tolist()}))
+            response = conn.getresponse()
+            body = json.loads(response.read())
+            ok = response.status == 200 and np.array_equal(np.float32(body["outputs"]), np.float32(0.5) * x + 2)
+            with lock:
+                codes["valid:" + str(response.status)] += 1
+                if not ok:
+                    wrong.append((x.tolist(), response.status, body))
+
+    def hostile_client(seed):
+        kinds = sorted(REST_HOSTILE)
+        for i in range(per_client // 3):
+            kind = kinds[(seed + i) % len(kinds)]
+            reply = _raw_exchange(rest, _hostile_request(kind))
+            code = reply[9:12]
+            with lock:
+                codes[f"{kind}:{code.decode(errors='replace')}"] += 1
+                if code != REST_HOSTILE[kind][1] or reply.count(b"HTTP/1.1 ") != 1:
+                    wrong.append((kind, reply[:120]))
+
+    try:
+        warm = [threading.Thread(target=valid_client, args=(100,))]
+        for t in warm:
+            t.start()
+        for t in warm:
+            t.join()
+        codes.clear()  # the warm-up is not counted
+        rss_before = rss_bytes(proc.pid)
+        threads = ([threading.Thread(target=valid_client, args=(i,)) for i in range(8)]
+                   + [threading.Thread(target=hostile_client, args=(i,)) for i in range(8)])
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        alive = proc.poll() is None
+        rss_after = rss_bytes(proc.pid) if alive else 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    growth_mib = (rss_after - rss_before) / 2**20
+    hostile_sent = sum(v for k, v in codes.items() if not k.startswith("valid"))
+    ok = alive and not wrong and codes["valid:200"] == 8 * per_client and growth_mib < 64
+    reliability.record("serving load", f"REST: {8 * per_client} kept-alive valid requests beside {hostile_sent} "
+                       "hostile ones (lying lengths, smuggling, oversized, deep, element bombs, huge numbers)",
+                       "valid answered correctly, hostile get 400/413 once each, server alive, RSS +<64 MiB",
+                       f"{codes['valid:200']} valid OK, {len(wrong)} wrong, RSS {rss_before / 2**20:.0f} -> "
+                       f"{rss_after / 2**20:.0f} MiB ({growth_mib:+.1f}), alive: {alive}", ok, codes=dict(codes))
+    assert alive
+    assert not wrong, wrong[:5]
+    assert codes["valid:200"] == 8 * per_client
+    assert growth_mib < 64, (rss_before, rss_after)
