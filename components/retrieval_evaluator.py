@@ -3,8 +3,8 @@
 TFX's Evaluator scores examples one by one; retrieval quality needs every catalog item ranked for
 every user. This component
   1. embeds every catalog item with the item tower (the item-vector file's items, or the items seen
-     in the logs; an item's topic is the last one the logs show, unknown otherwise), a chunk of the
-     catalog at a time: memory holds the queries and one chunk, never the catalog,
+     in the logs; an item's topic is its most frequent one in the logs, as ItemIndexer indexes it,
+     unknown otherwise), a chunk of the catalog at a time: memory holds the queries and one chunk,
   2. embeds each eval user with the user tower, from the user's first clicked eval event (its
      features describe the user before the eval clicks), and takes the user's eval clicks as the
      relevant items,
@@ -12,9 +12,10 @@ every user. This component
   4. ranks the same catalog for the same users by clicks in the training split (the popularity
      baseline), with the same exclusions,
 with ties going to the item earlier in the catalog, and writes both metric sets to
-`evaluation/metrics.json`. The model is blessed (ModelBlessing
-`blessed`=1, which TFX's Pusher requires) only if its Recall@bless_k beats the baseline's by more
-than bless_margin and, when auc_floor > 0, the Trainer's eval AUC reaches it.
+`evaluation/metrics.json`. The model is blessed (ModelBlessing `blessed`=1, which TFX's Pusher
+requires) only if the 95% bootstrap interval (over eval users) of its Recall@bless_k lift over the
+baseline lies above bless_margin, there are at least min_eval_users eval users (unless allowed),
+and, when auc_floor > 0, the Trainer's eval AUC is defined and reaches it.
 """
 import hashlib
 import heapq
@@ -32,7 +33,7 @@ from tfx.utils import path_utils
 
 from components.artifacts import ItemVectors
 from components.item_vectors import IDS_FILE
-from components.retrieval_metrics import RunningTopK, metrics_at_k
+from components.retrieval_metrics import RunningTopK, bootstrap_interval, metrics_at_k, recall_per_query
 from components.trainer import EXAMPLES_INPUT, METRICS_FILE, SIGNATURE_ITEM, SIGNATURE_USER
 from pipeline.progress import RateLog
 from schema.spec import FeatureSpec
@@ -54,14 +55,18 @@ def _batches(examples, split: str, spec: FeatureSpec, columns: list[str]):
 
 
 class IdTable:
-    """Item ids with a count and the last values seen of some columns, in sorted numpy arrays (no
-    Python object per item). Rows are buffered and folded in every `fold_every` rows."""
+    """Item ids with a click count and, per column, the item's most frequent value in the logs (ties:
+    the smallest), in sorted numpy arrays (no Python object per item). The rule is ItemIndexer's
+    (components/item_indexer.py, _most_frequent), so the catalog is evaluated with the features it
+    is indexed with. Rows are buffered and folded in every `fold_every` rows."""
 
     def __init__(self, columns: list[str], fold_every: int = 1 << 20):
         self.columns, self.fold_every = columns, fold_every
         self.ids = np.zeros(0, "S1")
         self.counts = np.zeros(0, np.int64)
         self.values = {c: np.zeros(0, "S1") for c in columns}
+        # per column: (item, value) pairs seen, with how often
+        self._pairs = {c: (np.zeros(0, "S1"), np.zeros(0, "S1"), np.zeros(0, np.int64)) for c in columns}
         self._pending: list[tuple] = []
         self._pending_rows = 0
 
@@ -74,15 +79,36 @@ class IdTable:
     def fold(self) -> None:
         if not self._pending:
             return
-        parts = [(self.ids, self.counts, self.values), *self._pending]
-        ids = np.concatenate([p[0] for p in parts])
-        counts = np.concatenate([p[1] for p in parts])
-        # The last occurrence of an id keeps its values: unique over the reversed rows.
-        self.ids, first_reversed, inverse = np.unique(ids[::-1], return_index=True, return_inverse=True)
-        last = len(ids) - 1 - first_reversed
-        self.counts = np.bincount(inverse, weights=counts[::-1], minlength=len(self.ids)).astype(np.int64)
-        self.values = {c: np.concatenate([p[2][c] for p in parts])[last] for c in self.columns}
+        ids = np.concatenate([self.ids, *(p[0] for p in self._pending)])
+        counts = np.concatenate([self.counts, *(p[1] for p in self._pending)])
+        self.ids, inverse = np.unique(ids, return_inverse=True)
+        self.counts = np.bincount(inverse, weights=counts, minlength=len(self.ids)).astype(np.int64)
+        for c in self.columns:
+            pair_ids, pair_values, pair_counts = self._pairs[c]
+            new_ids = np.concatenate([p[0] for p in self._pending])
+            new_values = np.concatenate([p[2][c] for p in self._pending])
+            keep = new_values != b""  # an empty value is no value (a tf.Example without the feature)
+            all_ids = np.concatenate([pair_ids, new_ids[keep]])
+            all_values = np.concatenate([pair_values, new_values[keep]])
+            all_counts = np.concatenate([pair_counts, np.ones(int(keep.sum()), np.int64)])
+            keys = np.char.add(np.char.add(all_ids.astype(bytes), b"\x00"), all_values.astype(bytes))
+            unique, first, inv = np.unique(keys, return_index=True, return_inverse=True)
+            summed = np.bincount(inv, weights=all_counts, minlength=len(unique)).astype(np.int64)
+            self._pairs[c] = (all_ids[first], all_values[first], summed)
+            self.values[c] = self._most_frequent(*self._pairs[c])
         self._pending, self._pending_rows = [], 0
+
+    def _most_frequent(self, pair_ids, pair_values, pair_counts) -> np.ndarray:
+        """Per id of the table: its most frequent value, ties going to the smallest; b"" if none."""
+        order = np.lexsort((pair_values, -pair_counts, pair_ids))  # by id, then count desc, then value
+        ids, values = pair_ids[order], pair_values[order]
+        first = np.ones(len(ids), bool)
+        first[1:] = ids[1:] != ids[:-1]
+        best_ids, best_values = ids[first], values[first]
+        out = np.zeros(len(self.ids), dtype=best_values.dtype if len(best_values) else "S1")
+        pos = np.searchsorted(self.ids, best_ids)
+        out[pos] = best_values
+        return out
 
     def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(position in the table, found) for each id."""
@@ -244,9 +270,35 @@ def evaluate(model_dir: str, items: IdTable, clicked_users: np.ndarray, examples
     sizes = [len(r) for r in queries.relevant]
     full = [rel | {-(j + 1) for j in range(size - len(rel))} for rel, size in zip(relevant_index, sizes, strict=True)]
     return {"model": metrics_at_k(top_model.index, full, ks), "popularity": metrics_at_k(popularity, full, ks),
+            "_per_user_lift": {k: recall_per_query(top_model.index, full, k) - recall_per_query(popularity, full, k)
+                               for k in ks},
             "users": n, "eval_users": int(len(eval_users)), "relevant_items": int(sum(sizes)),
             "relevant_outside_catalog": int(sum(sizes) - sum(len(r) for r in relevant_index)),
             "catalog_items": catalog_items, "exclude_read": exclude_read}
+
+
+def gate(result: dict, per_user_lift: np.ndarray, key: str, bless_margin: float, auc_floor: float,
+         eval_auc: float | None, min_eval_users: int, allow_few_eval_users: bool, samples: int) -> list[str]:
+    """The reasons not to bless (none: blessed). The lift of the model over popularity at bless_k is
+    a mean over eval users; it must beat bless_margin with its whole 95% bootstrap interval, over
+    at least min_eval_users users. Adds lift and lift_ci to `result`."""
+    lift = result["model"][key] - result["popularity"][key]
+    ci = bootstrap_interval(per_user_lift, samples)
+    result.update(lift=lift, lift_ci=ci, bootstrap_samples=samples)
+    reasons = []
+    if not ci[0] > bless_margin:
+        reasons.append(f"{key} {result['model'][key]:.4f} does not beat the popularity baseline "
+                       f"{result['popularity'][key]:.4f} by more than {bless_margin} with 95% confidence "
+                       f"(lift {lift:+.4f}, interval [{ci[0]:+.4f}, {ci[1]:+.4f}] over {result['users']} users)")
+    if result["users"] < min_eval_users and not allow_few_eval_users:
+        reasons.append(f"too few eval users: {result['users']} < min_eval_users {min_eval_users} "
+                       f"(evaluation.allow_few_eval_users: true blesses anyway)")
+    if auc_floor > 0:
+        if eval_auc is None:
+            reasons.append(f"the eval AUC is undefined, so the floor {auc_floor} cannot be checked")
+        elif eval_auc < auc_floor:
+            reasons.append(f"eval AUC {eval_auc:.4f} is below the floor {auc_floor}")
+    return reasons
 
 
 @component
@@ -265,6 +317,9 @@ def RetrievalEvaluator(
     bless_margin: Parameter[float] = 0.0,
     auc_floor: Parameter[float] = 0.0,
     max_users: Parameter[int] = 0,
+    min_eval_users: Parameter[int] = 200,
+    allow_few_eval_users: Parameter[int] = 0,
+    bootstrap_samples: Parameter[int] = 1000,
 ) -> None:
     spec = FeatureSpec.from_json(feature_spec)
     k_list = sorted({int(k) for k in ks.split(",")} | {bless_k})
@@ -272,17 +327,12 @@ def RetrievalEvaluator(
     result = evaluate(path_utils.serving_model_path(model.uri), items, clicked_users, examples, item_vectors, spec,
                       k_list, bool(exclude_read), catalog_source, max_users)
     with fileio.open(os.path.join(model_run.uri, METRICS_FILE)) as f:
-        eval_auc = json.load(f)["eval_auc"]
+        eval_auc = json.load(f)["eval_auc"]  # None when undefined (one class only)
     key = f"recall@{bless_k}"
-    lift = result["model"][key] - result["popularity"][key]
-    reasons = []
-    if not lift > bless_margin:
-        reasons.append(f"{key} {result['model'][key]:.4f} does not beat the popularity baseline "
-                       f"{result['popularity'][key]:.4f} by more than {bless_margin}")
-    if auc_floor > 0 and eval_auc < auc_floor:
-        reasons.append(f"eval AUC {eval_auc:.4f} is below the floor {auc_floor}")
-    result.update(blessed=not reasons, not_blessed_because=reasons, eval_auc=eval_auc, bless_key=key,
-                  lift=lift)
+    per_user_lift = result.pop("_per_user_lift")[bless_k]
+    reasons = gate(result, per_user_lift, key, bless_margin, auc_floor, eval_auc, min_eval_users,
+                   bool(allow_few_eval_users), bootstrap_samples)
+    result.update(blessed=not reasons, not_blessed_because=reasons, eval_auc=eval_auc, bless_key=key)
     with fileio.open(os.path.join(evaluation.uri, EVALUATION_FILE), "w") as f:
         json.dump(result, f, indent=2)
     evaluation.set_json_value_custom_property("retrieval", result)

@@ -49,6 +49,26 @@ def metrics_at_k(top: np.ndarray, relevant: list[set[int]], ks: list[int]) -> di
     return out
 
 
+def recall_per_query(top: np.ndarray, relevant: list[set[int]], k: int) -> np.ndarray:
+    """[queries] Recall@k of each query (what metrics_at_k averages)."""
+    return np.array([sum(1 for i in row if i in rel) / len(rel) for row, rel in zip(top[:, :k], relevant, strict=True)])
+
+
+def bootstrap_interval(values: np.ndarray, samples: int = 1000, level: float = 0.95, seed: int = 0) -> list[float]:
+    """[low, high]: the percentile bootstrap interval of the mean of `values` (one per user), users
+    resampled with replacement `samples` times; a fixed seed makes it the same on every run."""
+    values = np.asarray(values, np.float64)
+    if len(values) == 0:
+        return [float("nan"), float("nan")]
+    rng = np.random.default_rng(seed)
+    means = np.empty(samples)
+    for b in range(0, samples, 100):  # 100 resamples at a time: memory of 100 x users
+        picks = rng.integers(0, len(values), size=(min(100, samples - b), len(values)))
+        means[b:b + len(picks)] = values[picks].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    return [float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))]
+
+
 def rank_catalog(scores: np.ndarray, exclude: list[set[int]], k: int) -> np.ndarray:
     """Top-k per query after removing the excluded items (their scores set to -inf)."""
     scores = scores.astype(np.float64, copy=True)

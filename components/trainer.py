@@ -11,6 +11,7 @@ TensorBoard logs to <model_run>/.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -25,7 +26,7 @@ from components import item_vectors
 from components.model import TwoTowerTrainer, build_towers, item_log_q, make_optimizer, model_input_names
 from components.preprocessing import ITEM_POSITIVE_COUNTS, ITEM_VOCAB, vocab_size_with_reserved
 from pipeline.config import TrainerConfig
-from pipeline.progress import RateLog
+from pipeline.progress import RateLog, log
 from schema.spec import FeatureSpec, transformed_name
 
 METRICS_FILE = "metrics.json"
@@ -181,8 +182,8 @@ class ProgressAndCurve(tf.keras.callbacks.Callback):
         self.steps = 0  # batches trained
 
     def on_train_batch_end(self, batch, logs=None):
-        step, logs = batch + 1, logs or {}
-        self.steps = step
+        self.steps += 1  # across Keras epochs (an epoch is eval_every_steps steps, or one pass)
+        step, logs = self.steps, logs or {}
         loss, auc = float(logs.get("loss", float("nan"))), float(logs.get("auc", float("nan")))
         if step % self.every == 0 or step == self.total:
             self.curve.append({"step": step, "loss": loss, "auc": auc})
@@ -216,7 +217,7 @@ class StopOnNonFinite(tf.keras.callbacks.Callback):
                                      f"(look for extreme values in the inputs)")
 
     def on_train_batch_end(self, batch, logs=None):
-        self.step = batch + 1
+        self.step += 1
         loss = float((logs or {}).get("loss", 0.0))
         if not np.isfinite(loss):
             bad = first_non_finite(self.model.trainable_variables)
@@ -228,6 +229,25 @@ class StopOnNonFinite(tf.keras.callbacks.Callback):
         bad = first_non_finite(self.model.variables)
         if bad:
             self._fail(f"first non-finite weight: {bad}")
+
+
+def count_records(files) -> int:
+    """Rows in gzipped TFRecord files, counted by tf.data (C++), for the passes-over-the-data warning."""
+    dataset = tf.data.TFRecordDataset(tf.io.gfile.glob(files) if isinstance(files, str) else
+                                      [f for pattern in files for f in tf.io.gfile.glob(pattern)],
+                                      compression_type="GZIP")
+    return int(dataset.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1).numpy())
+
+
+def defined_auc(auc_metric, value: float, split: str) -> tuple[float | None, str | None]:
+    """(AUC, None), or (None, the reason) when the split had only clicks or no clicks: AUC is then
+    undefined, and Keras would report 0 or 1."""
+    positives = float(auc_metric.true_positives[0] + auc_metric.false_negatives[0])
+    negatives = float(auc_metric.false_positives[0] + auc_metric.true_negatives[0])
+    if positives > 0 and negatives > 0:
+        return value, None
+    kind = "no clicks (act=1)" if positives == 0 else "only clicks (no act=0 rows)"
+    return None, f"{split} AUC is undefined: the {split} split has {kind}"
 
 
 def run_fn(fn_args: FnArgs) -> None:
@@ -252,28 +272,71 @@ def run_fn(fn_args: FnArgs) -> None:
         # below are read from the metrics themselves, which aggregate every worker.
         trainer.distribute_reduction_method = "first"
 
+    # With early stopping each of the `epochs` passes is a Keras epoch (validated after it); without,
+    # the dataset repeats them and Keras runs one epoch over it.
     train_ds = _dataset(fn_args, fn_args.train_files, tft_output, spec, cfg.batch_size, cfg.seed, True,
-                        cfg.epochs or None)
+                        (1 if cfg.early_stopping else cfg.epochs) if cfg.epochs else None)
     eval_ds = _dataset(fn_args, fn_args.eval_files, tft_output, spec, cfg.batch_size, cfg.seed, False, 1)
     if strategy.num_replicas_in_sync > 1:  # a batch is split between the workers (files may be fewer)
         train_ds, eval_ds = (_shard_by_data(d) for d in (train_ds, eval_ds))
     log_dir = fn_args.model_run_dir if chief else f"{fn_args.model_run_dir.rstrip('/')}-{task}"
     progress = ProgressAndCurve(None if cfg.epochs else fn_args.train_steps)
     guard = StopOnNonFinite()
-    trainer.fit(
-        train_ds, epochs=1, steps_per_epoch=None if cfg.epochs else fn_args.train_steps, verbose=0,
-        callbacks=[tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq=50), progress, guard])
+    callbacks = [tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq=50), progress, guard]
+    train_rows = count_records(fn_args.train_files)
+    planned_passes = (cfg.epochs if cfg.epochs else fn_args.train_steps * cfg.batch_size / max(train_rows, 1))
+    warnings = []
+    if planned_passes > cfg.warn_passes:
+        warnings.append(f"{planned_passes:.0f} passes over {train_rows:,} training rows planned "
+                        f"(more than {cfg.warn_passes:g}): small data overfits"
+                        + ("; early stopping keeps the best weights" if cfg.early_stopping else
+                           "; set trainer.early_stopping or fewer train_steps"))
+        log(f"warning: {warnings[-1]}")
+    # Keras epochs of eval_every_steps steps (or whole passes with `epochs`), the eval split's loss
+    # after each: EarlyStopping keeps the best weights. Without early stopping: one epoch, as before.
+    if cfg.epochs:
+        epochs, steps_per_epoch = (cfg.epochs, None) if cfg.early_stopping else (1, None)
+    elif cfg.early_stopping:
+        epochs = math.ceil(fn_args.train_steps / cfg.eval_every_steps)
+        steps_per_epoch = cfg.eval_every_steps
+    else:
+        epochs, steps_per_epoch = 1, fn_args.train_steps
+    stopper = None
+    if cfg.early_stopping:
+        stopper = tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, mode="min",
+                                                   restore_best_weights=True, verbose=0)
+        callbacks.append(stopper)
+    if cfg.early_stopping and not cfg.epochs and fn_args.train_steps % cfg.eval_every_steps:
+        train_ds = train_ds.take(fn_args.train_steps)  # the last epoch is shorter: stop at train_steps
+    trainer.fit(train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=0, callbacks=callbacks,
+                validation_data=eval_ds if cfg.early_stopping else None,
+                validation_steps=fn_args.eval_steps or None)
     guard.check_weights()
     trained = {k: float(v) for k, v in trainer.get_metrics_result().items()}  # before evaluate resets them
     eval_steps = fn_args.eval_steps or None
     results = trainer.evaluate(eval_ds, steps=eval_steps, return_dict=True, verbose=0)
+    eval_auc, auc_note = defined_auc(trainer.auc, float(results["auc"]), "eval")
+    if auc_note:
+        log(f"note: {auc_note}")
+    best_step, stopped_early = progress.steps, False
+    if stopper is not None and stopper.best_epoch is not None and stopper.best_weights is not None:
+        # EarlyStopping restores the best weights only when it stops; at the end of the planned epochs
+        # it keeps the last ones. Either way the model exported is the best one seen.
+        trainer.set_weights(stopper.best_weights)
+        per_epoch = steps_per_epoch or math.ceil(progress.steps / max(epochs, 1))
+        best_step = min(progress.steps, (stopper.best_epoch + 1) * per_epoch)
+        stopped_early = stopper.stopped_epoch > 0
+        results = trainer.evaluate(eval_ds, steps=eval_steps, return_dict=True, verbose=0)
+        eval_auc, auc_note = defined_auc(trainer.auc, float(results["auc"]), "eval")
     # Steps are counted by the callback: when an epoch-based run reaches the end of its data, Keras
     # has already counted one more optimizer iteration for the call that found no batch.
     metrics = {"loss_kind": cfg.loss, "train_steps": progress.steps,
                "optimizer_iterations": int(trainer.optimizer.iterations.numpy()),
+               "best_step": int(best_step), "stopped_early": bool(stopped_early),
+               "train_rows": train_rows, "planned_passes": round(planned_passes, 2), "warnings": warnings,
                "train_loss": trained["loss"], "train_auc": trained["auc"],
-               "eval_loss": float(results["loss"]), "eval_auc": float(results["auc"]), "vocab_sizes": vocab_sizes,
-               "curve": progress.curve, "weight_sums": weight_sums(trainer)}
+               "eval_loss": float(results["loss"]), "eval_auc": eval_auc, "eval_auc_note": auc_note,
+               "vocab_sizes": vocab_sizes, "curve": progress.curve, "weight_sums": weight_sums(trainer)}
     tf.io.gfile.makedirs(log_dir)
     with tf.io.gfile.GFile(os.path.join(log_dir, METRICS_FILE), "w") as f:
         json.dump(metrics, f, indent=2)

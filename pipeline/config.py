@@ -41,6 +41,13 @@ class TrainerConfig:
     embedding_stddev: float = 1.0    # init of the trainable tables (the original's 0.0 froze them at 0)
     normalize: bool = True           # L2-normalise the tower outputs (cosine similarity)
     seed: int = 1024
+    # Validation-driven training: the eval split's loss every eval_every_steps steps (every epoch
+    # with `epochs`); training stops after `patience` evaluations without a better loss and keeps the
+    # best weights. train_steps / epochs are then upper bounds.
+    early_stopping: bool = True
+    eval_every_steps: int = 250
+    patience: int = 4
+    warn_passes: float = 20.0        # warn when train_steps x batch_size exceeds this many passes over the data
 
 
 @dataclass
@@ -53,6 +60,9 @@ class EvaluationConfig:
     auc_floor: float = 0.0           # and, when > 0, the eval AUC reaches this
     max_users: int = 10_000          # eval users ranked against the full catalog: a stable sample by
                                      # user-id hash when there are more (cost ~ users x items); 0 = all
+    min_eval_users: int = 200        # fewer eval users than this: not blessed (the lift is too uncertain) ...
+    allow_few_eval_users: bool = False  # ... unless this is set
+    bootstrap_samples: int = 1000    # resamples of the eval users for the confidence interval of the lift
 
 
 @dataclass
@@ -115,6 +125,10 @@ def _check(config: PipelineConfig) -> PipelineConfig:
         raise ConfigError(f"split_buckets must give positive integers for train and eval, got {config.split_buckets}")
     if config.trainer.epochs < 0 or config.trainer.train_steps <= 0:
         raise ConfigError("trainer.train_steps must be > 0 and trainer.epochs >= 0")
+    if config.trainer.eval_every_steps <= 0 or config.trainer.patience <= 0:
+        raise ConfigError("trainer.eval_every_steps and trainer.patience must be > 0")
+    if config.evaluation.min_eval_users < 0 or config.evaluation.bootstrap_samples < 100:
+        raise ConfigError("evaluation.min_eval_users must be >= 0 and evaluation.bootstrap_samples >= 100")
     if config.evaluation.catalog not in ("vectors", "logs"):
         raise ConfigError(f"evaluation.catalog must be 'vectors' or 'logs', got '{config.evaluation.catalog}'")
     if not config.evaluation.ks or not all(isinstance(k, int) and k > 0 for k in config.evaluation.ks):

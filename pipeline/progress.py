@@ -80,8 +80,11 @@ def figures(kind: str, artifact, custom) -> str:
         if os.path.exists(path):
             with open(path) as f:
                 m = json.load(f)
-            return (f"{m['train_steps']:,} steps, train loss {m['train_loss']:.3f}, "
-                    f"eval loss {m['eval_loss']:.3f}, eval AUC {m['eval_auc']:.3f}")
+            auc = "undefined" if m.get("eval_auc") is None else f"{m['eval_auc']:.3f}"
+            best = (f" (best at step {m['best_step']:,}{', stopped early' if m.get('stopped_early') else ''})"
+                    if "best_step" in m else "")
+            return (f"{m['train_steps']:,} steps{best}, train loss {m['train_loss']:.3f}, "
+                    f"eval loss {m['eval_loss']:.3f}, eval AUC {auc}")
     if kind == "ModelEvaluation" and custom(artifact, "retrieval"):
         r = custom(artifact, "retrieval")
         key = r["bless_key"]

@@ -102,12 +102,17 @@ def _training_section(summary: dict, plt, out_dir: str) -> str:
     left.plot(steps, [p["loss"] for p in curve], color="#c44e52")
     left.set(xlabel="step", ylabel="training loss (running mean)", title="loss")
     right.plot(steps, [p["auc"] for p in curve], color="#55a868", label="training (running mean)")
-    right.axhline(training["eval_auc"], color="#8172b2", linestyle="--", label="eval split, end of training")
+    if training.get("eval_auc") is not None:
+        right.axhline(training["eval_auc"], color="#8172b2", linestyle="--", label="eval split, best weights")
     right.set(xlabel="step", ylabel="AUC", title="AUC")
     right.legend(loc="lower right")
-    table = _table(["train steps", "train loss", "train AUC", "eval loss", "eval AUC"],
-                   [[training["train_steps"], training["train_loss"], training["train_auc"],
-                     training["eval_loss"], training["eval_auc"]]])
+    eval_auc = training["eval_auc"] if training.get("eval_auc") is not None else "undefined"
+    table = _table(["train steps", "best step", "stopped early", "train loss", "train AUC", "eval loss", "eval AUC"],
+                   [[training["train_steps"], training.get("best_step", training["train_steps"]),
+                     "yes" if training.get("stopped_early") else "no", training["train_loss"], training["train_auc"],
+                     training["eval_loss"], eval_auc]])
+    notes = [*(training.get("warnings") or []), *([training["eval_auc_note"]] if training.get("eval_auc_note") else [])]
+    table += "".join(f"<p class='warn'>{html.escape(n)}</p>" for n in notes)
     return table + _save(plt, fig, out_dir, "training.png")
 
 
@@ -127,8 +132,12 @@ def _recall_section(summary: dict, plt, out_dir: str) -> str:
     ax.legend()
     verdict = "blessed" if retrieval["blessed"] else "not blessed: " + "; ".join(retrieval["not_blessed_because"])
     rows = [[f"recall@{k}", m, p] for k, m, p in zip(ks, model, popular, strict=True)]
+    ci = retrieval.get("lift_ci")
+    interval = (f" Lift over popularity {retrieval['lift']:+.4f}, 95% bootstrap interval over "
+                f"{retrieval['users']:,} eval users [{ci[0]:+.4f}, {ci[1]:+.4f}]." if ci else "")
     return (_table(["metric", "model", "popularity"], rows)
-            + f"<p>Blessing on {html.escape(retrieval['bless_key'])}: {html.escape(verdict)}.</p>"
+            + f"<p>Blessing on {html.escape(retrieval['bless_key'])}: {html.escape(verdict)}."
+            + f"{html.escape(interval)}</p>"
             + _save(plt, fig, out_dir, "recall.png"))
 
 

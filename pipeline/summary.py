@@ -191,14 +191,20 @@ def summary_lines(summary: dict, workdir: str) -> list[str]:
         lines.append(f"rows:       {_rows(summary['splits'])}")
     t = summary.get("training") or {}
     if t:
-        lines.append(f"training:   {t['train_steps']:,} steps ({t.get('loss_kind', '?')} loss); train loss "
-                     f"{t['train_loss']:.3f}, AUC {t['train_auc']:.3f}; eval loss {t['eval_loss']:.3f}, "
-                     f"AUC {t['eval_auc']:.3f}")
+        auc = "undefined" if t.get("eval_auc") is None else f"{t['eval_auc']:.3f}"
+        best = (f", best at step {t['best_step']:,}" + (" (stopped early)" if t.get("stopped_early") else "")
+                if "best_step" in t else "")
+        lines.append(f"training:   {t['train_steps']:,} steps{best} ({t.get('loss_kind', '?')} loss); train loss "
+                     f"{t['train_loss']:.3f}, AUC {t['train_auc']:.3f}; eval loss {t['eval_loss']:.3f}, AUC {auc}")
+        for note in [*(t.get("warnings") or []), *([t["eval_auc_note"]] if t.get("eval_auc_note") else [])]:
+            lines.append(f"            - {note}")
     r = summary.get("retrieval") or {}
     if r:
         key = r["bless_key"]
-        lines.append(f"retrieval:  {key} {r['model'][key]:.3f} vs popularity {r['popularity'][key]:.3f} "
-                     f"({r.get('users', 0):,} eval users, {r.get('catalog_items', 0):,} catalog items): "
+        ci = r.get("lift_ci")
+        lines.append(f"retrieval:  {key} {r['model'][key]:.3f} vs popularity {r['popularity'][key]:.3f}"
+                     + (f", lift 95% CI [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "")
+                     + f" ({r.get('users', 0):,} eval users, {r.get('catalog_items', 0):,} catalog items): "
                      + ("blessed" if r.get("blessed") else "not blessed"))
         for reason in r.get("not_blessed_because") or []:
             lines.append(f"            - {reason}")

@@ -27,7 +27,8 @@ def two_workers(runs, tmp_path_factory):
             env = dict(os.environ, TF_USE_LEGACY_KERAS="1",
                        TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
             log = open(out / f"worker-{index}.log", "w")
-            procs.append((subprocess.Popen([sys.executable, "-m", "tests.train_worker", workdir, str(out), str(STEPS)],
+            procs.append((subprocess.Popen([sys.executable, "-m", "tests.train_worker", workdir, str(out), str(STEPS),
+                                             json.dumps({"early_stopping": False})],
                                            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT), log))
         for proc, log in procs:
             codes.append(proc.wait(timeout=600))
@@ -67,8 +68,9 @@ def test_replicas_stay_in_step_and_the_pretrained_table_is_untouched(two_workers
 
 
 def test_epochs_train_whole_passes_over_the_training_split(runs, tmp_path, tmp_path_factory):
-    """trainer.epochs = 2 at batch 1,000: ceil(2 x rows / 1,000) steps, the rows counted here.
-    (Keras's optimizer counts one more iteration at the end of the data: train_steps must not.)"""
+    """trainer.epochs = 2 at batch 1,000: 2 x ceil(rows / 1,000) steps (each pass is an epoch, validated
+    after it, ending in a partial batch), the rows counted here. (Keras's optimizer counts one more
+    iteration at the end of the data: train_steps must not.)"""
     import math
 
     import tensorflow as tf
@@ -87,4 +89,5 @@ def test_epochs_train_whole_passes_over_the_training_split(runs, tmp_path, tmp_p
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.load(open(tmp_path / "model_run" / "metrics.json"))
     assert rows == first["splits"]["train"]["written"]
-    assert metrics["train_steps"] == math.ceil(2 * rows / 1000)
+    assert metrics["train_steps"] == 2 * math.ceil(rows / 1000)
+    assert metrics["train_rows"] == rows

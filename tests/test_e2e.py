@@ -43,11 +43,22 @@ def test_summary_counts_and_quality(runs):
     # Vocabularies come from the training split, so no training id is out of vocabulary.
     assert first["oov_ids"]["train"] == {"topic_id": 0, "client_type": 0}
     assert set(first["oov_ids"]["eval"]) == {"topic_id", "client_type"}
-    assert first["training"]["train_steps"] == TrainerConfig().train_steps
-    assert first["training"]["eval_auc"] >= 0.70, first["training"]
+    training, planned = first["training"], TrainerConfig()
+    # train_steps is an upper bound: early stopping ends sooner when the eval loss stops improving,
+    # and the model kept is the one of best_step (the eval split's lowest loss).
+    assert training["train_steps"] <= planned.train_steps
+    assert training["stopped_early"] == (training["train_steps"] < planned.train_steps)
+    assert 0 < training["best_step"] <= training["train_steps"]
+    assert training["best_step"] % planned.eval_every_steps == 0 or training["best_step"] == training["train_steps"]
+    assert training["train_rows"] == 8000
+    assert training["planned_passes"] == round(planned.train_steps * planned.batch_size / 8000, 2)
+    assert any("passes over 8,000 training rows" in w for w in training["warnings"])  # 48 > 20 passes
+    assert training["eval_auc"] >= 0.70, training
     assert np.isfinite(first["training"]["eval_loss"])
     retrieval = first["retrieval"]
     assert retrieval["blessed"] and first["pushed"]
+    low, high = retrieval["lift_ci"]
+    assert 0 < low <= retrieval["lift"] <= high and retrieval["users"] >= 200
     assert retrieval["model"]["recall@50"] > retrieval["popularity"]["recall@50"]
     for k in (10, 50, 100):
         assert 0 <= retrieval["model"][f"recall@{k}"] <= retrieval["model"][f"hit_rate@{k}"] <= 1

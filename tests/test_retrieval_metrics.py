@@ -75,23 +75,47 @@ def test_running_top_k_over_chunks_equals_ranking_the_whole_catalog(chunk):
         assert running.index[q].tolist() == expected
 
 
-def test_id_table_counts_and_keeps_the_last_values():
+def test_id_table_counts_and_keeps_the_most_frequent_values():
     from components.retrieval_evaluator import IdTable
 
     rows = [(b"p3", 1, b"t1"), (b"p1", 0, b"t2"), (b"p3", 1, b"t9"), (b"p22", 1, b"t4"), (b"p1", 1, b"t5"),
-            (b"p3", 0, b"t7")]
+            (b"p3", 0, b"t9"), (b"p7", 0, b""), (b"p1", 0, b"t5"), (b"p1", 0, b"t2")]
     table = IdTable(["topic_id"], fold_every=2)  # folds between batches: the merge is exercised
     for s in range(0, len(rows), 2):
         batch = rows[s:s + 2]
         table.add(np.array([r[0] for r in batch]), np.array([r[1] for r in batch]),
                   {"topic_id": np.array([r[2] for r in batch])})
     table.fold()
-    assert table.ids.tolist() == [b"p1", b"p22", b"p3"]
-    assert table.counts.tolist() == [1, 1, 2]
-    assert table.values["topic_id"].tolist() == [b"t5", b"t4", b"t7"]
+    assert table.ids.tolist() == [b"p1", b"p22", b"p3", b"p7"]
+    assert table.counts.tolist() == [1, 1, 2, 0]
+    # By hand: p1 has t2 twice and t5 twice (a tie: the smaller, t2); p3 has t9 twice; p7 has none.
+    assert table.values["topic_id"].tolist() == [b"t2", b"t4", b"t9", b""]
     pos, found = table.lookup(np.array([b"p3", b"p0", b"p22", b"zz"]))
     assert found.tolist() == [True, False, True, False]
     assert table.ids[pos[found]].tolist() == [b"p3", b"p22"]
+
+
+def test_the_evaluator_and_the_indexer_give_items_the_same_features():
+    """One rule for both: the evaluator's IdTable and ItemIndexer's reducer, on the same random logs."""
+    import collections
+
+    from components.item_indexer import _most_frequent
+    from components.retrieval_evaluator import IdTable
+
+    rng = np.random.default_rng(5)
+    items = rng.choice([b"p%d" % i for i in range(40)], size=2000)
+    topics = rng.choice([b"t%d" % i for i in range(6)], size=2000)
+    table = IdTable(["topic_id"], fold_every=300)
+    for s in range(0, 2000, 250):
+        table.add(items[s:s + 250], np.zeros(250, np.int64), {"topic_id": topics[s:s + 250]})
+    table.fold()
+    counted = collections.Counter(zip(items.tolist(), topics.tolist(), strict=True))
+    by_item = collections.defaultdict(list)
+    for (item, topic), n in counted.items():
+        by_item[item.decode()].append((("topic_id", topic.decode()), n))
+    indexer = dict(_most_frequent((item, pairs)) for item, pairs in by_item.items())
+    evaluator = {i.decode(): {"topic_id": v.decode()} for i, v in zip(table.ids, table.values["topic_id"], strict=True)}
+    assert evaluator == indexer
 
 
 def test_pairs_are_found_in_a_catalog_chunk():
@@ -115,3 +139,56 @@ def test_user_sample_is_stable_and_by_id_hash():
     random.Random(1).shuffle(shuffled)
     assert sample_users(users, 100) == sample_users(shuffled, 100) == expected
     assert sample_users(users, 5000) == set(users)
+
+
+def test_the_bootstrap_interval_of_a_mean():
+    from components.retrieval_metrics import bootstrap_interval
+
+    assert bootstrap_interval(np.full(50, 0.3)) == [pytest.approx(0.3), pytest.approx(0.3)]
+    rng = np.random.default_rng(1)
+    values = rng.normal(0.1, 1.0, size=400)
+    low, high = bootstrap_interval(values, samples=2000)
+    # The normal approximation, computed here: mean +- 1.96 standard errors.
+    se = values.std(ddof=1) / np.sqrt(len(values))
+    assert low == pytest.approx(values.mean() - 1.96 * se, abs=0.3 * se)
+    assert high == pytest.approx(values.mean() + 1.96 * se, abs=0.3 * se)
+    assert bootstrap_interval(values, samples=2000) == [low, high]  # the same on every run
+
+
+def _result(users, model, popularity):
+    return {"model": {"recall@50": model}, "popularity": {"recall@50": popularity}, "users": users}
+
+
+def test_the_gate_blesses_only_a_lift_above_the_margin_with_confidence_over_enough_users():
+    from components.retrieval_evaluator import gate
+
+    rng = np.random.default_rng(2)
+    clear = rng.normal(0.2, 0.3, size=300)  # a clear lift
+    result = _result(300, 0.5, 0.5 - clear.mean())
+    assert gate(result, clear, "recall@50", 0.0, 0.0, 0.8, 200, False, 1000) == []
+    assert result["lift_ci"][0] > 0
+    noisy = rng.normal(0.02, 0.5, size=300)  # a lift of 0.02 that 300 users cannot tell from 0
+    reasons = gate(_result(300, 0.5, 0.5 - noisy.mean()), noisy, "recall@50", 0.0, 0.0, 0.8, 200, False, 1000)
+    assert len(reasons) == 1 and "with 95% confidence" in reasons[0]
+    few = rng.normal(0.3, 0.1, size=47)  # 47 users: the lift is clear but the sample is too small
+    reasons = gate(_result(47, 0.5, 0.2), few, "recall@50", 0.0, 0.0, 0.8, 200, False, 1000)
+    assert reasons == ["too few eval users: 47 < min_eval_users 200 (evaluation.allow_few_eval_users: true "
+                       "blesses anyway)"]
+    assert gate(_result(47, 0.5, 0.2), few, "recall@50", 0.0, 0.0, 0.8, 200, True, 1000) == []
+    reasons = gate(_result(300, 0.5, 0.5 - clear.mean()), clear, "recall@50", 0.0, 0.7, None, 200, False, 1000)
+    assert reasons == ["the eval AUC is undefined, so the floor 0.7 cannot be checked"]
+
+
+def test_auc_is_undefined_when_a_split_has_one_class():
+    import tensorflow as tf
+
+    from components.trainer import defined_auc
+
+    only_clicks = tf.keras.metrics.AUC(from_logits=True)
+    only_clicks.update_state([1, 1, 1], [0.2, -1.0, 3.0])
+    assert defined_auc(only_clicks, float(only_clicks.result()), "eval") == (
+        None, "eval AUC is undefined: the eval split has only clicks (no act=0 rows)")
+    both = tf.keras.metrics.AUC(from_logits=True)
+    both.update_state([1, 0, 1, 0], [2.0, -1.0, 0.5, 1.0])
+    value, note = defined_auc(both, float(both.result()), "eval")
+    assert note is None and value == pytest.approx(0.75, abs=0.01)  # 3 of the 4 pairs ordered right
