@@ -10,7 +10,12 @@ STAMP := $(VENV)/.installed
 
 ML_DIR ?= ../shared/data/ml-latest-small
 
-.PHONY: setup browser demo serve test lint lock sample movielens clean
+MILVUS_VENV := .milvus-venv
+MILVUS_STAMP := $(MILVUS_VENV)/.installed
+MILVUS_PORT ?= 19530
+MILVUS_DIR ?= runs/milvus-server
+
+.PHONY: setup browser demo serve test lint lock sample movielens clean milvus-setup milvus-server
 
 setup: $(STAMP)
 
@@ -25,6 +30,16 @@ demo: $(STAMP)
 serve: $(STAMP)
 	$(PY) -m serving.server --model_config_file $(WORKDIR)/serving/models.config --port 8500 --rest_api_port 8501
 
+# A Milvus standalone server (embedded build, its own virtualenv) on loopback, until Ctrl-C:
+# point milvus.uri at http://127.0.0.1:$(MILVUS_PORT).
+milvus-setup: $(MILVUS_STAMP)
+
+$(MILVUS_STAMP): requirements-milvus.lock scripts/setup_milvus_venv.sh $(STAMP)
+	bash scripts/setup_milvus_venv.sh
+
+milvus-server: $(MILVUS_STAMP)
+	$(MILVUS_VENV)/bin/python scripts/milvus_server.py --port $(MILVUS_PORT) --dir $(MILVUS_DIR)
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
@@ -35,12 +50,14 @@ browser:
 # Two pytest-xdist workers, each taking whole modules (their module fixtures run once); TEST_WORKERS=0
 # runs everything in this process.
 TEST_WORKERS ?= 2
-test: lint browser
+test: lint browser $(MILVUS_STAMP)
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope --durations=15 $(PYTEST_ARGS)
 
 # Regenerate the lock after editing requirements.in.
 lock: $(STAMP)
 	$(VENV)/bin/uv pip compile requirements.in -o requirements.lock --python-version 3.10 \
+	  --python-platform x86_64-unknown-linux-gnu
+	$(VENV)/bin/uv pip compile requirements-milvus.in -o requirements-milvus.lock --python-version 3.10 \
 	  --python-platform x86_64-unknown-linux-gnu
 
 # Rewrite the committed sample under data/sample/ (deterministic).

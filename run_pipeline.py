@@ -254,7 +254,10 @@ def _quiet_loggers() -> None:
     import logging
 
     for name in ("absl", "tensorflow", "apache_beam", "tfx", "ml_metadata"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.ERROR)
+        # A filter too: TFX sets absl's verbosity back to INFO when it runs a component.
+        logger.addFilter(lambda record: record.levelno >= logging.ERROR)
 
 
 def _write_report(workdir: str, summary: dict, spec, config, patterns: dict) -> str:

@@ -308,11 +308,15 @@ def run_fn(fn_args: FnArgs) -> None:
         callbacks.append(stopper)
     if cfg.early_stopping and not cfg.epochs and fn_args.train_steps % cfg.eval_every_steps:
         train_ds = train_ds.take(fn_args.train_steps)  # the last epoch is shorter: stop at train_steps
-    trainer.fit(train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=0, callbacks=callbacks,
-                validation_data=eval_ds if cfg.early_stopping else None,
-                validation_steps=fn_args.eval_steps or None)
+    history = trainer.fit(train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=0, callbacks=callbacks,
+                          validation_data=eval_ds if cfg.early_stopping else None,
+                          validation_steps=fn_args.eval_steps or None)
     guard.check_weights()
-    trained = {k: float(v) for k, v in trainer.get_metrics_result().items()}  # before evaluate resets them
+    if stopper is None:  # the metrics of the one epoch, aggregated over every worker
+        trained = {k: float(v) for k, v in trainer.get_metrics_result().items()}  # before evaluate resets them
+    else:  # the validation ran last: the training figures of the best epoch come from the history
+        best = stopper.best_epoch if stopper.best_epoch is not None else -1
+        trained = {k: float(history.history[k][best]) for k in ("loss", "auc")}
     eval_steps = fn_args.eval_steps or None
     results = trainer.evaluate(eval_ds, steps=eval_steps, return_dict=True, verbose=0)
     eval_auc, auc_note = defined_auc(trainer.auc, float(results["auc"]), "eval")

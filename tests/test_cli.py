@@ -100,3 +100,21 @@ def test_input_errors_come_before_tensorflow_is_imported(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120).stdout
     assert f"error: {bad}: header does not match the feature spec (the file must be tab-separated)" in out
     assert "tensorflow imported: False" in out
+
+
+def test_the_cache_key_covers_the_serving_code_components_run(tmp_path, monkeypatch):
+    """ItemIndexer and ServingInfraValidator run serving/ code: an edit there must change the code
+    fingerprint that every component's cache key holds (PipelineInputs.code_fingerprint)."""
+    import shutil
+
+    from tests.conftest import REPO
+
+    for package in ("components", "schema", "pipeline", "serving"):
+        shutil.copytree(os.path.join(REPO, package), tmp_path / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(run_pipeline, "HERE", str(tmp_path))
+    before = run_pipeline.code_fingerprint()
+    assert run_pipeline.code_fingerprint() == before  # stable
+    with open(tmp_path / "serving" / "item_index.py", "a") as f:
+        f.write("\n# an edit\n")
+    assert run_pipeline.code_fingerprint() != before
