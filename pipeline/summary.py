@@ -18,7 +18,7 @@ from components.infra_validator import REPORT_PROPERTY as INFRA_REPORT_PROPERTY
 from components.preprocessing import OOV_COUNT_PREFIX
 from components.tower_pusher import TOWER_DESTINATIONS
 from components.trainer import METRICS_FILE
-from components.tsv_example_gen.executor import REPORT_PROPERTY, kept_dir
+from components.tsv_example_gen.executor import KEPT_DIR, REPORT_PROPERTY
 
 STATE_NAMES = {v: k for k, v in metadata_store_pb2.Execution.State.items()}
 
@@ -101,7 +101,18 @@ def output_artifacts(store, execution_id: int) -> list:
     return store.get_artifacts_by_id(ids)
 
 
-def build_run_summary(metadata_path: str, pipeline_name: str) -> dict:
+def _kept_ingest_report(pipeline_root: str, execution_id: int) -> tuple[dict, str] | None:
+    """A failed TsvExampleGen's counts, kept beside the output TFX deleted (MLMD keeps no output
+    artifact for a failed execution): (report, folder) or None."""
+    folder = os.path.join(pipeline_root, "TsvExampleGen", KEPT_DIR, str(execution_id))
+    path = os.path.join(folder, "report.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f), folder
+
+
+def build_run_summary(metadata_path: str, pipeline_name: str, pipeline_root: str | None = None) -> dict:
     store = open_store(metadata_path)
     executions, run_id = latest_run_executions(store, pipeline_name)
     types = {t.id: t.name for t in store.get_artifact_types()}
@@ -113,11 +124,6 @@ def build_run_summary(metadata_path: str, pipeline_name: str) -> dict:
             if kind == "Examples" and custom_property(a, REPORT_PROPERTY) is not None:
                 summary["splits"] = custom_property(a, REPORT_PROPERTY)
                 summary["examples_uri"] = a.uri
-            elif kind == "Examples" and os.path.exists(os.path.join(kept_dir(a.uri), "report.json")):
-                # ExampleGen failed on its rows: its counts were kept beside the deleted output.
-                with open(os.path.join(kept_dir(a.uri), "report.json")) as f:
-                    summary["splits"] = json.load(f)
-                summary["rejected_rows_dir"] = kept_dir(a.uri)
             elif kind == "ExampleStatistics" and e["component"] == "StatisticsGen":
                 summary["statistics_uri"] = a.uri
             elif kind == "ExampleStatistics" and e["component"] == "TransformedStatisticsGen":
@@ -151,6 +157,11 @@ def build_run_summary(metadata_path: str, pipeline_name: str) -> dict:
                         "path": custom_property(a, "pushed_destination"),
                         "version": custom_property(a, "pushed_version"),
                         "towers": custom_property(a, TOWER_DESTINATIONS) or {}})
+    for e in executions:
+        kept = (pipeline_root and e["component"] == "TsvExampleGen" and e["state"] == "FAILED"
+                and _kept_ingest_report(pipeline_root, e["id"]))
+        if kept and not summary["splits"]:
+            summary["splits"], summary["rejected_rows_dir"] = kept
     return summary
 
 
@@ -163,7 +174,7 @@ def _not_pushed_because(summary: dict) -> list[str]:
 
 
 def write_run_summary(metadata_path: str, pipeline_name: str, workdir: str, **extra) -> dict:
-    summary = {**build_run_summary(metadata_path, pipeline_name), **extra}
+    summary = {**build_run_summary(metadata_path, pipeline_name, os.path.join(workdir, "pipeline")), **extra}
     path = os.path.join(workdir, "run_summary.json")
     with open(path + ".tmp", "w") as f:
         json.dump(summary, f, indent=2, sort_keys=True)
