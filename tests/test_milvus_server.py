@@ -155,18 +155,29 @@ def test_the_alias_moves_under_concurrent_queries_with_no_failed_or_empty_answer
     assert all(h["id"].startswith("c") for h in hits)
 
 
-def test_the_pipeline_indexes_into_the_server(uri, tmp_path):
-    """The sample through the pipeline with milvus.uri pointing at the server, then recall from it."""
-    from tests.conftest import run_local
+def test_the_pipeline_indexes_into_the_server(uri, runs, tmp_path, tmp_path_factory):
+    """The shared sample run again with milvus.uri pointing at the server: everything is reused from
+    the cache but ItemIndexer (its Milvus settings changed), which indexes the blessed model there."""
+    from tests.conftest import holding_the_shared_run, run_local
 
-    (tmp_path / "config.yaml").write_text(f"trainer: {{train_steps: 300}}\nmilvus: {{uri: '{uri}', alias: e2e_items, "
-                                          "index_type: HNSW, index_params: {M: 16, efConstruction: 100}, "
-                                          "search_params: {ef: 200}}\n")
-    summary = run_local(tmp_path / "run", "--config", str(tmp_path / "config.yaml"))
+    workdir, first, _ = runs
+    (tmp_path / "config.yaml").write_text(f"milvus: {{uri: '{uri}', alias: e2e_items, index_type: HNSW, "
+                                          "index_params: {M: 16, efConstruction: 100}, search_params: {ef: 200}}\n")
+    with holding_the_shared_run(tmp_path_factory):
+        summary = run_local(workdir, "--config", str(tmp_path / "config.yaml"), "--no-serving-demo")
+    states = {c["component"]: c["state"] for c in summary["components"]}
+    assert states["Trainer"] == "CACHED" and states["ItemIndexer"] == "COMPLETE"
     index = summary["item_index"]
-    assert summary["pushed"] and index["count"] == 1477 and index["index_type"] == "HNSW"
+    assert index["count"] == 1477 and index["index_type"] == "HNSW"
     client = connect(_config(uri, "e2e_items"))
     assert client.describe_alias("e2e_items")["collection_name"] == index["collection"]
     assert client.get_collection_stats(index["collection"])["row_count"] == 1477
-    assert "served dssm version" in summary["_stdout"]  # the serving demo recalled from the server
+    # The server's vectors are the ones the Lite index of the first run holds (same model, same items).
+    rows = client.query(index["collection"], filter='post_id in ["p5", "p50"]', output_fields=["post_id", "embedding"])
+    lite = connect(IndexConfig(uri=f"{workdir}/milvus.db"))
+    lite_rows = lite.query(first["item_index"]["collection"], filter='post_id in ["p5", "p50"]',
+                           output_fields=["post_id", "embedding"])
+    by_id = {r["post_id"]: r["embedding"] for r in lite_rows}
+    assert len(rows) == 2 and all(np.allclose(r["embedding"], by_id[r["post_id"]], atol=1e-6) for r in rows)
     client.close()
+    lite.close()

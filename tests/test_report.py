@@ -22,7 +22,11 @@ def test_each_component_logs_start_and_end_with_figures(runs):
         assert re.search(rf"▶ {component} started", err), component
         assert re.search(rf"✓ {component} done in \d+", err), component
     assert f"train: {_data_rows('train.tsv'):,} rows, 0 rejected" in err
-    assert re.search(r"✓ Trainer done in \S+: 3,000 steps, train loss \d\.\d{3}, eval loss \d\.\d{3}, eval AUC", err)
+    training = first["training"]  # early stopping: the steps trained and the best one, from the summary
+    stopped = ", stopped early" if training["stopped_early"] else ""
+    assert re.search(rf"✓ Trainer done in \S+: {training['train_steps']:,} steps \(best at step "
+                     rf"{training['best_step']:,}{stopped}\), train loss \d\.\d{{3}}, "
+                     r"eval loss \d\.\d{3}, eval AUC", err)
     # Training progress: steps done of the total, a rate, time left.
     assert re.search(r"training: [\d,]+/3,000 \(\d+%\) steps, [\d,]+ steps/s, ~\d+s left, loss", err)
     assert "✓ ItemIndexer done in" in err and "1,477 items in" in err
