@@ -360,8 +360,9 @@ class ItemSearcher:
     def collection(self, refresh: bool = False) -> str:
         with self._lock:
             if refresh or self._target is None or time.monotonic() - self._checked > self._refresh_seconds:
-                target = self._alias.get() if self.config.is_lite else self.config.alias
-                target = target or self._target  # keep the last one seen over a transient empty read
+                # The concrete generation, on a server too: a proxy's alias cache can lag behind
+                # alter_alias for seconds, describe_alias does not.
+                target = self._alias.get() or self._target  # keep the last one seen over a transient empty read
                 if target is None:
                     raise ItemIndexError(f"no index behind alias {self.config.alias} at {self.config.uri}: "
                                       "run the pipeline (ItemIndexer) first")

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import REPO, free_port, holding_the_shared_run, signature_specs
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 STEPS = 30
 

@@ -64,6 +64,7 @@ def test_compiled_spec_holds_no_path_of_the_checkout(compiled):
     assert schema_file.startswith(str(tmp / "root") + "/schema/")
 
 
+@pytest.mark.slow
 def test_every_compiled_task_runs_and_pushes_both_towers(compiled):
     tmp, output, _ = compiled
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")

@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import REPO, free_port, run_local, tree_digest
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 

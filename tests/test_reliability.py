@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import REPO, SAMPLE_DIR, executions_by_node, run_local, signature_specs, tree_digest
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 UPSTREAM_OF_TRANSFORM = {"TsvExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator", "AnomalyGate",
                          "item_vectors_importer"}
