@@ -94,8 +94,10 @@ def code_fingerprint() -> str:
     """sha256 over the project's Python sources that components import (see PipelineInputs)."""
     import hashlib
 
+    from common import LAYERS
+
     h = hashlib.sha256()
-    for package in ("components", "schema", "pipeline", "serving"):  # serving/: ItemIndexer, infra validation
+    for package in LAYERS:  # every project package: components run code from all of them
         for path in sorted(glob.glob(os.path.join(HERE, package, "**", "*.py"), recursive=True)):
             h.update(os.path.relpath(path, HERE).encode())
             with open(path, "rb") as f:
@@ -284,10 +286,10 @@ def serving_demo(config_path: str, config, log_pattern: str, spec, milvus_uri: s
     """Serves the pushed models on a free loopback port and asks for one user and one item vector
     over gRPC, from the first line of the eval logs: what a client of TF Serving would do. Then the
     recall path: that user's vector (over gRPC) -> top 10 posts from Milvus."""
-    from dataclasses import asdict
+    from dataclasses import replace
 
     from serving.client import ServingClient, TowerClient, read_log_lines
-    from serving.item_index import IndexConfig, ItemSearcher
+    from serving.item_index import ItemSearcher
     from serving.model_config import read_config_file
     from serving.recall import Recaller, ServingUserEncoder
     from serving.server import ModelServer
@@ -303,7 +305,7 @@ def serving_demo(config_path: str, config, log_pattern: str, spec, milvus_uri: s
         print(f"user_embedding ({user.size}-d): {[round(float(x), 4) for x in user[:8]]} ...")
         print(f"item_embedding ({item.size}-d): {[round(float(x), 4) for x in item[:8]]} ...")
         print(f"user . item = {float(user @ item):.4f}")
-        searcher = ItemSearcher(IndexConfig(**{**asdict(config.milvus), "uri": milvus_uri}))
+        searcher = ItemSearcher(replace(config.milvus, uri=milvus_uri))
         (top,) = Recaller(ServingUserEncoder(client), searcher, spec).recall_log_lines([line], k=10)
         print(f"recall (Milvus {searcher.collection()}, read posts excluded): "
               + ", ".join(f"{h['id']} ({h['score']:.3f})" for h in top))

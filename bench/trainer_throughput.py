@@ -22,9 +22,9 @@ import tensorflow_transform as tft  # noqa: E402
 from tfx_bsl.public import tfxio  # noqa: E402
 
 from components import item_vectors  # noqa: E402
+from components.config import TrainerConfig  # noqa: E402
 from components.model import TwoTowerTrainer, build_towers, make_optimizer, model_input_names  # noqa: E402
 from components.preprocessing import vocab_size_with_reserved  # noqa: E402
-from pipeline.config import TrainerConfig  # noqa: E402
 from schema.spec import load_spec, transformed_name, vocab_name  # noqa: E402
 
 BATCH = 1024

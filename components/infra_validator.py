@@ -21,6 +21,8 @@ from tfx.types import artifact_utils
 from tfx.types.standard_artifacts import Examples, InfraBlessing, Model
 from tfx.utils import path_utils
 
+from common import signatures
+
 REPORT_FILE = "infra_validation.json"
 REPORT_PROPERTY = "infra_validation"
 
@@ -63,12 +65,12 @@ def check_towers(target: str, model_name: str, examples: list[bytes], timeout: f
     different inputs is refused: a collapsed model (e.g. trained on an inf) answers the same for all."""
     import numpy as np
 
-    from serving.client import ITEM_SIGNATURE, USER_SIGNATURE, ServingClient
+    from serving.client import ServingClient
 
     results = {}
     with ServingClient(target, model_name, timeout=timeout) as full:
         full.wait_until_available(timeout)
-        for tower, signature in (("user", USER_SIGNATURE), ("item", ITEM_SIGNATURE)):
+        for tower, signature in (("user", signatures.USER), ("item", signatures.ITEM)):
             started = time.perf_counter()
             vectors = full.embeddings(signature, examples)
             latency = time.perf_counter() - started

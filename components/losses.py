@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-LOSSES = ("pointwise", "inbatch_softmax", "mixed")
+from components import config
+
 _MASKED = -1e9
 
 
@@ -57,3 +58,23 @@ def softmax_loss(user, item, labels, item_ids, temperature: float, log_q=None, h
     if sample_weight is not None:
         w *= tf.cast(tf.reshape(sample_weight, [-1]), per_row.dtype)
     return tf.math.divide_no_nan(tf.reduce_sum(per_row * w), tf.reduce_sum(w))
+
+
+# The registry: trainer.loss -> the batch loss. Each takes the tower outputs [B, d], the act labels,
+# the items' vocabulary ids, their log q (or None), the row weights (or None) and the TrainerConfig.
+def _pointwise(user, item, labels, item_ids, log_q, weight, cfg):
+    return pointwise_loss(user, item, labels, cfg.gamma, cfg.pos_weight, sample_weight=weight)
+
+
+def _inbatch_softmax(user, item, labels, item_ids, log_q, weight, cfg):
+    return softmax_loss(user, item, labels, item_ids, cfg.temperature, log_q, sample_weight=weight)
+
+
+def _mixed(user, item, labels, item_ids, log_q, weight, cfg):
+    return softmax_loss(user, item, labels, item_ids, cfg.temperature, log_q, hard_negatives=True,
+                        sample_weight=weight)
+
+
+LOSS_FUNCTIONS = {"pointwise": _pointwise, "inbatch_softmax": _inbatch_softmax, "mixed": _mixed}
+if tuple(LOSS_FUNCTIONS) != config.LOSSES:  # the config accepts exactly the losses that exist
+    raise ImportError(f"components/config.py LOSSES {config.LOSSES} != the registry {tuple(LOSS_FUNCTIONS)}")

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from components.losses import LOSSES, pair_logits, pointwise_loss, softmax_loss
-from pipeline.config import TrainerConfig
+from components import config
+from components.config import TrainerConfig
+from components.losses import LOSS_FUNCTIONS, pair_logits
 from schema.spec import Feature, FeatureSpec, transformed_name
 
 
@@ -186,8 +187,9 @@ class TwoTowerTrainer(tf.keras.Model):
     def __init__(self, towers: Towers, spec: FeatureSpec, cfg: TrainerConfig, item_log_q: np.ndarray | None = None,
                  **kwargs):
         super().__init__(**kwargs)
-        if cfg.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got '{cfg.loss}'")
+        if cfg.loss not in LOSS_FUNCTIONS:
+            raise ValueError(f"loss must be one of {', '.join(LOSS_FUNCTIONS)}, got '{cfg.loss}'")
+        self.loss_fn = LOSS_FUNCTIONS[cfg.loss]
         self.user_tower, self.item_tower = towers.user, towers.item  # attributes: tracked variables
         self.cfg = cfg
         self.user_inputs = model_input_names(spec, "user")
@@ -211,13 +213,9 @@ class TwoTowerTrainer(tf.keras.Model):
         user, item = self(x, training=training)
         cfg = self.cfg
         weight = x[self.weight_key] if self.weight_key else None
-        if cfg.loss == "pointwise":
-            loss = pointwise_loss(user, item, y, cfg.gamma, cfg.pos_weight, sample_weight=weight)
-        else:
-            ids = tf.reshape(x[self.item_index], [-1])
-            log_q = tf.gather(self.item_log_q, ids) if (cfg.logq_correction and self.item_log_q is not None) else None
-            loss = softmax_loss(user, item, y, ids, cfg.temperature, log_q, hard_negatives=cfg.loss == "mixed",
-                                sample_weight=weight)
+        ids = tf.reshape(x[self.item_index], [-1])
+        log_q = tf.gather(self.item_log_q, ids) if (cfg.logq_correction and self.item_log_q is not None) else None
+        loss = self.loss_fn(user, item, y, ids, log_q, weight, cfg)
         return loss, pair_logits(user, item, cfg.gamma), weight
 
     def _update(self, loss, logits, y, weight):
@@ -257,9 +255,12 @@ def item_log_q(positive_counts: np.ndarray) -> np.ndarray:
     return np.log(counts / counts[1:-1].sum()).astype(np.float32)
 
 
+OPTIMIZERS = {"adam": tf.keras.optimizers.Adam, "adagrad": tf.keras.optimizers.Adagrad, "sgd": tf.keras.optimizers.SGD}
+if tuple(OPTIMIZERS) != config.OPTIMIZERS:  # the config accepts exactly the optimizers that exist
+    raise ImportError(f"components/config.py OPTIMIZERS {config.OPTIMIZERS} != the registry {tuple(OPTIMIZERS)}")
+
+
 def make_optimizer(cfg: TrainerConfig) -> tf.keras.optimizers.Optimizer:
-    kinds = {"adam": tf.keras.optimizers.Adam, "adagrad": tf.keras.optimizers.Adagrad,
-             "sgd": tf.keras.optimizers.SGD}
-    if cfg.optimizer not in kinds:
-        raise ValueError(f"optimizer must be one of {sorted(kinds)}, got '{cfg.optimizer}'")
-    return kinds[cfg.optimizer](learning_rate=cfg.learning_rate)
+    if cfg.optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got '{cfg.optimizer}'")
+    return OPTIMIZERS[cfg.optimizer](learning_rate=cfg.learning_rate)

@@ -22,17 +22,15 @@ import tensorflow_transform as tft
 from tfx.components.trainer.fn_args_utils import FnArgs
 from tfx_bsl.public import tfxio
 
+from common import signatures
+from common.progress import RateLog, log
 from components import item_vectors
+from components.config import TrainerConfig
 from components.model import TwoTowerTrainer, build_towers, item_log_q, make_optimizer, model_input_names
 from components.preprocessing import ITEM_POSITIVE_COUNTS, ITEM_VOCAB, vocab_size_with_reserved
-from pipeline.config import TrainerConfig
-from pipeline.progress import RateLog, log
 from schema.spec import FeatureSpec, transformed_name
 
 METRICS_FILE = "metrics.json"
-SIGNATURE_SCORE = "serving_default"
-SIGNATURE_USER = "user_embedding"
-SIGNATURE_ITEM = "item_embedding"
 EXAMPLES_INPUT = "examples"
 
 
@@ -124,13 +122,13 @@ class ServingModule(tf.Module):
         return tf.function(fn, input_signature=None).get_concrete_function(**specs)
 
     def signatures(self, which: str = "all") -> dict:
-        user = {SIGNATURE_USER: self.user_embedding, SIGNATURE_USER + "_raw": self.user_embedding_raw}
-        item = {SIGNATURE_ITEM: self.item_embedding, SIGNATURE_ITEM + "_raw": self.item_embedding_raw}
+        user = {signatures.USER: self.user_embedding, signatures.USER + signatures.RAW: self.user_embedding_raw}
+        item = {signatures.ITEM: self.item_embedding, signatures.ITEM + signatures.RAW: self.item_embedding_raw}
         if which == "user":
-            return {SIGNATURE_SCORE: self.user_embedding, **user}
+            return {signatures.SCORE: self.user_embedding, **user}
         if which == "item":
-            return {SIGNATURE_SCORE: self.item_embedding, **item}
-        return {SIGNATURE_SCORE: self.score, **user, **item}
+            return {signatures.SCORE: self.item_embedding, **item}
+        return {signatures.SCORE: self.score, **user, **item}
 
 
 def _keep_positions(dense: tf.Tensor, present: tf.Tensor) -> tf.SparseTensor:

@@ -19,8 +19,8 @@ import apache_beam as beam
 from tfx.components.transform import executor as tfx_transform
 from tfx.types import artifact_utils, standard_component_specs
 
+from common.progress import RateLog, log
 from components.tsv_example_gen.executor import REPORT_PROPERTY
-from pipeline.progress import RateLog, log
 
 
 class CountRows(beam.DoFn):

@@ -10,77 +10,13 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from components.config import EvaluationConfig, TrainerConfig
 from schema.spec import DEFAULT_SCHEMA_PATH, DEFAULT_SPEC_PATH
+from serving.item_index import IndexConfig
 
 
 class ConfigError(ValueError):
     pass
-
-
-@dataclass
-class TrainerConfig:
-    # Defaults: the best configuration found on MovieLens (bench/movielens_quality.py); the original
-    # design's pointwise setup is configs/original_design.yaml.
-    train_steps: int = 3000
-    epochs: int = 0                  # > 0: this many passes over the training split instead of train_steps
-    eval_steps: int = 0              # 0 = the whole eval split
-    batch_size: int = 128
-    optimizer: str = "adam"          # adam | adagrad | sgd
-    learning_rate: float = 0.001
-    loss: str = "mixed"              # pointwise | inbatch_softmax | mixed (components/losses.py)
-    gamma: float = 10.0              # cosine x gamma (the original design's temperature trick)
-    pos_weight: float = 1.2          # pointwise: weight of act=1 rows in the binary cross-entropy
-    temperature: float = 0.1         # in-batch losses: softmax over cosine / temperature
-    logq_correction: bool = True     # in-batch losses: subtract log of the item's click frequency
-    user_units: list[int] = field(default_factory=lambda: [256, 256, 128])
-    item_units: list[int] = field(default_factory=lambda: [256, 256, 128])
-    activation: str = "relu"         # hidden layers
-    output_activation: str = "tanh"  # last layer, before L2 normalisation
-    dropout: float = 0.0
-    batch_norm: bool = False
-    embedding_stddev: float = 1.0    # init of the trainable tables (the original's 0.0 froze them at 0)
-    normalize: bool = True           # L2-normalise the tower outputs (cosine similarity)
-    seed: int = 1024
-    # Validation-driven training: the eval split's loss every eval_every_steps steps (every epoch
-    # with `epochs`); training stops after `patience` evaluations without a better loss and keeps the
-    # best weights. train_steps / epochs are then upper bounds.
-    early_stopping: bool = True
-    eval_every_steps: int = 250
-    patience: int = 4
-    warn_passes: float = 20.0        # warn when train_steps x batch_size exceeds this many passes over the data
-
-
-@dataclass
-class EvaluationConfig:
-    ks: list[int] = field(default_factory=lambda: [10, 50, 100])
-    catalog: str = "vectors"         # vectors (the item-vector file's items) | logs (items in the logs)
-    exclude_read: bool = True        # drop the user's read posts from the ranking
-    bless_k: int = 50                # blessed only if Recall@bless_k beats popularity ...
-    bless_margin: float = 0.0        # ... by more than this
-    auc_floor: float = 0.0           # and, when > 0, the eval AUC reaches this
-    max_users: int = 10_000          # eval users ranked against the full catalog: a stable sample by
-                                     # user-id hash when there are more (cost ~ users x items); 0 = all
-    min_eval_users: int = 200        # fewer eval users than this: not blessed (the lift is too uncertain) ...
-    allow_few_eval_users: bool = False  # ... unless this is set
-    bootstrap_samples: int = 1000    # resamples of the eval users for the confidence interval of the lift
-
-
-@dataclass
-class MilvusConfig:
-    # Where ItemIndexer writes the item vectors: "" = a Milvus Lite file <workdir>/milvus.db; or a
-    # server, http://host:19530 (with token). Fields as serving.item_index.IndexConfig.
-    uri: str = ""
-    token: str = ""
-    alias: str = "dssm_items"        # queries go through this alias; each run writes a new collection
-    # FLAT (exact) by default. On Milvus Lite 2.5, IVF_FLAT / AUTOINDEX on a 100k-item collection
-    # return ~0.7 of the true top 100 whatever the parameters (interim index); at 1M items IVF_FLAT
-    # nlist 4000 is exact and 10x faster than FLAT (bench/milvus_search.py, README "Recall with Milvus").
-    index_type: str = "FLAT"         # FLAT | IVF_FLAT | AUTOINDEX on Milvus Lite; any type on a server
-    index_params: dict = field(default_factory=dict)   # e.g. {nlist: 4096}; IVF nlist is capped at items / 39
-    search_params: dict = field(default_factory=dict)  # e.g. {nprobe: 64}
-    keep_generations: int = 2        # collections kept per alias, the serving one included
-    insert_batch: int = 500
-    insert_threads: int = 8
 
 
 @dataclass
@@ -107,7 +43,9 @@ class PipelineConfig:
     enable_cache: bool = True
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
-    milvus: MilvusConfig = field(default_factory=MilvusConfig)
+    # Where ItemIndexer writes the item vectors (serving/item_index.py): uri "" = a Milvus Lite file
+    # <workdir>/milvus.db, or a server, http://host:19530 (with token).
+    milvus: IndexConfig = field(default_factory=IndexConfig)
     kubeflow: KubeflowConfig = field(default_factory=KubeflowConfig)
 
     def to_dict(self) -> dict:
@@ -129,26 +67,19 @@ def _check(config: PipelineConfig) -> PipelineConfig:
         raise ConfigError("trainer.eval_every_steps and trainer.patience must be > 0")
     if config.evaluation.min_eval_users < 0 or config.evaluation.bootstrap_samples < 100:
         raise ConfigError("evaluation.min_eval_users must be >= 0 and evaluation.bootstrap_samples >= 100")
-    if config.evaluation.catalog not in ("vectors", "logs"):
-        raise ConfigError(f"evaluation.catalog must be 'vectors' or 'logs', got '{config.evaluation.catalog}'")
     if not config.evaluation.ks or not all(isinstance(k, int) and k > 0 for k in config.evaluation.ks):
         raise ConfigError(f"evaluation.ks must be positive integers, got {config.evaluation.ks}")
     if config.keep_pushed_versions < 0:
         raise ConfigError("keep_pushed_versions must be >= 0 (0 keeps every pushed version)")
-    if config.milvus.keep_generations < 1:
-        raise ConfigError("milvus.keep_generations must be >= 1 (the serving generation)")
+    try:
+        config.milvus.validate()
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if not 0 <= config.max_rejected_fraction <= 1:
         raise ConfigError(f"max_rejected_fraction must be in [0, 1], got {config.max_rejected_fraction}")
     return config
 
 
-# Values a key may take, checked when the config loads (before any component runs). The trainer's
-# names must equal what components/losses.py and components/model.py accept (tests/test_config.py).
-CHOICES = {
-    "trainer.loss": ("pointwise", "inbatch_softmax", "mixed"),
-    "trainer.optimizer": ("adam", "adagrad", "sgd"),
-    "evaluation.catalog": ("vectors", "logs"),
-}
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
                list: "a list", dict: "a mapping"}
 
@@ -177,8 +108,9 @@ def _build(cls, data: dict, where: str, prefix: str = ""):
     if unknown:
         raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(names)}")
     hints = typing.get_type_hints(cls)
+    choices = {f.name: f.metadata.get("choices") for f in dataclasses.fields(cls)}
     kwargs = {}
-    nested = {"trainer": TrainerConfig, "evaluation": EvaluationConfig, "milvus": MilvusConfig,
+    nested = {"trainer": TrainerConfig, "evaluation": EvaluationConfig, "milvus": IndexConfig,
               "kubeflow": KubeflowConfig}
     for key, value in data.items():
         if key in nested and cls is PipelineConfig:
@@ -187,7 +119,7 @@ def _build(cls, data: dict, where: str, prefix: str = ""):
             kwargs[key] = _build(nested[key], value or {}, where, f"{key}.")
         else:
             kwargs[key] = _typed(value, hints[key], f"{where}: {prefix}{key}")
-            allowed = CHOICES.get(prefix + key)
+            allowed = choices[key]  # the values a key may take, checked before any component runs
             if allowed is not None and value not in allowed:
                 raise ConfigError(f"{where}: {prefix}{key}: must be one of {', '.join(allowed)}, got {value!r}")
     return cls(**kwargs)

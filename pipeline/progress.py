@@ -4,61 +4,14 @@ RunWatcher: a thread that polls the run's metadata store (MLMD), the record the 
 keeps, and logs one line when each component starts and one when it ends with its key figures.
 It sees stock TFX components (StatisticsGen, Transform) as well as the project's own.
 
-RateLog: the progress of a long step (rows read, steps trained, items indexed): count, rate and
-time left, at most every few seconds. Lines go to stderr through the "progress" logger.
+Its lines go through common/progress.py's logger, as RateLog's do.
 """
 from __future__ import annotations
 
-import logging
-import sys
 import threading
 import time
 
-_log = logging.getLogger("progress")
-if not _log.handlers:
-    _handler = logging.StreamHandler(sys.stderr)
-    _handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
-    _log.addHandler(_handler)
-    _log.setLevel(logging.INFO)
-    _log.propagate = False  # absl's root handler would print every line twice
-
-
-def log(message: str) -> None:
-    _log.info(message)
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
-
-
-class RateLog:
-    """`what: 12,000/50,000 rows (24%), 3,100 rows/s, ~12s left`, every `every_seconds` at most."""
-
-    def __init__(self, what: str, unit: str, total: float | None = None, every_seconds: float = 5.0):
-        self.what, self.unit, self.total, self.every = what, unit, total, every_seconds
-        self._first: tuple[float, float] | None = None  # (time, done) of the first update: the rate
-        self._last = 0.0                                 # leaves out the set-up before it
-
-    def update(self, done: float, extra: str = "", force: bool = False) -> None:
-        now = time.monotonic()
-        if self._first is None:
-            self._first, self._last = (now, done), now
-            return
-        if not force and now - self._last < self.every:
-            return
-        self._last = now
-        elapsed = now - self._first[0]
-        log(self.line(done, (done - self._first[1]) / elapsed if elapsed > 0 else 0.0, extra))
-
-    def line(self, done: float, rate: float, extra: str = "") -> str:
-        text = f"{self.what}: {done:,.0f}"
-        if self.total:
-            text += f"/{self.total:,.0f} ({done / self.total:.0%})"
-        text += f" {self.unit}, {rate:,.0f} {self.unit}/s"
-        if self.total and rate > 0 and done < self.total:
-            text += f", ~{_duration((self.total - done) / rate)} left"
-        return text + (f", {extra}" if extra else "")
+from common.progress import duration, log
 
 
 def figures(kind: str, artifact, custom) -> str:
@@ -178,7 +131,7 @@ class RunWatcher(threading.Thread):
         if logged == state:
             if state == "RUNNING" and now - self._beat.get(e.id, now) >= self.heartbeat:
                 self._beat[e.id] = now
-                log(f"… {name} running for {_duration(now - e.create_time_since_epoch / 1000)}")
+                log(f"… {name} running for {duration(now - e.create_time_since_epoch / 1000)}")
             return
         if state in ("NEW", "RUNNING"):
             self._open[e.id] = (name, state)
@@ -192,8 +145,8 @@ class RunWatcher(threading.Thread):
                  if (f := figures(types[a.type_id].split(".")[-1], a, custom_property))]
         detail = f": {'; '.join(found)}" if found else ""
         if state == "COMPLETE":
-            log(f"✓ {name} done in {_duration(seconds)}{detail}")
+            log(f"✓ {name} done in {duration(seconds)}{detail}")
         elif state == "CACHED":
             log(f"= {name} reused from an earlier run{detail}")
         else:
-            log(f"✗ {name} {state.lower()} after {_duration(seconds)}")
+            log(f"✗ {name} {state.lower()} after {duration(seconds)}")

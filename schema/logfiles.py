@@ -15,6 +15,7 @@ import os
 import re
 import zlib
 
+from common.progress import RateLog
 from schema.spec import FeatureSpec
 
 _WILDCARD = re.compile(r"[*?\[]")
@@ -107,3 +108,24 @@ def expand_local(pattern: str) -> list[str]:
     files = glob_files(pattern)
     check_matches(pattern, files, os.path.isdir, lambda p: open(p, "rb"))
     return files
+
+
+def read_lines(path: str, open_binary=lambda p: open(p, "rb"), size=os.path.getsize):
+    """(path, line number, raw bytes) for every data line of a plain or .gz log; line 1 is the header.
+
+    Blank lines are yielded too: ingest rejects and counts them (field_count), never skips them. A
+    truncated or corrupt .gz is a LogFileError: a run stops rather than use part of a file.
+    """
+    lineno = 0
+    raw = open_binary(path)
+    progress = RateLog(f"reading {os.path.basename(path)}", "MB", total=size(path) / 1e6)
+    try:
+        with gzip.GzipFile(fileobj=raw, mode="rb") if path.endswith(".gz") else raw as f:
+            for lineno, line in enumerate(f, start=1):
+                if lineno > 1:
+                    yield path, lineno, line
+                if lineno % 20_000 == 0:  # the position in the (compressed) file measures progress
+                    progress.update(raw.tell() / 1e6, f"{lineno - 1:,} rows")
+    except (EOFError, OSError, zlib.error) as e:
+        raise LogFileError(f"{path}: unreadable after line {lineno} ({type(e).__name__}: {e}); the file is "
+                           f"truncated or corrupt, so the run stops rather than train on part of it") from None

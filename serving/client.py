@@ -29,10 +29,9 @@ from tensorflow_serving.apis import (  # noqa: E402
     prediction_service_pb2_grpc,
 )
 
+from common import signatures  # noqa: E402
 from serving.tensors import array_to_proto  # noqa: E402
 
-USER_SIGNATURE = "user_embedding"
-ITEM_SIGNATURE = "item_embedding"
 EXAMPLES_INPUT = "examples"
 
 
@@ -138,13 +137,13 @@ class TowerClient:
         self.examples = ExampleBuilder(spec or load_spec())
 
     def user_embeddings(self, rows: list[dict]) -> np.ndarray:
-        return self.client.embeddings(USER_SIGNATURE, [self.examples.from_features(r) for r in rows])
+        return self.client.embeddings(signatures.USER, [self.examples.from_features(r) for r in rows])
 
     def item_embeddings(self, rows: list[dict]) -> np.ndarray:
-        return self.client.embeddings(ITEM_SIGNATURE, [self.examples.from_features(r) for r in rows])
+        return self.client.embeddings(signatures.ITEM, [self.examples.from_features(r) for r in rows])
 
     def embeddings_from_log_lines(self, tower: str, lines: list[str]) -> np.ndarray:
-        signature = USER_SIGNATURE if tower == "user" else ITEM_SIGNATURE
+        signature = signatures.USER if tower == "user" else signatures.ITEM
         return self.client.embeddings(signature, [self.examples.from_log_line(line) for line in lines])
 
 
@@ -152,7 +151,7 @@ def read_log_lines(path: str, limit: int) -> list[str]:
     """The first `limit` data lines of a log file (plain or .gz), read as ingest reads them."""
     import itertools
 
-    from components.tsv_example_gen.executor import read_lines
+    from schema.logfiles import read_lines
 
     return [line.decode("utf-8").rstrip("\r\n") for _, _, line in itertools.islice(read_lines(path), limit)]
 

@@ -1,13 +1,13 @@
 """Serialized tf.Examples for the serving signatures, from raw feature values or from a log line.
 
-Both go through the ingest parser (components/tsv_example_gen/parser.py), so a request is checked,
+Both go through the ingest parser (schema/rows.py), so a request is checked,
 deduplicated and truncated exactly as training rows were.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from components.tsv_example_gen.parser import Rejected, RowParser
+from schema.rows import Rejected, RowParser
 from schema.spec import INT, STRING, STRING_LIST, WEIGHTED_LIST, FeatureSpec
 
 

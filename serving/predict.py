@@ -4,8 +4,11 @@ The gRPC and REST front ends differ only in how tensors are encoded; both come t
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
-from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2, predict_pb2
+import tensorflow as tf
+from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2, predict_pb2, prediction_log_pb2
 
 from serving.servables import Servable, ServableManager
 from serving.status import failed_precondition, invalid_argument
@@ -114,3 +117,21 @@ def metadata(manager: ServableManager, request: get_model_metadata_pb2.GetModelM
         sig_map.signature_def[key].CopyFrom(sig)
     response.metadata[SIGNATURE_DEF_FIELD].Pack(sig_map)
     return response
+
+
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+MAX_WARMUP_RECORDS = 1000  # TF Serving's limit
+
+
+def run_warmup(servable: Servable) -> None:
+    """Replays assets.extra/tf_serving_warmup_requests (PredictionLog TFRecords), as TF Serving does."""
+    path = os.path.join(servable.path, WARMUP_FILE)
+    if not os.path.isfile(path):
+        return
+    for n, record in enumerate(tf.data.TFRecordDataset(path)):
+        if n >= MAX_WARMUP_RECORDS:
+            break
+        entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+        if entry.WhichOneof("log_type") != "predict_log":
+            raise ValueError(f"warmup record {n}: only predict_log is supported")
+        predict_request(servable, entry.predict_log.request)

@@ -23,12 +23,10 @@ import sys  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from common import signatures  # noqa: E402
 from schema.spec import FeatureSpec, load_spec  # noqa: E402
 from serving.examples import ExampleBuilder  # noqa: E402
 from serving.item_index import IndexConfig, ItemIndexError, ItemSearcher  # noqa: E402
-
-USER_SIGNATURE = "user_embedding"
-ITEM_SIGNATURE = "item_embedding"
 
 
 class SavedModelUserEncoder:
@@ -45,7 +43,7 @@ class SavedModelUserEncoder:
         versions = versions_on_disk(path)
         self.path = versions[max(versions)] if versions else path
         signatures = tf.saved_model.load(self.path).signatures
-        self._fn, self._item = signatures[USER_SIGNATURE], signatures[ITEM_SIGNATURE]
+        self._fn, self._item = signatures[signatures.USER], signatures[signatures.ITEM]
         self._tf = tf
 
     def __call__(self, examples: list[bytes]) -> np.ndarray:
@@ -62,10 +60,10 @@ class ServingUserEncoder:
         self.client = client
 
     def __call__(self, examples: list[bytes]) -> np.ndarray:
-        return self.client.embeddings(USER_SIGNATURE, examples)
+        return self.client.embeddings(signatures.USER, examples)
 
     def item(self, examples: list[bytes]) -> np.ndarray:
-        return self.client.embeddings(ITEM_SIGNATURE, examples)
+        return self.client.embeddings(signatures.ITEM, examples)
 
 
 def check_index_matches_model(searcher: ItemSearcher, item_tower, spec: FeatureSpec, sample: int = 8,
@@ -152,9 +150,7 @@ def _filters(values: list[str]) -> dict[str, list[str]]:
 
 
 def main(argv=None) -> None:
-    from pipeline.config import MilvusConfig
-
-    defaults = MilvusConfig()
+    defaults = IndexConfig()
     p = argparse.ArgumentParser(prog="python -m serving.recall", description=__doc__.splitlines()[0])
     p.add_argument("--workdir", default=os.path.join("runs", "demo"),
                    help="a run's work directory: its milvus.db and its pushed serving/MODEL_NAME (default: the demo's)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -26,8 +27,6 @@ log = logging.getLogger("serving")
 
 START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UNLOADING", "END"
 SERVE_TAG = "serve"
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
-MAX_WARMUP_RECORDS = 1000  # TF Serving's limit
 
 
 @dataclass
@@ -137,7 +136,9 @@ def versions_on_disk(base_path: str) -> dict[int, str]:
 
 class ServableManager:
     def __init__(self, configs: list[ModelConfig], poll_seconds: float = 1.0,
-                 config_file: str | None = None, config_poll_seconds: float = 0):
+                 config_file: str | None = None, config_poll_seconds: float = 0,
+                 warmup: Callable[[Servable], None] | None = None):
+        self._warmup = warmup  # replays a version's warmup requests before it serves (serving/predict.py)
         self._configs = {c.name: c for c in configs}
         self._poll_seconds = poll_seconds
         self._config_file = config_file
@@ -235,7 +236,8 @@ class ServableManager:
         log.info("loading %s version %d from %s", name, version, path)
         try:
             servable = Servable(name, version, path)
-            _run_warmup(servable)
+            if self._warmup is not None:
+                self._warmup(servable)
         except Exception as e:  # a broken version is reported in its status; the others keep serving
             log.error("failed to load %s version %d: %s", name, version, e)
             with self._lock:
@@ -293,21 +295,3 @@ class ServableManager:
     def model_names(self) -> list[str]:
         with self._lock:
             return sorted(self._configs)
-
-
-def _run_warmup(servable: Servable) -> None:
-    """Replays assets.extra/tf_serving_warmup_requests (PredictionLog TFRecords), as TF Serving does."""
-    path = os.path.join(servable.path, WARMUP_FILE)
-    if not os.path.isfile(path):
-        return
-    from tensorflow_serving.apis import prediction_log_pb2
-
-    from serving.predict import predict_request
-
-    for n, record in enumerate(tf.data.TFRecordDataset(path)):
-        if n >= MAX_WARMUP_RECORDS:
-            break
-        entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
-        if entry.WhichOneof("log_type") != "predict_log":
-            raise ValueError(f"warmup record {n}: only predict_log is supported")
-        predict_request(servable, entry.predict_log.request)

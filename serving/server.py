@@ -24,6 +24,7 @@ from concurrent import futures  # noqa: E402
 
 import grpc  # noqa: E402
 
+from serving import predict  # noqa: E402
 from serving.grpc_api import add_services  # noqa: E402
 from serving.model_config import ConfigError, ModelConfig, read_config_file, single_model  # noqa: E402
 from serving.rest_api import RestLimits, RestServer  # noqa: E402
@@ -46,7 +47,8 @@ class ModelServer:
                  config_poll_seconds: float = 0, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
                  threads: int = 16, max_request_elements: int = DEFAULT_MAX_REQUEST_ELEMENTS,
                  rest_limits: RestLimits | None = None):
-        self.manager = ServableManager(configs, poll_seconds, config_file, config_poll_seconds)
+        self.manager = ServableManager(configs, poll_seconds, config_file, config_poll_seconds,
+                                       warmup=predict.run_warmup)
         self.host = host
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc"),

@@ -102,19 +102,37 @@ def test_input_errors_come_before_tensorflow_is_imported(tmp_path):
     assert "tensorflow imported: False" in out
 
 
-def test_the_cache_key_covers_the_serving_code_components_run(tmp_path, monkeypatch):
-    """ItemIndexer and ServingInfraValidator run serving/ code: an edit there must change the code
-    fingerprint that every component's cache key holds (PipelineInputs.code_fingerprint)."""
+def test_the_cache_key_covers_every_module_a_component_runs(tmp_path, monkeypatch):
+    """Every project module a component imports, directly or not (ItemIndexer runs serving/item_index.py,
+    every component common/): an edit to any of them changes the code fingerprint that every
+    component's cache key holds (PipelineInputs.code_fingerprint), so no cached execution outlives it."""
     import shutil
 
+    from common import LAYERS
     from tests.conftest import REPO
+    from tests.test_layers import import_graph
 
-    for package in ("components", "schema", "pipeline", "serving"):
+    for package in LAYERS:
         shutil.copytree(os.path.join(REPO, package), tmp_path / package,
                         ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(run_pipeline, "HERE", str(tmp_path))
+    graph = import_graph()
+    run = set()
+    todo = [m for m in graph if m.startswith("components.")]
+    while todo:
+        module = todo.pop()
+        if module not in run:
+            run.add(module)
+            todo += graph[module]
+    assert {"serving.item_index", "serving.examples", "schema.rows", "common.progress"} <= run
     before = run_pipeline.code_fingerprint()
     assert run_pipeline.code_fingerprint() == before  # stable
-    with open(tmp_path / "serving" / "item_index.py", "a") as f:
-        f.write("\n# an edit\n")
-    assert run_pipeline.code_fingerprint() != before
+    for module in sorted(run):
+        path = tmp_path / (module.replace(".", os.sep) + ".py")
+        if not path.exists():
+            path = tmp_path / module.replace(".", os.sep) / "__init__.py"
+        original = path.read_bytes()
+        path.write_bytes(original + b"\n# an edit\n")
+        assert run_pipeline.code_fingerprint() != before, module
+        path.write_bytes(original)
+    assert run_pipeline.code_fingerprint() == before

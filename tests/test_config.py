@@ -1,7 +1,8 @@
 """Config values are checked for type and allowed value when the config loads, before anything runs."""
 import pytest
 
-from pipeline.config import CHOICES, ConfigError, load_config
+from components import config as component_config
+from pipeline.config import ConfigError, load_config
 
 
 def _load(tmp_path, text):
@@ -38,10 +39,20 @@ def test_ints_are_accepted_where_a_number_is_expected(tmp_path):
 
 
 def test_the_allowed_names_are_the_ones_the_trainer_knows():
-    from components.losses import LOSSES
-    from components.model import make_optimizer
-    from pipeline.config import TrainerConfig
+    from components.config import TrainerConfig
+    from components.losses import LOSS_FUNCTIONS
+    from components.model import OPTIMIZERS, make_optimizer
 
-    assert tuple(CHOICES["trainer.loss"]) == tuple(LOSSES)
-    for name in CHOICES["trainer.optimizer"]:
+    assert tuple(LOSS_FUNCTIONS) == component_config.LOSSES
+    assert tuple(OPTIMIZERS) == component_config.OPTIMIZERS
+    for name in component_config.OPTIMIZERS:
         make_optimizer(TrainerConfig(optimizer=name))
+
+
+def test_the_milvus_settings_are_checked_when_the_config_loads(tmp_path):
+    with pytest.raises(ConfigError, match="keep_generations must be >= 1"):
+        _load(tmp_path, "milvus:\n  keep_generations: 0\n")
+    with pytest.raises(ConfigError, match="Milvus Lite builds FLAT, IVF_FLAT, AUTOINDEX only, not HNSW"):
+        _load(tmp_path, "milvus:\n  index_type: HNSW\n")
+    config, _ = _load(tmp_path, "milvus:\n  uri: http://milvus:19530\n  index_type: HNSW\n")
+    assert config.milvus.index_type == "HNSW" and not config.milvus.is_lite

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.config import TrainerConfig
+from components.config import TrainerConfig
 from tests.conftest import REPO, executions_by_node, holding_the_shared_run, run_local
 
 pytestmark = pytest.mark.e2e

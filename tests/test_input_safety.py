@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from components.item_vectors import ItemVectorError, read_item_vectors
 from components.tsv_example_gen.executor import IngestError, check_headers, expand_pattern
-from components.tsv_example_gen.parser import Rejected, RowParser
 from schema.numbers import NumberError, parse_float32, parse_int64
+from schema.rows import Rejected, RowParser
 from schema.spec import load_spec
 
 SPEC = load_spec()

@@ -3,8 +3,8 @@ import gzip
 import pytest
 import tensorflow as tf
 
-from components.tsv_example_gen.parser import Rejected, RowParser
 from schema.logfiles import check_header
+from schema.rows import Rejected, RowParser
 
 GOOD = b"1\tu1\tp9\t0\t3,4,3\t5:0.5,6:1.5\t7\tp1,p9,p2\n"
 
@@ -76,7 +76,7 @@ def test_header_check_names_missing_and_unexpected(spec):
 
 
 def test_gzip_lines_read_like_plain(tmp_path, spec):
-    from components.tsv_example_gen.executor import read_lines
+    from schema.logfiles import read_lines
 
     text = "\t".join(spec.columns).encode() + b"\n" + GOOD + GOOD
     (tmp_path / "a.tsv").write_bytes(text)

@@ -3,7 +3,7 @@ import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from components.tsv_example_gen.parser import Rejected, RowParser
+from schema.rows import Rejected, RowParser
 from schema.spec import load_spec
 
 SPEC = load_spec()

@@ -121,7 +121,7 @@ def test_pca_matches_the_covariance_eigenvectors():
 
 
 def test_rate_log_line_counts_rate_and_time_left():
-    from pipeline.progress import RateLog
+    from common.progress import RateLog
 
     log = RateLog("indexing", "items", total=10_000)
     assert log.line(2_500, 500.0) == "indexing: 2,500/10,000 (25%) items, 500 items/s, ~15s left"

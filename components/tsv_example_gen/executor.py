@@ -12,10 +12,8 @@ or no rows at all.
 from __future__ import annotations
 
 import collections
-import gzip
 import json
 import os
-import zlib
 from typing import Any
 
 import apache_beam as beam
@@ -27,9 +25,8 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
-from components.tsv_example_gen.parser import Rejected, RowParser
-from pipeline.progress import RateLog
 from schema import logfiles
+from schema.rows import Rejected, RowParser
 from schema.spec import FeatureSpec
 
 FEATURE_SPEC_KEY = "feature_spec"
@@ -74,24 +71,11 @@ def expand_pattern(pattern: str) -> list[str]:
 
 
 def read_lines(path: str):
-    """(path, line number, raw bytes) for every data line; line 1 is the header.
-
-    Blank lines are yielded too: they are rejected and counted (field_count), never skipped.
-    """
-    lineno = 0
-    raw = fileio.open(path, "rb")
-    size = fileio.stat(path).length
-    progress = RateLog(f"reading {os.path.basename(path)}", "MB", total=size / 1e6)
+    """schema/logfiles.py's read_lines through TFX's filesystem (local files, gs://, ...)."""
     try:
-        with gzip.GzipFile(fileobj=raw, mode="rb") if path.endswith(".gz") else raw as f:
-            for lineno, line in enumerate(f, start=1):
-                if lineno > 1:
-                    yield path, lineno, line
-                if lineno % 20_000 == 0:  # the position in the (compressed) file measures progress
-                    progress.update(raw.tell() / 1e6, f"{lineno - 1:,} rows")
-    except (EOFError, OSError, zlib.error) as e:  # a truncated or corrupt .gz: stop, never keep a part
-        raise IngestError(f"{path}: unreadable after line {lineno} ({type(e).__name__}: {e}); the file is "
-                          f"truncated or corrupt, so the run stops rather than train on part of it") from None
+        yield from logfiles.read_lines(path, lambda p: fileio.open(p, "rb"), lambda p: fileio.stat(p).length)
+    except logfiles.LogFileError as e:
+        raise IngestError(str(e)) from None
 
 
 def load_item_ids(path: str) -> frozenset[str]:

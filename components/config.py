@@ -1,0 +1,62 @@
+"""The typed settings of the project's components (the `trainer:` and `evaluation:` keys of the
+pipeline config), and the names a setting may take. Light on purpose: the config loads and is checked
+before TensorFlow is imported. A field's `choices` metadata lists the values it accepts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# The registries' names: components/losses.py and components/model.py map each to its code, and
+# refuse to import if a name has none.
+LOSSES = ("pointwise", "inbatch_softmax", "mixed")
+OPTIMIZERS = ("adam", "adagrad", "sgd")
+CATALOGS = ("vectors", "logs")
+
+
+@dataclass
+class TrainerConfig:
+    # Defaults: the best configuration found on MovieLens (bench/movielens_quality.py); the original
+    # design's pointwise setup is configs/original_design.yaml.
+    train_steps: int = 3000
+    epochs: int = 0                  # > 0: this many passes over the training split instead of train_steps
+    eval_steps: int = 0              # 0 = the whole eval split
+    batch_size: int = 128
+    optimizer: str = field(default="adam", metadata={"choices": OPTIMIZERS})
+    learning_rate: float = 0.001
+    loss: str = field(default="mixed", metadata={"choices": LOSSES})  # components/losses.py
+    gamma: float = 10.0              # cosine x gamma (the original design's temperature trick)
+    pos_weight: float = 1.2          # pointwise: weight of act=1 rows in the binary cross-entropy
+    temperature: float = 0.1         # in-batch losses: softmax over cosine / temperature
+    logq_correction: bool = True     # in-batch losses: subtract log of the item's click frequency
+    user_units: list[int] = field(default_factory=lambda: [256, 256, 128])
+    item_units: list[int] = field(default_factory=lambda: [256, 256, 128])
+    activation: str = "relu"         # hidden layers
+    output_activation: str = "tanh"  # last layer, before L2 normalisation
+    dropout: float = 0.0
+    batch_norm: bool = False
+    embedding_stddev: float = 1.0    # init of the trainable tables (the original's 0.0 froze them at 0)
+    normalize: bool = True           # L2-normalise the tower outputs (cosine similarity)
+    seed: int = 1024
+    # Validation-driven training: the eval split's loss every eval_every_steps steps (every epoch
+    # with `epochs`); training stops after `patience` evaluations without a better loss and keeps the
+    # best weights. train_steps / epochs are then upper bounds.
+    early_stopping: bool = True
+    eval_every_steps: int = 250
+    patience: int = 4
+    warn_passes: float = 20.0        # warn when train_steps x batch_size exceeds this many passes over the data
+
+
+@dataclass
+class EvaluationConfig:
+    ks: list[int] = field(default_factory=lambda: [10, 50, 100])
+    # vectors (the item-vector file's items) | logs (items in the logs)
+    catalog: str = field(default="vectors", metadata={"choices": CATALOGS})
+    exclude_read: bool = True        # drop the user's read posts from the ranking
+    bless_k: int = 50                # blessed only if Recall@bless_k beats popularity ...
+    bless_margin: float = 0.0        # ... by more than this
+    auc_floor: float = 0.0           # and, when > 0, the eval AUC reaches this
+    max_users: int = 10_000          # eval users ranked against the full catalog: a stable sample by
+                                     # user-id hash when there are more (cost ~ users x items); 0 = all
+    min_eval_users: int = 200        # fewer eval users than this: not blessed (the lift is too uncertain) ...
+    allow_few_eval_users: bool = False  # ... unless this is set
+    bootstrap_samples: int = 1000    # resamples of the eval users for the confidence interval of the lift
