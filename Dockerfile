@@ -16,6 +16,7 @@ COPY requirements.lock ./
 RUN uv pip install --system --no-cache -r requirements.lock
 
 COPY setup.py run_pipeline.py ./
+COPY common/ common/
 COPY pipeline/ pipeline/
 COPY components/ components/
 COPY schema/ schema/

@@ -101,3 +101,14 @@ def test_the_checks_find_what_they_look_for():
     real = import_graph()
     assert "common.progress" in real["serving.item_index"]  # `from common.progress import RateLog`
     assert "common.signatures" in real["components.trainer"]  # `from common import signatures`
+
+
+def test_the_package_and_the_image_hold_every_layer():
+    """setup.py installs, and the Kubeflow image copies, every project package (a new layer included)."""
+    with open(os.path.join(REPO, "setup.py")) as f:
+        setup = f.read()
+    with open(os.path.join(REPO, "Dockerfile")) as f:
+        dockerfile = f.read()
+    for package in PACKAGES:
+        assert f'"{package}*"' in setup, package
+        assert f"COPY {package}/ {package}/" in dockerfile, package
