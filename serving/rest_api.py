@@ -186,6 +186,13 @@ def _parse_version(text: str | None) -> int | None:
     return int(text)
 
 
+# Lingering close after an early 413: the rest of the body is read and dropped for this long, up to
+# this much, before the connection closes. Closing with unread input makes the kernel send a reset,
+# and a reset can destroy the 413 in the client's buffer before the client reads it.
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 1 << 20
+
+
 class _Request(httputil.HTTPMessageDelegate):
     """One HTTP request (Tornado's HTTPMessageDelegate protocol): the body is kept only while it stays
     within the limit; the answer is computed in the pool and written from the event loop."""
@@ -194,6 +201,8 @@ class _Request(httputil.HTTPMessageDelegate):
         self.app, self.connection = app, connection
         self.body = bytearray()
         self.answered = False  # an early answer (413) makes the rest of the body irrelevant
+        self._linger = None    # the timer that ends a lingering close
+        self._dropped = 0
 
     def headers_received(self, start_line, headers):
         self.method, self.path = start_line.method, start_line.path
@@ -202,23 +211,46 @@ class _Request(httputil.HTTPMessageDelegate):
         # A malformed Content-Length is left to Tornado (400 and close); a too large one is refused
         # from the headers, before any of the body is read (and before a 100 Continue).
         if length is not None and length.strip().isdigit() and int(length) > limit:
-            self._too_large(f"request of {int(length)} bytes exceeds the limit of {limit} bytes")
+            # A client that asked for 100 Continue sends no body: answer and finish at once.
+            self._too_large(f"request of {int(length)} bytes exceeds the limit of {limit} bytes",
+                            linger=headers.get("Expect") != "100-continue")
         return None
 
     def data_received(self, chunk):
         if self.answered:
+            self._dropped += len(chunk)
+            if self._linger is not None and self._dropped > LINGER_BYTES:
+                self._close()
             return None
         self.body += chunk
         if len(self.body) > self.app.limits.max_request_bytes:
             self._too_large(f"request body exceeds the limit of {self.app.limits.max_request_bytes} bytes")
         return None
 
-    def _too_large(self, message: str) -> None:
+    def _too_large(self, message: str, linger: bool = True) -> None:
         self.body = bytearray()
         self.app.count("too_large")
-        self._write(413, {"error": message})
+        self._write(413, {"error": message}, finish=not linger)
+        if linger and self.connection is not None:
+            self._linger = self.app.loop.call_later(LINGER_SECONDS, self._close)
+
+    def _close(self) -> None:
+        """Ends a lingering close: whatever is still unread is dropped with the connection."""
+        if self._linger is not None:
+            self.app.loop.remove_timeout(self._linger)
+            self._linger = None
+        if self.connection is not None:
+            self.connection.close()
 
     def finish(self):
+        if self._linger is not None:  # the rest of an over-limit body has been read: end the 413
+            self.app.loop.remove_timeout(self._linger)
+            self._linger = None
+            try:
+                self.connection.finish()
+            except Exception:  # noqa: BLE001 - the client went away
+                log.debug("REST client closed before the answer")
+            return
         if self.answered:
             return
         body, self.body = bytes(self.body), bytearray()
@@ -234,7 +266,7 @@ class _Request(httputil.HTTPMessageDelegate):
             status, payload = 500, {"error": f"{type(e).__name__}: {e}"}
         self._write(status, payload)
 
-    def _write(self, status: int, payload: dict) -> None:
+    def _write(self, status: int, payload: dict, finish: bool = True) -> None:
         if self.answered or self.connection is None:
             return
         self.answered = True
@@ -243,11 +275,15 @@ class _Request(httputil.HTTPMessageDelegate):
         try:
             self.connection.write_headers(httputil.ResponseStartLine("HTTP/1.1", status, _REASONS.get(status, "")),
                                           headers, data)  # headers and body in one write
-            self.connection.finish()
+            if finish:
+                self.connection.finish()
         except Exception:  # noqa: BLE001 - the client went away
             log.debug("REST client closed before the answer")
 
     def on_connection_close(self):
+        if self._linger is not None:
+            self.app.loop.remove_timeout(self._linger)
+            self._linger = None
         self.connection = None
         self.body = bytearray()
 

@@ -140,6 +140,35 @@ def test_a_chunked_body_over_the_limit_is_413_as_soon_as_it_passes(server):
     assert reply.startswith(b"HTTP/1.1 413") and reply.count(b"HTTP/1.1 ") == 1
 
 
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_the_413_survives_a_body_sent_in_full_and_the_rest_is_drained_then_closed(server, framing):
+    """The whole over-limit body in flight before the client reads: closing with it unread would make
+    the kernel reset the connection and destroy the 413 (seen in CI). The server reads and drops the
+    rest (lingering close), so the 413 arrives every time; a body beyond LINGER_BYTES is cut off."""
+    from serving.rest_api import LINGER_BYTES
+
+    body = b"1" * (256 * 1024)  # 4x the limit, well under LINGER_BYTES
+    if framing == "chunked":
+        head = b"Transfer-Encoding: chunked\r\n\r\n"
+        body = b"".join(f"{8192:x}\r\n".encode() + body[i:i + 8192] + b"\r\n" for i in range(0, len(body), 8192))
+        body += b"0\r\n\r\n"
+    else:
+        head = f"Content-Length: {len(body)}\r\n\r\n".encode()
+    for _ in range(10):
+        with _connect(server) as s:
+            s.sendall(b"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: x\r\n" + head + body)
+            reply = _read_responses(s)
+        assert reply.startswith(b"HTTP/1.1 413") and reply.count(b"HTTP/1.1 ") == 1, reply[:200]
+    with _connect(server) as s:  # a client that never stops sending is cut off
+        s.sendall(b"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n")
+        sent = 0
+        with pytest.raises(OSError):
+            while sent < 50 * LINGER_BYTES:
+                s.sendall(b"1" * 65536)
+                sent += 65536
+        assert sent < 50 * LINGER_BYTES
+
+
 # ---- time and connections ----
 
 @pytest.mark.parametrize("sent", [
