@@ -56,9 +56,10 @@ def _expand(pattern: str, what: str) -> list[str]:
 
 
 def _relative_patterns(*patterns: str) -> tuple[str, list[str]]:
-    """(input_base, patterns relative to it): ExampleGen patterns are relative to one base."""
+    """(input_base, patterns relative to it): ExampleGen patterns are relative to one base, which
+    must not hold a {SPAN} (the driver looks for it in the patterns only)."""
     patterns = [os.path.abspath(p) for p in patterns]
-    base = os.path.commonpath([os.path.dirname(p) for p in patterns])
+    base = os.path.commonpath([os.path.dirname(p.split("{SPAN")[0]) for p in patterns])
     return base, [os.path.relpath(p, base) for p in patterns]
 
 
@@ -136,9 +137,10 @@ def _is_uri(path: str) -> bool:
 
 
 def _load(args):
-    """Config, spec and log patterns, with every local input checked before anything runs (and before
-    TensorFlow is imported)."""
+    """Config, spec, log patterns and the span choice (None without {SPAN}), with every local input
+    checked before anything runs (and before TensorFlow is imported)."""
     from pipeline.config import ConfigError, load_config
+    from schema.spans import SpanError
     from schema.spec import SpecError, load_spec
 
     try:
@@ -146,14 +148,38 @@ def _load(args):
         config = load_config(args.config, {"feature_spec": args.feature_spec} if args.feature_spec else None)
         spec = load_spec(config.feature_spec)
         patterns = _log_patterns(args)
-        check_inputs({k: v for k, v in patterns.items() if not _is_uri(v)}, spec)
+        spans = _choose_span(patterns, args.span, config.continuous.window)
+        if spans is None:
+            check_inputs({k: v for k, v in patterns.items() if not _is_uri(v)}, spec)
+        else:
+            for files in spans.files.values():
+                check_inputs({f: f for f in files}, spec)
         check_schema(config.schema, spec)
         vectors = args.item_embeddings
         if vectors and not _is_uri(vectors) and not os.path.isfile(vectors):
             raise InputError(f"{vectors}: item-vector file not found")
-    except (InputError, ConfigError, SpecError) as e:
+    except (InputError, ConfigError, SpecError, SpanError) as e:
         raise SystemExit(f"error: {e}") from None
-    return config, spec, patterns
+    return config, spec, patterns, spans
+
+
+def _choose_span(patterns: dict[str, str], requested: int | None, window: int):
+    from schema.spans import SpanError, choose_span, has_span
+
+    remote = [p for p in patterns.values() if _is_uri(p)]
+    if remote and (requested is not None or window > 1) and any(has_span(p) for p in patterns.values()):
+        # ExampleGen's driver resolves a remote {SPAN} (the latest span) itself; a chosen span or a
+        # window needs the files listed here, which this command does only for local logs.
+        raise SpanError("--span and continuous.window > 1 need local log files; remote {SPAN} patterns "
+                        "read the latest span")
+    return None if remote else choose_span(patterns, requested, window)
+
+
+def _continuous_summary(spans) -> dict:
+    if spans is None:
+        return {}
+    return {"continuous": {"span": spans.span, "spans_used": list(spans.spans_used),
+                           "window": spans.window, "files": spans.files}}
 
 
 def _prepare_vectors(args, spec, parent: str):
@@ -165,8 +191,9 @@ def _prepare_vectors(args, spec, parent: str):
         raise SystemExit(f"error: {e}") from None
 
 
-def _pipeline_inputs(patterns: dict, vectors, vectors_dir: str, spec):
+def _pipeline_inputs(patterns: dict, vectors, vectors_dir: str, spec, spans=None):
     from pipeline.pipeline import PipelineInputs
+    from schema.spans import file_stamps
 
     if any(_is_uri(p) for p in patterns.values()):  # remote logs: the base is their common prefix
         input_base = os.path.dirname(os.path.commonprefix(list(patterns.values())))
@@ -178,11 +205,14 @@ def _pipeline_inputs(patterns: dict, vectors, vectors_dir: str, spec):
         input_base=input_base, train_pattern=named.get("training log"), eval_pattern=named.get("eval log"),
         input_pattern=named.get("input log"),
         item_vectors_dir=vectors_dir, item_vectors_dim=vectors.dim, item_vectors_count=vectors.count,
-        item_vectors_sha256=vectors.sha256, feature_spec_json=spec.to_json(), code_fingerprint=code_fingerprint())
+        item_vectors_sha256=vectors.sha256, feature_spec_json=spec.to_json(), code_fingerprint=code_fingerprint(),
+        span=None if spans is None else spans.span,
+        train_files=tuple(map(tuple, file_stamps(spans.files["training log"])))
+        if spans is not None and spans.window > 1 else ())
 
 
 def run_local(args) -> dict:
-    config, spec, patterns = _load(args)
+    config, spec, patterns, spans = _load(args)
     workdir = os.path.abspath(args.workdir)
     os.makedirs(workdir, exist_ok=True)
     vectors = _prepare_vectors(args, spec, os.path.join(workdir, "item_vectors"))
@@ -195,7 +225,8 @@ def run_local(args) -> dict:
 
     _quiet_loggers()
 
-    inputs = _pipeline_inputs(patterns, vectors, vectors.dir, spec)
+    inputs = _pipeline_inputs(patterns, vectors, vectors.dir, spec, spans)
+    eval_log = _first_eval_file(patterns, spans)
     metadata_path = os.path.join(workdir, "metadata.sqlite")
     pipeline = create_pipeline(
         pipeline_root=os.path.join(workdir, "pipeline"),
@@ -221,15 +252,16 @@ def run_local(args) -> dict:
         watcher.stop()
         failure = f"{type(e).__name__}: {e}"
         summary = write_run_summary(metadata_path, config.pipeline_name, workdir,
-                                    wall_seconds=time.time() - started, failure=failure)
-        report = _write_report(workdir, summary, spec, config, patterns)
+                                    wall_seconds=time.time() - started, failure=failure,
+                                    **_continuous_summary(spans))
+        report = _write_report(workdir, summary, spec, config, eval_log)
         raise SystemExit(f"error: the pipeline stopped: {failure}\n"
                          f"(details above; summary in {os.path.join(workdir, 'run_summary.json')}, "
                          f"report in {report})") from None
     watcher.stop()
     summary = write_run_summary(metadata_path, config.pipeline_name, workdir,
-                                wall_seconds=time.time() - started)
-    _write_report(workdir, summary, spec, config, patterns)
+                                wall_seconds=time.time() - started, **_continuous_summary(spans))
+    _write_report(workdir, summary, spec, config, eval_log)
     if VERBOSE:
         shown = ("splits", "training", "retrieval", "infra_validation", "pushed_models", "not_pushed_because")
         print(json.dumps({k: summary[k] for k in shown if k in summary}, indent=2))
@@ -237,15 +269,20 @@ def run_local(args) -> dict:
     if summary.get("pushed_models"):
         config_path = write_serving_config(os.path.join(workdir, "serving"), config.model_name)
         if args.serving_demo:
-            serving_demo(config_path, config, patterns.get("eval log") or patterns["input log"], spec,
+            serving_demo(config_path, config, eval_log, spec,
                          config.milvus.uri or os.path.join(workdir, "milvus.db"))
         print(f"\nnext:\n  make serve WORKDIR={args.workdir}    # gRPC 8500 and REST 8501, TF Serving's API\n"
               f"  .venv/bin/python -m serving.recall --workdir {args.workdir} --log-file "
-              f"{_first_file(patterns.get('eval log') or patterns['input log'])} --limit 1 --k 10")
+              f"{eval_log} --limit 1 --k 10")
     return summary
 
 
-def _first_file(pattern: str) -> str:
+def _first_eval_file(patterns: dict, spans) -> str:
+    """The first file of the eval logs (of the chosen span): the report's and the serving demo's example."""
+    key = "eval log" if "eval log" in patterns else "input log"
+    if spans is not None:
+        return spans.files[key][0]
+    pattern = patterns[key]
     return pattern if _is_uri(pattern) else (sorted(glob.glob(pattern)) or [pattern])[0]
 
 
@@ -262,13 +299,11 @@ def _quiet_loggers() -> None:
         logger.addFilter(lambda record: record.levelno >= logging.ERROR)
 
 
-def _write_report(workdir: str, summary: dict, spec, config, patterns: dict) -> str:
+def _write_report(workdir: str, summary: dict, spec, config, eval_log: str) -> str:
     from pipeline.report import write_report
 
-    pattern = patterns.get("eval log") or patterns.get("input log")
-    files = sorted(glob.glob(pattern)) if pattern and not _is_uri(pattern) else []
     return write_report(workdir, summary, spec, config.milvus.uri or os.path.join(workdir, "milvus.db"),
-                        files[0] if files else None)
+                        eval_log if os.path.isfile(eval_log) else None)
 
 
 def write_serving_config(serving_dir: str, model_name: str) -> str:
@@ -282,7 +317,7 @@ def write_serving_config(serving_dir: str, model_name: str) -> str:
     return path
 
 
-def serving_demo(config_path: str, config, log_pattern: str, spec, milvus_uri: str) -> None:
+def serving_demo(config_path: str, config, eval_log: str, spec, milvus_uri: str) -> None:
     """Serves the pushed models on a free loopback port and asks for one user and one item vector
     over gRPC, from the first line of the eval logs: what a client of TF Serving would do. Then the
     recall path: that user's vector (over gRPC) -> top 10 posts from Milvus."""
@@ -295,7 +330,7 @@ def serving_demo(config_path: str, config, log_pattern: str, spec, milvus_uri: s
     from serving.server import ModelServer
 
     model_name = config.model_name
-    line = read_log_lines(_expand(log_pattern, "log")[0], 1)[0]
+    line = read_log_lines(eval_log, 1)[0]
     with ModelServer(read_config_file(config_path), port=0, poll_seconds=0) as server, \
             ServingClient(server.target, model_name, timeout=30) as client:
         towers = TowerClient(client, spec)
@@ -328,7 +363,7 @@ def _copy_schema(schema_path: str, root: str) -> str:
 
 def run_kubeflow(args) -> str:
     """Compiles the same pipeline into a KFP v2 spec (TFX's KubeflowV2DagRunner); optionally submits it."""
-    config, spec, patterns = _load(args)
+    config, spec, patterns, spans = _load(args)
     root = (args.pipeline_root or config.kubeflow.pipeline_root).rstrip("/")
     if not root:
         raise SystemExit("error: give --pipeline-root (or kubeflow.pipeline_root in the config), e.g. gs://bucket/dssm")
@@ -366,7 +401,7 @@ def run_kubeflow(args) -> str:
             cpu_limit=config.kubeflow.trainer_cpu, memory_limit=config.kubeflow.trainer_memory_gib)
     pipeline = create_pipeline(
         pipeline_root=f"{root}/pipeline", serving_dir=f"{root}/serving",
-        inputs=_pipeline_inputs(patterns, vectors, vectors_dir, spec), config=config,
+        inputs=_pipeline_inputs(patterns, vectors, vectors_dir, spec, spans), config=config,
         beam_pipeline_args=[*config.kubeflow.beam_args, *shlex.split(args.beam_args or "")],
         milvus_uri=config.milvus.uri or f"{root}/milvus.db", trainer_resources=resources)
     output = os.path.abspath(args.output)
@@ -397,6 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_argument("--input", help="glob of log files to split by a hash of the user id instead")
     local.add_argument("--item-embeddings",
                        help="pretrained item vectors: JSON lines (.jsonl[.gz]) or .npy with <name>.ids.txt")
+    local.add_argument("--span", type=int, default=None,
+                       help="with {SPAN} in the log patterns: the span to run (default: the latest)")
     local.add_argument("--sample", action="store_true",
                        help=f"use the bundled sample ({SAMPLE_DIR}) for the logs and vectors not given")
     local.add_argument("--workdir", default=os.path.join("runs", "demo"))
@@ -418,6 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     kfp.add_argument("--eval")
     kfp.add_argument("--input")
     kfp.add_argument("--item-embeddings")
+    kfp.add_argument("--span", type=int, default=None, help="with {SPAN} in local log patterns: the span to run")
     kfp.add_argument("--sample", action="store_true", help="the bundled sample for the logs and vectors not given")
     kfp.add_argument("--config", default=None)
     kfp.add_argument("--feature-spec", default=None, help="feature spec YAML (overrides the config's feature_spec)")

@@ -3,5 +3,12 @@ import os
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"  # TFX 1.16 and tf.Transform expect tf-keras (Keras 2)
 
-# The custom artifact types, importable as components.<Type> (their TYPE_NAME; see artifacts.py).
-from components.artifacts import ItemIndex, ItemVectors  # noqa: E402,F401
+
+def __getattr__(name):
+    """The custom artifact types, importable as components.<Type> (their TYPE_NAME; see artifacts.py).
+    Loaded on first use: `import components.config` must stay light (no TFX) for the command line."""
+    if name in ("ItemIndex", "ItemVectors"):
+        from components import artifacts
+
+        return getattr(artifacts, name)
+    raise AttributeError(f"module 'components' has no attribute {name!r}")

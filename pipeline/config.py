@@ -20,6 +20,14 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class ContinuousConfig:
+    # Daily runs on {SPAN} log patterns (README "Continuous training"): the training split is the
+    # last `window` spans up to the chosen one (TFX's RollingRange, clipped to the spans that exist);
+    # the eval split is the chosen span's.
+    window: int = 1
+
+
+@dataclass
 class KubeflowConfig:
     # `run_pipeline.py kubeflow`: the image every step runs in, and what the steps get.
     image: str = "dssm-recall-pipeline:latest"   # built from the Dockerfile, pushed to your registry
@@ -47,6 +55,7 @@ class PipelineConfig:
     # <workdir>/milvus.db, or a server, http://host:19530 (with token).
     milvus: IndexConfig = field(default_factory=IndexConfig)
     kubeflow: KubeflowConfig = field(default_factory=KubeflowConfig)
+    continuous: ContinuousConfig = field(default_factory=ContinuousConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -75,6 +84,8 @@ def _check(config: PipelineConfig) -> PipelineConfig:
         config.milvus.validate()
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if config.continuous.window < 1:
+        raise ConfigError(f"continuous.window must be >= 1, got {config.continuous.window}")
     if not 0 <= config.max_rejected_fraction <= 1:
         raise ConfigError(f"max_rejected_fraction must be in [0, 1], got {config.max_rejected_fraction}")
     return config
@@ -111,7 +122,7 @@ def _build(cls, data: dict, where: str, prefix: str = ""):
     choices = {f.name: f.metadata.get("choices") for f in dataclasses.fields(cls)}
     kwargs = {}
     nested = {"trainer": TrainerConfig, "evaluation": EvaluationConfig, "milvus": IndexConfig,
-              "kubeflow": KubeflowConfig}
+              "kubeflow": KubeflowConfig, "continuous": ContinuousConfig}
     for key, value in data.items():
         if key in nested and cls is PipelineConfig:
             if value is not None and not isinstance(value, dict):
@@ -139,7 +150,7 @@ def load_config(path: str | None = None, overrides: dict | None = None) -> Pipel
             raise ConfigError(f"{path}: expected a mapping at the top level")
     if overrides:
         overrides = dict(overrides)
-        for key in ("trainer", "evaluation", "milvus", "kubeflow"):
+        for key in ("trainer", "evaluation", "milvus", "kubeflow", "continuous"):
             if key in overrides:
                 overrides[key] = {**data.get(key, {}), **overrides[key]}
         data = {**data, **overrides}

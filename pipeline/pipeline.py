@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from tfx import v1 as tfx
 from tfx.dsl.components.base.executor_spec import BeamExecutorSpec
-from tfx.proto import example_gen_pb2
+from tfx.proto import example_gen_pb2, range_config_pb2
 
 from components import transform_executor
 from components.anomaly_gate import AnomalyGate
@@ -19,11 +19,10 @@ from components.item_indexer import ItemIndexer
 from components.retrieval_evaluator import RetrievalEvaluator
 from components.tower_pusher import TowerPusher
 from components.tsv_example_gen.component import TsvExampleGen
-from components.tsv_example_gen.executor import HASH_INPUT_SPLIT
+from components.tsv_example_gen.executor import HASH_INPUT_SPLIT, TRAIN_SPLIT
 from pipeline.config import PipelineConfig
 from schema.spec import FeatureSpec
 
-TRAIN_SPLIT = "train"
 EVAL_SPLIT = "eval"
 
 
@@ -41,6 +40,10 @@ class PipelineInputs:
     # sha256 of the project's code: components loaded by import path are not fingerprinted by TFX,
     # so this keys the cache, and changed code re-runs the components that use it.
     code_fingerprint: str = ""
+    # {SPAN} patterns: the span to read, and the training window's files with their stamps
+    # (schema/spans.py); None / () without spans.
+    span: int | None = None
+    train_files: tuple = ()
 
 
 def _input_config(inputs: PipelineInputs) -> example_gen_pb2.Input:
@@ -74,7 +77,10 @@ def create_pipeline(pipeline_root: str, serving_dir: str, inputs: PipelineInputs
         output_config=_output_config(inputs, config, user_id),
         max_rejected_fraction=config.max_rejected_fraction,
         item_ids_path=f"{inputs.item_vectors_dir}/item_ids.txt",
-        code_fingerprint=inputs.code_fingerprint)
+        code_fingerprint=inputs.code_fingerprint,
+        range_config=None if inputs.span is None else range_config_pb2.RangeConfig(
+            static_range=range_config_pb2.StaticRange(start_span_number=inputs.span, end_span_number=inputs.span)),
+        train_files=list(inputs.train_files) or None)
 
     # Statistics of both splits, checked against the curated schema derived from the feature spec.
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])

@@ -96,10 +96,11 @@ def test_input_errors_come_before_tensorflow_is_imported(tmp_path):
             f"    run_pipeline.main({argv!r})\n"
             "except SystemExit as e:\n"
             "    print(e)\n"
-            "print('tensorflow imported:', 'tensorflow' in sys.modules)\n")
+            "print('tensorflow imported:', 'tensorflow' in sys.modules)\n"
+            "print('tfx imported:', 'tfx' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120).stdout
     assert f"error: {bad}: header does not match the feature spec (the file must be tab-separated)" in out
-    assert "tensorflow imported: False" in out
+    assert "tensorflow imported: False" in out and "tfx imported: False" in out
 
 
 def test_the_cache_key_covers_every_module_a_component_runs(tmp_path, monkeypatch):

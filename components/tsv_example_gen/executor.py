@@ -32,6 +32,8 @@ from schema.spec import FeatureSpec
 FEATURE_SPEC_KEY = "feature_spec"
 MAX_REJECTED_FRACTION_KEY = "max_rejected_fraction"
 ITEM_IDS_PATH_KEY = "item_ids_path"  # optional: ids with a pretrained vector, to count unknown ones
+TRAIN_FILES_KEY = "train_files"  # optional: the training window's files (JSON [path, size, mtime_ns])
+TRAIN_SPLIT = "train"
 HASH_INPUT_SPLIT = "all"  # name of the one input split that a hash of the user id divides
 REPORT_PROPERTY = "ingest_report"
 REPORT_DIR = "ingest_report"
@@ -137,11 +139,13 @@ def _TsvToExample(pipeline: beam.Pipeline, exec_properties: dict[str, Any], spli
     spec_json = exec_properties[FEATURE_SPEC_KEY]
     spec = FeatureSpec.from_json(spec_json)
     pattern = os.path.join(exec_properties[standard_component_specs.INPUT_BASE_KEY], split_pattern)
-    files = expand_pattern(pattern)
+    split = _split_name_for(exec_properties, split_pattern)
+    window = json.loads(exec_properties.get(TRAIN_FILES_KEY) or "null")
+    # The train split of a window of spans: the listed files (the driver resolved the newest span only).
+    files = [path for path, _, _ in window] if window and split == TRAIN_SPLIT else expand_pattern(pattern)
     if not files:
         raise IngestError(f"no input files match {pattern}")
     check_headers(files, spec)
-    split = _split_name_for(exec_properties, split_pattern)
     report_dir = exec_properties[_REPORT_DIR_KEY]
 
     parse = _ParseRowDoFn(spec_json, exec_properties.get(ITEM_IDS_PATH_KEY) or "")
