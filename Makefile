@@ -15,7 +15,7 @@ MILVUS_STAMP := $(MILVUS_VENV)/.installed
 MILVUS_PORT ?= 19530
 MILVUS_DIR ?= runs/milvus-server
 
-.PHONY: setup browser demo serve test test-slow lint lock sample movielens clean milvus-setup milvus-server
+.PHONY: setup browser demo continuous-demo serve test test-slow lint lock sample movielens clean milvus-setup milvus-server
 
 setup: $(STAMP)
 
@@ -66,6 +66,17 @@ lock: $(STAMP)
 	  --python-platform x86_64-unknown-linux-gnu
 	$(VENV)/bin/uv pip compile requirements-milvus.in -o requirements-milvus.lock --python-version 3.10 \
 	  --python-platform x86_64-unknown-linux-gnu
+
+# The daily cycle on the sample cut into three days (runs/spans/day-N): spans 1, 2 and 3 run one after
+# the other in one workdir, each trained on the last two days and compared with the version served.
+SPANS_DIR ?= runs/spans
+continuous-demo: $(STAMP)
+	$(PY) -m datagen.spans --source data/sample --out $(SPANS_DIR) --days 3
+	for span in 1 2 3; do \
+	  $(PY) run_pipeline.py local --train '$(SPANS_DIR)/day-{SPAN}/train.tsv' --eval '$(SPANS_DIR)/day-{SPAN}/eval.tsv' \
+	    --item-embeddings data/sample/item_vectors.jsonl --config configs/continuous.yaml --span $$span \
+	    --workdir $(if $(filter runs/demo,$(WORKDIR)),runs/continuous,$(WORKDIR)) --no-serving-demo || exit 1; \
+	done
 
 # Rewrite the committed sample under data/sample/ (deterministic).
 sample: $(STAMP)

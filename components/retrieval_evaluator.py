@@ -271,6 +271,7 @@ def evaluate(model_dir: str, items: IdTable, clicked_users: np.ndarray, examples
     sizes = [len(r) for r in queries.relevant]
     full = [rel | {-(j + 1) for j in range(size - len(rel))} for rel, size in zip(relevant_index, sizes, strict=True)]
     return {"model": metrics_at_k(top_model.index, full, ks), "popularity": metrics_at_k(popularity, full, ks),
+            "_per_user_recall": {k: recall_per_query(top_model.index, full, k) for k in ks},
             "_per_user_lift": {k: recall_per_query(top_model.index, full, k) - recall_per_query(popularity, full, k)
                                for k in ks},
             "users": n, "eval_users": int(len(eval_users)), "relevant_items": int(sum(sizes)),
@@ -302,6 +303,35 @@ def gate(result: dict, per_user_lift: np.ndarray, key: str, bless_margin: float,
     return reasons
 
 
+def served_version(base: str) -> tuple[int, str] | None:
+    """The version TF Serving serves from base (its latest policy: the highest complete version), or None."""
+    if not base or not fileio.isdir(base):
+        return None
+    versions = sorted((int(v.rstrip("/")) for v in fileio.listdir(base) if v.rstrip("/").isdigit()), reverse=True)
+    for v in versions:
+        path = os.path.join(base, str(v))
+        if fileio.exists(os.path.join(path, "saved_model.pb")):
+            return v, path
+    return None
+
+
+def compare_with_served(result: dict, candidate_recall: np.ndarray, served: dict, served_recall: np.ndarray,
+                        version: int, key: str, max_regression: float, samples: int) -> list[str]:
+    """The candidate against the served model on the same eval users: the reason not to bless when it
+    is worse by more than max_regression with 95% confidence (the whole bootstrap interval of the
+    per-user difference below -max_regression): a day's noise does not hold back a new model, a
+    real regression does. Adds `served` to `result`."""
+    difference = candidate_recall - served_recall
+    ci = bootstrap_interval(difference, samples)
+    result["served"] = {"version": version, "metrics": served["model"], "difference": float(difference.mean()),
+                        "difference_ci": ci, "max_regression": max_regression}
+    if ci[1] >= -max_regression:
+        return []
+    return [f"{key} {result['model'][key]:.4f} is worse than the served version {version}'s "
+            f"{served['model'][key]:.4f} by more than max_regression {max_regression} with 95% confidence (difference "
+            f"{difference.mean():+.4f}, 95% interval [{ci[0]:+.4f}, {ci[1]:+.4f}] over {len(difference)} users)"]
+
+
 @component
 def RetrievalEvaluator(
     model: InputArtifact[Model],
@@ -321,7 +351,12 @@ def RetrievalEvaluator(
     min_eval_users: Parameter[int] = 200,
     allow_few_eval_users: Parameter[int] = 0,
     bootstrap_samples: Parameter[int] = 1000,
+    served_model_base: Parameter[str] = "",
+    max_regression: Parameter[float] = 0.0,
 ) -> None:
+    """served_model_base: the pushed model's folder (<serving>/<model_name>); the version served there
+    now is ranked on the same users and catalog; a candidate worse by more than max_regression with
+    95% confidence is not blessed."""
     spec = FeatureSpec.from_json(feature_spec)
     k_list = sorted({int(k) for k in ks.split(",")} | {bless_k})
     items, clicked_users = scan_logs(examples, spec)
@@ -331,8 +366,18 @@ def RetrievalEvaluator(
         eval_auc = json.load(f)["eval_auc"]  # None when undefined (one class only)
     key = f"recall@{bless_k}"
     per_user_lift = result.pop("_per_user_lift")[bless_k]
+    candidate_recall = result.pop("_per_user_recall")[bless_k]
     reasons = gate(result, per_user_lift, key, bless_margin, auc_floor, eval_auc, min_eval_users,
                    bool(allow_few_eval_users), bootstrap_samples)
+    served = served_version(served_model_base)
+    if served is not None:
+        version, path = served
+        baseline = evaluate(path, items, clicked_users, examples, item_vectors, spec, k_list, bool(exclude_read),
+                            catalog_source, max_users)
+        reasons += compare_with_served(result, candidate_recall, baseline, baseline["_per_user_recall"][bless_k],
+                                       version, key, max_regression, bootstrap_samples)
+    else:
+        result["served"] = None
     result.update(blessed=not reasons, not_blessed_because=reasons, eval_auc=eval_auc, bless_key=key)
     with fileio.open(os.path.join(evaluation.uri, EVALUATION_FILE), "w") as f:
         json.dump(result, f, indent=2)

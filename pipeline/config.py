@@ -25,6 +25,9 @@ class ContinuousConfig:
     # last `window` spans up to the chosen one (TFX's RollingRange, clipped to the spans that exist);
     # the eval split is the chosen span's.
     window: int = 1
+    # The candidate is ranked beside the version served now (same eval users and catalog) and is
+    # not blessed when its recall@bless_k is lower by more than this with 95% confidence.
+    max_regression: float = 0.0
 
 
 @dataclass
@@ -84,6 +87,8 @@ def _check(config: PipelineConfig) -> PipelineConfig:
         config.milvus.validate()
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if not 0 <= config.continuous.max_regression <= 1:
+        raise ConfigError(f"continuous.max_regression must be in [0, 1], got {config.continuous.max_regression}")
     if config.continuous.window < 1:
         raise ConfigError(f"continuous.window must be >= 1, got {config.continuous.window}")
     if not 0 <= config.max_rejected_fraction <= 1:

@@ -136,7 +136,8 @@ def create_pipeline(pipeline_root: str, serving_dir: str, inputs: PipelineInputs
         feature_spec=inputs.feature_spec_json, ks=",".join(str(k) for k in ev.ks), catalog_source=ev.catalog,
         exclude_read=int(ev.exclude_read), bless_k=ev.bless_k, bless_margin=float(ev.bless_margin),
         auc_floor=float(ev.auc_floor), max_users=ev.max_users, min_eval_users=ev.min_eval_users,
-        allow_few_eval_users=int(ev.allow_few_eval_users), bootstrap_samples=ev.bootstrap_samples)
+        allow_few_eval_users=int(ev.allow_few_eval_users), bootstrap_samples=ev.bootstrap_samples,
+        served_model_base=f"{serving_dir}/{config.model_name}", max_regression=config.continuous.max_regression)
 
     # The candidate served over gRPC by the TF Serving-protocol server in its own process, both towers
     # queried with real eval examples (TFX's InfraValidator needs Docker or Kubernetes).

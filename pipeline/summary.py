@@ -157,6 +157,10 @@ def build_run_summary(metadata_path: str, pipeline_name: str, pipeline_root: str
                         "path": custom_property(a, "pushed_destination"),
                         "version": custom_property(a, "pushed_version"),
                         "towers": custom_property(a, TOWER_DESTINATIONS) or {}})
+    if summary.get("retrieval"):  # the candidate against the version served when it was evaluated
+        r = summary["retrieval"]
+        summary["continuous"] = {"served": r.get("served"), "decision": "blessed" if r.get("blessed") else
+                                 "not blessed", "reasons": list(r.get("not_blessed_because") or [])}
     for e in executions:
         kept = (pipeline_root and e["component"] == "TsvExampleGen" and e["state"] == "FAILED"
                 and _kept_ingest_report(pipeline_root, e["id"]))
@@ -174,7 +178,11 @@ def _not_pushed_because(summary: dict) -> list[str]:
 
 
 def write_run_summary(metadata_path: str, pipeline_name: str, workdir: str, **extra) -> dict:
-    summary = {**build_run_summary(metadata_path, pipeline_name, os.path.join(workdir, "pipeline")), **extra}
+    """The summary of the latest run, with `extra` keys added (a mapping merged into the same key)."""
+    summary = build_run_summary(metadata_path, pipeline_name, os.path.join(workdir, "pipeline"))
+    for key, value in extra.items():
+        summary[key] = {**summary[key], **value} if isinstance(summary.get(key), dict) and isinstance(value, dict) \
+            else value
     path = os.path.join(workdir, "run_summary.json")
     with open(path + ".tmp", "w") as f:
         json.dump(summary, f, indent=2, sort_keys=True)
@@ -198,6 +206,10 @@ def _rows(splits: dict) -> str:
 def summary_lines(summary: dict, workdir: str) -> list[str]:
     """What a person reads after a run, in about 20 lines; run_summary.json keeps everything."""
     lines = []
+    c = summary.get("continuous") or {}
+    if c.get("span") is not None:
+        lines.append(f"span:       {c['span']} (training on span{'s' if len(c['spans_used']) > 1 else ''} "
+                     f"{', '.join(map(str, c['spans_used']))} of a window of {c['window']})")
     if summary.get("splits"):
         lines.append(f"rows:       {_rows(summary['splits'])}")
     t = summary.get("training") or {}
@@ -217,6 +229,12 @@ def summary_lines(summary: dict, workdir: str) -> list[str]:
                      + (f", lift 95% CI [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "")
                      + f" ({r.get('users', 0):,} eval users, {r.get('catalog_items', 0):,} catalog items): "
                      + ("blessed" if r.get("blessed") else "not blessed"))
+        served = r.get("served")
+        if served:
+            ci = served["difference_ci"]
+            lines.append(f"served:     version {served['version']} {key} {served['metrics'][key]:.3f}; the candidate "
+                         f"{served['difference']:+.3f}, 95% CI [{ci[0]:+.3f}, {ci[1]:+.3f}] "
+                         f"(refused if worse by more than {served['max_regression']} with 95% confidence)")
         for reason in r.get("not_blessed_because") or []:
             lines.append(f"            - {reason}")
     infra = summary.get("infra_validation") or {}

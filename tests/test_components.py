@@ -55,7 +55,7 @@ def _blessing(cls, root, blessed: bool):
 
 # ---- RetrievalEvaluator ----
 
-def _evaluate(artifacts, tmp_path, **params):
+def _evaluate(artifacts, tmp_path, model="model", **params):
     model_run = made_up.output_artifact(standard_artifacts.ModelRun, tmp_path / "model_run")
     (tmp_path / "model_run" / METRICS_FILE).write_text(json.dumps({"eval_auc": None}))
     evaluation = made_up.output_artifact(standard_artifacts.ModelEvaluation, tmp_path / "evaluation")
@@ -64,7 +64,7 @@ def _evaluate(artifacts, tmp_path, **params):
                   "exclude_read": 1, "bless_margin": 0.0, "auc_floor": 0.0, "max_users": 0, "min_eval_users": 200,
                   "allow_few_eval_users": 0, "bootstrap_samples": 200, **params}
     RetrievalEvaluator.EXECUTOR_SPEC.executor_class().Do(
-        {"model": [artifacts["model"]], "model_run": [model_run], "examples": [artifacts["examples"]],
+        {"model": [artifacts[model]], "model_run": [model_run], "examples": [artifacts["examples"]],
          "item_vectors": [artifacts["item_vectors"]]},
         {"evaluation": [evaluation], "blessing": [blessing]}, properties)
     with open(tmp_path / "evaluation" / EVALUATION_FILE) as f:
@@ -96,6 +96,38 @@ def test_the_evaluator_keeps_read_posts_when_asked_and_blesses_within_the_margin
     assert result["model"]["recall@2"] == pytest.approx((1 + 0 + 1) / 3)
     assert result["blessed"] and blessing.get_int_custom_property("blessed") == 1
     assert os.path.exists(tmp_path / "blessing" / "BLESSED")
+
+
+def test_a_candidate_worse_than_the_served_version_is_not_blessed(artifacts, tmp_path):
+    import shutil
+
+    base = tmp_path / "serving" / "m"
+    shutil.copytree(os.path.join(artifacts["model"].uri, "Format-Serving"), base / "7")
+    os.makedirs(base / "9")  # a version still being copied (no saved_model.pb) is not the served one
+    # 20 users who follow t2 and click p3: the served towers rank p3 first for each; the collapsed ones
+    # rank p1, p2 (by weight alone), so the candidate's recall@2 is 0 where the served one's is 1.
+    evals = [made_up.example(1, f"v{i}", "p3", follow=["t2"]) for i in range(20)]
+    examples = made_up.examples_artifact(tmp_path / "examples", {"train": TRAIN, "eval": evals})
+    artifacts = {**artifacts, "examples": examples}
+    lenient = {"bless_margin": -2.0, "allow_few_eval_users": 1, "served_model_base": str(base)}
+    result, _ = _evaluate(artifacts, tmp_path / "same", **lenient)  # the served towers themselves
+    assert result["served"]["version"] == 7 and result["served"]["difference"] == 0 and result["blessed"]
+    assert result["served"]["metrics"]["recall@2"] == 1.0
+    result, blessing = _evaluate(artifacts, tmp_path / "worse", model="collapsed", **lenient)
+    assert result["model"]["recall@2"] == 0.0
+    assert result["served"]["difference"] == -1.0 and result["served"]["difference_ci"] == [-1.0, -1.0]
+    assert not result["blessed"] and blessing.get_int_custom_property("blessed") == 0
+    (reason,) = result["not_blessed_because"]
+    assert "is worse than the served version 7's 1.0000 by more than max_regression 0.0 with 95% confidence" in reason
+    # Allowed to be worse by up to 1: blessed. And the 3 users of EVAL cannot show a regression with
+    # confidence (per-user differences 0, 0, -1/2: the interval reaches 0).
+    result, _ = _evaluate(artifacts, tmp_path / "allowed", model="collapsed", max_regression=1.0, **lenient)
+    assert result["blessed"]
+    result, _ = _evaluate({**artifacts, "examples": made_up.examples_artifact(tmp_path / "ex3", {"train": TRAIN,
+                                                                                              "eval": EVAL})},
+                          tmp_path / "few", model="collapsed", **lenient)
+    assert result["served"]["difference"] == pytest.approx(-1 / 6) and result["served"]["difference_ci"][1] == 0
+    assert result["blessed"]
 
 
 # ---- AnomalyGate ----
