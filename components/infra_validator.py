@@ -21,7 +21,7 @@ from tfx.types import artifact_utils
 from tfx.types.standard_artifacts import Examples, InfraBlessing, Model
 from tfx.utils import path_utils
 
-from common import signatures
+from common import signature_names
 
 REPORT_FILE = "infra_validation.json"
 REPORT_PROPERTY = "infra_validation"
@@ -70,7 +70,7 @@ def check_towers(target: str, model_name: str, examples: list[bytes], timeout: f
     results = {}
     with ServingClient(target, model_name, timeout=timeout) as full:
         full.wait_until_available(timeout)
-        for tower, signature in (("user", signatures.USER), ("item", signatures.ITEM)):
+        for tower, signature in (("user", signature_names.USER), ("item", signature_names.ITEM)):
             started = time.perf_counter()
             vectors = full.embeddings(signature, examples)
             latency = time.perf_counter() - started

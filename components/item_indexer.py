@@ -24,7 +24,7 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 from tfx.utils import path_utils
 
-from common import signatures
+from common import signature_names
 from components.artifacts import ItemIndex, ItemVectors
 from components.item_vectors import IDS_FILE
 from schema.spec import STRING, FeatureSpec
@@ -76,7 +76,7 @@ class _EmbedItems(beam.DoFn):
         spec = FeatureSpec.from_json(self._spec_json)
         self._id = spec.item_id
         self._builder = ExampleBuilder(spec)
-        self._embed = tf.saved_model.load(self._model_dir).signatures[signatures.ITEM]
+        self._embed = tf.saved_model.load(self._model_dir).signatures[signature_names.ITEM]
 
     def process(self, batch):
         examples = [self._builder.from_features({self._id: item, **values}) for item, values in batch]

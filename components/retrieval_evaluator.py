@@ -31,7 +31,7 @@ from tfx.types import artifact_utils
 from tfx.types.standard_artifacts import Examples, Model, ModelBlessing, ModelEvaluation, ModelRun
 from tfx.utils import path_utils
 
-from common import signatures
+from common import signature_names
 from common.progress import RateLog
 from components.artifacts import ItemVectors
 from components.item_vectors import IDS_FILE
@@ -231,8 +231,8 @@ def evaluate(model_dir: str, items: IdTable, clicked_users: np.ndarray, examples
         else {bytes(u) for u in eval_users}
     queries = Queries(examples, spec, users, exclude_read)
     model = tf.saved_model.load(model_dir)
-    user_vectors = _embed(model.signatures[signatures.USER], queries.raw)
-    item_tower = model.signatures[signatures.ITEM + signatures.RAW]
+    user_vectors = _embed(model.signatures[signature_names.USER], queries.raw)
+    item_tower = model.signatures[signature_names.ITEM + signature_names.RAW]
     kmax, n = max(ks), len(queries.users)
     most_excluded = max((len(e) for e in queries.excluded), default=0)
     top_model, top_pop = RunningTopK(n, kmax), RunningTopK(1, kmax + most_excluded)

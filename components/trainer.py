@@ -22,7 +22,7 @@ import tensorflow_transform as tft
 from tfx.components.trainer.fn_args_utils import FnArgs
 from tfx_bsl.public import tfxio
 
-from common import signatures
+from common import signature_names
 from common.progress import RateLog, log
 from components import item_vectors
 from components.config import TrainerConfig
@@ -122,13 +122,14 @@ class ServingModule(tf.Module):
         return tf.function(fn, input_signature=None).get_concrete_function(**specs)
 
     def signatures(self, which: str = "all") -> dict:
-        user = {signatures.USER: self.user_embedding, signatures.USER + signatures.RAW: self.user_embedding_raw}
-        item = {signatures.ITEM: self.item_embedding, signatures.ITEM + signatures.RAW: self.item_embedding_raw}
+        names = signature_names
+        user = {names.USER: self.user_embedding, names.USER + names.RAW: self.user_embedding_raw}
+        item = {names.ITEM: self.item_embedding, names.ITEM + names.RAW: self.item_embedding_raw}
         if which == "user":
-            return {signatures.SCORE: self.user_embedding, **user}
+            return {signature_names.SCORE: self.user_embedding, **user}
         if which == "item":
-            return {signatures.SCORE: self.item_embedding, **item}
-        return {signatures.SCORE: self.score, **user, **item}
+            return {signature_names.SCORE: self.item_embedding, **item}
+        return {signature_names.SCORE: self.score, **user, **item}
 
 
 def _keep_positions(dense: tf.Tensor, present: tf.Tensor) -> tf.SparseTensor:

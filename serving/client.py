@@ -29,7 +29,7 @@ from tensorflow_serving.apis import (  # noqa: E402
     prediction_service_pb2_grpc,
 )
 
-from common import signatures  # noqa: E402
+from common import signature_names  # noqa: E402
 from serving.tensors import array_to_proto  # noqa: E402
 
 EXAMPLES_INPUT = "examples"
@@ -137,13 +137,13 @@ class TowerClient:
         self.examples = ExampleBuilder(spec or load_spec())
 
     def user_embeddings(self, rows: list[dict]) -> np.ndarray:
-        return self.client.embeddings(signatures.USER, [self.examples.from_features(r) for r in rows])
+        return self.client.embeddings(signature_names.USER, [self.examples.from_features(r) for r in rows])
 
     def item_embeddings(self, rows: list[dict]) -> np.ndarray:
-        return self.client.embeddings(signatures.ITEM, [self.examples.from_features(r) for r in rows])
+        return self.client.embeddings(signature_names.ITEM, [self.examples.from_features(r) for r in rows])
 
     def embeddings_from_log_lines(self, tower: str, lines: list[str]) -> np.ndarray:
-        signature = signatures.USER if tower == "user" else signatures.ITEM
+        signature = signature_names.USER if tower == "user" else signature_names.ITEM
         return self.client.embeddings(signature, [self.examples.from_log_line(line) for line in lines])
 
 

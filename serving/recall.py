@@ -23,7 +23,7 @@ import sys  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from common import signatures  # noqa: E402
+from common import signature_names  # noqa: E402
 from schema.spec import FeatureSpec, load_spec  # noqa: E402
 from serving.examples import ExampleBuilder  # noqa: E402
 from serving.item_index import IndexConfig, ItemIndexError, ItemSearcher  # noqa: E402
@@ -43,7 +43,7 @@ class SavedModelUserEncoder:
         versions = versions_on_disk(path)
         self.path = versions[max(versions)] if versions else path
         signatures = tf.saved_model.load(self.path).signatures
-        self._fn, self._item = signatures[signatures.USER], signatures[signatures.ITEM]
+        self._fn, self._item = signatures[signature_names.USER], signatures[signature_names.ITEM]
         self._tf = tf
 
     def __call__(self, examples: list[bytes]) -> np.ndarray:
@@ -60,10 +60,10 @@ class ServingUserEncoder:
         self.client = client
 
     def __call__(self, examples: list[bytes]) -> np.ndarray:
-        return self.client.embeddings(signatures.USER, examples)
+        return self.client.embeddings(signature_names.USER, examples)
 
     def item(self, examples: list[bytes]) -> np.ndarray:
-        return self.client.embeddings(signatures.ITEM, examples)
+        return self.client.embeddings(signature_names.ITEM, examples)
 
 
 def check_index_matches_model(searcher: ItemSearcher, item_tower, spec: FeatureSpec, sample: int = 8,

@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 from tfx.types import standard_artifacts
 
-from common import signatures
+from common import signature_names
 from components.artifacts import ItemVectors
 from components.item_vectors import IDS_FILE
 
@@ -132,13 +132,14 @@ class MadeUpTowers(tf.Module):
         return {"embedding": self._item(post_id, topic_id)}
 
     def signatures(self, which: str) -> dict:
-        user = {signatures.USER: self.user_embedding}
-        item = {signatures.ITEM: self.item_embedding, signatures.ITEM + signatures.RAW: self.item_embedding_raw}
+        user = {signature_names.USER: self.user_embedding}
+        names = signature_names
+        item = {names.ITEM: self.item_embedding, names.ITEM + names.RAW: self.item_embedding_raw}
         if which == "user":
-            return {signatures.SCORE: self.user_embedding, **user}
+            return {signature_names.SCORE: self.user_embedding, **user}
         if which == "item":
-            return {signatures.SCORE: self.item_embedding, **item}
-        return {signatures.SCORE: self.score, **user, **item}
+            return {signature_names.SCORE: self.item_embedding, **item}
+        return {signature_names.SCORE: self.score, **user, **item}
 
 
 def model_artifact(root, collapsed: bool = False):
