@@ -313,7 +313,9 @@ def write_serving_config(serving_dir: str, model_name: str) -> str:
     names = [model_name, f"{model_name}_user", f"{model_name}_item"]
     path = os.path.join(serving_dir, "models.config")
     with open(path, "w") as f:
-        f.write(config_text({n: os.path.join(serving_dir, n) for n in names}))
+        # Two versions each: a new version is pushed before its item index generation goes live, and
+        # recall asks for the version that filled the live generation (serving/recall.py).
+        f.write(config_text({n: os.path.join(serving_dir, n) for n in names}, num_versions=2))
     return path
 
 

@@ -151,7 +151,19 @@ def _blessed(input_dict) -> list[str]:
         for artifact in input_dict.get(key, []):
             if not check(artifact):
                 reasons.append(f"{key} says not blessed")
+    for pushed in input_dict.get("pushed_model", []):
+        if not pushed.get_int_custom_property("pushed"):
+            reasons.append("the model was not pushed")
     return reasons
+
+
+def _pushed_version(input_dict) -> int | None:
+    """The version TowerPusher pushed this model as: recorded with the generation, so that recall asks
+    the model server for exactly that version's user tower."""
+    for pushed in input_dict.get("pushed_model", []):
+        version = pushed.get_string_custom_property("pushed_version")
+        return int(version) if version.isdigit() else None
+    return None
 
 
 class Executor(base_beam_executor.BaseBeamExecutor):
@@ -179,7 +191,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         catalog_size = item_vectors.get_int_custom_property("count") if exec_properties["catalog_source"] == "vectors" \
             else None
         result = write_generation(config, read_embeddings(pattern, spec, dim), spec.item_id,
-                                  item_scalar_columns(spec), dim, expected_count=catalog_size or None)
+                                  item_scalar_columns(spec), dim, expected_count=catalog_size or None,
+                                  model_version=_pushed_version(input_dict))
         index.set_int_custom_property("indexed", 1)
         index.set_string_custom_property("uri", config.uri)
         index.set_json_value_custom_property("milvus", result)
@@ -195,6 +208,8 @@ class ItemIndexerSpec(ComponentSpec):
     INPUTS = {"model": ChannelParameter(type=standard_artifacts.Model),
               "model_blessing": ChannelParameter(type=standard_artifacts.ModelBlessing, optional=True),
               "infra_blessing": ChannelParameter(type=standard_artifacts.InfraBlessing, optional=True),
+              # TowerPusher's output: indexing waits for the push and records its version.
+              "pushed_model": ChannelParameter(type=standard_artifacts.PushedModel, optional=True),
               "examples": ChannelParameter(type=standard_artifacts.Examples),
               "item_vectors": ChannelParameter(type=ItemVectors)}
     OUTPUTS = {"index": ChannelParameter(type=ItemIndex)}
@@ -205,9 +220,11 @@ class ItemIndexer(base_beam_component.BaseBeamComponent):
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
 
     def __init__(self, model, examples, item_vectors, feature_spec: str, index_config: dict,
-                 catalog_source: str = "vectors", model_blessing=None, infra_blessing=None, code_fingerprint: str = ""):
+                 catalog_source: str = "vectors", model_blessing=None, infra_blessing=None, code_fingerprint: str = "",
+                 pushed_model=None):
         super().__init__(ItemIndexerSpec(
-            model=model, model_blessing=model_blessing, infra_blessing=infra_blessing, examples=examples,
+            model=model, model_blessing=model_blessing, infra_blessing=infra_blessing, pushed_model=pushed_model,
+            examples=examples,
             item_vectors=item_vectors, feature_spec=feature_spec, index_config=json.dumps(index_config, sort_keys=True),
             catalog_source=catalog_source, code_fingerprint=code_fingerprint,
             index=types.Channel(type=ItemIndex)))

@@ -7,6 +7,7 @@ instance can load one tower only. saved_model.pb is copied last in each: TF Serv
 presence as "the version is complete".
 """
 import json
+import logging
 import os
 import shutil
 
@@ -20,15 +21,17 @@ from tfx.utils import io_utils
 TOWERS = ("user", "item")
 TOWER_DESTINATIONS = "tower_destinations"
 KEEP_VERSIONS = "keep_versions"  # custom_config key: pushed versions kept per folder (0 = all)
+INDEX_CONFIG = "index_config"    # custom_config key: the item index, whose generations' versions are kept
 
 
-def prune_versions(base: str, keep: int) -> list[str]:
-    """Deletes all but the newest `keep` version folders (<base>/<integer>/) and returns them.
-    TF Serving unloads a version whose folder disappears; other entries are left alone."""
+def prune_versions(base: str, keep: int, protected: set[int] = frozenset()) -> list[str]:
+    """Deletes all but the newest `keep` version folders (<base>/<integer>/) and returns them, never a
+    protected version (one an item index generation was filled by: recall still asks for it). TF
+    Serving unloads a version whose folder disappears; other entries are left alone."""
     if keep <= 0 or not os.path.isdir(base):
         return []
     versions = sorted((e for e in os.listdir(base) if e.isdigit()), key=int)
-    removed = [os.path.join(base, v) for v in versions[:-keep]]
+    removed = [os.path.join(base, v) for v in versions[:-keep] if int(v) not in protected]
     for path in removed:
         shutil.rmtree(path)
     return removed
@@ -56,9 +59,33 @@ class Executor(pusher_executor.Executor):
                 copy_saved_model(src, dest)
             towers[tower] = dest
         pushed.set_json_value_custom_property(TOWER_DESTINATIONS, towers)
-        keep = int(json.loads(exec_properties.get("custom_config") or "{}").get(KEEP_VERSIONS, 0))
+        custom = json.loads(exec_properties.get("custom_config") or "{}")
+        keep = int(custom.get(KEEP_VERSIONS, 0))
+        protected = indexed_versions(custom.get(INDEX_CONFIG)) if keep else set()
+        if protected is None:
+            return  # the index cannot say which versions it needs: keep them all this time
         for folder in (base, *(f"{base}_{tower}" for tower in TOWERS)):
-            prune_versions(folder, keep)
+            prune_versions(folder, keep, protected)
+
+
+def indexed_versions(index_config: dict | None) -> set[int] | None:
+    """The model versions the item index's generations were filled by; None if the index cannot be read."""
+    if not index_config:
+        return set()
+    from serving.item_index import IndexConfig, connect, referenced_versions
+
+    config = IndexConfig(**index_config)
+    if config.is_lite and not os.path.exists(config.uri):
+        return set()  # nothing indexed yet
+    try:
+        client = connect(config)
+        try:
+            return referenced_versions(client, config.alias)
+        finally:
+            client.close()
+    except Exception as e:  # noqa: BLE001 - an unreachable index must not make the push fail
+        logging.warning("TowerPusher: cannot read the item index at %s (%s); no version is deleted", config.uri, e)
+        return None
 
 
 class TowerPusher(pusher_component.Pusher):

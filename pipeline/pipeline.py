@@ -145,6 +145,9 @@ def create_pipeline(pipeline_root: str, serving_dir: str, inputs: PipelineInputs
         model=trainer.outputs["model"], examples=example_gen.outputs["examples"], model_name=config.model_name,
         feature_spec=inputs.feature_spec_json)
 
+    # Where ItemIndexer writes; TowerPusher keeps every version a generation there was filled by.
+    index_config = {**config.to_dict()["milvus"], "uri": milvus_uri or config.milvus.uri}
+
     # TF Serving layout: <serving_dir>/<model_name>/<version>/saved_model.pb, and the single-tower
     # models in <model_name>_user/ and <model_name>_item/ with the same version. Models blessed by
     # both the retrieval evaluation and the infra validation only.
@@ -152,16 +155,18 @@ def create_pipeline(pipeline_root: str, serving_dir: str, inputs: PipelineInputs
         model=trainer.outputs["model"],
         model_blessing=evaluator.outputs["blessing"],
         infra_blessing=infra_validator.outputs["blessing"],
-        custom_config={"keep_versions": config.keep_pushed_versions},
+        custom_config={"keep_versions": config.keep_pushed_versions,
+                       "index_config": index_config},
         push_destination=tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
             base_directory=f"{serving_dir}/{config.model_name}")))
 
     # The blessed model's item tower over the catalog, into a new Milvus collection behind an alias.
     item_indexer = ItemIndexer(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
-        infra_blessing=infra_validator.outputs["blessing"], examples=example_gen.outputs["examples"],
-        item_vectors=item_vectors.outputs["result"], feature_spec=inputs.feature_spec_json,
-        index_config={**config.to_dict()["milvus"], "uri": milvus_uri or config.milvus.uri},
+        infra_blessing=infra_validator.outputs["blessing"], pushed_model=pusher.outputs["pushed_model"],
+        examples=example_gen.outputs["examples"], item_vectors=item_vectors.outputs["result"],
+        feature_spec=inputs.feature_spec_json,
+        index_config=index_config,
         catalog_source=ev.catalog, code_fingerprint=inputs.code_fingerprint)
 
     return tfx.dsl.Pipeline(

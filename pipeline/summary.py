@@ -243,7 +243,8 @@ def summary_lines(summary: dict, workdir: str) -> list[str]:
                                        else f"not blessed: {infra.get('error', 'unknown')}"))
     index = summary.get("item_index") or {}
     if index.get("collection"):
-        lines.append(f"item index: {index['count']:,} items in Milvus collection {index['collection']}")
+        lines.append(f"item index: {index['count']:,} items in Milvus collection {index['collection']}"
+                     + (f" (filled by model version {index['model_version']})" if index.get("model_version") else ""))
     elif index.get("not_indexed_because"):
         lines.append(f"item index: not indexed: {index['not_indexed_because']}")
     for pushed in summary.get("pushed_models") or []:

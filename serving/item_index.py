@@ -178,15 +178,34 @@ def generations(client, alias: str) -> list[str]:
     return sorted(c for c in client.list_collections() if c.startswith(prefix))
 
 
-def _create_collection(client, name: str, id_field: str, scalar_fields: list[str], dim: int) -> None:
+def _create_collection(client, name: str, id_field: str, scalar_fields: list[str], dim: int,
+                       model_version: int | None = None) -> None:
     from pymilvus import DataType
 
-    schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
+    # The description records which model version's item tower filled the generation.
+    schema = client.create_schema(auto_id=False, enable_dynamic_field=False,
+                                  description=json.dumps({"model_version": model_version}))
     schema.add_field(id_field, DataType.VARCHAR, max_length=MAX_VARCHAR, is_primary=True)
     for f in scalar_fields:
         schema.add_field(f, DataType.VARCHAR, max_length=MAX_VARCHAR)
     schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=dim)
     client.create_collection(name, schema=schema)
+
+
+def generation_version(client, name: str) -> int | None:
+    """The model version whose item tower filled the generation (None: not recorded)."""
+    try:
+        recorded = json.loads(client.describe_collection(name).get("description") or "{}")
+    except ValueError:
+        return None
+    version = recorded.get("model_version") if isinstance(recorded, dict) else None
+    return int(version) if isinstance(version, int) else None
+
+
+def referenced_versions(client, alias: str) -> set[int]:
+    """The model versions the alias's generations were filled by: a pushed version still queried
+    through one of them must not be deleted."""
+    return {v for g in generations(client, alias) if (v := generation_version(client, g)) is not None}
 
 
 def _wait_for_index(client, name: str, count: int, timeout_seconds: float = 3600.0) -> None:
@@ -241,10 +260,13 @@ def _duplicates(hashes: np.ndarray) -> int:
 
 
 def write_generation(config: IndexConfig, batches: Iterable[Batch], id_field: str, scalar_fields: list[str],
-                     dim: int, client=None, expected_count: int | None = None) -> dict:
+                     dim: int, client=None, expected_count: int | None = None, model_version: int | None = None
+                     ) -> dict:
     """Writes a new generation from the batches, then moves the alias to it. Returns what was done.
 
-    expected_count, when known, only makes the progress lines say how much is left."""
+    model_version: the pushed version whose item tower gave the vectors, recorded with the generation
+    so that recall asks the model server for that version's user tower. expected_count, when known,
+    only makes the progress lines say how much is left."""
     from pymilvus import Collection, connections
 
 
@@ -257,7 +279,7 @@ def write_generation(config: IndexConfig, batches: Iterable[Batch], id_field: st
     progress = RateLog(f"indexing into {name}", "items", total=expected_count)
     id_hashes = []  # 8 bytes per item, to detect repeated ids without holding the ids
     try:
-        _create_collection(client, name, id_field, scalar_fields, dim)
+        _create_collection(client, name, id_field, scalar_fields, dim, model_version)
         connections.connect(alias=orm, uri=config.uri, token=config.token)
         collection = Collection(name, using=orm)
         sem = threading.BoundedSemaphore(config.insert_threads * 2)  # bounds the rows held in memory
@@ -322,6 +344,7 @@ def write_generation(config: IndexConfig, batches: Iterable[Batch], id_field: st
         alias.forget(g)
         client.drop_collection(g)
     return {"collection": name, "alias": config.alias, "previous": previous, "count": count, "dim": dim,
+            "model_version": model_version,
             "index_type": config.index_type, "index_params": index_params,
             "insert_seconds": round(inserted_seconds, 3), "index_seconds": round(index_seconds, 3),
             "total_seconds": round(time.perf_counter() - started, 3),
@@ -345,6 +368,7 @@ class ItemSearcher:
         self._target, self._checked = None, 0.0
         self._lock = threading.Lock()
         self._fields: dict[str, set[str]] = {}  # generation -> its filterable (non-vector) fields
+        self._versions: dict[str, int | None] = {}  # generation -> the model version that filled it
 
     def filterable_fields(self, collection: str) -> set[str]:
         if collection not in self._fields:
@@ -375,9 +399,18 @@ class ItemSearcher:
                 self._target, self._checked = target, time.monotonic()
             return self._target
 
+    def generation(self, refresh: bool = False) -> tuple[str, int | None]:
+        """(the generation the alias points at, the model version that filled it)."""
+        name = self.collection(refresh)
+        with self._lock:
+            if name not in self._versions:
+                self._versions[name] = generation_version(self.client, name)
+            return name, self._versions[name]
+
     def search(self, vectors: np.ndarray, k: int, exclude: list[set[str]] | None = None,
-               filters: dict[str, list[str]] | None = None, output_fields: list[str] | None = None
-               ) -> list[list[dict]]:
+               filters: dict[str, list[str]] | None = None, output_fields: list[str] | None = None,
+               collection: str | None = None) -> list[list[dict]]:
+        """collection: search this generation (one that generation() gave), not the alias's latest."""
         from pymilvus.exceptions import MilvusException
 
         self.check_request(k, filters)
@@ -389,11 +422,12 @@ class ItemSearcher:
         params = {"metric_type": "IP", "params": self.config.search_params}
         for attempt in (0, 1):
             try:
-                hits = self.client.search(self.collection(refresh=attempt == 1), data=vectors.tolist(), limit=limit,
-                                          filter=expr, search_params=params, output_fields=output_fields or [])
+                hits = self.client.search(collection or self.collection(refresh=attempt == 1), data=vectors.tolist(),
+                                          limit=limit, filter=expr, search_params=params,
+                                          output_fields=output_fields or [])
                 break
             except MilvusException:
-                if attempt == 1:  # a stale pointer to a dropped generation is refreshed once
+                if attempt == 1 or collection:  # a stale pointer to a dropped generation is refreshed once
                     raise
         results = []
         for row, excluded in zip(hits, exclude, strict=True):

@@ -80,10 +80,13 @@ def read_config_file(path: str) -> list[ModelConfig]:
     return parse_config_text(text)
 
 
-def config_text(configs: dict[str, str]) -> str:
-    """A ModelServerConfig text for {name: base_path} (what TF Serving's --model_config_file reads)."""
+def config_text(configs: dict[str, str], num_versions: int = 1) -> str:
+    """A ModelServerConfig text for {name: base_path} (what TF Serving's --model_config_file reads),
+    serving the latest num_versions versions of each."""
     proto = model_server_config_pb2.ModelServerConfig()
     for name, base in configs.items():
         c = proto.model_config_list.config.add()
         c.name, c.base_path, c.model_platform = name, os.path.abspath(base), "tensorflow"
+        if num_versions != 1:
+            c.model_version_policy.latest.num_versions = num_versions
     return text_format.MessageToString(proto)

@@ -30,8 +30,8 @@ from serving.item_index import IndexConfig, ItemIndexError, ItemSearcher  # noqa
 
 
 class SavedModelUserEncoder:
-    """The user tower in this process: a version directory, or a base path (its latest version).
-    `item(examples)` is the same model's item tower."""
+    """The user tower in this process: a base path of versions (the asked version, else the latest) or
+    one version directory. `item(examples)` is the same model's item tower."""
 
     def __init__(self, path: str):
         import tensorflow as tf
@@ -40,40 +40,54 @@ class SavedModelUserEncoder:
 
         if not os.path.exists(path):
             raise ValueError(f"no model at {path}: give --workdir of a run that pushed one, or --model")
-        versions = versions_on_disk(path)
-        self.path = versions[max(versions)] if versions else path
-        signatures = tf.saved_model.load(self.path).signatures
-        self._fn, self._item = signatures[signature_names.USER], signatures[signature_names.ITEM]
+        self._versions = versions_on_disk(path)
+        self.path = self._versions[max(self._versions)] if self._versions else path
+        self._loaded: dict[str, tuple] = {}
         self._tf = tf
 
-    def __call__(self, examples: list[bytes]) -> np.ndarray:
-        return self._fn(examples=self._tf.constant(examples))["embedding"].numpy()
+    def _signatures(self, version: int | None):
+        if version is not None and self._versions:
+            if version not in self._versions:
+                raise ValueError(f"the item index was filled by model version {version}, which is not under "
+                                 f"{os.path.dirname(self.path)} (versions {sorted(self._versions)})")
+            path = self._versions[version]
+        else:
+            path = self.path
+        if path not in self._loaded:
+            signatures = self._tf.saved_model.load(path).signatures
+            self._loaded[path] = (signatures[signature_names.USER], signatures[signature_names.ITEM])
+        return self._loaded[path]
 
-    def item(self, examples: list[bytes]) -> np.ndarray:
-        return self._item(examples=self._tf.constant(examples))["embedding"].numpy()
+    def __call__(self, examples: list[bytes], version: int | None = None) -> np.ndarray:
+        return self._signatures(version)[0](examples=self._tf.constant(examples))["embedding"].numpy()
+
+    def item(self, examples: list[bytes], version: int | None = None) -> np.ndarray:
+        return self._signatures(version)[1](examples=self._tf.constant(examples))["embedding"].numpy()
 
 
 class ServingUserEncoder:
-    """The user tower behind a TF Serving endpoint (deadline and retries from ServingClient)."""
+    """The user tower behind a TF Serving endpoint (deadline and retries from ServingClient); with a
+    version, exactly that version (ModelSpec.version), never whatever the server loaded last."""
 
     def __init__(self, client):
         self.client = client
 
-    def __call__(self, examples: list[bytes]) -> np.ndarray:
-        return self.client.embeddings(signature_names.USER, examples)
+    def __call__(self, examples: list[bytes], version: int | None = None) -> np.ndarray:
+        return self.client.embeddings(signature_names.USER, examples, version)
 
-    def item(self, examples: list[bytes]) -> np.ndarray:
-        return self.client.embeddings(signature_names.ITEM, examples)
+    def item(self, examples: list[bytes], version: int | None = None) -> np.ndarray:
+        return self.client.embeddings(signature_names.ITEM, examples, version)
 
 
 def check_index_matches_model(searcher: ItemSearcher, item_tower, spec: FeatureSpec, sample: int = 8,
                               tolerance: float = 1e-3) -> None:
-    """ValueError unless a few indexed item vectors equal what this model's item tower gives the same
-    items now, i.e. the index was filled by this model. A user vector of one model searched against
-    the item vectors of another gives scores that mean nothing, with nothing to tell."""
+    """ValueError unless a few indexed item vectors equal what this model's item tower (the version the
+    generation records, when it does) gives the same items now, i.e. the index was filled by this
+    model. A user vector of one model searched against the item vectors of another gives scores that
+    mean nothing, with nothing to tell."""
     from serving.item_index import VECTOR_FIELD, normalise
 
-    collection = searcher.collection()
+    collection, version = searcher.generation()
     scalars = sorted(searcher.filterable_fields(collection) - {spec.item_id})
     rows = searcher.client.query(collection, filter=f'{spec.item_id} != ""', limit=sample,
                                  output_fields=[spec.item_id, VECTOR_FIELD, *scalars])
@@ -83,7 +97,7 @@ def check_index_matches_model(searcher: ItemSearcher, item_tower, spec: FeatureS
     examples = [builder.from_features({spec.item_id: r[spec.item_id], **{c: r[c] for c in scalars if r.get(c)}})
                 for r in rows]
     stored = np.asarray([r[VECTOR_FIELD] for r in rows], np.float32)
-    now = normalise(np.asarray(item_tower(examples), np.float32))
+    now = normalise(np.asarray(item_tower(examples, version), np.float32))
     gap = float(np.abs(now - stored).max()) if now.shape == stored.shape else float("inf")
     if gap > tolerance:
         raise ValueError(f"the item index {collection} at {searcher.config.uri} was not filled by this model "
@@ -112,13 +126,29 @@ class Recaller:
                         read: list[set[str]] | None = None) -> list[list[dict]]:
         """`read`: each user's read posts when the caller has more than the examples hold (they
         are truncated to maxlen); by default the examples' own history lists."""
+        return self.answer(serialized, k, exclude_read, filters, read)["hits"]
+
+    def answer(self, serialized: list[bytes], k: int, exclude_read: bool = True,
+               filters: dict[str, list[str]] | None = None, read: list[set[str]] | None = None) -> dict:
+        """{"hits", "collection", "model_version"}: the user vectors come from the model version that
+        filled the generation searched (recorded by ItemIndexer), so a query never mixes the user
+        tower of one version with the item vectors of another while the alias or the model moves."""
+        from pymilvus.exceptions import MilvusException
+
         self.searcher.check_request(k, filters)
         if not serialized:
             raise ValueError("no users to recall for")
-        vectors = self.encoder(serialized)
         exclude = (read if read is not None else [self._read(s) for s in serialized]) if exclude_read else None
-        return self.searcher.search(vectors, k, exclude=exclude, filters=filters,
-                                    output_fields=list(filters or {}))
+        for attempt in (0, 1):
+            collection, version = self.searcher.generation(refresh=attempt == 1)
+            vectors = self.encoder(serialized, version)
+            try:
+                hits = self.searcher.search(vectors, k, exclude=exclude, filters=filters,
+                                            output_fields=list(filters or {}), collection=collection)
+                return {"hits": hits, "collection": collection, "model_version": version}
+            except MilvusException:
+                if attempt == 1:  # the generation was dropped between the two: once more, on the new one
+                    raise
 
     def recall(self, users: list[dict], k: int = 10, exclude_read: bool = True,
                filters: dict[str, list[str]] | None = None) -> list[list[dict]]:

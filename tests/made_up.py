@@ -6,7 +6,9 @@ The made-up towers, over topics t1, t2, t3 and posts p1..p5 (weight w(p) = 5, 4,
   user vector = [the followed topics, one-hot each] + [1.0]
   item vector = w(post) * ([its topic_id, one-hot] + [0.001])
 so a user's score of an item is w * (1.001 if the user follows its topic else 0.001): every
-ranking is strict and easy to write down.
+ranking is strict and easy to write down. A second version of the model (`rotate=1`) puts topic i
+in slot i+1 in both towers: it ranks the same way, but its user vectors searched against the first
+version's item vectors (a mixed answer) rank another topic's items first.
 """
 import json
 import os
@@ -25,13 +27,18 @@ ITEM_TOPIC = {"p1": "t1", "p2": "t1", "p3": "t2", "p4": "t2", "p5": "t3"}
 DIM = len(TOPICS) + 1
 
 
-def user_vector(followed) -> np.ndarray:
-    return np.array([float(t in followed) for t in TOPICS] + [1.0], np.float32)
+def _slot(topic, rotate: int) -> list[float]:
+    return [float(TOPICS[(i - rotate) % len(TOPICS)] == topic) for i in range(len(TOPICS))]
 
 
-def item_vector(post, topic=None) -> np.ndarray:
+def user_vector(followed, rotate: int = 0) -> np.ndarray:
+    slots = [_slot(t, rotate) for t in followed] or [[0.0] * len(TOPICS)]
+    return np.array(np.max(slots, axis=0).tolist() + [1.0], np.float32)
+
+
+def item_vector(post, topic=None, rotate: int = 0) -> np.ndarray:
     topic = ITEM_TOPIC.get(post) if topic is None else topic
-    return WEIGHTS.get(post, 0.0) * np.array([float(topic == t) for t in TOPICS] + [0.001], np.float32)
+    return WEIGHTS.get(post, 0.0) * np.array(_slot(topic, rotate) + [0.001], np.float32)
 
 
 def example(act=0, client="u0", post="p1", client_type=0, follow=(), fav=(), topic=None, read=()) -> bytes:
@@ -85,11 +92,12 @@ class MadeUpTowers(tf.Module):
     """The Trainer's signatures (names and inputs) over the made-up towers above; `collapsed` gives
     every user the same vector, as a model trained into a constant would."""
 
-    def __init__(self, collapsed: bool = False):
+    def __init__(self, collapsed: bool = False, rotate: int = 0):
         super().__init__()
         self.collapsed = collapsed
+        slots = [(i + rotate) % len(TOPICS) for i in range(len(TOPICS))]
         self.topics = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(tf.constant(TOPICS), tf.range(len(TOPICS), dtype=tf.int64)), -1)
+            tf.lookup.KeyValueTensorInitializer(tf.constant(TOPICS), tf.constant(slots, tf.int64)), -1)
         self.weights = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(tf.constant(list(WEIGHTS)), tf.constant(list(WEIGHTS.values()))), 0.0)
         examples = tf.TensorSpec([None], tf.string, name="examples")
@@ -142,12 +150,12 @@ class MadeUpTowers(tf.Module):
         return {signature_names.SCORE: self.score, **user, **item}
 
 
-def model_artifact(root, collapsed: bool = False):
+def model_artifact(root, collapsed: bool = False, rotate: int = 0):
     """A Model artifact laid out as the Trainer writes it: Format-Serving and its -user / -item towers."""
     artifact = standard_artifacts.Model()
     artifact.uri = str(root)
     serving = os.path.join(root, "Format-Serving")
-    module = MadeUpTowers(collapsed)
+    module = MadeUpTowers(collapsed, rotate)
     tf.saved_model.save(module, serving, signatures=module.signatures("all"))
     for tower in ("user", "item"):
         tf.saved_model.save(module, f"{serving}-{tower}", signatures=module.signatures(tower))

@@ -260,3 +260,59 @@ def test_the_item_indexer_indexes_nothing_unblessed(artifacts, tmp_path):
     assert index.get_int_custom_property("indexed") == 0
     assert "model_blessing says not blessed" in index.get_string_custom_property("not_indexed_because")
     assert not os.path.exists(tmp_path / "m.db")
+
+
+# ---- recall across model versions ----
+
+def test_recall_never_mixes_model_versions_while_the_alias_moves(tmp_path):
+    """Two pushed versions whose towers only agree with themselves (made_up.py, rotate), generations
+    of the item index filled by each in turn under concurrent recall: every answer's user vector comes
+    from the version that filled the generation it searched, so a user who follows t1 always gets
+    p1 and p2 (a mixed answer would rank another topic's items first)."""
+    import threading
+
+    from serving.client import ServingClient
+    from serving.item_index import Batch, IndexConfig, ItemSearcher, write_generation
+    from serving.model_config import config_text, parse_config_text
+    from serving.recall import Recaller, ServingUserEncoder
+    from serving.server import ModelServer
+
+    base = tmp_path / "serving" / "m"
+    for version, rotate in ((1, 0), (2, 1)):
+        module = made_up.MadeUpTowers(rotate=rotate)
+        tf.saved_model.save(module, str(base / str(version)), signatures=module.signatures("all"))
+    config = IndexConfig(uri=str(tmp_path / "milvus.db"), alias="items", keep_generations=2)
+
+    def index(version):
+        vectors = np.stack([made_up.item_vector(p, rotate=version - 1) for p in CATALOG])
+        batch = Batch(CATALOG, {"topic_id": [made_up.ITEM_TOPIC[p] for p in CATALOG]}, vectors)
+        return write_generation(config, [batch], "post_id", ["topic_id"], made_up.DIM, model_version=version)
+
+    assert index(1)["model_version"] == 1
+    user = made_up.example(follow=["t1"])
+    answers, failures, stop = [], [], threading.Event()
+    served = parse_config_text(config_text({"m": str(base)}, num_versions=2))
+    with ModelServer(served, port=0, poll_seconds=0) as server:
+        def query():
+            with ServingClient(server.target, "m") as client:
+                recaller = Recaller(ServingUserEncoder(client), ItemSearcher(config, refresh_seconds=0), SPEC)
+                while not stop.is_set():
+                    try:
+                        answer = recaller.answer([user], 2, exclude_read=False)
+                        answers.append((answer["model_version"], {h["id"] for h in answer["hits"][0]}))
+                    except Exception as e:  # noqa: BLE001 - every failure is counted
+                        failures.append(repr(e))
+
+        threads = [threading.Thread(target=query) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for version in (2, 1, 2, 1, 2):
+            index(version)
+        stop.set()
+        for t in threads:
+            t.join()
+    assert not failures, failures[:3]
+    assert {v for v, _ in answers} == {1, 2}, "both versions were searched"
+    mixed = [a for a in answers if a[1] != {"p1", "p2"}]
+    assert not mixed, f"{len(mixed)} mixed answers of {len(answers)}: {mixed[:3]}"
+

@@ -186,6 +186,7 @@ def test_towers_over_grpc_equal_the_saved_model_in_process(runs):
         examples=tf.constant([_example(**i) for i in ITEMS]))["embedding"]
     config = read_config_file(os.path.join(workdir, "serving", "models.config"))
     assert [c.name for c in config] == ["dssm", "dssm_user", "dssm_item"]
+    assert all(c.policy == "latest" and c.num_versions == 2 for c in config)  # the indexed one and the newest
     with ModelServer(config, port=0, poll_seconds=0) as server, ServingClient(server.target, "dssm") as client:
         towers = TowerClient(client)
         np.testing.assert_allclose(towers.user_embeddings([user_features]), expected_user, rtol=1e-5, atol=1e-6)
@@ -217,6 +218,7 @@ def test_item_index_recall_equals_brute_force_over_the_catalog(runs):
     catalog = open(ids_file).read().split()
     assert index["count"] == len(catalog) == 1477 and index["dim"] == 128
     assert second["item_index"]["collection"] == index["collection"]  # cached: same generation
+    assert index["model_version"] == int(first["pushed_models"][0]["version"])  # indexed after the push
 
     # Every catalog item through the item tower in this process, with its most frequent logged topic.
     topics = _most_frequent_topics()

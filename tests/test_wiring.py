@@ -24,7 +24,8 @@ WIRING = {
     "TowerPusher": {"model": ("Trainer", "model"), "model_blessing": ("RetrievalEvaluator", "blessing"),
                     "infra_blessing": ("ServingInfraValidator", "blessing")},
     "ItemIndexer": {"model": ("Trainer", "model"), "model_blessing": ("RetrievalEvaluator", "blessing"),
-                    "infra_blessing": ("ServingInfraValidator", "blessing"), "examples": ("TsvExampleGen", "examples"),
+                    "infra_blessing": ("ServingInfraValidator", "blessing"),
+                    "pushed_model": ("TowerPusher", "pushed_model"), "examples": ("TsvExampleGen", "examples"),
                     "item_vectors": ("item_vectors_importer", "result")},
 }
 
