@@ -182,8 +182,9 @@ def pytest_terminal_summary(terminalreporter, config):
 
 # Modules that take minutes, longest first: pytest-xdist (make test) hands out whole modules in this
 # order, so the long ones start at once on both workers instead of ending the run alone.
-SLOW_FIRST = ["test_reliability", "test_kubeflow", "test_milvus_server", "test_distributed", "test_portable",
-              "test_e2e", "test_serving_abuse", "test_report", "test_input_safety", "test_setup", "test_export"]
+SLOW_FIRST = ["test_reliability", "test_kubeflow", "test_continuous", "test_milvus_server", "test_distributed",
+              "test_portable", "test_e2e", "test_serving_abuse", "test_report", "test_input_safety", "test_setup",
+              "test_components", "test_export"]
 
 
 def pytest_collection_modifyitems(items):

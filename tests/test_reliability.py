@@ -32,7 +32,11 @@ def _states(metadata_path):
 # The restart chain trains 1,000 steps instead of 3,000 (time: it still lasts well past the kill, and
 # the model still beats popularity, so the final run pushes); what is compared with the uninterrupted
 # run (vocabularies, splits, signatures, items) does not depend on the steps.
-CHAIN_CONFIG = "trainer: {train_steps: 1000}\n"
+# The new-data run trains on 1,000 fewer rows and is worse than the version it would replace (recall@50
+# -0.046, 95% interval [-0.088, -0.003] in CI): the served-model gate refuses it, rightly. These tests
+# are about artifacts and versions, not quality, so the gate lets any candidate through here
+# (tests/test_continuous.py checks the refusal).
+CHAIN_CONFIG = "trainer: {train_steps: 1000}\ncontinuous: {max_regression: 1.0}\n"
 
 
 def _chain_args(workdir) -> list[str]:
