@@ -152,7 +152,7 @@ def _blessed(input_dict) -> list[str]:
             if not check(artifact):
                 reasons.append(f"{key} says not blessed")
     for pushed in input_dict.get("pushed_model", []):
-        if not pushed.get_int_custom_property("pushed"):
+        if not reasons and not pushed.get_int_custom_property("pushed"):  # blessed, yet not pushed
             reasons.append("the model was not pushed")
     return reasons
 

@@ -106,6 +106,9 @@ def check_index_matches_model(searcher: ItemSearcher, item_tower, spec: FeatureS
 
 
 class Recaller:
+    """User features -> top-K items. `encoder(examples, version)` gives the user vectors of serialized
+    tf.Examples from that model version (None: whichever the encoder has)."""
+
     def __init__(self, encoder, searcher: ItemSearcher, spec: FeatureSpec):
         self.encoder, self.searcher, self.spec = encoder, searcher, spec
         self.examples = ExampleBuilder(spec)
@@ -140,14 +143,14 @@ class Recaller:
             raise ValueError("no users to recall for")
         exclude = (read if read is not None else [self._read(s) for s in serialized]) if exclude_read else None
         for attempt in (0, 1):
-            collection, version = self.searcher.generation(refresh=attempt == 1)
-            vectors = self.encoder(serialized, version)
             try:
+                collection, version = self.searcher.generation(refresh=attempt == 1)
+                vectors = self.encoder(serialized, version)
                 hits = self.searcher.search(vectors, k, exclude=exclude, filters=filters,
                                             output_fields=list(filters or {}), collection=collection)
                 return {"hits": hits, "collection": collection, "model_version": version}
             except MilvusException:
-                if attempt == 1:  # the generation was dropped between the two: once more, on the new one
+                if attempt == 1:  # the generation was dropped while it was read: once more, on the new one
                     raise
 
     def recall(self, users: list[dict], k: int = 10, exclude_read: bool = True,

@@ -282,7 +282,8 @@ def test_recall_excludes_every_read_post_beyond_maxlen(tmp_path):
     ranked = [ids[i] for i in np.argsort(-scores)]
     # maxlen posts the model ranks last, then the 10 it ranks first: the example keeps only the first maxlen.
     read = ranked[-maxlen:] + ranked[:10]
-    recaller = Recaller(lambda examples: np.tile(query, (len(examples), 1)), ItemSearcher(config, client=client),
+    recaller = Recaller(lambda examples, version=None: np.tile(query, (len(examples), 1)),
+                        ItemSearcher(config, client=client),
                         SPEC)
     user = {"client_type": 1, "follow_topic_id": "t1", "all_topic_fav_7": "t1:1", "read_post_id": read}
     (hits,) = recaller.recall([user], k=10)
