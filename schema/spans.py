@@ -27,6 +27,9 @@ class SpanError(ValueError):
 
 
 def has_span(pattern: str) -> bool:
+    for m in SPAN_SPEC.finditer(pattern):
+        if m.group(1) is not None and int(m.group(1)) == 0:  # TFX refuses it too
+            raise SpanError(f"{m.group(0)} in {pattern}: the width must be a positive integer")
     return SPAN_SPEC.search(pattern) is not None
 
 

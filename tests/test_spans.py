@@ -88,6 +88,10 @@ def test_a_window_is_the_last_spans_up_to_the_chosen_one_clipped_to_those_that_e
     ({"input log": "day-{SPAN}/train.tsv"}, None, 2, "continuous.window > 1 needs --train and --eval"),
     ({"training log": "week-{SPAN}/train.tsv", "eval log": "day-{SPAN}/eval.tsv"}, None, 1,
      "training log pattern {root}/week-{SPAN}/train.tsv matches no span"),
+    ({"training log": "day-{SPAN:0}/train.tsv", "eval log": "day-{SPAN:0}/eval.tsv"}, None, 1,
+     "{SPAN:0} in {root}/day-{SPAN:0}/train.tsv: the width must be a positive integer"),
+    ({"training log": "day-{SPAN}/train.tsv", "eval log": "day-{SPAN}/eval.tsv"}, -1, 1,
+     "--span -1: no files match {root}/day--1/train.tsv"),
 ])
 def test_span_errors_name_the_pattern_and_the_spans_found(tmp_path, patterns, requested, window, message):
     _days(tmp_path, {1: 1, 2: 1}, eval_spans={1})
