@@ -1,13 +1,21 @@
-"""Trainer throughput (examples/s) of one model at batch 1024 from three inputs, in one run.
+"""Trainer throughput (examples/s) of one model from four inputs, at each batch size, in one run; and a
+profile of where the streamed input path spends its time.
 
-    .venv/bin/python bench/trainer_throughput.py --workdir RUN_DIR --train TSV [--steps 60]
+    .venv/bin/python bench/trainer_throughput.py --workdir RUN_DIR --train TSV [--batches 1024,128]
+        [--steps 60] [--steps-per-execution 1]
 
 RUN_DIR is a finished pipeline run (run_pipeline.py local) on TSV; the bench reads its Transform
 output and prepared item vectors. The inputs:
-  transformed  the transformed TFRecords, read with tfx_bsl's TFXIO as the Trainer reads them
-  in_memory    the same batches held as tensors (the compute ceiling)
-  raw_tsv      the original design's input path: tf.data reads the raw TSV and parses every line at
-               every step (decode_csv, string splits, vocabulary lookups, padding)
+  in_memory  40 batches held as tensors, one dataset element per batch (the compute ceiling)
+  memory     the Trainer's path when the split fits in trainer.cache_max_mb: read once, then row
+             indices shuffled each pass and whole batches gathered (components/trainer_input.py)
+  files      the Trainer's path otherwise: tf.data reads and gunzips the files every pass, shuffles
+             the records and parses a batch at a time (tf.io.parse_example)
+  tfxio      the Trainer's path before: TFXIO's TensorFlowDataset (the data accessor) on the files
+  raw_tsv    the original design's input path: tf.data parses every raw TSV line at every step
+             (decode_csv, string splits, vocabulary lookups, padding)
+The profile times each input alone (no training): read + gunzip; + shuffle, batch parse (files);
+TFXIO; the in-memory gather.
 """
 import argparse
 import glob
@@ -23,27 +31,18 @@ from tfx_bsl.public import tfxio  # noqa: E402
 
 from components import item_vectors  # noqa: E402
 from components.config import TrainerConfig  # noqa: E402
-from components.model import TwoTowerTrainer, build_towers, make_optimizer, model_input_names  # noqa: E402
+from components.model import TwoTowerTrainer, build_towers, make_optimizer  # noqa: E402
 from components.preprocessing import vocab_size_with_reserved  # noqa: E402
+from components.trainer import count_records  # noqa: E402
+from components.trainer_input import in_memory_batches, input_names, read_whole_split, record_batches, split_input  # noqa: E402
 from schema.spec import load_spec, transformed_name, vocab_name  # noqa: E402
-
-BATCH = 1024
 
 
 def _latest(pattern: str) -> str:
     return max(glob.glob(pattern), key=lambda p: int(p.rstrip("/").split("/")[-1]))
 
 
-def transformed_dataset(run_dir, tft_output, spec, names):
-    examples = _latest(os.path.join(run_dir, "pipeline", "Transform", "transformed_examples", "*"))
-    source = tfxio.TFExampleRecord(os.path.join(examples, "Split-train", "*"),
-                                   schema=tft_output.transformed_metadata.schema)
-    ds = source.TensorFlowDataset(tfxio.TensorFlowDatasetOptions(batch_size=BATCH, label_key=spec.label,
-                                                                 shuffle=True, num_epochs=None))
-    return ds.map(lambda x, y: ({k: x[k] for k in names}, y))
-
-
-def raw_tsv_dataset(path, tft_output, spec, ids_path):
+def raw_tsv_dataset(path, tft_output, spec, ids_path, batch):
     """The original design's path: parse each TSV line every step, look ids up, pad."""
     cols = list(spec.columns)
     defaults = [[0] if spec.raw_columns[c].type == "int" else [""] for c in cols]
@@ -85,15 +84,46 @@ def raw_tsv_dataset(path, tft_output, spec, ids_path):
         out[transformed_name(spec.item_id)] = tf.constant(1, tf.int64)
         return out, fields[spec.label]
 
-    ds = tf.data.TextLineDataset(path).skip(1).repeat().shuffle(BATCH * 2)
-    return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE).batch(BATCH).prefetch(tf.data.AUTOTUNE)
+    ds = tf.data.TextLineDataset(path).skip(1).repeat().shuffle(batch * 2)
+    return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE).batch(batch).prefetch(tf.data.AUTOTUNE)
 
 
-def measure(trainer, ds, steps: int) -> float:
+def measure(trainer, ds, steps: int, batch: int) -> float:
     trainer.fit(ds, epochs=1, steps_per_epoch=5, verbose=0)  # warm-up: tracing, first reads
     start = time.perf_counter()
     trainer.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0)
-    return steps * BATCH / (time.perf_counter() - start)
+    return steps * batch / (time.perf_counter() - start)
+
+
+def rate_alone(ds, batches: int, batch: int) -> float:
+    """examples/s of iterating a dataset alone (no training)."""
+    it = iter(ds)
+    next(it)
+    start = time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    return batches * batch / (time.perf_counter() - start)
+
+
+def tfxio_batches(files, tft_output, names, label, batch):
+    """The Trainer's input before: TFXIO's TensorFlowDataset, as the TFX data accessor builds it."""
+    source = tfxio.TFExampleRecord(files, schema=tft_output.transformed_metadata.schema)
+    return source.TensorFlowDataset(tfxio.TensorFlowDatasetOptions(
+        batch_size=batch, label_key=label, shuffle=True, num_epochs=None)).map(
+        lambda x, y: ({k: x[k] for k in names}, y)).prefetch(tf.data.AUTOTUNE)
+
+
+def profile(files, feature_spec, tft_output, names, label, batch, batches):
+    """examples/s of each input alone."""
+    records = tf.data.TFRecordDataset(tf.io.gfile.glob(files), compression_type="GZIP").repeat()
+    features, labels = read_whole_split(files, feature_spec, names, label)
+    stages = {
+        "read + gunzip": records.batch(batch),
+        "+ shuffle, batch parse (files)": record_batches(files, feature_spec, names, label, batch, 1, True, None),
+        "TFXIO": tfxio_batches(files, tft_output, names, label, batch),
+        "in-memory gather (memory)": in_memory_batches(features, labels, batch, 1, True, None),
+    }
+    return {name: rate_alone(ds, batches, batch) for name, ds in stages.items()}
 
 
 def main() -> None:
@@ -101,31 +131,50 @@ def main() -> None:
     p.add_argument("--workdir", required=True)
     p.add_argument("--train", required=True)
     p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--batches", default=f"1024,{TrainerConfig().batch_size}")
+    p.add_argument("--steps-per-execution", type=int, default=TrainerConfig().steps_per_execution)
+    p.add_argument("--no-raw-tsv", action="store_true")
     a = p.parse_args()
     spec = load_spec()
     graph = _latest(os.path.join(a.workdir, "pipeline", "Transform", "transform_graph", "*"))
     tft_output = tft.TFTransformOutput(graph)
+    feature_spec = tft_output.transformed_feature_spec()
+    examples = _latest(os.path.join(a.workdir, "pipeline", "Transform", "transformed_examples", "*"))
+    files = os.path.join(examples, "Split-train", "*")
+    rows = count_records(files)
     prepared = glob.glob(os.path.join(a.workdir, "item_vectors", "*"))[0]
-    cfg = TrainerConfig(batch_size=BATCH)
-    names = model_input_names(spec, "user") + model_input_names(spec, "item") + [transformed_name(spec.item_id)]
+    names = input_names(spec)
+    print(f"{rows:,} training rows; steps_per_execution {a.steps_per_execution}; {os.cpu_count()} CPUs")
 
-    def fresh_trainer():
-        sizes = {g: vocab_size_with_reserved(tft_output, g, 1) for g in spec.vocab_groups()}
-        t = TwoTowerTrainer(build_towers(spec, sizes, item_vectors.load_table(prepared), cfg), spec, cfg)
-        t.compile(optimizer=make_optimizer(cfg))
-        return t
+    for batch in (int(b) for b in a.batches.split(",")):
+        cfg = TrainerConfig(batch_size=batch, steps_per_execution=a.steps_per_execution)
 
-    transformed = transformed_dataset(a.workdir, tft_output, spec, names)
-    batches = list(transformed.take(20))
-    features = {k: tf.concat([b[0][k] for b in batches], 0) for k in names}
-    labels = tf.concat([b[1] for b in batches], 0)
-    in_memory = tf.data.Dataset.from_tensor_slices((features, labels)).batch(BATCH).cache().repeat()
-    inputs = {"in_memory": in_memory, "transformed": transformed.prefetch(tf.data.AUTOTUNE),
-              "raw_tsv": raw_tsv_dataset(a.train, tft_output, spec, os.path.join(prepared, "item_ids.txt"))}
-    rates = {name: measure(fresh_trainer(), ds, a.steps) for name, ds in inputs.items()}
-    print(f"\n{'input':<12}{'examples/s':>12}{'x ceiling':>11}{'x raw_tsv':>11}")
-    for name, r in rates.items():
-        print(f"{name:<12}{r:>12.0f}{r / rates['in_memory']:>11.2f}{r / rates['raw_tsv']:>11.2f}")
+        def fresh_trainer(cfg=cfg):
+            sizes = {g: vocab_size_with_reserved(tft_output, g, 1) for g in spec.vocab_groups()}
+            t = TwoTowerTrainer(build_towers(spec, sizes, item_vectors.load_table(prepared), cfg), spec, cfg)
+            t.compile(optimizer=make_optimizer(cfg), steps_per_execution=cfg.steps_per_execution)
+            return t
+
+        steps = max(a.steps, a.steps * 1024 // batch // 2)
+        streamed = record_batches(files, feature_spec, names, spec.label, batch, 1, True, None)
+        held = list(streamed.take(40))  # whole batches, stacked: one dataset element is one batch
+        ceiling = tf.data.Dataset.from_tensor_slices(
+            ({k: tf.stack([b[0][k] for b in held]) for k in names}, tf.stack([b[1] for b in held]))
+        ).repeat().prefetch(tf.data.AUTOTUNE)
+        memory = split_input(files, feature_spec, spec, rows, 1 << 40, batch, 1, True, None)
+        inputs = {"in_memory": ceiling, "memory": memory.dataset, "files": streamed,
+                  "tfxio": tfxio_batches(files, tft_output, names, spec.label, batch)}
+        if not a.no_raw_tsv:
+            inputs["raw_tsv"] = raw_tsv_dataset(a.train, tft_output, spec, os.path.join(prepared, "item_ids.txt"),
+                                                batch)
+        rates = {name: measure(fresh_trainer(), ds, steps, batch) for name, ds in inputs.items()}
+        print(f"\nbatch {batch}, {steps} steps: training examples/s")
+        print(f"{'input':<12}{'examples/s':>12}{'x ceiling':>11}")
+        for name, r in rates.items():
+            print(f"{name:<12}{r:>12.0f}{r / rates['in_memory']:>11.2f}")
+        print(f"batch {batch}: the input alone, examples/s")
+        for stage, r in profile(files, feature_spec, tft_output, names, spec.label, batch, steps).items():
+            print(f"  {stage:<38}{r:>12.0f}")
 
 
 if __name__ == "__main__":

@@ -44,6 +44,12 @@ class TrainerConfig:
     eval_every_steps: int = 250
     patience: int = 4
     warn_passes: float = 20.0        # warn when train_steps x batch_size exceeds this many passes over the data
+    # Speed (components/trainer_input.py): a split whose transformed tensors fit in cache_max_mb is
+    # read once and held in memory (0 = always stream from the files); steps_per_execution train
+    # steps run in one call of the compiled step (fewer Python round trips; callbacks and progress
+    # lines see every steps_per_execution-th step).
+    cache_max_mb: int = 1024
+    steps_per_execution: int = 10
 
 
 @dataclass

@@ -224,6 +224,9 @@ class TwoTowerTrainer(tf.keras.Model):
                               sample_weight=None if weight is None else tf.reshape(weight, [-1]))
         return {m.name: m.result() for m in self.metrics}
 
+    # Plain TensorFlow ops with Python control flow on Python values only: autograph would spend most
+    # of the Trainer's start converting Keras' code, call by call, and change nothing.
+    @tf.autograph.experimental.do_not_convert
     def train_step(self, data):
         x, y = data
         # Each replica's loss is the mean over its share of the batch; the strategy sums the
@@ -238,6 +241,7 @@ class TwoTowerTrainer(tf.keras.Model):
         self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables, strict=True))
         return self._update(loss, logits, y, weight)
 
+    @tf.autograph.experimental.do_not_convert
     def test_step(self, data):
         x, y = data
         loss, logits, weight = self._loss(x, y, training=False)

@@ -20,7 +20,6 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 from tfx.components.trainer.fn_args_utils import FnArgs
-from tfx_bsl.public import tfxio
 
 from common import signature_names
 from common.progress import RateLog, log
@@ -28,23 +27,11 @@ from components import item_vectors
 from components.config import TrainerConfig
 from components.model import TwoTowerTrainer, build_towers, item_log_q, make_optimizer, model_input_names
 from components.preprocessing import ITEM_POSITIVE_COUNTS, ITEM_VOCAB, vocab_size_with_reserved
-from schema.spec import FeatureSpec, transformed_name
+from components.trainer_input import split_input
+from schema.spec import FeatureSpec
 
 METRICS_FILE = "metrics.json"
 EXAMPLES_INPUT = "examples"
-
-
-def _dataset(fn_args: FnArgs, files, tft_output, spec: FeatureSpec, batch_size: int, seed: int, shuffle: bool,
-             epochs: int | None):
-    """(model inputs + item index, label) batches, repeated forever when epochs is None.
-
-    Other transformed features (the OOV counts) are left out."""
-    names = model_input_names(spec, "user") + model_input_names(spec, "item") + [transformed_name(spec.item_id)]
-    return fn_args.data_accessor.tf_dataset_factory(
-        files,
-        tfxio.TensorFlowDatasetOptions(batch_size=batch_size, label_key=spec.label, shuffle=shuffle,
-                                       shuffle_seed=seed if shuffle else None, num_epochs=epochs),
-        tft_output.transformed_metadata.schema).map(lambda x, y: ({k: x[k] for k in names}, y))
 
 
 def tower_raw_features(spec: FeatureSpec, tower: str) -> list[str]:
@@ -60,15 +47,20 @@ class ServingModule(tf.Module):
 
     def __init__(self, towers, tft_output, spec: FeatureSpec):
         super().__init__()
-        self.towers_user, self.towers_item, self.towers_scorer = towers.user, towers.item, towers.scorer
+        # The Keras models are not tracked, their variables are: tracking a Keras model makes
+        # tf.saved_model.save trace every layer's call again for Keras' own metadata (most of the
+        # export's time), which nothing here loads; the signatures are all the SavedModel serves.
+        self._towers = towers  # a plain dataclass: not tracked
+        self.tower_variables = list(towers.scorer.variables)
         self.tft_layer = tft_output.transform_features_layer()  # tracked: its assets are saved too
         self._spec = spec
         self._parse_spec = spec.raw_feature_spec(include_label=False, serving=True)
         self._inputs = {t: model_input_names(spec, t) for t in ("user", "item")}
         examples = tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)
-        self.user_embedding = tf.function(self._user_from_examples, input_signature=[examples])
-        self.item_embedding = tf.function(self._item_from_examples, input_signature=[examples])
-        self.score = tf.function(self._score_from_examples, input_signature=[examples])
+        # autograph=False: no control flow on tensors here; converting Keras' code made export slow
+        self.user_embedding = tf.function(self._user_from_examples, input_signature=[examples], autograph=False)
+        self.item_embedding = tf.function(self._item_from_examples, input_signature=[examples], autograph=False)
+        self.score = tf.function(self._score_from_examples, input_signature=[examples], autograph=False)
         self.user_embedding_raw = self._raw_function("user")
         self.item_embedding_raw = self._raw_function("item")
 
@@ -76,7 +68,7 @@ class ServingModule(tf.Module):
         return self.tft_layer(raw)
 
     def _tower(self, tower, t):
-        model = self.towers_user if tower == "user" else self.towers_item
+        model = self._towers.user if tower == "user" else self._towers.item
         return {"embedding": model({k: t[k] for k in self._inputs[tower]}, training=False)}
 
     def _user_from_examples(self, examples):
@@ -88,7 +80,7 @@ class ServingModule(tf.Module):
     def _score_from_examples(self, examples):
         t = self._transform(tf.io.parse_example(examples, self._parse_spec))
         names = self._inputs["user"] + self._inputs["item"]
-        return {"score": tf.sigmoid(self.towers_scorer({k: t[k] for k in names}, training=False))}
+        return {"score": tf.sigmoid(self._towers.scorer({k: t[k] for k in names}, training=False))}
 
     def _raw_function(self, tower: str):
         """Named dense tensors in: scalars [None]; lists [None, None] padded with "" (weights with 0)."""
@@ -119,7 +111,7 @@ class ServingModule(tf.Module):
                     raw[name] = tf.fill([batch], tf.constant(feature.default_value, feature.dtype))
             return self._tower(tower, self._transform(raw))
 
-        return tf.function(fn, input_signature=None).get_concrete_function(**specs)
+        return tf.function(fn, input_signature=None, autograph=False).get_concrete_function(**specs)
 
     def signatures(self, which: str = "all") -> dict:
         names = signature_names
@@ -178,13 +170,18 @@ class ProgressAndCurve(tf.keras.callbacks.Callback):
         self.every = max(1, (total_steps or 10_000) // 100)
         self.rate = RateLog("training", "steps", total=total_steps)
         self.curve: list[dict] = []
-        self.steps = 0  # batches trained
+        self.steps = 0  # batches trained, across Keras epochs (an epoch is eval_every_steps steps, or one pass)
+        self._epoch_start = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = self.steps
 
     def on_train_batch_end(self, batch, logs=None):
-        self.steps += 1  # across Keras epochs (an epoch is eval_every_steps steps, or one pass)
+        # `batch` is the epoch's index of the last step run (steps_per_execution steps per call)
+        before, self.steps = self.steps, self._epoch_start + batch + 1
         step, logs = self.steps, logs or {}
         loss, auc = float(logs.get("loss", float("nan"))), float(logs.get("auc", float("nan")))
-        if step % self.every == 0 or step == self.total:
+        if step // self.every > before // self.every or step == self.total:
             self.curve.append({"step": step, "loss": loss, "auc": auc})
         self.rate.update(step, f"loss {loss:.3f}, AUC {auc:.3f}", force=step == self.total)
 
@@ -203,25 +200,30 @@ def first_non_finite(variables) -> str | None:
 
 class StopOnNonFinite(tf.keras.callbacks.Callback):
     """Stops training with NonFiniteTrainingError, naming the step and the first non-finite tensor, as
-    soon as the loss is non-finite (checked every step) or a trainable weight is (every
+    soon as the loss is non-finite (checked after every call of the compiled step, i.e. every
+    steps_per_execution steps; a NaN stays in the running mean) or a trainable weight is (every
     `weights_every` steps and at the end): a NaN model must never be exported."""
 
     def __init__(self, weights_every: int = 100):
         super().__init__()
         self.weights_every = weights_every
         self.step = 0
+        self._epoch_start = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = self.step
 
     def _fail(self, what: str) -> None:
         raise NonFiniteTrainingError(f"training stopped at step {self.step}: {what}; the model is not exported "
                                      f"(look for extreme values in the inputs)")
 
     def on_train_batch_end(self, batch, logs=None):
-        self.step += 1
+        before, self.step = self.step, self._epoch_start + batch + 1  # steps_per_execution steps per call
         loss = float((logs or {}).get("loss", 0.0))
         if not np.isfinite(loss):
             bad = first_non_finite(self.model.trainable_variables)
             self._fail(f"the loss is {loss}" + (f"; first non-finite weight: {bad}" if bad else ""))
-        if self.step % self.weights_every == 0:
+        if self.step // self.weights_every > before // self.weights_every:
             self.check_weights()
 
     def check_weights(self) -> None:
@@ -265,7 +267,7 @@ def run_fn(fn_args: FnArgs) -> None:
     with strategy.scope():  # every variable (tables, optimizer slots) is created under the strategy
         towers = build_towers(spec, vocab_sizes, table, cfg)
         trainer = TwoTowerTrainer(towers, spec, cfg, _item_log_q(tft_output))
-        trainer.compile(optimizer=make_optimizer(cfg))
+        trainer.compile(optimizer=make_optimizer(cfg), steps_per_execution=cfg.steps_per_execution)
         # Step logs hold each replica's metric values; Keras would sum them across workers
         # (loss and AUC x workers). The progress lines show the first worker's; the figures kept
         # below are read from the metrics themselves, which aggregate every worker.
@@ -273,16 +275,27 @@ def run_fn(fn_args: FnArgs) -> None:
 
     # With early stopping each of the `epochs` passes is a Keras epoch (validated after it); without,
     # the dataset repeats them and Keras runs one epoch over it.
-    train_ds = _dataset(fn_args, fn_args.train_files, tft_output, spec, cfg.batch_size, cfg.seed, True,
-                        (1 if cfg.early_stopping else cfg.epochs) if cfg.epochs else None)
-    eval_ds = _dataset(fn_args, fn_args.eval_files, tft_output, spec, cfg.batch_size, cfg.seed, False, 1)
+    train_rows = count_records(fn_args.train_files)
+    budget = cfg.cache_max_mb * 2**20
+    feature_spec = tft_output.transformed_feature_spec()
+
+    train_in = split_input(fn_args.train_files, feature_spec, spec, train_rows, budget, cfg.batch_size, cfg.seed,
+                           True, (1 if cfg.early_stopping else cfg.epochs) if cfg.epochs else None)
+    eval_rows = count_records(fn_args.eval_files)
+    eval_steps = fn_args.eval_steps or max(1, math.ceil(eval_rows / cfg.batch_size))  # the whole split by default
+    eval_in = split_input(fn_args.eval_files, feature_spec, spec, eval_rows,
+                          budget - (train_in.bytes or 0) if train_in.source == "memory" else budget,
+                          cfg.batch_size, cfg.seed, False, 1)
+    for split, got in (("training", train_in), ("eval", eval_in)):
+        log(f"{split} split: {got.rows:,} rows "
+            f"{'held in memory' if got.source == 'memory' else 'read from the files every pass'} ({got.reason})")
+    train_ds, eval_ds = train_in.dataset, eval_in.dataset
     if strategy.num_replicas_in_sync > 1:  # a batch is split between the workers (files may be fewer)
         train_ds, eval_ds = (_shard_by_data(d) for d in (train_ds, eval_ds))
     log_dir = fn_args.model_run_dir if chief else f"{fn_args.model_run_dir.rstrip('/')}-{task}"
     progress = ProgressAndCurve(None if cfg.epochs else fn_args.train_steps)
     guard = StopOnNonFinite()
     callbacks = [tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq=50), progress, guard]
-    train_rows = count_records(fn_args.train_files)
     planned_passes = (cfg.epochs if cfg.epochs else fn_args.train_steps * cfg.batch_size / max(train_rows, 1))
     warnings = []
     if planned_passes > cfg.warn_passes:
@@ -294,7 +307,9 @@ def run_fn(fn_args: FnArgs) -> None:
     # Keras epochs of eval_every_steps steps (or whole passes with `epochs`), the eval split's loss
     # after each: EarlyStopping keeps the best weights. Without early stopping: one epoch, as before.
     if cfg.epochs:
-        epochs, steps_per_epoch = (cfg.epochs, None) if cfg.early_stopping else (1, None)
+        # steps counted from the rows: with steps_per_execution > 1 Keras needs every epoch's length
+        epochs = cfg.epochs if cfg.early_stopping else 1
+        steps_per_epoch = max(1, math.ceil(train_rows * (1 if cfg.early_stopping else cfg.epochs) / cfg.batch_size))
     elif cfg.early_stopping:
         epochs = math.ceil(fn_args.train_steps / cfg.eval_every_steps)
         steps_per_epoch = cfg.eval_every_steps
@@ -309,14 +324,13 @@ def run_fn(fn_args: FnArgs) -> None:
         train_ds = train_ds.take(fn_args.train_steps)  # the last epoch is shorter: stop at train_steps
     history = trainer.fit(train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=0, callbacks=callbacks,
                           validation_data=eval_ds if cfg.early_stopping else None,
-                          validation_steps=fn_args.eval_steps or None)
+                          validation_steps=eval_steps)
     guard.check_weights()
     if stopper is None:  # the metrics of the one epoch, aggregated over every worker
         trained = {k: float(v) for k, v in trainer.get_metrics_result().items()}  # before evaluate resets them
     else:  # the validation ran last: the training figures of the best epoch come from the history
         best = stopper.best_epoch if stopper.best_epoch is not None else -1
         trained = {k: float(history.history[k][best]) for k in ("loss", "auc")}
-    eval_steps = fn_args.eval_steps or None
     results = trainer.evaluate(eval_ds, steps=eval_steps, return_dict=True, verbose=0)
     eval_auc, auc_note = defined_auc(trainer.auc, float(results["auc"]), "eval")
     if auc_note:
@@ -336,7 +350,9 @@ def run_fn(fn_args: FnArgs) -> None:
     metrics = {"loss_kind": cfg.loss, "train_steps": progress.steps,
                "optimizer_iterations": int(trainer.optimizer.iterations.numpy()),
                "best_step": int(best_step), "stopped_early": bool(stopped_early),
-               "train_rows": train_rows, "planned_passes": round(planned_passes, 2), "warnings": warnings,
+               "train_rows": train_rows, "input": {split: {"source": got.source, "bytes": got.bytes}
+                                                   for split, got in (("train", train_in), ("eval", eval_in))},
+               "planned_passes": round(planned_passes, 2), "warnings": warnings,
                "train_loss": trained["loss"], "train_auc": trained["auc"],
                "eval_loss": float(results["loss"]), "eval_auc": eval_auc, "eval_auc_note": auc_note,
                "vocab_sizes": vocab_sizes, "curve": progress.curve, "weight_sums": weight_sums(trainer)}

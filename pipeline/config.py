@@ -77,6 +77,8 @@ def _check(config: PipelineConfig) -> PipelineConfig:
         raise ConfigError("trainer.train_steps must be > 0 and trainer.epochs >= 0")
     if config.trainer.eval_every_steps <= 0 or config.trainer.patience <= 0:
         raise ConfigError("trainer.eval_every_steps and trainer.patience must be > 0")
+    if config.trainer.steps_per_execution <= 0 or config.trainer.cache_max_mb < 0:
+        raise ConfigError("trainer.steps_per_execution must be > 0 and trainer.cache_max_mb >= 0")
     if config.evaluation.min_eval_users < 0 or config.evaluation.bootstrap_samples < 100:
         raise ConfigError("evaluation.min_eval_users must be >= 0 and evaluation.bootstrap_samples >= 100")
     if not config.evaluation.ks or not all(isinstance(k, int) and k > 0 for k in config.evaluation.ks):

@@ -1,0 +1,155 @@
+"""The Trainer's input (components/trainer_input.py) on hand-written transformed tf.Examples: the size
+worked out up front, the split held in memory or streamed by the budget, and every pass in memory a
+permutation of exactly the rows in the files."""
+import os
+
+import numpy as np
+import pytest
+
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+tf = pytest.importorskip("tensorflow")
+
+from components.trainer_input import input_names, split_bytes, split_input  # noqa: E402
+from schema.spec import load_spec, transformed_name  # noqa: E402
+
+SPEC = load_spec()
+ROWS = 37
+
+
+def transformed_feature_spec():
+    """What Transform's outputs look like, written out from the spec (not from the code under test)."""
+    out = {SPEC.label: tf.io.FixedLenFeature([], tf.int64),
+           transformed_name(SPEC.item_id): tf.io.FixedLenFeature([], tf.int64)}
+    for f in SPEC.features:
+        shape = [f.maxlen] if f.is_list else []
+        out[transformed_name(f.name)] = tf.io.FixedLenFeature(shape, tf.int64)
+        if f.weight_name:
+            out[transformed_name(f.weight_name)] = tf.io.FixedLenFeature(shape, tf.float32)
+    return out
+
+
+def row_values(row: int, name: str, feature) -> list:
+    """Row `row`'s values of one feature: every value names its row, so a row can be told from its values."""
+    n = int(np.prod(feature.shape)) if feature.shape else 1
+    if feature.dtype == tf.float32:
+        return [row + k / 100 for k in range(n)]
+    return [row * 1000 + k for k in range(n)] if name != SPEC.label else [row % 2]
+
+
+def write_split(path: str, feature_spec: dict) -> None:
+    with tf.io.TFRecordWriter(path, options="GZIP") as writer:
+        for row in range(ROWS):
+            features = {}
+            for name, feature in feature_spec.items():
+                values = row_values(row, name, feature)
+                features[name] = (tf.train.Feature(float_list=tf.train.FloatList(value=values))
+                                  if feature.dtype == tf.float32 else
+                                  tf.train.Feature(int64_list=tf.train.Int64List(value=values)))
+            writer.write(tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString())
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory):
+    feature_spec = transformed_feature_spec()
+    path = str(tmp_path_factory.mktemp("split") / "part-0.gz")
+    write_split(path, feature_spec)
+    return [path], feature_spec, SPEC
+
+
+def label_key():
+    return SPEC.label  # Transform passes the label through under its own name
+
+
+def rows_of(batch_features) -> np.ndarray:
+    """The row each batch row came from, read off the item index (row * 1000)."""
+    return batch_features[transformed_name(SPEC.item_id)].numpy().reshape(-1) // 1000
+
+
+def test_the_size_is_rows_times_the_bytes_of_one_row():
+    feature_spec = transformed_feature_spec()
+    names = input_names(SPEC)
+    # by hand from the bundled spec: ids are int64 (8 bytes), weights float32 (4 bytes)
+    per_row = 0
+    for f in SPEC.features:
+        n = f.maxlen if f.is_list else 1
+        per_row += 8 * n + (4 * n if f.weight_name else 0)
+    per_row += 8  # the item index
+    assert split_bytes(feature_spec, names, 1000) == per_row * 1000
+    varlen = dict(feature_spec, **{names[0]: tf.io.VarLenFeature(tf.int64)})
+    assert split_bytes(varlen, names, 1000) is None
+
+
+def _split_input(split, budget, shuffle=True, epochs=None, batch=8, rows=ROWS):
+    files, feature_spec, spec = split
+    return split_input(files, feature_spec, spec, rows, budget, batch, 7, shuffle, epochs)
+
+
+def test_a_split_that_fits_is_held_in_memory_and_each_pass_is_a_permutation_of_its_rows(split):
+    got = _split_input(split, budget=1 << 30, epochs=None, batch=8)
+    assert got.source == "memory" and got.rows == ROWS and "fits in trainer.cache_max_mb" in got.reason
+    seen = np.concatenate([rows_of(x) for x, _ in got.dataset.take(ROWS * 3 // 8 + 1)])[: ROWS * 3]
+    passes = seen.reshape(3, ROWS)
+    for p in passes:
+        assert sorted(p) == list(range(ROWS))
+    assert not np.array_equal(passes[0], passes[1])  # reshuffled every pass
+    # every feature of a gathered row is that row's (the gather keeps rows together), labels too
+    x, y = next(iter(got.dataset))
+    for name, feature in transformed_feature_spec().items():
+        if name == label_key():
+            continue
+        for i, row in enumerate(rows_of(x)):
+            np.testing.assert_allclose(np.reshape(x[name][i].numpy(), -1), row_values(row, name, feature), rtol=1e-6)
+    np.testing.assert_array_equal(np.reshape(y.numpy(), -1), rows_of(x) % 2)
+
+
+def test_one_unshuffled_pass_in_memory_is_the_files_rows_in_order(split):
+    got = _split_input(split, budget=1 << 30, shuffle=False, epochs=1, batch=10)
+    sizes = [int(np.size(y)) for _, y in got.dataset]
+    assert sizes == [10, 10, 10, 7]
+    assert list(np.concatenate([rows_of(x) for x, _ in got.dataset])) == list(range(ROWS))
+
+
+def test_a_split_over_the_budget_streams_from_its_files_with_the_same_rows(split):
+    _, feature_spec, _ = split
+    size = split_bytes(feature_spec, input_names(SPEC) + [label_key()], ROWS)
+    got = _split_input(split, budget=size - 1, shuffle=False, epochs=1, batch=10)
+    assert got.source == "files" and "over trainer.cache_max_mb" in got.reason and got.bytes == size
+    assert sorted(np.concatenate([rows_of(x) for x, _ in got.dataset])) == list(range(ROWS))
+    assert _split_input(split, budget=size).source == "memory"  # the budget is inclusive
+
+
+def test_streamed_passes_are_reshuffled_permutations_too(split):
+    files, feature_spec, _ = split
+    got = _split_input(split, budget=0, shuffle=True, epochs=None, batch=ROWS)
+    assert got.source == "files"
+    first, second = (rows_of(x) for x, _ in got.dataset.take(2))
+    assert sorted(first) == sorted(second) == list(range(ROWS)) and not np.array_equal(first, second)
+
+
+def test_rows_that_changed_since_they_were_counted_are_an_error(split):
+    with pytest.raises(RuntimeError, match=f"held {ROWS + 1:,} rows when counted and {ROWS:,} when read"):
+        _split_input(split, budget=1 << 30, rows=ROWS + 1)
+
+
+def test_progress_counts_every_step_when_steps_run_several_per_call():
+    """With steps_per_execution 4 the callbacks see every 4th step (and the epoch's last); the counts
+    must still be the steps trained: 2 epochs x 10 steps = 20, and 3 epochs x 250 = 750 for the curve."""
+    from components.trainer import ProgressAndCurve, StopOnNonFinite
+
+    x = np.random.default_rng(0).normal(size=(64, 3)).astype(np.float32)
+    y = x.sum(axis=1, keepdims=True)
+    model = tf.keras.Sequential([tf.keras.Input((3,)), tf.keras.layers.Dense(1)])
+    model.compile(optimizer="sgd", loss="mse", steps_per_execution=4)
+    progress, guard = ProgressAndCurve(total_steps=20), StopOnNonFinite(weights_every=7)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(8).repeat()
+    model.fit(data, epochs=2, steps_per_epoch=10, verbose=0, callbacks=[progress, guard])
+    assert progress.steps == 20 and guard.step == 20 and int(model.optimizer.iterations.numpy()) == 20
+    assert progress.curve[-1]["step"] == 20
+    steps = [p["step"] for p in progress.curve]
+    assert steps == sorted(set(steps))
+
+    long = ProgressAndCurve(total_steps=750)  # a point every 7 steps: one per call that crosses a multiple
+    model.fit(data, epochs=3, steps_per_epoch=250, verbose=0, callbacks=[long])
+    assert long.steps == 750 and long.curve[-1]["step"] == 750
+    assert len(long.curve) == len({p["step"] // long.every for p in long.curve})
+    assert len(long.curve) >= 750 // long.every - 1
