@@ -2,7 +2,7 @@
 profile of where the streamed input path spends its time.
 
     .venv/bin/python bench/trainer_throughput.py --workdir RUN_DIR --train TSV [--batches 1024,128]
-        [--steps 60] [--steps-per-execution 1]
+        [--steps 60] [--rounds 3] [--steps-per-execution 10] [--no-raw-tsv]
 
 RUN_DIR is a finished pipeline run (run_pipeline.py local) on TSV; the bench reads its Transform
 output and prepared item vectors. The inputs:
@@ -25,6 +25,7 @@ import time
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_transform as tft  # noqa: E402
 from tfx_bsl.public import tfxio  # noqa: E402
@@ -88,11 +89,26 @@ def raw_tsv_dataset(path, tft_output, spec, ids_path, batch):
     return ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE).batch(batch).prefetch(tf.data.AUTOTUNE)
 
 
-def measure(trainer, ds, steps: int, batch: int) -> float:
-    trainer.fit(ds, epochs=1, steps_per_epoch=5, verbose=0)  # warm-up: tracing, first reads
+def measure(trainer, iterator, steps: int, batch: int) -> float:
+    """examples/s of `steps` training steps, reading from an iterator that outlives the fit calls."""
     start = time.perf_counter()
-    trainer.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0)
+    trainer.fit(iterator, epochs=1, steps_per_epoch=steps, verbose=0)
     return steps * batch / (time.perf_counter() - start)
+
+
+def measure_rounds(make_trainer, inputs: dict, steps: int, batch: int, rounds: int) -> dict:
+    """The median over `rounds` of each input's rate, the inputs taking turns in every round (so
+    that a noisy moment of the machine hits them alike). One trainer and one iterator per input,
+    warmed up first (tracing, first reads, shuffle buffers)."""
+    trainers = {name: make_trainer() for name in inputs}
+    iterators = {name: iter(ds) for name, ds in inputs.items()}
+    for name in inputs:
+        trainers[name].fit(iterators[name], epochs=1, steps_per_epoch=5, verbose=0)
+    rates = {name: [] for name in inputs}
+    for _ in range(rounds):
+        for name in inputs:
+            rates[name].append(measure(trainers[name], iterators[name], steps, batch))
+    return {name: float(np.median(r)) for name, r in rates.items()}
 
 
 def rate_alone(ds, batches: int, batch: int) -> float:
@@ -133,6 +149,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--batches", default=f"1024,{TrainerConfig().batch_size}")
     p.add_argument("--steps-per-execution", type=int, default=TrainerConfig().steps_per_execution)
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--no-raw-tsv", action="store_true")
     a = p.parse_args()
     spec = load_spec()
@@ -167,8 +184,8 @@ def main() -> None:
         if not a.no_raw_tsv:
             inputs["raw_tsv"] = raw_tsv_dataset(a.train, tft_output, spec, os.path.join(prepared, "item_ids.txt"),
                                                 batch)
-        rates = {name: measure(fresh_trainer(), ds, steps, batch) for name, ds in inputs.items()}
-        print(f"\nbatch {batch}, {steps} steps: training examples/s")
+        rates = measure_rounds(fresh_trainer, inputs, steps, batch, a.rounds)
+        print(f"\nbatch {batch}, {steps} steps, median of {a.rounds} rounds: training examples/s")
         print(f"{'input':<12}{'examples/s':>12}{'x ceiling':>11}")
         for name, r in rates.items():
             print(f"{name:<12}{r:>12.0f}{r / rates['in_memory']:>11.2f}")
