@@ -56,7 +56,7 @@ def _kill_during(workdir, node: str, settle_seconds: float) -> dict:
                             env=dict(os.environ, TF_USE_LEGACY_KERAS="1"))
     metadata = os.path.join(workdir, "metadata.sqlite")
     deadline = time.monotonic() + 600
-    while _states(metadata).get(node, [None])[-1] != "RUNNING":
+    while (_states(metadata).get(node) or [None])[-1] != "RUNNING":  # a context may exist before its execution
         assert proc.poll() is None, f"the run ended (rc {proc.returncode}) before {node} started; see {log.name}"
         assert time.monotonic() < deadline, f"{node} did not start within 600 s"
         time.sleep(0.3)
