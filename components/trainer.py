@@ -251,6 +251,15 @@ def defined_auc(auc_metric, value: float, split: str) -> tuple[float | None, str
     return None, f"{split} AUC is undefined: the {split} split has {kind}"
 
 
+def steps_per_execution(cfg: TrainerConfig, train_steps: int) -> int:
+    """cfg.steps_per_execution, or a divisor of it when early stopping's last, shorter epoch (the
+    data runs out after train_steps % eval_every_steps steps) would end inside a call: Keras would
+    train those steps without counting them."""
+    if cfg.early_stopping and not cfg.epochs and train_steps % cfg.eval_every_steps:
+        return math.gcd(cfg.steps_per_execution, train_steps % cfg.eval_every_steps)
+    return cfg.steps_per_execution
+
+
 def run_fn(fn_args: FnArgs) -> None:
     custom = fn_args.custom_config
     spec = FeatureSpec.from_json(custom["feature_spec"])
@@ -267,7 +276,8 @@ def run_fn(fn_args: FnArgs) -> None:
     with strategy.scope():  # every variable (tables, optimizer slots) is created under the strategy
         towers = build_towers(spec, vocab_sizes, table, cfg)
         trainer = TwoTowerTrainer(towers, spec, cfg, _item_log_q(tft_output))
-        trainer.compile(optimizer=make_optimizer(cfg), steps_per_execution=cfg.steps_per_execution)
+        trainer.compile(optimizer=make_optimizer(cfg),
+                        steps_per_execution=steps_per_execution(cfg, fn_args.train_steps))
         # Step logs hold each replica's metric values; Keras would sum them across workers
         # (loss and AUC x workers). The progress lines show the first worker's; the figures kept
         # below are read from the metrics themselves, which aggregate every worker.

@@ -153,3 +153,17 @@ def test_progress_counts_every_step_when_steps_run_several_per_call():
     assert long.steps == 750 and long.curve[-1]["step"] == 750
     assert len(long.curve) == len({p["step"] // long.every for p in long.curve})
     assert len(long.curve) >= 750 // long.every - 1
+
+
+def test_the_last_short_epoch_of_early_stopping_ends_at_the_end_of_a_call():
+    """16 steps with a validation every 250: the one epoch runs out of data after 16 steps, so the
+    steps per call must divide 16 (with 10, Keras trained 16 steps and counted 10)."""
+    from components.config import TrainerConfig
+    from components.trainer import steps_per_execution
+
+    assert steps_per_execution(TrainerConfig(), 16) == 2          # gcd(10, 16)
+    assert steps_per_execution(TrainerConfig(), 3000) == 10       # 12 whole epochs of 250
+    assert steps_per_execution(TrainerConfig(), 300) == 10        # last epoch 50 steps: 10 divides it
+    assert steps_per_execution(TrainerConfig(), 1003) == 1        # last epoch 3 steps
+    assert steps_per_execution(TrainerConfig(early_stopping=False), 16) == 10  # Keras truncates a known epoch
+    assert steps_per_execution(TrainerConfig(epochs=2), 16) == 10
