@@ -159,7 +159,25 @@ def clicks_in_vocab_order(vocab_path: str, counts_path: str, batch: int = 1 << 1
     return np.concatenate([table.lookup(items).numpy() for items in vocab] or [np.zeros(0)])
 
 
-class ProgressAndCurve(tf.keras.callbacks.Callback):
+class _StepCounter(tf.keras.callbacks.Callback):
+    """Counts the steps trained across Keras epochs from Keras' own batch index: with
+    steps_per_execution N the batch callbacks run once per N steps."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps = 0
+        self._epoch_start = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = self.steps
+
+    def _advance(self, batch: int) -> int:
+        """The count before this call; self.steps becomes the count after it."""
+        before, self.steps = self.steps, self._epoch_start + batch + 1
+        return before
+
+
+class ProgressAndCurve(_StepCounter):
     """Logs steps done, rate and time left; keeps about 100 points of (step, loss, AUC) for the report.
 
     Keras reports the running mean of loss and AUC since the start of the epoch."""
@@ -170,15 +188,9 @@ class ProgressAndCurve(tf.keras.callbacks.Callback):
         self.every = max(1, (total_steps or 10_000) // 100)
         self.rate = RateLog("training", "steps", total=total_steps)
         self.curve: list[dict] = []
-        self.steps = 0  # batches trained, across Keras epochs (an epoch is eval_every_steps steps, or one pass)
-        self._epoch_start = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch_start = self.steps
 
     def on_train_batch_end(self, batch, logs=None):
-        # `batch` is the epoch's index of the last step run (steps_per_execution steps per call)
-        before, self.steps = self.steps, self._epoch_start + batch + 1
+        before = self._advance(batch)
         step, logs = self.steps, logs or {}
         loss, auc = float(logs.get("loss", float("nan"))), float(logs.get("auc", float("nan")))
         if step // self.every > before // self.every or step == self.total:
@@ -198,7 +210,7 @@ def first_non_finite(variables) -> str | None:
     return None
 
 
-class StopOnNonFinite(tf.keras.callbacks.Callback):
+class StopOnNonFinite(_StepCounter):
     """Stops training with NonFiniteTrainingError, naming the step and the first non-finite tensor, as
     soon as the loss is non-finite (checked after every call of the compiled step, i.e. every
     steps_per_execution steps; a NaN stays in the running mean) or a trainable weight is (every
@@ -207,23 +219,18 @@ class StopOnNonFinite(tf.keras.callbacks.Callback):
     def __init__(self, weights_every: int = 100):
         super().__init__()
         self.weights_every = weights_every
-        self.step = 0
-        self._epoch_start = 0
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch_start = self.step
 
     def _fail(self, what: str) -> None:
-        raise NonFiniteTrainingError(f"training stopped at step {self.step}: {what}; the model is not exported "
+        raise NonFiniteTrainingError(f"training stopped at step {self.steps}: {what}; the model is not exported "
                                      f"(look for extreme values in the inputs)")
 
     def on_train_batch_end(self, batch, logs=None):
-        before, self.step = self.step, self._epoch_start + batch + 1  # steps_per_execution steps per call
+        before = self._advance(batch)
         loss = float((logs or {}).get("loss", 0.0))
         if not np.isfinite(loss):
             bad = first_non_finite(self.model.trainable_variables)
             self._fail(f"the loss is {loss}" + (f"; first non-finite weight: {bad}" if bad else ""))
-        if self.step // self.weights_every > before // self.weights_every:
+        if self.steps // self.weights_every > before // self.weights_every:
             self.check_weights()
 
     def check_weights(self) -> None:

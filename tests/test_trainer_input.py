@@ -143,7 +143,7 @@ def test_progress_counts_every_step_when_steps_run_several_per_call():
     progress, guard = ProgressAndCurve(total_steps=20), StopOnNonFinite(weights_every=7)
     data = tf.data.Dataset.from_tensor_slices((x, y)).batch(8).repeat()
     model.fit(data, epochs=2, steps_per_epoch=10, verbose=0, callbacks=[progress, guard])
-    assert progress.steps == 20 and guard.step == 20 and int(model.optimizer.iterations.numpy()) == 20
+    assert progress.steps == 20 and guard.steps == 20 and int(model.optimizer.iterations.numpy()) == 20
     assert progress.curve[-1]["step"] == 20
     steps = [p["step"] for p in progress.curve]
     assert steps == sorted(set(steps))
