@@ -22,6 +22,7 @@ TOWERS = ("user", "item")
 TOWER_DESTINATIONS = "tower_destinations"
 KEEP_VERSIONS = "keep_versions"  # custom_config key: pushed versions kept per folder (0 = all)
 INDEX_CONFIG = "index_config"    # custom_config key: the item index, whose generations' versions are kept
+MODEL_URI = "model_uri"          # custom property of a pushed PushedModel: the Model artifact's URI
 
 
 def prune_versions(base: str, keep: int, protected: set[int] = frozenset()) -> list[str]:
@@ -51,6 +52,9 @@ class Executor(pusher_executor.Executor):
         destination = pushed.get_string_custom_property("pushed_destination")  # <base>/<version>
         base, version = os.path.split(destination.rstrip("/"))
         model_path = self.GetModelPath(input_dict)
+        # which Model this is: the warm start of a later span resolves the pushed models by it
+        pushed.set_string_custom_property(MODEL_URI, artifact_utils.get_single_uri(
+            input_dict[standard_component_specs.MODEL_KEY]))
         towers = {}
         for tower in TOWERS:
             src = f"{model_path.rstrip('/')}-{tower}"

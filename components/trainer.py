@@ -6,7 +6,8 @@ features ExampleGen emits (input `examples`, string [None]); the Transform graph
   user_embedding  -> {"embedding": user tower output}               float [None, d]
   item_embedding  -> {"embedding": item tower output}               float [None, d]
 Training metrics (loss, AUC on the eval split, steps) go to <model_run>/metrics.json and
-TensorBoard logs to <model_run>/.
+TensorBoard logs to <model_run>/. <model>/warm_start/ keeps what a later span's run starts from
+(components/warm_start.py).
 """
 from __future__ import annotations
 
@@ -23,12 +24,12 @@ from tfx.components.trainer.fn_args_utils import FnArgs
 
 from common import signature_names
 from common.progress import RateLog, log
-from components import item_vectors
+from components import item_vectors, warm_start
 from components.config import TrainerConfig
 from components.model import TwoTowerTrainer, build_towers, item_log_q, make_optimizer, model_input_names
 from components.preprocessing import ITEM_POSITIVE_COUNTS, ITEM_VOCAB, vocab_size_with_reserved
 from components.trainer_input import split_input
-from schema.spec import FeatureSpec
+from schema.spec import FeatureSpec, vocab_name
 
 METRICS_FILE = "metrics.json"
 EXAMPLES_INPUT = "examples"
@@ -282,6 +283,8 @@ def run_fn(fn_args: FnArgs) -> None:
     chief = task is None
     with strategy.scope():  # every variable (tables, optimizer slots) is created under the strategy
         towers = build_towers(spec, vocab_sizes, table, cfg)
+        vocab_files = {g: tft_output.vocabulary_file_by_name(vocab_name(g)) for g in spec.vocab_groups()}
+        warm = _warm_start(fn_args.base_model, custom, towers.scorer, vocab_files, num_oov)
         trainer = TwoTowerTrainer(towers, spec, cfg, _item_log_q(tft_output))
         trainer.compile(optimizer=make_optimizer(cfg),
                         steps_per_execution=steps_per_execution(cfg, fn_args.train_steps))
@@ -372,7 +375,8 @@ def run_fn(fn_args: FnArgs) -> None:
                "planned_passes": round(planned_passes, 2), "warnings": warnings,
                "train_loss": trained["loss"], "train_auc": trained["auc"],
                "eval_loss": float(results["loss"]), "eval_auc": eval_auc, "eval_auc_note": auc_note,
-               "vocab_sizes": vocab_sizes, "curve": progress.curve, "weight_sums": weight_sums(trainer)}
+               "vocab_sizes": vocab_sizes, "curve": progress.curve, "weight_sums": weight_sums(trainer),
+               "warm_start": warm}
     tf.io.gfile.makedirs(log_dir)
     with tf.io.gfile.GFile(os.path.join(log_dir, METRICS_FILE), "w") as f:
         json.dump(metrics, f, indent=2)
@@ -381,10 +385,35 @@ def run_fn(fn_args: FnArgs) -> None:
     # the same weight sums as the chief's when the strategy kept the replicas in step.
     if chief:
         export(towers, tft_output, spec, fn_args.serving_model_dir)
+        warm_start.save(os.path.dirname(fn_args.serving_model_dir.rstrip("/")), towers.scorer, vocab_files, num_oov,
+                        custom.get("span"))
     else:
         scratch = tempfile.mkdtemp(prefix="worker-export-")
         export(towers, tft_output, spec, os.path.join(scratch, "model"))
         shutil.rmtree(scratch)
+
+
+def _warm_start(base_model: str | None, custom: dict, model: tf.keras.Model, vocab_files: dict, num_oov: int) -> dict:
+    """Loads the resolved base model's weights (components/warm_start.py); {"from": None, "note": why}
+    when there is none or it does not fit. Logged either way."""
+    if not custom.get("warm_start"):
+        note = "continuous.warm_start is false"
+    elif custom.get("span") is None:
+        note = "the logs have no {SPAN}: warm start follows daily spans"
+    elif not base_model:
+        note = f"no model trained on a span before {custom['span']} was pushed"
+    else:
+        try:
+            done = warm_start.load(base_model, model, vocab_files, num_oov)
+        except warm_start.WarmStartRefused as e:
+            note = f"not warm started from {os.path.dirname(base_model.rstrip('/'))}: {e}"
+        else:
+            rows = "; ".join(f"{g} {r['kept']:,} ids kept, {r['new']:,} new, {r['dropped']:,} dropped"
+                             for g, r in done["groups"].items())
+            log(f"warm start from the model of span {done['span']} ({done['from']}): {rows}")
+            return {**done, "note": None}
+    log(f"no warm start: {note}")
+    return {"from": None, "note": note}
 
 
 def weight_sums(model: tf.keras.Model) -> dict[str, float]:

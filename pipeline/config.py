@@ -28,6 +28,9 @@ class ContinuousConfig:
     # The candidate is ranked beside the version served now (same eval users and catalog) and is
     # not blessed when its recall@bless_k is lower by more than this with 95% confidence.
     max_regression: float = 0.0
+    # With {SPAN} logs, the Trainer starts from the weights of the newest pushed model trained on an
+    # earlier span (ids keep their embedding rows across vocabularies: components/warm_start.py).
+    warm_start: bool = True
 
 
 @dataclass

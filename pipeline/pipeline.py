@@ -20,6 +20,7 @@ from components.retrieval_evaluator import RetrievalEvaluator
 from components.tower_pusher import TowerPusher
 from components.tsv_example_gen.component import TsvExampleGen
 from components.tsv_example_gen.executor import HASH_INPUT_SPLIT, TRAIN_SPLIT
+from components.warm_start import LatestPushedModelBeforeSpan
 from pipeline.config import PipelineConfig
 from schema.spec import FeatureSpec
 
@@ -116,6 +117,14 @@ def create_pipeline(pipeline_root: str, serving_dir: str, inputs: PipelineInputs
     transformed_statistics_gen = tfx.components.StatisticsGen(
         examples=transform.outputs["transformed_examples"]).with_id("TransformedStatisticsGen")
 
+    # Continuous training: the newest pushed model of an earlier span, the Trainer's starting weights.
+    warm_start_resolver = None
+    if inputs.span is not None and config.continuous.warm_start:
+        warm_start_resolver = tfx.dsl.Resolver(
+            strategy_class=LatestPushedModelBeforeSpan, config={"before_span": inputs.span},
+            model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+            pushed_model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.PushedModel)).with_id("warm_start_resolver")
+
     # The two-tower DSSM; exports score, user_embedding and item_embedding signatures.
     trainer = tfx.components.Trainer(
         run_fn="components.trainer.run_fn",
@@ -124,7 +133,9 @@ def create_pipeline(pipeline_root: str, serving_dir: str, inputs: PipelineInputs
         schema=schema_gen.outputs["schema"],
         train_args=tfx.proto.TrainArgs(num_steps=None if config.trainer.epochs else config.trainer.train_steps),
         eval_args=tfx.proto.EvalArgs(num_steps=config.trainer.eval_steps or None),
-        custom_config={**module_config, "trainer": config.to_dict()["trainer"]})
+        base_model=None if warm_start_resolver is None else warm_start_resolver.outputs["model"],
+        custom_config={**module_config, "trainer": config.to_dict()["trainer"], "span": inputs.span,
+                       "warm_start": config.continuous.warm_start})
     if trainer_resources is not None:  # Kubeflow: the Trainer container's cpu / memory limits
         trainer.with_platform_config(trainer_resources)
 
@@ -173,8 +184,8 @@ def create_pipeline(pipeline_root: str, serving_dir: str, inputs: PipelineInputs
         pipeline_name=config.pipeline_name,
         pipeline_root=pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, example_validator, anomaly_gate, item_vectors,
-                    transform, transformed_statistics_gen, trainer, evaluator, infra_validator, pusher,
-                    item_indexer],
+                    transform, transformed_statistics_gen, *([warm_start_resolver] if warm_start_resolver else []),
+                    trainer, evaluator, infra_validator, pusher, item_indexer],
         enable_cache=config.enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_pipeline_args or [])

@@ -161,6 +161,10 @@ def build_run_summary(metadata_path: str, pipeline_name: str, pipeline_root: str
         r = summary["retrieval"]
         summary["continuous"] = {"served": r.get("served"), "decision": "blessed" if r.get("blessed") else
                                  "not blessed", "reasons": list(r.get("not_blessed_because") or [])}
+    warm = summary["training"].get("warm_start")
+    if warm:  # the model the Trainer started from (components/warm_start.py), or why none
+        summary.setdefault("continuous", {}).update(
+            warm_started_from=warm.get("from"), warm_start_note=warm.get("note"), warm_start_rows=warm.get("groups"))
     for e in executions:
         kept = (pipeline_root and e["component"] == "TsvExampleGen" and e["state"] == "FAILED"
                 and _kept_ingest_report(pipeline_root, e["id"]))
@@ -210,6 +214,12 @@ def summary_lines(summary: dict, workdir: str) -> list[str]:
     if c.get("span") is not None:
         lines.append(f"span:       {c['span']} (training on span{'s' if len(c['spans_used']) > 1 else ''} "
                      f"{', '.join(map(str, c['spans_used']))} of a window of {c['window']})")
+    if c.get("warm_started_from"):
+        lines.append(f"warm start: from {c['warm_started_from']} ("
+                     + "; ".join(f"{g}: {r['kept']:,} ids kept, {r['new']:,} new, {r['dropped']:,} dropped"
+                                 for g, r in (c.get("warm_start_rows") or {}).items()) + ")")
+    elif c.get("span") is not None and c.get("warm_start_note"):
+        lines.append(f"warm start: none ({c['warm_start_note']})")
     if summary.get("splits"):
         lines.append(f"rows:       {_rows(summary['splits'])}")
     t = summary.get("training") or {}
