@@ -68,7 +68,8 @@ lock: $(STAMP)
 	  --python-platform x86_64-unknown-linux-gnu
 
 # The daily cycle on the sample cut into three days (runs/spans/day-N): spans 1, 2 and 3 run one after
-# the other in one workdir, each trained on the last two days and compared with the version served.
+# the other in one workdir, each trained on the last two days (from the previous day's pushed model's
+# weights: warm start) and compared with the version served.
 SPANS_DIR ?= runs/spans
 continuous-demo: $(STAMP)
 	$(PY) -m datagen.spans --source data/sample --out $(SPANS_DIR) --days 3

@@ -113,6 +113,14 @@ def _training_section(summary: dict, plt, out_dir: str) -> str:
                      training["eval_loss"], eval_auc]])
     notes = [*(training.get("warnings") or []), *([training["eval_auc_note"]] if training.get("eval_auc_note") else [])]
     table += "".join(f"<p class='warn'>{html.escape(n)}</p>" for n in notes)
+    warm = training.get("warm_start") or {}
+    if warm.get("from"):
+        rows = "; ".join(f"{g}: {r['kept']:,} ids kept, {r['new']:,} new, {r['dropped']:,} dropped"
+                         for g, r in (warm.get("groups") or {}).items())
+        table += f"<p>Warm started from the model of span {warm.get('span')} ({html.escape(warm['from'])}): " \
+                 f"{html.escape(rows)}.</p>"
+    elif warm.get("note"):
+        table += f"<p>Trained from scratch: {html.escape(warm['note'])}.</p>"
     return table + _save(plt, fig, out_dir, "training.png")
 
 
@@ -135,6 +143,13 @@ def _recall_section(summary: dict, plt, out_dir: str) -> str:
     ci = retrieval.get("lift_ci")
     interval = (f" Lift over popularity {retrieval['lift']:+.4f}, 95% bootstrap interval over "
                 f"{retrieval['users']:,} eval users [{ci[0]:+.4f}, {ci[1]:+.4f}]." if ci else "")
+    served = retrieval.get("served")
+    if served:
+        sci = served["difference_ci"]
+        interval += (f" Against version {served['version']}, served now: {retrieval['bless_key']} "
+                     f"{served['metrics'][retrieval['bless_key']]:.4f}, the candidate {served['difference']:+.4f}, "
+                     f"95% interval [{sci[0]:+.4f}, {sci[1]:+.4f}] (refused when worse by more than "
+                     f"{served['max_regression']} with 95% confidence).")
     return (_table(["metric", "model", "popularity"], rows)
             + f"<p>Blessing on {html.escape(retrieval['bless_key'])}: {html.escape(verdict)}."
             + f"{html.escape(interval)}</p>"

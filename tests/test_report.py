@@ -128,3 +128,25 @@ def test_rate_log_line_counts_rate_and_time_left():
     assert log.line(10_000, 500.0) == "indexing: 10,000/10,000 (100%) items, 500 items/s"
     assert RateLog("reading", "MB").line(12, 3.0, "40,000 rows") == "reading: 12 MB, 3 MB/s, 40,000 rows"
     assert RateLog("training", "steps", total=100_000).line(10_000, 100.0).endswith("~15m00s left")
+
+
+def test_the_training_and_recall_sections_say_where_the_weights_came_from_and_the_served_comparison(tmp_path):
+    from pipeline.report import _figure, _recall_section, _training_section
+
+    curve = [{"step": 10, "loss": 1.0, "auc": 0.6}]
+    training = {"curve": curve, "train_steps": 10, "train_loss": 1.0, "train_auc": 0.6, "eval_loss": 1.1,
+                "eval_auc": 0.58, "warm_start": {"from": "/w/Trainer/model/9", "span": 1, "note": None,
+                                                 "groups": {"topic_id": {"kept": 18, "new": 2, "dropped": 1}}}}
+    plt, out = _figure(), str(tmp_path)
+    body = _training_section({"training": training}, plt, out)
+    assert "Warm started from the model of span 1 (/w/Trainer/model/9): topic_id: 18 ids kept, 2 new, 1 dropped" in body
+    body = _training_section({"training": {**training, "warm_start": {"from": None, "note": "continuous.warm_start "
+                                                                                           "is false"}}}, plt, out)
+    assert "Trained from scratch: continuous.warm_start is false." in body
+    retrieval = {"model": {"recall@50": 0.3}, "popularity": {"recall@50": 0.1}, "users": 200, "blessed": False,
+                 "not_blessed_because": ["worse"], "bless_key": "recall@50", "lift": 0.2, "lift_ci": [0.1, 0.3],
+                 "served": {"version": 7, "metrics": {"recall@50": 0.35}, "difference": -0.05,
+                            "difference_ci": [-0.08, -0.02], "max_regression": 0.0}}
+    body = _recall_section({"retrieval": retrieval}, plt, out)
+    assert ("Against version 7, served now: recall@50 0.3500, the candidate -0.0500, 95% interval "
+            "[-0.0800, -0.0200]") in body
