@@ -67,6 +67,8 @@ def main():
     p.add_argument("--batch", type=int, default=500, help="rows per insert request")
     p.add_argument("--uri", default="", help="a Milvus server (http://host:19530) instead of a Milvus Lite file")
     args = p.parse_args()
+    if any(int(x) < K for x in args.efs.split(",")):
+        p.error(f"--efs: HNSW searches need ef >= k ({K}); got {args.efs}")
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(CENTRES, DIM)).astype(np.float32)
     print(f"{'items':>9} {'index':<9} {'params':<22} {'insert/s':>9} {'build s':>8} {'p50 ms':>7} {'p99 ms':>7}"
