@@ -79,6 +79,8 @@ def _split_list(col: str, text: str, repairs: list[str]) -> list[str]:
 
 
 def _dedupe(col: str, ids: list[str], weights: list[float] | None, repairs: list[str]):
+    if len(set(ids)) == len(ids):  # the common case, without a Python loop over the ids
+        return ids, weights
     seen = set()
     out_ids, out_w = [], []
     for i, x in enumerate(ids):
