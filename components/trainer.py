@@ -397,7 +397,7 @@ def _warm_start(base_model: str | None, custom: dict, model: tf.keras.Model, voc
     """Loads the resolved base model's weights (components/warm_start.py); {"from": None, "note": why}
     when there is none or it does not fit. Logged either way."""
     if not custom.get("warm_start"):
-        note = "continuous.warm_start is false"
+        note = custom.get("no_warm_start_because") or "continuous.warm_start is false"
     elif custom.get("span") is None:
         note = "the logs have no {SPAN}: warm start follows daily spans"
     elif not base_model:

@@ -76,8 +76,11 @@ def _output_config(inputs: PipelineInputs, config: PipelineConfig, user_id: str)
 
 def create_pipeline(pipeline_root: str, serving_dir: str, inputs: PipelineInputs, config: PipelineConfig,
                     metadata_connection_config=None, beam_pipeline_args: list[str] | None = None,
-                    milvus_uri: str | None = None, trainer_resources=None) -> tfx.dsl.Pipeline:
-    """milvus_uri: where ItemIndexer writes (the runner resolves the config's default to a Lite file)."""
+                    milvus_uri: str | None = None, trainer_resources=None,
+                    no_warm_start_because: str | None = None) -> tfx.dsl.Pipeline:
+    """milvus_uri: where ItemIndexer writes (the runner resolves the config's default to a Lite file).
+    no_warm_start_because: the runner cannot warm start (Kubeflow: its DAG runner knows TFX's own
+    resolver strategies only); the Trainer records this reason."""
     user_id = FeatureSpec.from_json(inputs.feature_spec_json).user_id
     # Logs -> tf.Examples, with bad rows quarantined and counted.
     example_gen = TsvExampleGen(
@@ -130,7 +133,8 @@ def create_pipeline(pipeline_root: str, serving_dir: str, inputs: PipelineInputs
 
     # Continuous training: the newest pushed model of an earlier span, the Trainer's starting weights.
     warm_start_resolver = None
-    if inputs.span is not None and config.continuous.warm_start:
+    warm_start = config.continuous.warm_start and not no_warm_start_because
+    if inputs.span is not None and warm_start:
         warm_start_resolver = tfx.dsl.Resolver(
             strategy_class=LatestPushedModelBeforeSpan, config={"before_span": inputs.span},
             model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
@@ -146,7 +150,7 @@ def create_pipeline(pipeline_root: str, serving_dir: str, inputs: PipelineInputs
         eval_args=tfx.proto.EvalArgs(num_steps=config.trainer.eval_steps or None),
         base_model=None if warm_start_resolver is None else warm_start_resolver.outputs["model"],
         custom_config={**module_config, "trainer": config.to_dict()["trainer"], "span": inputs.span,
-                       "warm_start": config.continuous.warm_start})
+                       "warm_start": warm_start, "no_warm_start_because": no_warm_start_because})
     if trainer_resources is not None:  # Kubeflow: the Trainer container's cpu / memory limits
         trainer.with_platform_config(trainer_resources)
 

@@ -55,3 +55,40 @@ def test_transform_waits_for_the_anomaly_gate_and_settings_reach_their_component
     indexer = components["ItemIndexer"].exec_properties
     assert '"uri": "/work/milvus.db"' in indexer["index_config"] and indexer["code_fingerprint"] == "f" * 16
     assert components["TsvExampleGen"].exec_properties["code_fingerprint"] == "f" * 16
+
+
+def _span_pipeline(span, no_warm_start_because=None, **config_overrides):
+    inputs = PipelineInputs(input_base="/in", train_pattern="day-{SPAN}/train.tsv", eval_pattern="day-{SPAN}/eval.tsv",
+                            input_pattern=None, item_vectors_dir="/vectors", item_vectors_dim=32,
+                            item_vectors_count=10, item_vectors_sha256="0" * 64,
+                            feature_spec_json=load_spec().to_json(), span=span)
+    return {c.id: c for c in create_pipeline("/root", "/serving", inputs, load_config(overrides=config_overrides),
+                                             milvus_uri="/work/milvus.db",
+                                             no_warm_start_because=no_warm_start_because).components}
+
+
+def test_a_span_run_warm_starts_from_the_resolver_of_earlier_spans():
+    import json
+
+    from components.warm_start import LatestPushedModelBeforeSpan
+
+    components = _span_pipeline(3)
+    resolver = components["warm_start_resolver"]
+    assert resolver.exec_properties["resolver_class"] is LatestPushedModelBeforeSpan
+    assert resolver.exec_properties["source_uri"] == {"before_span": 3}  # TFX keeps the strategy's config there
+    base = components["Trainer"].inputs["base_model"]
+    assert (base.producer_component_id, base.output_key) == ("warm_start_resolver", "model")
+    custom = json.loads(components["Trainer"].exec_properties["custom_config"])
+    assert custom["span"] == 3 and custom["warm_start"] is True
+
+
+def test_no_resolver_without_spans_when_switched_off_or_on_kubeflow():
+    import json
+
+    assert "warm_start_resolver" not in {c.id for c in _pipeline().components}
+    assert "warm_start_resolver" not in _span_pipeline(3, continuous={"warm_start": False})
+
+    components = _span_pipeline(3, no_warm_start_because="Kubeflow runs do not warm start")
+    assert "warm_start_resolver" not in components and "base_model" not in components["Trainer"].inputs
+    custom = json.loads(components["Trainer"].exec_properties["custom_config"])
+    assert custom["warm_start"] is False and custom["no_warm_start_because"] == "Kubeflow runs do not warm start"
