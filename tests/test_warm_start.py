@@ -40,7 +40,8 @@ def test_row_mapping_by_hand():
 def test_load_moves_each_row_to_its_new_index(spec, tmp_path):
     old = _towers(spec, OLD_TOPICS, OLD_TYPES, seed=1)
     new = _towers(spec, NEW_TOPICS, NEW_TYPES, seed=2, table=2 * TABLE)  # today's item vectors differ
-    old_files, new_files = _files(tmp_path, "old", OLD_TOPICS, OLD_TYPES), _files(tmp_path, "new", NEW_TOPICS, NEW_TYPES)
+    old_files = _files(tmp_path, "old", OLD_TOPICS, OLD_TYPES)
+    new_files = _files(tmp_path, "new", NEW_TOPICS, NEW_TYPES)
     model_uri = tmp_path / "model"
     warm_start.save(str(model_uri), old.scorer, old_files, 1, span=4)
     before = {v.name: v.numpy().copy() for v in new.scorer.variables}
@@ -74,7 +75,8 @@ def test_load_moves_each_row_to_its_new_index(spec, tmp_path):
 def test_a_changed_tower_is_refused_and_nothing_is_assigned(spec, tmp_path):
     old = _towers(spec, OLD_TOPICS, OLD_TYPES, seed=1, units=(8, 4))
     new = _towers(spec, NEW_TOPICS, NEW_TYPES, seed=2, units=(16, 4))
-    old_files, new_files = _files(tmp_path, "old", OLD_TOPICS, OLD_TYPES), _files(tmp_path, "new", NEW_TOPICS, NEW_TYPES)
+    old_files = _files(tmp_path, "old", OLD_TOPICS, OLD_TYPES)
+    new_files = _files(tmp_path, "new", NEW_TOPICS, NEW_TYPES)
     warm_start.save(str(tmp_path / "model"), old.scorer, old_files, 1, span=1)
     before = [v.numpy().copy() for v in new.scorer.variables]
     with pytest.raises(warm_start.WarmStartRefused, match="user_dense_0/kernel"):
