@@ -44,8 +44,10 @@ def test_both_workers_finish_and_the_chief_exports_the_single_worker_signatures(
     for suffix in ("", "-user", "-item"):
         assert signature_specs(str(out / "model" / f"Format-Serving{suffix}")) == \
             signature_specs(os.path.join(reference, f"Format-Serving{suffix}"))
-    # Only the chief's export is kept; the other worker leaves its logs beside the chief's.
-    assert sorted(os.listdir(out / "model")) == ["Format-Serving", "Format-Serving-item", "Format-Serving-user"]
+    # Only the chief's export (and its warm-start weights for a later span) is kept; the other worker
+    # leaves its logs beside the chief's.
+    assert sorted(os.listdir(out / "model")) == ["Format-Serving", "Format-Serving-item", "Format-Serving-user",
+                                                 "warm_start"]
 
 
 def test_replicas_stay_in_step_and_the_pretrained_table_is_untouched(two_workers, runs):
