@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,11 +75,19 @@ def save(model_uri: str, model: tf.keras.Model, vocab_files: dict[str, str], num
 
 
 def read_meta(model_uri: str) -> dict | None:
+    """The model's warm_start/meta.json; None when it has none; WarmStartRefused when it is unreadable."""
     path = os.path.join(model_uri, WARM_START_DIR, META)
     if not fileio.exists(path):
         return None
-    with fileio.open(path, "r") as f:
-        return json.loads(f.read())
+    try:
+        with fileio.open(path, "r") as f:
+            meta = json.loads(f.read())
+        meta["span"] = None if meta["span"] is None else int(meta["span"])
+        meta["variables"], meta["vocabularies"] = list(meta["variables"]), dict(meta["vocabularies"])
+        meta["num_oov_buckets"] = int(meta["num_oov_buckets"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise WarmStartRefused(f"{path} is unreadable ({type(e).__name__}: {e})") from None
+    return meta
 
 
 def read_vocabulary(path: str) -> list[bytes]:
@@ -123,9 +133,13 @@ def load(base_model_path: str, model: tf.keras.Model, vocab_files: dict[str, str
     meta = read_meta(uri)
     if meta is None:
         raise WarmStartRefused(f"{uri} has no {WARM_START_DIR}/{META} (trained before warm start existed)")
-    with fileio.open(os.path.join(uri, WARM_START_DIR, WEIGHTS), "rb") as f:
-        stored = np.load(io.BytesIO(f.read()))
-        old = {name: stored[f"arr_{i}"] for i, name in enumerate(meta["variables"])}
+    weights = os.path.join(uri, WARM_START_DIR, WEIGHTS)
+    try:  # np.load never unpickles (allow_pickle=False): a hostile file is an error, not code
+        with fileio.open(weights, "rb") as f:
+            stored = np.load(io.BytesIO(f.read()))
+            old = {name: stored[f"arr_{i}"] for i, name in enumerate(meta["variables"])}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        raise WarmStartRefused(f"{weights} is unreadable ({type(e).__name__}: {e})") from None
     variables = {v.name: v for v in _warm_variables(model)}
     if set(old) != set(variables):
         missing, extra = sorted(set(variables) - set(old)), sorted(set(old) - set(variables))
@@ -138,7 +152,7 @@ def load(base_model_path: str, model: tf.keras.Model, vocab_files: dict[str, str
             if group not in meta["vocabularies"]:
                 raise WarmStartRefused(f"the base model has no vocabulary for group {group}")
             old_vocab = read_vocabulary(os.path.join(uri, WARM_START_DIR, meta["vocabularies"][group]))
-            old_oov = int(meta["num_oov_buckets"])
+            old_oov = meta["num_oov_buckets"]
             if old[name].shape[0] != 1 + len(old_vocab) + old_oov:
                 raise WarmStartRefused(f"{name}: {old[name].shape[0]} rows for a vocabulary of {len(old_vocab)} "
                                        f"and {old_oov} OOV buckets")
@@ -153,7 +167,7 @@ def load(base_model_path: str, model: tf.keras.Model, vocab_files: dict[str, str
             values[name] = old[name]
     for name, value in values.items():
         variables[name].assign(value)
-    return {"from": uri, "span": meta.get("span"), "groups": groups}
+    return {"from": uri, "span": meta["span"], "groups": groups}
 
 
 class LatestPushedModelBeforeSpan(resolver.ResolverStrategy):
@@ -173,7 +187,11 @@ class LatestPushedModelBeforeSpan(resolver.ResolverStrategy):
         for model in sorted(models, key=lambda m: m.id, reverse=True):
             if model.uri not in pushed_uris:
                 continue
-            meta = read_meta(model.uri)
-            if meta is not None and meta.get("span") is not None and int(meta["span"]) < self._before_span:
+            try:
+                meta = read_meta(model.uri)
+            except WarmStartRefused as e:  # a damaged model is passed over, not a failed run
+                logging.warning("warm start: skipping %s: %s", model.uri, e)
+                continue
+            if meta is not None and meta["span"] is not None and meta["span"] < self._before_span:
                 return {"model": [model], "pushed_model": []}
         return {"model": [], "pushed_model": []}

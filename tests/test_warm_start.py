@@ -100,3 +100,44 @@ def test_tf_sees_the_assigned_rows(spec, tmp_path):
     warm_start.load(str(tmp_path / "m" / "Format-Serving"), new.scorer, files, 1)
     x = {name: tf.zeros([2] + list(t.shape[1:]), t.dtype) for name, t in old.user.input.items()}
     np.testing.assert_allclose(new.user(x).numpy(), old.user(x).numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("damage", ["weights", "meta"])
+def test_a_damaged_base_model_is_refused_with_the_file_named(spec, tmp_path, damage):
+    old = _towers(spec, OLD_TOPICS, OLD_TYPES, seed=1)
+    new = _towers(spec, NEW_TOPICS, NEW_TYPES, seed=2)
+    files = _files(tmp_path, "same", OLD_TOPICS, OLD_TYPES)
+    warm_start.save(str(tmp_path / "m"), old.scorer, files, 1, span=1)
+    target = tmp_path / "m" / "warm_start" / ("weights.npz" if damage == "weights" else "meta.json")
+    target.write_bytes(target.read_bytes()[:40])  # truncated
+    before = [v.numpy().copy() for v in new.scorer.variables]
+    with pytest.raises(warm_start.WarmStartRefused, match=f"{target.name} is unreadable"):
+        warm_start.load(str(tmp_path / "m" / "Format-Serving"), new.scorer, files, 1)
+    assert all(np.array_equal(b, v.numpy()) for b, v in zip(before, new.scorer.variables, strict=True))
+
+
+def test_the_resolver_takes_the_newest_pushed_model_of_an_earlier_span(spec, tmp_path):
+    from tfx.types import standard_artifacts
+
+    towers = _towers(spec, OLD_TOPICS, OLD_TYPES, seed=1)
+    files = _files(tmp_path, "vocab", OLD_TOPICS, OLD_TYPES)
+    models, pushed = [], []
+    # id: (span, pushed): 4 is the newest of an earlier span but was not pushed; 5 is today's span
+    for model_id, span, was_pushed in [(1, 1, True), (2, 2, True), (3, 1, True), (4, 2, False), (5, 3, True)]:
+        uri = str(tmp_path / f"model{model_id}")
+        warm_start.save(uri, towers.scorer, files, 1, span=span)
+        m = standard_artifacts.Model()
+        m.uri, m.id = uri, model_id
+        models.append(m)
+        p = standard_artifacts.PushedModel()
+        p.set_int_custom_property("pushed", int(was_pushed))
+        p.set_string_custom_property("model_uri", uri)
+        pushed.append(p)
+    strategy = warm_start.LatestPushedModelBeforeSpan(before_span=3)
+    got = strategy.resolve_artifacts(None, {"model": models, "pushed_model": pushed})
+    assert [m.id for m in got["model"]] == [3]  # not 4 (never pushed), not 5 (span 3 itself)
+    (tmp_path / "model3" / "warm_start" / "meta.json").write_text("{not json")
+    got = strategy.resolve_artifacts(None, {"model": models, "pushed_model": pushed})
+    assert [m.id for m in got["model"]] == [2]  # the damaged one is passed over
+    assert warm_start.LatestPushedModelBeforeSpan(before_span=1).resolve_artifacts(
+        None, {"model": models, "pushed_model": pushed})["model"] == []
