@@ -408,9 +408,8 @@ def _warm_start(base_model: str | None, custom: dict, model: tf.keras.Model, voc
         except warm_start.WarmStartRefused as e:
             note = f"not warm started from {os.path.dirname(base_model.rstrip('/'))}: {e}"
         else:
-            rows = "; ".join(f"{g} {r['kept']:,} ids kept, {r['new']:,} new, {r['dropped']:,} dropped"
-                             for g, r in done["groups"].items())
-            log(f"warm start from the model of span {done['span']} ({done['from']}): {rows}")
+            log(f"warm start from the model of span {done['span']} ({done['from']}): "
+                f"{warm_start.rows_text(done['groups'])}")
             return {**done, "note": None}
     log(f"no warm start: {note}")
     return {"from": None, "note": note}

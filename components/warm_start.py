@@ -124,6 +124,12 @@ def remap_rows(old_table: np.ndarray, fresh_table: np.ndarray, mapping: RowMappi
     return out
 
 
+def rows_text(groups: dict) -> str:
+    """load()'s per-group counts as one line (the Trainer's log, the summary lines, the report)."""
+    return "; ".join(f"{g}: {r['kept']:,} ids kept, {r['new']:,} new, {r['dropped']:,} dropped"
+                     for g, r in (groups or {}).items())
+
+
 def load(base_model_path: str, model: tf.keras.Model, vocab_files: dict[str, str], num_oov_buckets: int) -> dict:
     """Assigns the base model's weights to `model` (rows remapped per vocabulary group) and returns what
     moved: {"from": the base model's URI, "span": its span, "groups": {group: kept/new/dropped}}.

@@ -115,10 +115,10 @@ def _training_section(summary: dict, plt, out_dir: str) -> str:
     table += "".join(f"<p class='warn'>{html.escape(n)}</p>" for n in notes)
     warm = training.get("warm_start") or {}
     if warm.get("from"):
-        rows = "; ".join(f"{g}: {r['kept']:,} ids kept, {r['new']:,} new, {r['dropped']:,} dropped"
-                         for g, r in (warm.get("groups") or {}).items())
+        from components.warm_start import rows_text
+
         table += f"<p>Warm started from the model of span {warm.get('span')} ({html.escape(warm['from'])}): " \
-                 f"{html.escape(rows)}.</p>"
+                 f"{html.escape(rows_text(warm.get('groups')))}.</p>"
     elif warm.get("note"):
         table += f"<p>Trained from scratch: {html.escape(warm['note'])}.</p>"
     return table + _save(plt, fig, out_dir, "training.png")

@@ -19,6 +19,7 @@ from components.preprocessing import OOV_COUNT_PREFIX
 from components.tower_pusher import TOWER_DESTINATIONS
 from components.trainer import METRICS_FILE
 from components.tsv_example_gen.executor import KEPT_DIR, REPORT_PROPERTY
+from components.warm_start import rows_text
 
 STATE_NAMES = {v: k for k, v in metadata_store_pb2.Execution.State.items()}
 
@@ -215,9 +216,7 @@ def summary_lines(summary: dict, workdir: str) -> list[str]:
         lines.append(f"span:       {c['span']} (training on span{'s' if len(c['spans_used']) > 1 else ''} "
                      f"{', '.join(map(str, c['spans_used']))} of a window of {c['window']})")
     if c.get("warm_started_from"):
-        lines.append(f"warm start: from {c['warm_started_from']} ("
-                     + "; ".join(f"{g}: {r['kept']:,} ids kept, {r['new']:,} new, {r['dropped']:,} dropped"
-                                 for g, r in (c.get("warm_start_rows") or {}).items()) + ")")
+        lines.append(f"warm start: from {c['warm_started_from']} ({rows_text(c.get('warm_start_rows'))})")
     elif c.get("span") is not None and c.get("warm_start_note"):
         lines.append(f"warm start: none ({c['warm_start_note']})")
     if summary.get("splits"):
