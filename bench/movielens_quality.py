@@ -25,20 +25,35 @@ import subprocess
 import sys
 
 import numpy as np
+import yaml
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
 
+from schema.spec import DEFAULT_SPEC_PATH  # noqa: E402
+
+# name -> {"trainer": overrides of the trainer defaults, "features": overrides of the default feature
+# spec's features (written as a spec file of their own)}.
 CONFIGS = {
-    "pointwise": {"loss": "pointwise"},                       # the original design
-    "inbatch_softmax": {"loss": "inbatch_softmax"},
-    "mixed": {"loss": "mixed"},
-    "inbatch_t0.1": {"loss": "inbatch_softmax", "temperature": 0.1},
-    "inbatch_t0.1_1000": {"loss": "inbatch_softmax", "temperature": 0.1, "train_steps": 1000},
-    "inbatch_t0.1_3000": {"loss": "inbatch_softmax", "temperature": 0.1, "train_steps": 3000},
-    "mixed_t0.1_3000": {"loss": "mixed", "temperature": 0.1, "train_steps": 3000},
+    "default": {},
+    "history_mean": {"features": {"client_embed": {"reduce": "mean"}}},  # the default before position pooling
+    "pointwise": {"trainer": {"loss": "pointwise"}},                      # the original design
+    "inbatch_softmax": {"trainer": {"loss": "inbatch_softmax"}},
+    "inbatch_1000_steps": {"trainer": {"loss": "inbatch_softmax", "train_steps": 1000}},
 }
 COLUMNS = ["recall@10", "recall@50", "recall@100", "hit_rate@50", "ndcg@50"]
 LAMBDAS = [50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0]
+
+
+def _spec_variant(path: str, features: dict) -> str:
+    """The default feature spec with some features' keys replaced, written to path."""
+    with open(DEFAULT_SPEC_PATH) as f:
+        spec = yaml.safe_load(f)
+    for name, keys in features.items():
+        spec["features"][name].update(keys)
+    with open(path, "w") as f:
+        yaml.safe_dump(spec, f, sort_keys=False)
+    return path
 
 
 def _catalog(vectors_path: str) -> list[str]:
@@ -148,8 +163,12 @@ def main() -> None:
     rows = {}
     for name in ([] if a.ease_only else a.configs.split(",")):
         cfg = os.path.join(a.workdir, f"{name}.yaml")
+        config = {"trainer": CONFIGS[name].get("trainer", {}), "evaluation": {"catalog": "vectors"}}
+        if "features" in CONFIGS[name]:
+            config["feature_spec"] = _spec_variant(os.path.join(a.workdir, f"{name}.spec.yaml"),
+                                                   CONFIGS[name]["features"])
         with open(cfg, "w") as f:
-            json.dump({"trainer": CONFIGS[name], "evaluation": {"catalog": "vectors"}}, f)  # JSON is YAML
+            json.dump(config, f)  # JSON is YAML
         run = subprocess.run([sys.executable, "run_pipeline.py", "local", "--workdir", os.path.join(a.workdir, "run"),
                               "--config", cfg, "--train", os.path.join(data, "train.tsv"),
                               "--eval", os.path.join(data, "eval.tsv"),

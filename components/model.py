@@ -2,8 +2,9 @@
 
 - one embedding table per share_embed group (index 0 = padding, never counted);
 - varlen features combined by mean over non-padding ids, weighted ones by weighted sum;
-- a frozen pretrained item table: the item's own vector, and the mean (or sum) of the vectors of
-  the user's history, over known items only (an empty history gives zeros, not 0/0);
+- a frozen pretrained item table: the item's own vector, and the mean, sum or learned position-weighted
+  mean (`reduce: position`) of the vectors of the user's history, over known items only (an empty
+  history gives zeros, not 0/0);
 - towers of Dense layers (hidden activation, optional batch norm and dropout, output activation),
   L2-normalised outputs, score logit = gamma * dot(user, item) = gamma * cosine.
 """
@@ -59,6 +60,29 @@ class MaskedPool(tf.keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "mode": self.mode}
+
+
+class PositionPool(tf.keras.layers.Layer):
+    """Weighted mean of embeddings [b, L, d] over the non-padding positions, with a trainable weight
+    per list position (softmax over the positions present; all zero at the start = the plain mean).
+    Lists come most recent first, so the model can learn how fast interest decays."""
+
+    def __init__(self, maxlen: int, **kwargs):
+        super().__init__(**kwargs)
+        self.maxlen = int(maxlen)
+
+    def build(self, input_shape=None):
+        self.position_logits = self.add_weight(name="position_logits", shape=(self.maxlen,), initializer="zeros")
+        super().build(input_shape)
+
+    def call(self, emb, ids):
+        present = tf.not_equal(ids, 0)
+        logits = tf.where(present, self.position_logits[None, :], -1e9)
+        w = tf.nn.softmax(logits, axis=1) * tf.cast(present, emb.dtype)  # an empty list: all zero
+        return tf.reduce_sum(emb * w[..., None], axis=1)
+
+    def get_config(self):
+        return {**super().get_config(), "maxlen": self.maxlen}
 
 
 class FrozenTable(tf.keras.layers.Layer):
@@ -120,6 +144,8 @@ def _embed_feature(f: Feature, inputs, tables, pretrained) -> tf.Tensor:
     x = inputs[transformed_name(f.name)]
     if f.kind == "pretrained":
         emb = pretrained(x)
+        if f.reduce == "position":
+            return PositionPool(f.maxlen, name=f"pool_{f.name}")(emb, x)
         if f.reduce:
             return MaskedPool("mean" if f.reduce == "mean" else "sum", name=f"pool_{f.name}")(emb, x)
         return emb

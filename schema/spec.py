@@ -20,7 +20,7 @@ DEFAULT_SCHEMA_PATH = os.path.join(SPEC_DIR, "schema.pbtxt")
 
 KINDS = ("sparse", "varlen", "pretrained")
 TOWERS = ("user", "item")
-REDUCES = ("mean", "sum")
+REDUCES = ("mean", "sum", "position")
 
 # Raw column types, as the parser reads them and ExampleGen writes them.
 INT = "int"                      # one integer

@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 
 from components.config import TrainerConfig
-from components.model import MaskedPool, TwoTowerTrainer, build_towers
+from components.model import MaskedPool, PositionPool, TwoTowerTrainer, build_towers
 
 GAMMA = 7.0
 TABLE = np.array([[0, 0, 0], [1, 0, 0], [0, 2, 0], [0, 0, 3]], np.float32)  # row 0 = unknown
@@ -46,6 +46,23 @@ def test_masked_mean_and_weighted_sum_ignore_padding():
     wsum = MaskedPool("weighted")(tf.constant(emb), tf.constant(ids), tf.constant(w)).numpy()
     np.testing.assert_allclose(wsum[0], 0.5 * emb[0, 0] + 2.0 * emb[0, 1])
     np.testing.assert_allclose(wsum[1], [0, 0, 0])
+
+
+def test_position_pool_weights_the_present_positions_by_softmax_of_their_logits():
+    emb = np.arange(36, dtype=np.float32).reshape(3, 4, 3)
+    ids = np.array([[5, 0, 2, 0], [0, 0, 0, 0], [1, 1, 1, 1]])
+    pool = PositionPool(4)
+    start = pool(tf.constant(emb), tf.constant(ids)).numpy()
+    np.testing.assert_allclose(start[0], emb[0, [0, 2]].mean(axis=0), rtol=1e-6)  # all logits 0: the mean
+    logits = np.array([2.0, -1.0, 0.5, 0.0], np.float32)
+    pool.position_logits.assign(logits)
+    out = pool(tf.constant(emb), tf.constant(ids)).numpy()
+    w0 = np.exp(logits[[0, 2]]) / np.exp(logits[[0, 2]]).sum()  # only positions 0 and 2 hold an id
+    np.testing.assert_allclose(out[0], w0 @ emb[0, [0, 2]], rtol=1e-6)
+    np.testing.assert_allclose(out[1], [0, 0, 0])  # empty list: zeros, not NaN
+    w2 = np.exp(logits) / np.exp(logits).sum()
+    np.testing.assert_allclose(out[2], w2 @ emb[2], rtol=1e-6)
+    assert [v.name for v in pool.trainable_variables] == ["position_pool/position_logits:0"]
 
 
 def test_score_is_gamma_times_dot_of_normalised_towers(towers):

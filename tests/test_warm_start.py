@@ -43,6 +43,8 @@ def test_load_moves_each_row_to_its_new_index(spec, tmp_path):
     old_files = _files(tmp_path, "old", OLD_TOPICS, OLD_TYPES)
     new_files = _files(tmp_path, "new", NEW_TOPICS, NEW_TYPES)
     model_uri = tmp_path / "model"
+    (recency,) = [v for v in old.scorer.variables if "position_logits" in v.name]
+    recency.assign(np.linspace(2.0, -1.0, recency.shape[0]))  # yesterday's learned recency weights
     warm_start.save(str(model_uri), old.scorer, old_files, 1, span=4)
     before = {v.name: v.numpy().copy() for v in new.scorer.variables}
     old_values = {v.name: v.numpy() for v in old.scorer.variables}
@@ -66,8 +68,9 @@ def test_load_moves_each_row_to_its_new_index(spec, tmp_path):
     np.testing.assert_array_equal(types_new[2], types_old[1])  # "1" was index 1, now 2
     np.testing.assert_array_equal(types_new[3], before["embed_client_type/embeddings:0"][3])  # "3" is new
     for name, value in after.items():
-        if name.startswith(("user_dense", "item_dense")):
+        if name.startswith(("user_dense", "item_dense", "pool_")):
             np.testing.assert_array_equal(value, old_values[name])  # the towers' layers, as trained
+    np.testing.assert_allclose(after["pool_client_embed/position_logits:0"], np.linspace(2.0, -1.0, 50), rtol=1e-6)
     pretrained = [n for n in after if n.startswith("pretrained_items")]
     assert pretrained and all(np.array_equal(after[n], 2 * TABLE) for n in pretrained)  # today's, not yesterday's
 
