@@ -92,10 +92,15 @@ class IdTable:
             all_ids = np.concatenate([pair_ids, new_ids[keep]])
             all_values = np.concatenate([pair_values, new_values[keep]])
             all_counts = np.concatenate([pair_counts, np.ones(int(keep.sum()), np.int64)])
-            keys = np.char.add(np.char.add(all_ids.astype(bytes), b"\x00"), all_values.astype(bytes))
-            unique, first, inv = np.unique(keys, return_index=True, return_inverse=True)
-            summed = np.bincount(inv, weights=all_counts, minlength=len(unique)).astype(np.int64)
-            self._pairs[c] = (all_ids[first], all_values[first], summed)
+            # Sum the counts of equal (item, value) pairs. Sorted and compared as two columns: a joined
+            # key would merge pairs whose concatenations agree ('S' arrays drop a trailing separator,
+            # so (p62, 11) and (p621, 1) both became b"p6211").
+            order = np.lexsort((all_values, all_ids))
+            all_ids, all_values, all_counts = all_ids[order], all_values[order], all_counts[order]
+            starts = np.flatnonzero(np.r_[True, (all_ids[1:] != all_ids[:-1]) | (all_values[1:] != all_values[:-1])]
+                                    ) if len(all_ids) else np.zeros(0, np.int64)
+            summed = np.add.reduceat(all_counts, starts) if len(starts) else np.zeros(0, np.int64)
+            self._pairs[c] = (all_ids[starts], all_values[starts], summed)
             self.values[c] = self._most_frequent(*self._pairs[c])
         self._pending, self._pending_rows = [], 0
 

@@ -96,15 +96,18 @@ def test_id_table_counts_and_keeps_the_most_frequent_values():
 
 
 def test_the_evaluator_and_the_indexer_give_items_the_same_features():
-    """One rule for both: the evaluator's IdTable and ItemIndexer's reducer, on the same random logs."""
+    """One rule for both: the evaluator's IdTable and ItemIndexer's reducer, on the same random logs.
+    Ids and values are digits after a prefix, as in the sample, so that an id and a value joined can
+    read like another id and value: (p62, 11) and (p621, 1) must stay two pairs."""
     import collections
 
     from components.item_indexer import _most_frequent
     from components.retrieval_evaluator import IdTable
 
     rng = np.random.default_rng(5)
-    items = rng.choice([b"p%d" % i for i in range(40)], size=2000)
-    topics = rng.choice([b"t%d" % i for i in range(6)], size=2000)
+    items = rng.choice([b"p%d" % i for i in range(200)], size=2000)
+    topics = rng.choice([b"%d" % i for i in range(1, 21)], size=2000)
+    items[:5], topics[:5] = [b"p62", b"p62", b"p62", b"p621", b"p621"], [b"11", b"11", b"11", b"1", b"1"]
     table = IdTable(["topic_id"], fold_every=300)
     for s in range(0, 2000, 250):
         table.add(items[s:s + 250], np.zeros(250, np.int64), {"topic_id": topics[s:s + 250]})
@@ -116,6 +119,7 @@ def test_the_evaluator_and_the_indexer_give_items_the_same_features():
     indexer = dict(_most_frequent((item, pairs)) for item, pairs in by_item.items())
     evaluator = {i.decode(): {"topic_id": v.decode()} for i, v in zip(table.ids, table.values["topic_id"], strict=True)}
     assert evaluator == indexer
+    assert evaluator["p62"] == {"topic_id": "11"} and evaluator["p621"] == {"topic_id": "1"}
 
 
 def test_pairs_are_found_in_a_catalog_chunk():
