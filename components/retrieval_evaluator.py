@@ -97,8 +97,8 @@ class IdTable:
             # so (p62, 11) and (p621, 1) both became b"p6211").
             order = np.lexsort((all_values, all_ids))
             all_ids, all_values, all_counts = all_ids[order], all_values[order], all_counts[order]
-            starts = np.flatnonzero(np.r_[True, (all_ids[1:] != all_ids[:-1]) | (all_values[1:] != all_values[:-1])]
-                                    ) if len(all_ids) else np.zeros(0, np.int64)
+            starts = np.flatnonzero(np.r_[True, (all_ids[1:] != all_ids[:-1]) | (all_values[1:] != all_values[:-1])])
+            starts = starts[:len(all_ids)]  # no rows: no pair (np.r_ would still give one start)
             summed = np.add.reduceat(all_counts, starts) if len(starts) else np.zeros(0, np.int64)
             self._pairs[c] = (all_ids[starts], all_values[starts], summed)
             self.values[c] = self._most_frequent(*self._pairs[c])
