@@ -5,9 +5,10 @@ every user. This component
   1. embeds every catalog item with the item tower (the item-vector file's items, or the items seen
      in the logs; an item's topic is its most frequent one in the logs, as ItemIndexer indexes it,
      unknown otherwise), a chunk of the catalog at a time: memory holds the queries and one chunk,
-  2. embeds each eval user with the user tower, from the user's first clicked eval event (its
-     features describe the user before the eval clicks), and takes the user's eval clicks as the
-     relevant items,
+  2. embeds each eval user with the user tower, from the user's earliest clicked eval event (the
+     one with the shortest history: its features describe the user before the other eval clicks;
+     not the first in the files, whose order is the runner's), and takes the user's eval clicks as
+     the relevant items,
   3. ranks the catalog by <user, item>, optionally excluding the posts the user has already read,
   4. ranks the same catalog for the same users by clicks in the training split (the popularity
      baseline), with the same exclusions,
@@ -159,30 +160,45 @@ def sample_users(users, n: int) -> set[bytes]:
 
 
 class Queries:
-    """The eval users ranked: each one's first clicked eval row (its features describe the user
-    before the eval clicks), its clicked items and the items it had read (excluded when asked)."""
+    """The eval users ranked: each one's earliest clicked eval row (its features describe the user
+    before the other eval clicks), its clicked items and the items it had read (excluded when asked).
+
+    ExampleGen's output order is not the logs' order (its shuffle; a distributed runner writes
+    shards in any order), so "earliest" cannot be "first in the files": it is the clicked row with
+    the shortest history (a history only grows), ties broken by the smallest sha256 of the row's
+    canonical serialization. The same rows give the same queries in any order."""
 
     def __init__(self, examples, spec: FeatureSpec, users: set[bytes], exclude_read: bool):
         self.users = sorted(users)
         slot = {u: i for i, u in enumerate(self.users)}
         self.raw: list[bytes | None] = [None] * len(self.users)
+        chosen: list[tuple | None] = [None] * len(self.users)  # (history length, row hash) of raw
         relevant = [set() for _ in self.users]
         excluded = [set() for _ in self.users]
-        history = spec.history_columns() if exclude_read else []
+        history = spec.history_columns()
         columns = [spec.label, spec.user_id, spec.item_id, *history]
         for raw, values in _batches(examples, "eval", spec, columns):
             for i in np.flatnonzero(values[spec.label].reshape(-1) == 1):
                 q = slot.get(values[spec.user_id].reshape(-1)[i])
                 if q is None:
                     continue
-                if self.raw[q] is None:
-                    self.raw[q] = raw[i]
-                    excluded[q] = {h for c in history for h in values[c][i] if h}
                 relevant[q].add(values[spec.item_id].reshape(-1)[i])
+                read = [h for c in history for h in values[c][i] if h]
+                key = (len(read), canonical_hash(raw[i]))
+                if chosen[q] is None or key < chosen[q]:
+                    chosen[q], self.raw[q] = key, raw[i]
+                    excluded[q] = set(read) if exclude_read else set()
         self.relevant, self.excluded = relevant, excluded
         # (query, item id) pairs as arrays: matched against each catalog chunk without a dict per item.
         self.relevant_pairs = _pairs(relevant)
         self.excluded_pairs = _pairs(excluded)
+
+
+def canonical_hash(serialized: bytes) -> bytes:
+    """sha256 of a tf.Example serialized deterministically: protobuf writes a map (the features) in
+    any order, so the same row can come back as different bytes."""
+    example = tf.train.Example.FromString(serialized)
+    return hashlib.sha256(example.SerializeToString(deterministic=True)).digest()
 
 
 def _pairs(sets: list[set[bytes]]) -> tuple[np.ndarray, np.ndarray]:

@@ -375,7 +375,8 @@ def run_fn(fn_args: FnArgs) -> None:
                "planned_passes": round(planned_passes, 2), "warnings": warnings,
                "train_loss": trained["loss"], "train_auc": trained["auc"],
                "eval_loss": float(results["loss"]), "eval_auc": eval_auc, "eval_auc_note": auc_note,
-               "vocab_sizes": vocab_sizes, "curve": progress.curve, "weight_sums": weight_sums(trainer),
+               "vocab_sizes": vocab_sizes, "curve": progress.curve,
+               "eval_curve": eval_curve(history, steps_per_epoch, progress.steps), "weight_sums": weight_sums(trainer),
                "warm_start": warm}
     tf.io.gfile.makedirs(log_dir)
     with tf.io.gfile.GFile(os.path.join(log_dir, METRICS_FILE), "w") as f:
@@ -413,6 +414,14 @@ def _warm_start(base_model: str | None, custom: dict, model: tf.keras.Model, voc
             return {**done, "note": None}
     log(f"no warm start: {note}")
     return {"from": None, "note": note}
+
+
+def eval_curve(history: tf.keras.callbacks.History, steps_per_epoch: int, steps: int) -> list[dict]:
+    """The eval split's loss and AUC after each epoch, at the step it was taken: what early stopping
+    chose from. Empty without early stopping (no validation during training)."""
+    losses = history.history.get("val_loss", [])
+    return [{"step": min(steps, (i + 1) * steps_per_epoch), "loss": float(loss),
+             "auc": float(history.history["val_auc"][i])} for i, loss in enumerate(losses)]
 
 
 def weight_sums(model: tf.keras.Model) -> dict[str, float]:

@@ -344,9 +344,11 @@ def test_one_float32_overflow_row_is_rejected_and_the_model_is_the_clean_one(run
     assert train["read"] == clean["splits"]["train"]["read"] + 1
     assert train["written"] == clean["splits"]["train"]["written"]
     assert train["rejected_by_reason"] == {"bad_weight:all_topic_fav_7": 1}
-    assert abs(summary["retrieval"]["eval_auc"] - clean["retrieval"]["eval_auc"]) < 0.01
+    both = {name: {k: s["training"][k] for k in ("best_step", "eval_curve", "input", "weight_sums")}
+            for name, s in (("poisoned", summary), ("clean", clean))}
+    assert abs(summary["retrieval"]["eval_auc"] - clean["retrieval"]["eval_auc"]) < 0.01, both
     for key in ("recall@50", "hit_rate@50"):
-        assert abs(summary["retrieval"]["model"][key] - clean["retrieval"]["model"][key]) < 0.02, key
+        assert abs(summary["retrieval"]["model"][key] - clean["retrieval"]["model"][key]) < 0.02, (key, both)
 
 
 @pytest.mark.parametrize("pattern", ["*.tsv", "logs/*.tsv", "*/*.tsv", "logs/day?/*.tsv", "logs/day[12]/a.tsv",

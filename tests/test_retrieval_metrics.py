@@ -196,3 +196,61 @@ def test_auc_is_undefined_when_a_split_has_one_class():
     both.update_state([1, 0, 1, 0], [2.0, -1.0, 0.5, 1.0])
     value, note = defined_auc(both, float(both.result()), "eval")
     assert note is None and value == pytest.approx(0.75, abs=0.01)  # 3 of the 4 pairs ordered right
+
+
+
+def _example_of(row: dict):
+    import tensorflow as tf
+
+    ex = tf.train.Example()
+    for key, values in row.items():
+        feature = ex.features.feature[key]
+        if isinstance(values[0], int):
+            feature.int64_list.value.extend(values)
+        else:
+            feature.bytes_list.value.extend(v.encode() for v in values)
+    return ex
+
+
+def _write_eval_split(tmp_path, rows: list[dict]):
+    """An Examples artifact whose eval split holds `rows`, in that order."""
+    import tensorflow as tf
+    from tfx.types.standard_artifacts import Examples
+
+    examples = Examples()
+    examples.uri = str(tmp_path)
+    examples.split_names = '["eval"]'
+    (tmp_path / "Split-eval").mkdir(parents=True)
+    with tf.io.TFRecordWriter(str(tmp_path / "Split-eval" / "data.gz"), "GZIP") as w:
+        for row in rows:
+            w.write(_example_of(row).SerializeToString())
+    return examples
+
+
+def test_each_users_query_is_its_earliest_click_whatever_the_row_order(tmp_path):
+    """u1 clicked twice: with p1 read (earlier) and with p9, p1 read (later). u2 clicked twice with
+    histories of one item each: a tie, broken by the smallest sha256 of the row serialized with its
+    features sorted, the same in both orders. ExampleGen's order is the runner's, so the query must
+    not depend on it."""
+    import hashlib
+
+    import tensorflow as tf
+
+    from components.retrieval_evaluator import Queries
+    from schema.spec import load_spec
+
+    def row(user, post, read, client_type, act=1):
+        return {"act": [act], "client_id": [user], "post_id": [post], "read_post_id": read,
+                "client_type": [client_type]}
+
+    rows = [row("u1", "p9", ["p9", "p1"], 1), row("u1", "p5", ["p1"], 2),
+            row("u2", "p7", ["p3"], 1), row("u2", "p8", ["p4"], 3), row("u3", "p2", ["p3"], 1, act=0)]
+    tie = min(rows[2:4], key=lambda r: hashlib.sha256(_example_of(r).SerializeToString(deterministic=True)).digest())
+    for name, order in (("written", rows), ("reversed", rows[::-1])):
+        q = Queries(_write_eval_split(tmp_path / name, order), load_spec(), {b"u1", b"u2"}, exclude_read=True)
+        assert q.users == [b"u1", b"u2"]
+        chosen = [tf.train.Example.FromString(raw).features.feature for raw in q.raw]
+        assert chosen[0]["client_type"].int64_list.value == [2], name  # the shorter history
+        assert chosen[1]["client_type"].int64_list.value == tie["client_type"], name
+        assert q.excluded == [{b"p1"}, {tie["read_post_id"][0].encode()}], name
+        assert q.relevant == [{b"p9", b"p5"}, {b"p7", b"p8"}], name
