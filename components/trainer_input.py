@@ -1,9 +1,11 @@
 """The Trainer's input: a transformed split as (model inputs + item index, label) batches.
 
-A split whose tensors fit in `trainer.cache_max_mb` is read once and held in memory; each pass then
-shuffles row indices and gathers whole batches, so no pass re-reads, decompresses or parses the
-files. A larger split streams from its files on every pass. The size is worked out before anything
-is read: rows x the bytes of one row's fixed-length transformed features.
+A split whose tensors fit in `trainer.cache_max_mb` is read once and held in memory, its rows sorted
+by a hash of their values (the same rows train the same model in whatever order the runner wrote
+them); each pass then shuffles row indices and gathers whole batches, so no pass re-reads,
+decompresses or parses the files. A larger split streams from its files on every pass (in the
+files' order, shuffled in a buffer). The size is worked out before anything is read: rows x the
+bytes of one row's fixed-length transformed features.
 
 Files are read with tf.data and parsed a whole batch at a time with tf.io.parse_example against
 Transform's feature spec. Unshuffled (the read into memory) that is about twice TFXIO's
@@ -12,6 +14,7 @@ much as TFXIO's does, and the two run at the same rate (bench/trainer_throughput
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,6 +83,24 @@ def read_whole_split(files: list[str], feature_spec: dict, names: list[str],
     return {name: tf.concat(p, 0) for name, p in parts.items()}, tf.concat(labels, 0)
 
 
+def canonical_order(features: dict[str, tf.Tensor], labels: tf.Tensor, chunk: int = 65536) -> np.ndarray:
+    """The permutation that sorts the rows by a 128-bit hash of their values (every feature in name
+    order, then the label). ExampleGen writes rows in the runner's order (its shuffle; a distributed
+    runner's shards come in any order); sorted this way the same rows give the same batches, so the
+    same model, whatever that order was. Identical rows tie, and their order does not matter."""
+    rows = int(labels.shape[0])
+    columns = [features[name] for name in sorted(features)] + [labels]
+    digests = bytearray()
+    for start in range(0, rows, chunk):
+        stop = min(rows, start + chunk)
+        block = np.concatenate([np.ascontiguousarray(c[start:stop].numpy()).reshape(stop - start, -1).view(np.uint8)
+                                for c in columns], axis=1)
+        for row in block:
+            digests += hashlib.blake2b(row.tobytes(), digest_size=16).digest()
+    keys = np.frombuffer(bytes(digests), dtype="V16")
+    return np.argsort(keys, kind="stable")
+
+
 def in_memory_batches(features: dict[str, tf.Tensor], labels: tf.Tensor, batch_size: int, seed: int,
                       shuffle: bool, epochs: int | None) -> tf.data.Dataset:
     """Batches gathered from tensors held in memory; rows reshuffled every pass; forever when epochs
@@ -121,5 +142,7 @@ def split_input(files: list[str], feature_spec: dict, spec: FeatureSpec, rows: i
     features, labels = read_whole_split(files, feature_spec, names, spec.label)
     if int(labels.shape[0]) != rows:  # the files changed between counting and reading
         raise RuntimeError(f"the split held {rows:,} rows when counted and {int(labels.shape[0]):,} when read")
+    order = canonical_order(features, labels)
+    features, labels = {name: tf.gather(t, order) for name, t in features.items()}, tf.gather(labels, order)
     return SplitInput(in_memory_batches(features, labels, batch_size, seed, shuffle, epochs), "memory", rows, size,
                       f"{size / 2**20:,.1f} MB fits in trainer.cache_max_mb ({budget_bytes / 2**20:,.0f} MB)")
