@@ -328,27 +328,33 @@ def test_recall_cli_errors_are_one_line(runs):
 # ---- end to end ----
 
 def test_one_float32_overflow_row_is_rejected_and_the_model_is_the_clean_one(runs, tmp_path):
-    """The sample plus one row whose weight is 1e39 (finite in float64, inf in float32): the row is
-    rejected and counted, and the model matches the clean sample's (it once trained to AUC 0.5)."""
+    """The sample's rows in reverse order plus one row whose weight is 1e39 (finite in float64, inf in
+    float32): the row is rejected and counted, and the model is the clean sample's (it once trained
+    to AUC 0.5), weight for weight: the same rows train the same model in any order."""
     from tests.conftest import SAMPLE_DIR, run_local
 
     _, clean, _ = runs
     lines = open(f"{SAMPLE_DIR}/train.tsv").read().splitlines()
     fields = lines[1].split("\t")
     fields[SPEC.columns.index("all_topic_fav_7")] = "3:1e39"
+    rows = lines[1:][::-1]
     poisoned = tmp_path / "train.tsv"
-    poisoned.write_text("\n".join([lines[0], *lines[1:], "\t".join(fields)]) + "\n")
+    poisoned.write_text("\n".join([lines[0], *rows[:100], "\t".join(fields), *rows[100:]]) + "\n")
     summary = run_local(tmp_path / "run", "--train", str(poisoned), "--eval", f"{SAMPLE_DIR}/eval.tsv",
                         "--item-embeddings", f"{SAMPLE_DIR}/item_vectors.jsonl", "--until", "RetrievalEvaluator")
     train = summary["splits"]["train"]
     assert train["read"] == clean["splits"]["train"]["read"] + 1
     assert train["written"] == clean["splits"]["train"]["written"]
     assert train["rejected_by_reason"] == {"bad_weight:all_topic_fav_7": 1}
-    both = {name: {k: s["training"][k] for k in ("best_step", "eval_curve", "input", "weight_sums")}
+    both = {name: {k: s["training"][k] for k in ("best_step", "eval_curve", "input")}
             for name, s in (("poisoned", summary), ("clean", clean))}
-    assert abs(summary["retrieval"]["eval_auc"] - clean["retrieval"]["eval_auc"]) < 0.01, both
+    weights, clean_weights = summary["training"]["weight_sums"], clean["training"]["weight_sums"]
+    assert weights.keys() == clean_weights.keys()
+    for name, total in weights.items():
+        assert total == pytest.approx(clean_weights[name], rel=1e-9, abs=1e-9), (name, both)
+    assert summary["retrieval"]["eval_auc"] == pytest.approx(clean["retrieval"]["eval_auc"], abs=1e-9)
     for key in ("recall@50", "hit_rate@50"):
-        assert abs(summary["retrieval"]["model"][key] - clean["retrieval"]["model"][key]) < 0.02, (key, both)
+        assert summary["retrieval"]["model"][key] == pytest.approx(clean["retrieval"]["model"][key], abs=1e-9), key
 
 
 @pytest.mark.parametrize("pattern", ["*.tsv", "logs/*.tsv", "*/*.tsv", "logs/day?/*.tsv", "logs/day[12]/a.tsv",
