@@ -172,7 +172,8 @@ class Queries:
         self.users = sorted(users)
         slot = {u: i for i, u in enumerate(self.users)}
         self.raw: list[bytes | None] = [None] * len(self.users)
-        chosen: list[tuple | None] = [None] * len(self.users)  # (history length, row hash) of raw
+        # (history length, row hash or None until a tie needs it) of each user's query row so far
+        chosen: list[list | None] = [None] * len(self.users)
         relevant = [set() for _ in self.users]
         excluded = [set() for _ in self.users]
         history = spec.history_columns()
@@ -184,9 +185,16 @@ class Queries:
                     continue
                 relevant[q].add(values[spec.item_id].reshape(-1)[i])
                 read = [h for c in history for h in values[c][i] if h]
-                key = (len(read), canonical_hash(raw[i]))
-                if chosen[q] is None or key < chosen[q]:
-                    chosen[q], self.raw[q] = key, raw[i]
+                best, take = chosen[q], False
+                if best is None or len(read) < best[0]:
+                    chosen[q], take = [len(read), None], True
+                elif len(read) == best[0]:  # a tie: the smaller hash wins (hashes only for ties)
+                    best[1] = best[1] or canonical_hash(self.raw[q])
+                    mine = canonical_hash(raw[i])
+                    if mine < best[1]:
+                        best[1], take = mine, True
+                if take:
+                    self.raw[q] = raw[i]
                     excluded[q] = set(read) if exclude_read else set()
         self.relevant, self.excluded = relevant, excluded
         # (query, item id) pairs as arrays: matched against each catalog chunk without a dict per item.
