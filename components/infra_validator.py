@@ -90,6 +90,20 @@ def check_towers(target: str, model_name: str, examples: list[bytes], timeout: f
     return results
 
 
+def incomplete_versions(bases: dict[str, str]) -> str:
+    """'' when every version under the base paths is a complete SavedModel (the server loads no other);
+    else which is not and what it lacks."""
+    from serving.servables import missing_part
+
+    problems = []
+    for name, base in bases.items():
+        for entry in sorted(os.listdir(base)):
+            missing = missing_part(os.path.join(base, entry))
+            if missing:
+                problems.append(f"{name} version {entry} is not a complete SavedModel (no {missing})")
+    return "; ".join(problems)
+
+
 def validate(model_dir: str, examples: list[bytes], model_name: str, out_dir: str, timeout_seconds: float,
              tower_features: dict[str, list[str]] | None = None) -> dict:
     """Serves model_dir (and its -user / -item towers) in a server process and queries it; the report
@@ -101,6 +115,9 @@ def validate(model_dir: str, examples: list[bytes], model_name: str, out_dir: st
     os.makedirs(out_dir, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="infra-") as tmp:
         bases = serving_layout(model_dir, os.path.join(tmp, "models"), model_name)
+        incomplete = incomplete_versions(bases)
+        if incomplete:
+            return {**report, "blessed": False, "error": f"RuntimeError: {incomplete}"}
         config_path = os.path.join(tmp, "models.config")
         with open(config_path, "w") as f:
             f.write(config_text(bases))

@@ -30,6 +30,7 @@ from components.model import TwoTowerTrainer, build_towers, item_log_q, make_opt
 from components.preprocessing import ITEM_POSITIVE_COUNTS, ITEM_VOCAB, vocab_size_with_reserved
 from components.trainer_input import split_input
 from schema.spec import FeatureSpec, vocab_name
+from serving.request_cost import CONTRACT_FILE
 
 METRICS_FILE = "metrics.json"
 EXAMPLES_INPUT = "examples"
@@ -131,12 +132,51 @@ def _keep_positions(dense: tf.Tensor, present: tf.Tensor) -> tf.SparseTensor:
     return tf.SparseTensor(indices, tf.gather_nd(dense, indices), tf.shape(dense, out_type=tf.int64))
 
 
-def export(towers, tft_output, spec: FeatureSpec, serving_dir: str) -> None:
-    """The full model in serving_dir; the user-only and item-only models beside it (<dir>-user, -item)."""
-    module = ServingModule(towers, tft_output, spec)
-    tf.saved_model.save(module, serving_dir, signatures=module.signatures("all"))
+def serving_contract(spec: FeatureSpec, towers, which: str) -> dict:
+    """What a request costs the exported model and may hold, for the model server: per signature, the
+    floats one row takes once its lists are padded (maxlen x embedding width, summed over the tower's
+    features) and which input holds serialized tf.Examples; the smallest value of each weight feature
+    (the log parser's rule: >= 0)."""
+    widths = {layer.name: layer.dim for layer in towers.scorer.layers if hasattr(layer, "dim")}
+    pretrained = widths.get("pretrained_items", spec.pretrained_dim or 0)
+
+    def floats(tower: str) -> int:
+        return sum((f.maxlen or 1) * (pretrained if f.kind == "pretrained" else spec.group_embed_dim(f.group))
+                   for f in spec.tower_features(tower))
+
+    names = signature_names
+    per = {"user": floats("user"), "item": floats("item")}
+    sigs = {}
     for tower in ("user", "item"):
-        tf.saved_model.save(module, f"{serving_dir}-{tower}", signatures=module.signatures(tower))
+        base = names.USER if tower == "user" else names.ITEM
+        sigs[base] = {"floats_per_row": per[tower], "examples_input": EXAMPLES_INPUT}
+        sigs[base + names.RAW] = {"floats_per_row": per[tower]}
+    score = per["user"] + per["item"] if which == "all" else per[which]
+    sigs[names.SCORE] = {"floats_per_row": score, "examples_input": EXAMPLES_INPUT}
+    keep = set(module_signature_names(which))
+    return {"signatures": {k: v for k, v in sigs.items() if k in keep},
+            "minimum": {c.weight_name: 0.0 for c in spec.raw_columns.values() if c.weight_name}}
+
+
+def module_signature_names(which: str) -> list[str]:
+    names = signature_names
+    towers = ("user", "item") if which == "all" else (which,)
+    out = [names.SCORE]
+    for tower in towers:
+        base = names.USER if tower == "user" else names.ITEM
+        out += [base, base + names.RAW]
+    return out
+
+
+def export(towers, tft_output, spec: FeatureSpec, serving_dir: str) -> None:
+    """The full model in serving_dir; the user-only and item-only models beside it (<dir>-user, -item),
+    each with its serving contract in assets.extra/."""
+    module = ServingModule(towers, tft_output, spec)
+    for which, path in (("all", serving_dir), ("user", f"{serving_dir}-user"), ("item", f"{serving_dir}-item")):
+        tf.saved_model.save(module, path, signatures=module.signatures(which))
+        tf.io.gfile.makedirs(os.path.dirname(os.path.join(path, CONTRACT_FILE)))
+        with tf.io.gfile.GFile(os.path.join(path, CONTRACT_FILE), "w") as f:
+            json.dump(serving_contract(spec, towers, which), f, indent=1, sort_keys=True)
 
 
 def _item_log_q(tft_output):

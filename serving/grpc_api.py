@@ -15,6 +15,7 @@ from tensorflow_serving.apis import (
 
 from serving import predict
 from serving.model_config import ConfigError, from_proto
+from serving.request_cost import RequestLimits
 from serving.servables import ServableManager
 from serving.status import ServingError, invalid_argument
 
@@ -36,13 +37,13 @@ def _status_codes(method):
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, manager: ServableManager, max_elements: int = 0):
-        self.manager, self.max_elements = manager, max_elements
+    def __init__(self, manager: ServableManager, limits: RequestLimits | None = None):
+        self.manager, self.limits = manager, limits
 
     @_status_codes
     def Predict(self, request, context):
         servable = predict.resolve(self.manager, request.model_spec, request.HasField("model_spec"))
-        return predict.predict_request(servable, request, self.max_elements)
+        return predict.predict_request(servable, request, self.limits)
 
     @_status_codes
     def GetModelMetadata(self, request, context):
@@ -55,8 +56,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, manager: ServableManager):
-        self.manager = manager
+    def __init__(self, manager: ServableManager, allow_reload: bool = True):
+        self.manager, self.allow_reload = manager, allow_reload
 
     @_status_codes
     def GetModelStatus(self, request, context):
@@ -75,15 +76,19 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
     @_status_codes
     def HandleReloadConfigRequest(self, request, context):
+        """Refused with nothing read when reloads are off, or when a base path lies outside the
+        operator's roots (the path would load, and run, whatever SavedModel is there)."""
+        if not self.allow_reload:
+            raise ServingError(grpc.StatusCode.PERMISSION_DENIED,
+                               "reloading the model config is switched off on this server (--allow_reload=false)")
         try:
-            configs = from_proto(request.config)
+            self.manager.reload(from_proto(request.config))
         except ConfigError as e:
             raise invalid_argument(str(e)) from None
-        self.manager.reload(configs)
         return model_management_pb2.ReloadConfigResponse()
 
 
-def add_services(server: grpc.Server, manager: ServableManager, max_elements: int = 0) -> None:
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(manager, max_elements),
-                                                                        server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager), server)
+def add_services(server: grpc.Server, manager: ServableManager, limits: RequestLimits | None = None,
+                 allow_reload: bool = True) -> None:
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(manager, limits), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager, allow_reload), server)

@@ -31,6 +31,29 @@ class ModelConfig:
         return sorted(on_disk)[-self.num_versions:]
 
 
+def check_under_roots(configs: list[ModelConfig], roots: list[str], allow_empty: bool = False) -> None:
+    """ConfigError unless every base path lies under one of the operator's roots (symbolic links
+    resolved, so a link inside a root cannot point out of it) and, unless allowed, the config names
+    at least one model. Checked on the path's text alone: nothing under a refused path is read."""
+    if not configs and not allow_empty:
+        raise ConfigError("the config names no model: it would unload every model served "
+                          "(start the server with --allow_empty_config to permit that)")
+    real_roots = [os.path.realpath(r) for r in roots]
+    for c in configs:
+        real = os.path.realpath(c.base_path)
+        if not any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in real_roots):
+            raise ConfigError(f"model {c.name}: base_path {c.base_path} is not under the model base path roots "
+                              f"{roots} (--model_base_path_roots)")
+
+
+def default_roots(config_file: str | None, base_path: str | None) -> list[str]:
+    """Where models may be loaded from when the operator names no roots: the config file's directory,
+    or --model_base_path itself."""
+    if config_file:
+        return [os.path.dirname(os.path.abspath(config_file))]
+    return [os.path.abspath(base_path)] if base_path else []
+
+
 def single_model(name: str, base_path: str) -> list[ModelConfig]:
     if not name:
         raise ConfigError("--model_name must not be empty")

@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import os
 
+import grpc
 import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import get_model_metadata_pb2, model_pb2, predict_pb2, prediction_log_pb2
 
+from serving import request_cost
+from serving.request_cost import RequestLimits
 from serving.servables import Servable, ServableManager
-from serving.status import failed_precondition, invalid_argument
-from serving.tensors import array_to_proto, declared_elements, proto_to_array
+from serving.status import ServingError, failed_precondition, invalid_argument
+from serving.tensors import array_to_proto, proto_to_array, proto_upper_bytes
 
 DEFAULT_SIGNATURE = "serving_default"
 SIGNATURE_DEF_FIELD = "signature_def"
@@ -64,26 +67,58 @@ def resolve(manager: ServableManager, spec: model_pb2.ModelSpec, has_spec: bool 
                            label=spec.version_label if which == "version_label" else None)
 
 
-def check_element_count(request: predict_pb2.PredictRequest, max_elements: int) -> None:
-    """The elements the shapes declare, summed over the inputs, against the limit: checked before any
-    tensor is built (a 20-byte TensorProto can declare [200000] elements, one value filling all)."""
-    if max_elements <= 0:
+def _rows(shape) -> int:
+    return int(shape[0]) if len(shape) else 1
+
+
+def check_values(servable: Servable, signature: str, arrays: dict[str, np.ndarray], limits: RequestLimits | None,
+                 entries: int) -> None:
+    """What the arrays cost and hold, before the model runs: padded model memory for their rows, the
+    entries inside serialized tf.Examples, float values finite (and at least the contract's minimum)."""
+    if limits is None:  # the model's own warmup requests
         return
-    total = sum(max(declared_elements(t), 0) for t in request.inputs.values())
-    if total > max_elements:
-        raise invalid_argument(f"the request declares {total} tensor elements, more than the limit of "
-                               f"{max_elements} (--max_request_elements)")
+    contract = servable.contract
+    cost = contract.cost(signature)
+    if arrays:
+        request_cost.check_model_memory(cost, max(_rows(a.shape) for a in arrays.values()), limits)
+    for alias, a in arrays.items():
+        if a.dtype.kind == "f":
+            largest = request_cost.FLOAT32_MAX if a.dtype == np.float32 else float(np.finfo(a.dtype).max)
+            request_cost.check_floats(a.ravel(), alias, contract.minimum.get(alias), largest=largest)
+    if cost.examples_input in arrays:
+        request_cost.check_examples(arrays[cost.examples_input].ravel(), contract, limits, entries)
+
+
+def check_response_size(outputs: dict[str, np.ndarray], limits: RequestLimits | None) -> None:
+    if limits is None or not limits.max_response_bytes:
+        return
+    size = sum(proto_upper_bytes(a) for a in outputs.values())
+    if size > limits.max_response_bytes:
+        raise response_too_large(size, limits)
+
+
+def response_too_large(size: int, limits: RequestLimits) -> ServingError:
+    return ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"the response would take up to {size} bytes, more than the limit of "
+                        f"{limits.max_response_bytes} bytes (--max_response_bytes): ask for fewer rows")
 
 
 def predict_request(servable: Servable, request: predict_pb2.PredictRequest,
-                    max_elements: int = 0) -> predict_pb2.PredictResponse:
+                    limits: RequestLimits | None = None) -> predict_pb2.PredictResponse:
     name, sig = signature_def(servable, request.model_spec.signature_name)
     check_input_names(sig, list(request.inputs))
-    check_element_count(request, max_elements)
+    entries = 0
+    if limits is not None:
+        # from the declared shapes, before any tensor is built (a 20-byte TensorProto can declare
+        # [200000] elements, one value filling all)
+        entries = sum(request_cost.shape_entries([d.size for d in t.tensor_shape.dim]) for t in request.inputs.values())
+        request_cost.check_entries(entries, limits)
     keys = output_keys(sig, request.output_filter)
     arrays = {alias: proto_to_array(request.inputs[alias], alias, sig.inputs[alias].dtype, i)
               for i, alias in enumerate(sorted(request.inputs))}
+    check_values(servable, name, arrays, limits, entries)
     outputs = servable.run(name, arrays, keys)
+    check_response_size(outputs, limits)
     response = predict_pb2.PredictResponse()
     response.model_spec.name = servable.name
     response.model_spec.version.value = servable.version
@@ -94,9 +129,11 @@ def predict_request(servable: Servable, request: predict_pb2.PredictRequest,
 
 
 def predict_arrays(servable: Servable, signature_name: str, arrays: dict[str, np.ndarray],
-                   rest: bool = False) -> tuple[str, dict[str, np.ndarray]]:
+                   rest: bool = False, limits: RequestLimits | None = None,
+                   entries: int = 0) -> tuple[str, dict[str, np.ndarray]]:
     name, sig = signature_def(servable, signature_name, rest=rest)
     check_input_names(sig, list(arrays))
+    check_values(servable, name, arrays, limits, entries)
     return name, servable.run(name, arrays, sorted(sig.outputs))
 
 

@@ -21,6 +21,7 @@ import logging
 import re
 import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -28,14 +29,16 @@ import grpc
 import numpy as np
 from google.protobuf import json_format
 from tensorflow_serving.apis import get_model_metadata_pb2
-from tornado import http1connection, httputil, netutil
+from tornado import http1connection, httputil, iostream, netutil
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
 
-from serving import predict
-from serving.servables import ServableManager
+from serving import predict, request_cost
+from serving.memory import return_freed_memory
+from serving.request_cost import RequestLimits
+from serving.servables import Servable, ServableManager
 from serving.status import ServingError, code_name, invalid_argument
-from serving.tensors import INT64_MAX, array_to_json, count_elements, json_to_array
+from serving.tensors import INT64_MAX, array_to_json, json_to_array
 
 log = logging.getLogger("serving")
 
@@ -74,12 +77,13 @@ def _inputs_to_columns(sig, inputs) -> dict:
     return columns
 
 
-def rest_predict(manager: ServableManager, name: str, version: int | None, label: str | None, body: dict,
-                 max_elements: int = 0) -> dict:
-    servable = manager.resolve(name, version=version, label=label)
+def rest_predict(servable: Servable, body: dict, limits: RequestLimits | None = None) -> dict:
     if not isinstance(body, dict):
         raise invalid_argument("the request body must be a JSON object")
-    sig_name, sig = predict.signature_def(servable, body.get("signature_name", ""), rest=True)
+    signature_name = body.get("signature_name", "")
+    if not isinstance(signature_name, str):
+        raise invalid_argument(f"'signature_name' must be a string, got {type(signature_name).__name__}")
+    sig_name, sig = predict.signature_def(servable, signature_name, rest=True)
     if "instances" in body and "inputs" in body:
         raise invalid_argument("Request body must contain either 'inputs' or 'instances', not both")
     if "instances" in body:
@@ -89,13 +93,19 @@ def rest_predict(manager: ServableManager, name: str, version: int | None, label
     else:
         raise invalid_argument("Missing 'inputs' or 'instances' key")
     predict.check_input_names(sig, list(columns))
-    if max_elements:
-        total = sum(count_elements(v, max_elements + 1) for v in columns.values())
-        if total > max_elements:
-            raise invalid_argument(f"the request holds more than {max_elements} tensor elements "
-                                   f"(--max_request_elements)")
+    entries = 0
+    if limits is not None:
+        stop = limits.max_entries or 1 << 62
+        for v in columns.values():
+            entries += request_cost.json_entries(v, stop - entries)
+            request_cost.check_entries(entries, limits)
     arrays = {k: json_to_array(v, k, sig.inputs[k].dtype) for k, v in columns.items()}
-    _, outputs = predict.predict_arrays(servable, sig_name, arrays, rest=True)
+    _, outputs = predict.predict_arrays(servable, sig_name, arrays, rest=True, limits=limits, entries=entries)
+    if limits is not None and limits.max_response_bytes:
+        # at least 2 characters a number ("0,"): an answer certainly too large is refused unwritten
+        least = sum(2 * np.asarray(a).size for a in outputs.values())
+        if least > limits.max_response_bytes:
+            raise predict.response_too_large(least, limits)
     if "instances" in body:
         if len(outputs) == 1:
             return {"predictions": array_to_json(next(iter(outputs.values())), next(iter(outputs)))}
@@ -130,51 +140,142 @@ def rest_metadata(manager: ServableManager, name: str, version: int | None, labe
             "metadata": {"signature_def": json_format.MessageToDict(sig_map)}}
 
 
-def _chunk_framing_is_a_400() -> None:
-    """Tornado 6.5 checks the CRLF after each chunk with `assert`: a malformed chunked body drops the
-    connection with an AssertionError in the log instead of answering 400 (its other framing errors
-    are HTTPInputError, answered 400 and closed). The same check, as the 400 it should be."""
-    original = http1connection.HTTP1Connection._read_chunked_body
+_CHUNK_SIZE_LINE = re.compile(rb"([0-9a-fA-F]{1,15})[ \t]*(?:;[^\r\n]*)?\r\n")  # size, extensions
+MAX_CHUNK_LINE_BYTES = 4096
+MAX_TRAILER_BYTES = 16 * 1024
 
-    async def read_chunked_body(self, delegate):
+
+async def _read_chunked_body(self, delegate) -> None:
+    """HTTP/1.1 chunked framing (RFC 9112 7.1) for Tornado's HTTP1Connection, whose own reader refuses
+    chunk extensions ("5;name=value") and trailer fields, and checks the CRLF after a chunk with
+    `assert` (the connection dropped with no answer). Extensions and trailers are read and ignored;
+    every framing error is HTTPInputError, which Tornado answers 400 and closes."""
+    total = 0
+    while True:
+        line = await self.stream.read_until(b"\r\n", max_bytes=MAX_CHUNK_LINE_BYTES)
+        m = _CHUNK_SIZE_LINE.fullmatch(line)
+        if not m:
+            raise httputil.HTTPInputError("invalid chunk size line")
+        size = int(m[1], 16)
+        if size == 0:
+            trailers = 0
+            while (field := await self.stream.read_until(b"\r\n", max_bytes=MAX_TRAILER_BYTES)) != b"\r\n":
+                trailers += len(field)
+                if trailers > MAX_TRAILER_BYTES or b":" not in field:
+                    raise httputil.HTTPInputError("invalid trailer section")
+            return
+        total += size
+        if total > self._max_body_size:
+            raise httputil.HTTPInputError("chunked body too large")
+        left = size
+        while left:
+            chunk = await self.stream.read_bytes(min(left, self.params.chunk_size), partial=True)
+            left -= len(chunk)
+            if not self._write_finished or self.is_client:
+                ret = delegate.data_received(chunk)
+                if ret is not None:
+                    await ret
+        if await self.stream.read_bytes(2) != b"\r\n":
+            raise httputil.HTTPInputError("a chunk does not end with CRLF")
+
+
+http1connection.HTTP1Connection._read_chunked_body = _read_chunked_body
+
+
+class _HalfClosableStream(iostream.IOStream):
+    """Tornado closes a connection as soon as a read sees the end of the client's data. A client that
+    sent its whole request and then shut down its sending side (legal HTTP, done by some clients and
+    proxies) still waits for the answer: while an answer is being computed, that end only stops the
+    listening for reads; once the answer is written, the next read sees the end and closes.
+
+    Also what the connection cap needs: whether a request is in progress, and since when it is idle."""
+
+    answer_pending = False
+    busy = False
+    idle_since = 0.0
+
+    def _handle_events(self, fd, events) -> None:
+        if not (self.answer_pending and events & IOLoop.READ and self._read_future is None and self._peer_done()):
+            super()._handle_events(fd, events)
+            return
+        super()._handle_events(fd, events & ~IOLoop.READ)
+        if not self.closed() and self._state is not None and self._state & IOLoop.READ:
+            self._state &= ~IOLoop.READ  # until the answer is written: no busy loop on the readable end
+            self.io_loop.update_handler(self.fileno(), self._state)
+
+    def _peer_done(self) -> bool:
         try:
-            return await original(self, delegate)
-        except AssertionError:
-            raise httputil.HTTPInputError("a chunk does not end with CRLF") from None
-
-    http1connection.HTTP1Connection._read_chunked_body = read_chunked_body
-
-
-_chunk_framing_is_a_400()
+            return self.socket.recv(1, socket.MSG_PEEK) == b""
+        except OSError:  # nothing to read yet, or an error that Tornado's own read will report
+            return False
 
 
 @dataclass(frozen=True)
 class RestLimits:
     max_request_bytes: int = 16 * 1024 * 1024
-    max_elements: int = 0           # tensor elements per request (0 = no limit)
+    request: RequestLimits | None = None  # entries, model memory, response size (None: unchecked)
     max_json_depth: int = 32
     timeout_seconds: float = 30.0   # headers, body, and an idle kept-alive connection
     max_connections: int = 1024
     threads: int = 16
 
 
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_OPEN, _CLOSE = np.frombuffer(b"[{", np.uint8), np.frombuffer(b"]}", np.uint8)
+_QUOTE, _BACKSLASH, _COMMA = ord('"'), ord("\\"), ord(",")
+_OPEN, _CLOSE = (ord("["), ord("{")), (ord("]"), ord("}"))
+
+
+_ESCAPE = re.compile(rb"\\.", re.DOTALL)  # a backslash and the byte it escapes
+_STRING = re.compile(rb'"[^"]*"')           # once escapes are gone, a string holds no quote
+_BRACKET = re.compile(rb"[\[\]{}]")
+SMALL_BODY = 8192
+
+
+def json_scan(body: bytes, chunk: int = 1 << 20, small: int = SMALL_BODY) -> tuple[int, int]:
+    """(the deepest nesting of [ and {, the values the text can hold: each [ { and , outside strings)
+    of a JSON text, in linear time and bounded memory: checked before json.loads, which recurses once
+    per level and builds a Python object per value (a 16 MB body of "[]," is 5.6M lists). A quote is
+    a string's edge unless an odd run of backslashes precedes it. Bodies under `small` bytes take
+    regular expressions without backtracking; larger ones numpy, a chunk at a time."""
+    if len(body) < small:
+        text = _STRING.sub(b"", _ESCAPE.sub(b"", body))
+        depth = deepest = 0
+        for bracket in _BRACKET.findall(text):
+            depth += 1 if bracket in b"[{" else -1
+            deepest = max(deepest, depth)
+        return deepest, text.count(b"[") + text.count(b"{") + text.count(b",")
+    depth = deepest = values = 0
+    in_string, run = 0, 0  # carried across chunks: inside a string; backslashes ending the last chunk
+    for start in range(0, len(body), chunk):
+        b = np.frombuffer(body, np.uint8, count=min(chunk, len(body) - start), offset=start)
+        quote = b == _QUOTE
+        slash = b == _BACKSLASH
+        if run or slash.any():
+            idx = np.arange(b.size, dtype=np.int64)
+            last_plain = np.maximum.accumulate(np.where(slash, -1, idx))  # last non-backslash at or before i
+            before = np.concatenate(([-1], last_plain[:-1]))
+            backslashes = idx - 1 - before + np.where(before < 0, run, 0)  # the run just before i
+            quote &= backslashes % 2 == 0
+            run = b.size - 1 - int(last_plain[-1]) + (run if last_plain[-1] < 0 else 0)
+        parity = (np.cumsum(quote, dtype=np.int64) + in_string) & 1  # 1: inside a string after this byte
+        outside = (parity == 0) & ~quote
+        opens = ((b == _OPEN[0]) | (b == _OPEN[1])) & outside
+        steps = opens.astype(np.int32) - (((b == _CLOSE[0]) | (b == _CLOSE[1])) & outside)
+        running = np.cumsum(steps) + depth
+        deepest, depth = max(deepest, int(running.max())), int(running[-1])
+        values += int(np.count_nonzero(opens)) + int(np.count_nonzero((b == _COMMA) & outside))
+        in_string = int(parity[-1])
+    return deepest, values
 
 
 def json_depth(body: bytes, chunk: int = 1 << 20) -> int:
-    """The deepest nesting of [ and { in a JSON text (strings skipped), in bounded memory and at C
-    speed: checked before json.loads, which would recurse once per level."""
-    text = _STRING.sub(b'""', body)
-    depth = deepest = 0
-    for start in range(0, len(text), chunk):
-        b = np.frombuffer(text[start:start + chunk], np.uint8)
-        steps = np.isin(b, _OPEN).astype(np.int32) - np.isin(b, _CLOSE).astype(np.int32)
-        running = np.cumsum(steps) + depth
-        if running.size:
-            deepest = max(deepest, int(running.max()))
-            depth = int(running[-1])
-    return deepest
+    return json_scan(body, chunk)[0]
+
+
+JSON_ENVELOPE_VALUES = 64
+
+
+def _no_constants(name: str):
+    raise ValueError(f"{name} is not JSON (numbers are finite)")
 
 
 def _parse_version(text: str | None) -> int | None:
@@ -206,15 +307,25 @@ class _Request(httputil.HTTPMessageDelegate):
 
     def headers_received(self, start_line, headers):
         self.method, self.path = start_line.method, start_line.path
+        self._stream_state(busy=True)
         length = headers.get("Content-Length")
         limit = self.app.limits.max_request_bytes
-        # A malformed Content-Length is left to Tornado (400 and close); a too large one is refused
-        # from the headers, before any of the body is read (and before a 100 Continue).
-        if length is not None and length.strip().isdigit() and int(length) > limit:
+        # A malformed Content-Length, or copies that differ, are left to Tornado (400 and close); a
+        # too large one (also repeated: "9, 9") is refused from the headers, before any of the body
+        # is read (and before a 100 Continue).
+        values = {v.strip() for v in length.split(",")} if length is not None else set()
+        if len(values) == 1 and (value := values.pop()).isdigit() and int(value) > limit:
             # A client that asked for 100 Continue sends no body: answer and finish at once.
-            self._too_large(f"request of {int(length)} bytes exceeds the limit of {limit} bytes",
+            self._too_large(f"request of {int(value)} bytes exceeds the limit of {limit} bytes",
                             linger=headers.get("Expect") != "100-continue")
         return None
+
+    def _stream_state(self, busy: bool, answer_pending: bool = False) -> None:
+        stream = getattr(self.connection, "stream", None)
+        if isinstance(stream, _HalfClosableStream):
+            stream.busy, stream.answer_pending = busy, answer_pending
+            if not busy:
+                stream.idle_since = time.monotonic()
 
     def data_received(self, chunk):
         if self.answered:
@@ -230,7 +341,7 @@ class _Request(httputil.HTTPMessageDelegate):
     def _too_large(self, message: str, linger: bool = True) -> None:
         self.body = bytearray()
         self.app.count("too_large")
-        self._write(413, {"error": message}, finish=not linger)
+        self._write(413, json.dumps({"error": message}).encode(), finish=not linger)
         if linger and self.connection is not None:
             self._linger = self.app.loop.call_later(LINGER_SECONDS, self._close)
 
@@ -254,28 +365,29 @@ class _Request(httputil.HTTPMessageDelegate):
         if self.answered:
             return
         body, self.body = bytes(self.body), bytearray()
+        self._stream_state(busy=True, answer_pending=True)
         future = self.app.pool.submit(self.app.answer, self.method, self.path, body)
         loop = self.app.loop
         future.add_done_callback(lambda f: loop.add_callback(self._done, f))
 
     def _done(self, future) -> None:
         try:
-            status, payload = future.result()
+            status, data = future.result()
         except Exception as e:  # noqa: BLE001 - the answer itself failed: a 500 with the reason
             log.exception("REST request failed")
-            status, payload = 500, {"error": f"{type(e).__name__}: {e}"}
-        self._write(status, payload)
+            status, data = 500, json.dumps({"error": f"{type(e).__name__}: {e}"}).encode()
+        self._write(status, data)
 
-    def _write(self, status: int, payload: dict, finish: bool = True) -> None:
+    def _write(self, status: int, data: bytes, finish: bool = True) -> None:
         if self.answered or self.connection is None:
             return
         self.answered = True
-        data = json.dumps(payload).encode()
         headers = httputil.HTTPHeaders({"Content-Type": "application/json", "Content-Length": str(len(data))})
         try:
             self.connection.write_headers(httputil.ResponseStartLine("HTTP/1.1", status, _REASONS.get(status, "")),
                                           headers, data)  # headers and body in one write
             if finish:
+                self._stream_state(busy=False)
                 self.connection.finish()
         except Exception:  # noqa: BLE001 - the client went away
             log.debug("REST client closed before the answer")
@@ -285,7 +397,9 @@ class _Request(httputil.HTTPMessageDelegate):
             self.app.loop.remove_timeout(self._linger)
             self._linger = None
         self.connection = None
-        self.body = bytearray()
+        held, self.body = len(self.body), bytearray()
+        if held > LINGER_BYTES:  # a large body of a client that went away: its memory back to the system
+            return_freed_memory()
 
 
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 413: "Payload Too Large",
@@ -313,7 +427,18 @@ class RestApp(httputil.HTTPServerConnectionDelegate):
     def on_close(self, server_conn):
         pass
 
-    def answer(self, method: str, target: str, body: bytes) -> tuple[int, dict]:
+    def answer(self, method: str, target: str, body: bytes) -> tuple[int, bytes]:
+        """(status, JSON bytes): encoded here, in the pool, so the event loop never encodes an answer."""
+        status, payload = self._answer(method, target, body)
+        data = json.dumps(payload).encode()
+        limit = self.limits.request.max_response_bytes if self.limits.request else 0
+        if limit and len(data) > limit:
+            self.count("response_too_large")
+            error = predict.response_too_large(len(data), self.limits.request)
+            return 413, json.dumps({"error": error.message}).encode()
+        return status, data
+
+    def _answer(self, method: str, target: str, body: bytes) -> tuple[int, dict]:
         path = target.split("?", 1)[0]
         try:
             if method == "GET":
@@ -333,16 +458,23 @@ class RestApp(httputil.HTTPServerConnectionDelegate):
             if m["verb"] != "predict":
                 raise ServingError(grpc.StatusCode.UNIMPLEMENTED, f"{m['verb']} is not supported: "
                                                                "the served signatures are predict signatures")
-            depth = json_depth(body)
+            # The model first: a request for a model that is not served costs no decoding.
+            servable = self.manager.resolve(m["name"], version=version, label=m["label"])
+            depth, values = json_scan(body)
             if depth > self.limits.max_json_depth:
                 raise invalid_argument(f"JSON Parse error: nesting depth {depth} exceeds the limit of "
                                        f"{self.limits.max_json_depth} (--max_json_depth)")
+            if self.limits.request:  # the envelope ("inputs", "signature_name") may hold a few more
+                request_cost.check_entries(values - JSON_ENVELOPE_VALUES, self.limits.request)
             try:
-                parsed = json.loads(body)
-            except (ValueError, RecursionError) as e:  # bad JSON, bad UTF-8, numbers of 5,000 digits
+                parsed = json.loads(body, parse_constant=_no_constants)
+            except (ValueError, RecursionError) as e:  # bad JSON, bad UTF-8, NaN, numbers of 5,000 digits
                 raise invalid_argument(f"JSON Parse error: {str(e)[:200]}") from None
-            return 200, rest_predict(self.manager, m["name"], version, m["label"], parsed, self.limits.max_elements)
+            return 200, rest_predict(servable, parsed, self.limits.request)
         except ServingError as e:
+            if e.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "--max_response_bytes" in e.message:
+                self.count("response_too_large")
+                return 413, {"error": e.message}
             return e.http_status, {"error": e.message}
 
 
@@ -394,24 +526,40 @@ class RestServer:
 
 
 class _LimitedHTTPServer(HTTPServer):
-    """Tornado's HTTP server with at most max_connections open; each accepted socket gets TCP_NODELAY."""
+    """Tornado's HTTP server with at most max_connections open. At the cap a new connection takes the
+    place of the connection idle longest (no request in progress: kept alive, or headers not yet
+    complete), so idle sockets cannot lock new clients out; only when every connection is busy is
+    the new one closed. Each accepted socket gets TCP_NODELAY."""
 
     def initialize(self, app: RestApp, limits: RestLimits):
         super().initialize(app, no_keep_alive=False, xheaders=False,
                            max_body_size=1 << 62,  # enforced by _Request, which answers 413 itself
                            max_header_size=64 * 1024, idle_connection_timeout=limits.timeout_seconds,
                            body_timeout=limits.timeout_seconds)
-        self._app, self._max_connections, self._open = app, limits.max_connections, 0
+        self._app, self._max_connections = app, limits.max_connections
+        self._streams: dict[iostream.IOStream, None] = {}  # open connections, oldest first
 
     def handle_stream(self, stream, address):
-        if self._open >= self._max_connections:
+        if len(self._streams) >= self._max_connections and not self._evict_idle():
             self._app.count("connection_limit")
             stream.close()
             return
-        self._open += 1
+        stream.__class__ = _HalfClosableStream  # same state, EOF and idle handling of its own
+        stream.idle_since = time.monotonic()
+        self._streams[stream] = None
         stream.set_nodelay(True)
         super().handle_stream(stream, address)
 
+    def _evict_idle(self) -> bool:
+        idle = [s for s in self._streams if not s.busy]
+        if not idle:
+            return False
+        oldest = min(idle, key=lambda s: s.idle_since)
+        self._streams.pop(oldest, None)
+        oldest.close()
+        self._app.count("idle_evicted")
+        return True
+
     def on_close(self, server_conn):
-        self._open -= 1
+        self._streams.pop(server_conn.stream, None)
         super().on_close(server_conn)

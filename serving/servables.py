@@ -5,12 +5,20 @@ path, loads the versions that the model's version policy wants (running the warm
 assets.extra/ first, as TF Serving does), and only then unloads the versions that are no longer
 wanted: a request resolved to a version keeps a reference to it, so a swap never fails a request
 in flight. Request fields never become paths: a model name or version is only a key into what was
-loaded from the configured base paths.
+loaded from the configured base paths, and a config (file or reload request) is refused unless every
+base path lies under the operator's roots (model_config.check_under_roots).
+
+A version is loaded only once it is complete on disk (saved_model.pb, the variables index and every
+data shard it names), so a copy in progress is not tried. A version whose load fails stays in END
+with the error while the versions already loaded keep serving: the version policy counts only the
+versions that can load, and a failed version is tried again when its files change.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +28,9 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 
-from serving.model_config import ConfigError, ModelConfig
+from serving.memory import return_freed_memory
+from serving.model_config import ConfigError, ModelConfig, check_under_roots
+from serving.request_cost import Contract
 from serving.status import ServingError, invalid_argument, not_found
 
 log = logging.getLogger("serving")
@@ -34,6 +44,11 @@ class VersionState:
     state: str
     error_code: grpc.StatusCode = grpc.StatusCode.OK
     error_message: str = ""
+    files: tuple = ()  # a failed version's files (name, size, mtime) when it failed: retried once they change
+
+    @property
+    def failed(self) -> bool:
+        return self.state == END and self.error_code not in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED)
 
 
 class Servable:
@@ -42,6 +57,7 @@ class Servable:
     def __init__(self, name: str, version: int, path: str):
         self.name, self.version, self.path = name, version, path
         self.signature_defs = read_signature_defs(path)
+        self.contract = Contract.read(path)  # what a request may cost and hold (serving/request_cost.py)
         self._model = tf.saved_model.load(path, tags=[SERVE_TAG])
         self._functions = {k: _FlatCall(fn) for k, fn in self._model.signatures.items()}
         # per signature: {alias: tf dtype} of its inputs, looked up on every request
@@ -121,24 +137,73 @@ def read_signature_defs(path: str) -> dict:
     raise ValueError(f"{path}: no MetaGraph with tag '{SERVE_TAG}'")
 
 
+_SHARD = re.compile(r"variables\.data-([0-9]{5})-of-([0-9]{5})")
+
+
+def missing_part(path: str) -> str | None:
+    """What a version directory lacks to be a complete SavedModel (None: complete): saved_model.pb,
+    variables/variables.index and every data shard the shard names count (variables.data-0000k-of-
+    0000N, k < N). tf.saved_model.save always writes variables/, so a version without it is a copy
+    that has not got there yet."""
+    variables = os.path.join(path, "variables")
+    for needed in (os.path.join(path, "saved_model.pb"), os.path.join(variables, "variables.index")):
+        if not os.path.isfile(needed):
+            return os.path.relpath(needed, path)
+    try:
+        shards = [m.groups() for m in map(_SHARD.fullmatch, os.listdir(variables)) if m]
+    except OSError:
+        return "variables/"
+    counts = {int(n) for _, n in shards}
+    if len(counts) != 1:
+        return "variables/variables.data-* (no shard, or shards of different counts)"
+    (n,) = counts
+    missing = sorted(set(range(n)) - {int(k) for k, _ in shards})
+    return f"variables/variables.data-{missing[0]:05d}-of-{n:05d}" if missing else None
+
+
+def version_is_complete(path: str) -> bool:
+    return missing_part(path) is None
+
+
+def version_files(path: str) -> tuple:
+    """(relative name, size, mtime_ns) of every file under a version directory: what a retry compares."""
+    out = []
+    for root, _, files in os.walk(path):
+        for f in files:
+            full = os.path.join(root, f)
+            try:
+                st = os.stat(full)
+            except OSError:
+                continue
+            out.append((os.path.relpath(full, path), st.st_size, st.st_mtime_ns))
+    return tuple(sorted(out))
+
+
 def versions_on_disk(base_path: str) -> dict[int, str]:
-    """{version: path} of the complete versions (saved_model.pb present) under base_path."""
+    """{version: path} of the complete versions under base_path (see version_is_complete)."""
     found = {}
     try:
         entries = os.listdir(base_path)
     except OSError:
         return found
     for entry in entries:
-        if entry.isdigit() and os.path.isfile(os.path.join(base_path, entry, "saved_model.pb")):
-            found[int(entry)] = os.path.join(base_path, entry)  # "00000123" is version 123
+        path = os.path.join(base_path, entry)
+        if entry.isdigit() and version_is_complete(path):
+            found[int(entry)] = path  # "00000123" is version 123
     return found
 
 
 class ServableManager:
     def __init__(self, configs: list[ModelConfig], poll_seconds: float = 1.0,
                  config_file: str | None = None, config_poll_seconds: float = 0,
-                 warmup: Callable[[Servable], None] | None = None):
+                 warmup: Callable[[Servable], None] | None = None, roots: list[str] | None = None,
+                 allow_empty_config: bool = False, max_models: int = 0):
+        """roots: the only directories base paths may lie under (default: the first configs' base
+        paths themselves); max_models: the most models one config may name (0: no limit)."""
         self._warmup = warmup  # replays a version's warmup requests before it serves (serving/predict.py)
+        self.roots = list(roots) if roots is not None else [c.base_path for c in configs]
+        self._allow_empty, self._max_models = allow_empty_config, max_models
+        self.check(configs)
         self._configs = {c.name: c for c in configs}
         self._poll_seconds = poll_seconds
         self._config_file = config_file
@@ -180,20 +245,30 @@ class ServableManager:
         from serving.model_config import read_config_file
 
         try:
-            configs = read_config_file(self._config_file)
+            self.reload(read_config_file(self._config_file))
         except ConfigError as e:
             log.error("keeping the current models: %s", e)
-            return
-        self.reload(configs)
+
+    def check(self, configs: list[ModelConfig]) -> None:
+        """ConfigError for a config this server must not take: a base path outside the roots, no model
+        (unless allowed), more models than max_models."""
+        check_under_roots(configs, self.roots, self._allow_empty)
+        if self._max_models and len(configs) > self._max_models:
+            raise ConfigError(f"the config names {len(configs)} models, more than --max_models {self._max_models}")
 
     def reload(self, configs: list[ModelConfig]) -> None:
-        """Serves exactly these models from now on (HandleReloadConfigRequest, config file polling)."""
+        """Serves exactly these models from now on (HandleReloadConfigRequest, config file polling);
+        ConfigError, with nothing changed, for a config that check() refuses."""
+        self.check(configs)
         with self._lock:
             removed = set(self._configs) - {c.name for c in configs}
             self._configs = {c.name: c for c in configs}
             for name in removed:
                 for version in list(self._available.get(name, {})):
                     self._unload(name, version)
+                self._states.pop(name, None)
+        if removed:
+            _release()
         self.poll_once()
 
     def poll_once(self) -> None:
@@ -205,35 +280,47 @@ class ServableManager:
 
     def _sync_model(self, config: ModelConfig) -> None:
         on_disk = versions_on_disk(config.base_path)
-        aspired = config.aspired(list(on_disk))
         with self._lock:
             states = self._states.setdefault(config.name, {})
-        for version in aspired:
+        for version in config.aspired(self._loadable(states, on_disk)):
             known = states.get(version)
-            if known and (known.state in (AVAILABLE, LOADING)
-                          or known.error_code not in (grpc.StatusCode.OK, grpc.StatusCode.CANCELLED)):
-                continue  # loaded, loading, or failed before (not retried; a discarded load is)
+            if known and known.state in (AVAILABLE, LOADING):
+                continue
             self._load(config, version, on_disk[version])
+        # The policy again, now over the versions that did not just fail: a failed load never
+        # unloads a version that serves.
+        aspired = config.aspired(self._loadable(states, on_disk))
+        unloaded = False
         with self._lock:
             if self._configs.get(config.name) is not config:
                 return  # reconfigured meanwhile
             available = self._available.get(config.name, {})
             # Availability first: keep the old versions until every wanted one is up or has failed.
-            if any(states[v].state == LOADING for v in aspired):
+            if any(states[v].state == LOADING for v in aspired if v in states):
                 return
             for version in list(available):
                 if version not in aspired:
                     self._unload(config.name, version)
+                    unloaded = True
+        if unloaded:
+            _release()
+
+    def _loadable(self, states: dict[int, VersionState], on_disk: dict[int, str]) -> list[int]:
+        """The versions on disk but those that failed and whose files have not changed since."""
+        with self._lock:
+            failed = {v: s.files for v, s in states.items() if s.failed}
+        return [v for v, path in on_disk.items() if v not in failed or failed[v] != version_files(path)]
 
     def _load(self, config: ModelConfig, version: int, path: str) -> None:
         """Loads outside the lock (seconds); adds the version only if the config that asked for it is
         still the one served. A reload that dropped (or changed) the model while it loaded wins: the
         version is discarded, never added after the reload's unloads have run."""
         name = config.name
-        states = self._states[name]
         with self._lock:
+            states = self._states.setdefault(name, {})
             states[version] = VersionState(LOADING)
         log.info("loading %s version %d from %s", name, version, path)
+        files = version_files(path)
         try:
             servable = Servable(name, version, path)
             if self._warmup is not None:
@@ -241,7 +328,7 @@ class ServableManager:
         except Exception as e:  # a broken version is reported in its status; the others keep serving
             log.error("failed to load %s version %d: %s", name, version, e)
             with self._lock:
-                states[version] = VersionState(END, grpc.StatusCode.UNKNOWN, f"{type(e).__name__}: {e}")
+                states[version] = VersionState(END, grpc.StatusCode.UNKNOWN, f"{type(e).__name__}: {e}", files)
             return
         with self._lock:
             if self._configs.get(name) != config:
@@ -295,3 +382,10 @@ class ServableManager:
     def model_names(self) -> list[str]:
         with self._lock:
             return sorted(self._configs)
+
+
+def _release() -> None:
+    """After unloads: the unloaded versions' objects are collected (a loaded SavedModel holds
+    reference cycles) and the freed heap goes back to the system."""
+    gc.collect()
+    return_freed_memory()

@@ -7,6 +7,11 @@ The flags, the layout (<base_path>/<version>/saved_model.pb), the version polici
 services (PredictionService, ModelService) and the REST API are TF Serving's, so clients written
 for this server work against a real tensorflow_model_server (which this machine cannot install).
 It binds 127.0.0.1 unless --host says otherwise.
+
+Who may reach the ports may use the models and, unless --allow_reload=false, replace them: as with
+TF Serving, the server has no authentication or TLS of its own. Keep it on loopback, or put an
+authenticating TLS proxy in front of it. A reload can only name base paths under
+--model_base_path_roots, so a client cannot make it load (and run) a SavedModel from elsewhere.
 """
 from __future__ import annotations
 
@@ -26,46 +31,55 @@ import grpc  # noqa: E402
 
 from serving import predict  # noqa: E402
 from serving.grpc_api import add_services  # noqa: E402
-from serving.model_config import ConfigError, ModelConfig, read_config_file, single_model  # noqa: E402
+from serving.memory import keep_large_blocks_mapped  # noqa: E402
+from serving.model_config import (  # noqa: E402
+    ConfigError,
+    ModelConfig,
+    default_roots,
+    read_config_file,
+    single_model,
+)
+from serving.request_cost import RequestLimits  # noqa: E402
 from serving.rest_api import RestLimits, RestServer  # noqa: E402
 from serving.servables import ServableManager  # noqa: E402
 
 log = logging.getLogger("serving")
 
 DEFAULT_MAX_REQUEST_BYTES = 16 * 1024 * 1024
-# Tensor elements per request, over all inputs (checked against the declared shapes before any tensor
-# is built): what a request may make the model compute. 65,536 serialized examples cost the DSSM
-# towers about 0.6 GB at most.
-DEFAULT_MAX_REQUEST_ELEMENTS = 65_536
 
 
 class ModelServer:
-    """gRPC (and optionally REST) on loopback; port 0 picks a free port (see .port / .rest_port)."""
+    """gRPC (and optionally REST) on loopback; port 0 picks a free port (see .port / .rest_port).
+
+    roots: the directories model base paths may lie under, at start and in every reload (default:
+    the initial base paths themselves); allow_reload: HandleReloadConfigRequest at all."""
 
     def __init__(self, configs: list[ModelConfig], port: int = 0, rest_api_port: int | None = None,
                  host: str = "127.0.0.1", poll_seconds: float = 1.0, config_file: str | None = None,
                  config_poll_seconds: float = 0, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-                 threads: int = 16, max_request_elements: int = DEFAULT_MAX_REQUEST_ELEMENTS,
-                 rest_limits: RestLimits | None = None):
+                 threads: int = 16, limits: RequestLimits | None = RequestLimits(),
+                 rest_limits: RestLimits | None = None, roots: list[str] | None = None, allow_reload: bool = True,
+                 allow_empty_config: bool = False, max_models: int = 0):
+        keep_large_blocks_mapped()
         self.manager = ServableManager(configs, poll_seconds, config_file, config_poll_seconds,
-                                       warmup=predict.run_warmup)
+                                       warmup=predict.run_warmup, roots=roots,
+                                       allow_empty_config=allow_empty_config, max_models=max_models)
         self.host = host
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc"),
             options=[("grpc.max_receive_message_length", max_request_bytes),
                      ("grpc.max_send_message_length", -1),
                      ("grpc.so_reuseport", 0)])
-        add_services(self._grpc, self.manager, max_request_elements)
+        add_services(self._grpc, self.manager, limits, allow_reload)
         self.port = self._grpc.add_insecure_port(f"{_grpc_host(host)}:{port}")
         if self.port == 0:
             raise OSError(f"cannot bind the gRPC port {host}:{port}")
         self._rest = None
         self.rest_port = None
         if rest_api_port is not None:
-            limits = rest_limits or RestLimits()
-            limits = RestLimits(**{**limits.__dict__, "max_request_bytes": max_request_bytes,
-                                   "max_elements": max_request_elements})
-            self._rest = RestServer(self.manager, host, rest_api_port, limits)
+            rest = rest_limits or RestLimits()
+            rest = RestLimits(**{**rest.__dict__, "max_request_bytes": max_request_bytes, "request": limits})
+            self._rest = RestServer(self.manager, host, rest_api_port, rest)
             self.rest_port = self._rest.port
 
     def start(self) -> ModelServer:
@@ -128,6 +142,14 @@ def spawn(flags: list[str], log_path: str, timeout: float, cwd: str | None = Non
     return proc, ports[0]
 
 
+def _bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m serving.server", description=__doc__.splitlines()[0])
     p.add_argument("--port", type=int, default=8500, help="gRPC port (0: pick a free one)")
@@ -140,9 +162,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--file_system_poll_wait_seconds", type=float, default=1)
     p.add_argument("--max_request_bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES,
                    help="largest request (gRPC: RESOURCE_EXHAUSTED; REST: 413 from the headers)")
-    p.add_argument("--max_request_elements", type=int, default=DEFAULT_MAX_REQUEST_ELEMENTS,
-                   help="tensor elements per request over all inputs, from the declared shapes "
-                        "(INVALID_ARGUMENT / 400 above it; 0 = no limit)")
+    p.add_argument("--max_request_elements", type=int, default=RequestLimits.max_entries,
+                   help="entries per request over all inputs: every value and every list, empty ones "
+                        "included, and each serialized tf.Example's features and values; counted from the "
+                        "declared shapes before any tensor is built (INVALID_ARGUMENT / 400 above it; 0 = no limit)")
+    p.add_argument("--max_request_model_bytes", type=int, default=RequestLimits.max_model_bytes,
+                   help="rows x the floats a row costs once padded (declared by the model in "
+                        "assets.extra/serving_contract.json) x 4 bytes (INVALID_ARGUMENT / 400 above it; 0 = no limit)")
+    p.add_argument("--max_response_bytes", type=int, default=RequestLimits.max_response_bytes,
+                   help="largest answer (gRPC: RESOURCE_EXHAUSTED; REST: 413), checked before it is sent")
+    p.add_argument("--model_base_path_roots", default="",
+                   help="comma-separated directories every model base path must lie under, in the config "
+                        "file and in reload requests (default: the config file's directory, or "
+                        "--model_base_path itself); a path elsewhere is refused with nothing read")
+    p.add_argument("--allow_reload", type=_bool, default=True, metavar="true|false",
+                   help="accept HandleReloadConfigRequest (default true, as TF Serving); false: PERMISSION_DENIED")
+    p.add_argument("--allow_empty_config", type=_bool, default=False, metavar="true|false",
+                   help="accept a config (reload or polled file) that names no model, unloading every model")
+    p.add_argument("--max_models", type=int, default=32,
+                   help="most models one config may name (each loaded model holds its graph in memory; 0 = no limit)")
     p.add_argument("--max_json_depth", type=int, default=RestLimits.max_json_depth,
                    help="REST: deepest JSON nesting accepted (400 above it)")
     p.add_argument("--rest_api_num_threads", type=int, default=RestLimits.threads,
@@ -177,16 +215,21 @@ def main(argv=None) -> None:
             configs = single_model(args.model_name, args.model_base_path)
         else:
             raise ConfigError("give --model_base_path (with --model_name) or --model_config_file")
+        roots = ([r for r in args.model_base_path_roots.split(",") if r] or
+                 default_roots(args.model_config_file, args.model_base_path))
+        server = ModelServer(
+            configs, port=args.port, rest_api_port=args.rest_api_port or None, host=args.host,
+            poll_seconds=args.file_system_poll_wait_seconds, config_file=args.model_config_file or None,
+            config_poll_seconds=args.model_config_file_poll_wait_seconds,
+            max_request_bytes=args.max_request_bytes, threads=args.threads,
+            limits=RequestLimits(args.max_request_elements, args.max_request_model_bytes, args.max_response_bytes),
+            rest_limits=RestLimits(max_json_depth=args.max_json_depth, threads=args.rest_api_num_threads,
+                                   timeout_seconds=args.rest_api_timeout_in_ms / 1000,
+                                   max_connections=args.rest_api_max_connections),
+            roots=roots, allow_reload=args.allow_reload, allow_empty_config=args.allow_empty_config,
+            max_models=args.max_models).start()
     except ConfigError as e:
         raise SystemExit(f"error: {e}") from None
-    server = ModelServer(configs, port=args.port, rest_api_port=args.rest_api_port or None, host=args.host,
-                         poll_seconds=args.file_system_poll_wait_seconds, config_file=args.model_config_file or None,
-                         config_poll_seconds=args.model_config_file_poll_wait_seconds,
-                         max_request_bytes=args.max_request_bytes, threads=args.threads,
-                         max_request_elements=args.max_request_elements,
-                         rest_limits=RestLimits(max_json_depth=args.max_json_depth, threads=args.rest_api_num_threads,
-                                                timeout_seconds=args.rest_api_timeout_in_ms / 1000,
-                                                max_connections=args.rest_api_max_connections)).start()
     if args.port_file:
         with open(args.port_file + ".tmp", "w") as f:
             f.write(f"{server.port} {server.rest_port or 0}\n")

@@ -10,6 +10,7 @@ import base64
 import numpy as np
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
+from serving.request_cost import check_floats
 from serving.status import invalid_argument
 
 INT64_MAX = 2**63 - 1
@@ -49,16 +50,13 @@ def declared_elements(proto: tensor_pb2.TensorProto) -> int:
     return n
 
 
-def count_elements(value, stop: int) -> int:
-    """Leaves of a JSON value (nested lists), counted without recursion; counting stops past `stop`."""
-    count, stack = 0, [value]
-    while stack and count <= stop:
-        v = stack.pop()
-        if isinstance(v, list):
-            stack.extend(v)
-        else:
-            count += 1
-    return count
+def proto_upper_bytes(array: np.ndarray) -> int:
+    """At most the bytes array_to_proto(array) serializes to (typed fields, packed)."""
+    array = np.asarray(array)
+    if array.dtype == object or array.dtype.kind in ("S", "U"):
+        return 64 + sum(len(v) if isinstance(v, bytes) else 4 * len(str(v)) for v in array.ravel()) + 6 * array.size
+    per = {"f": array.dtype.itemsize, "b": 1}.get(array.dtype.kind, 10)  # ints: varints of up to 10 bytes
+    return 64 + per * array.size
 
 
 def proto_to_array(proto: tensor_pb2.TensorProto, alias: str, expected_dtype: int, index: int) -> np.ndarray:
@@ -120,7 +118,10 @@ def _decode_strings(value):
         except (ValueError, TypeError):
             raise invalid_argument("Unable to base64 decode") from None
     if isinstance(value, str):
-        return value.encode("utf-8")
+        try:
+            return value.encode("utf-8")
+        except UnicodeEncodeError:  # "\ud800": valid JSON, not a Unicode string
+            raise invalid_argument(f"JSON string {value[:40]!r} holds a lone surrogate: not UTF-8 text") from None
     raise invalid_argument(f"JSON Value: {value!r} Type: {type(value).__name__} is not of expected type: string")
 
 
@@ -138,18 +139,36 @@ def json_to_array(value, alias: str, dtype: int) -> np.ndarray:
         return array
     if dtype not in _NUMPY_OF:
         raise invalid_argument(f"input {alias}: dtype {dtype_name(dtype)} is not supported over REST")
-    if _holds_strings(value):
-        raise invalid_argument(f"JSON Value: {value!r} is not of expected type: {dtype_name(dtype)}")
+    _check_leaves(value, alias, dtype)
+    np_dtype = _NUMPY_OF[dtype]
     try:
-        return np.array(value, dtype=_NUMPY_OF[dtype])
-    except (ValueError, TypeError, OverflowError):  # ragged lists, 5,000-digit ints
+        if np_dtype.kind != "f":
+            return np.array(value, dtype=np_dtype)
+        wide = np.array(value, dtype=np.float64)  # checked before the cast: 3.4e39 is inf as float32
+    except (ValueError, TypeError, OverflowError):  # ragged lists, ints beyond the dtype
         raise invalid_argument(f"input {alias}: the values are not a dense {dtype_name(dtype)} tensor") from None
+    check_floats(wide.ravel(), alias, None, largest=float(np.finfo(np_dtype).max))
+    return wide.astype(np_dtype)
 
 
-def _holds_strings(value) -> bool:
-    if isinstance(value, list):
-        return any(_holds_strings(v) for v in value)
-    return isinstance(value, (str, dict)) or value is None
+def _check_leaves(value, alias: str, dtype: int) -> None:
+    """Every leaf of the JSON value is a number the dtype stores as written: integers for integer
+    inputs (not 1.5, not true), numbers for float inputs (not true), booleans for bool inputs."""
+    np_dtype = _NUMPY_OF[dtype]
+    if np_dtype.kind == "b":
+        ok, what = (lambda v: type(v) is bool), "a boolean"
+    elif np_dtype.kind in "iu":
+        ok, what = (lambda v: type(v) is int), "an integer"
+    else:
+        ok, what = (lambda v: type(v) in (int, float)), "a number"
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, list):
+            stack.extend(v)
+        elif not ok(v):
+            raise invalid_argument(f"input {alias}: JSON value {str(v)[:40]!r} is not {what} "
+                                   f"({dtype_name(dtype)} input)")
 
 
 def array_to_json(array: np.ndarray, alias: str):

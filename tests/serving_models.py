@@ -40,3 +40,43 @@ def save_version(base_path: str, version: int) -> str:
         "serving_default": module.half_plus, "mixed": module.mixed, "echo": module.echo})
     os.rename(tmp, final)
     return final
+
+
+class Lists(tf.Module):
+    """A model that reads lists, with a serving contract (assets.extra/serving_contract.json) as the
+    Trainer writes one: tf.Examples holding `ids` (strings) and `w` (weights, >= 0), or the same
+    as raw tensors beside an int64 `kind`. total = the sum of a row's weights (+ kind)."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def from_examples(self, examples):
+        parsed = tf.io.parse_example(examples, {"ids": tf.io.VarLenFeature(tf.string),
+                                                "w": tf.io.VarLenFeature(tf.float32)})
+        return {"total": tf.sparse.reduce_sum(parsed["w"], axis=1, output_is_sparse=False)
+                + 0 * tf.cast(tf.shape(examples)[0], tf.float32)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="ids"),
+                                  tf.TensorSpec([None, None], tf.float32, name="w"),
+                                  tf.TensorSpec([None], tf.int64, name="kind")])
+    def raw(self, ids, w, kind):
+        return {"total": tf.reduce_sum(w, axis=1) + tf.cast(kind, tf.float32),
+                "wide": tf.zeros(tf.stack([tf.shape(w)[0], 256]))}
+
+
+LISTS_CONTRACT = {"signatures": {"serving_default": {"floats_per_row": 1000, "examples_input": "examples"},
+                                 "raw": {"floats_per_row": 1000}},
+                  "minimum": {"w": 0.0}}
+
+
+def save_lists_version(base_path: str, version: int) -> str:
+    import json
+
+    module = Lists()
+    final = os.path.join(base_path, str(version))
+    tmp = os.path.join(base_path, f".tmp-{version}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tf.saved_model.save(module, tmp, signatures={"serving_default": module.from_examples, "raw": module.raw})
+    os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
+    with open(os.path.join(tmp, "assets.extra", "serving_contract.json"), "w") as f:
+        json.dump(LISTS_CONTRACT, f)
+    os.rename(tmp, final)
+    return final

@@ -425,8 +425,24 @@ def test_infra_validation_refuses_a_model_that_does_not_load(tmp_path):
 
     model_dir = tmp_path / "Format-Serving"
     for d in (model_dir, tmp_path / "Format-Serving-user", tmp_path / "Format-Serving-item"):
-        d.mkdir()
+        (d / "variables").mkdir(parents=True)
         (d / "saved_model.pb").write_bytes(b"not a SavedModel")
+        (d / "variables" / "variables.index").write_bytes(b"not an index")
+        (d / "variables" / "variables.data-00000-of-00001").write_bytes(b"no data")
     report = validate(str(model_dir), [b""], "dssm", str(tmp_path / "out"), timeout_seconds=120)
     assert report["blessed"] is False
     assert report["error"].startswith("RuntimeError: dssm: no version loaded: version 1: ")
+
+
+def test_infra_validation_refuses_an_incomplete_model_at_once(tmp_path):
+    from components.infra_validator import validate
+
+    model_dir = tmp_path / "Format-Serving"
+    for d in (model_dir, tmp_path / "Format-Serving-user", tmp_path / "Format-Serving-item"):
+        d.mkdir()
+        (d / "saved_model.pb").write_bytes(b"not a SavedModel")
+    started = time.monotonic()
+    report = validate(str(model_dir), [b""], "dssm", str(tmp_path / "out"), timeout_seconds=120)
+    assert report["blessed"] is False and time.monotonic() - started < 10
+    lacks = "version 1 is not a complete SavedModel (no variables/variables.index)"
+    assert report["error"] == f"RuntimeError: dssm {lacks}; dssm_user {lacks}; dssm_item {lacks}"

@@ -19,6 +19,7 @@ from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from serving.model_config import parse_config_text
+from serving.request_cost import RequestLimits
 from serving.rest_api import RestLimits, json_depth
 from serving.server import ModelServer
 from tests.serving_models import save_version
@@ -33,7 +34,7 @@ def server(tmp_path_factory):
     config = f'model_config_list {{ config {{ name: "tiny" base_path: "{base}" }} }}'
     limits = RestLimits(max_json_depth=8, timeout_seconds=TIMEOUT, max_connections=24, threads=4)
     with ModelServer(parse_config_text(config), port=0, rest_api_port=0, poll_seconds=0,
-                     max_request_bytes=64 * 1024, max_request_elements=1000, rest_limits=limits) as s:
+                     max_request_bytes=64 * 1024, limits=RequestLimits(max_entries=1000), rest_limits=limits) as s:
         yield s
 
 
@@ -190,18 +191,41 @@ def test_http_0_9_gets_400(server):
         assert _read_responses(s).startswith(b"HTTP/1.1 400")
 
 
-def test_connections_beyond_the_limit_are_closed_and_cost_no_thread(server):
+def test_at_the_cap_a_new_client_takes_the_place_of_the_connection_idle_longest(server):
+    """Issue [server-trust] 8: 1,024 idle sockets locked every new client out until they timed out."""
     threads_before = threading.active_count()
-    held = [_connect(server) for _ in range(24)]
+    held = []
+    for _ in range(24):  # the cap: idle, in the order they were opened
+        held.append(_connect(server))
+        time.sleep(0.01)
     try:
         time.sleep(0.2)
-        extra = _connect(server)
-        assert _closed_within(extra, 2), "a connection beyond the limit was kept"
-        extra.close()
+        _valid_answer(server)  # a new client is answered at once
+        assert _closed_within(held[0], 2), "the connection idle longest was kept"
+        assert not _closed_within(held[5], 0.3), "a connection other than the one idle longest was closed"
         assert threading.active_count() <= threads_before + 2  # no thread per connection
-        assert server._rest.app.refused.get("connection_limit", 0) >= 1
+        assert server._rest.app.refused.get("idle_evicted", 0) >= 1
     finally:
         for s in held:
+            s.close()
+
+
+def test_at_the_cap_with_every_connection_busy_a_new_one_is_closed(server):
+    busy = []
+    for _ in range(24):  # each inside a request (headers read, body awaited): never evicted
+        s = _connect(server)
+        s.sendall(b"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        busy.append(s)
+    try:
+        time.sleep(0.2)
+        refused = server._rest.app.refused.get("connection_limit", 0)
+        extra = _connect(server)
+        assert _closed_within(extra, 0.5), "a connection beyond the limit was kept"
+        extra.close()
+        assert server._rest.app.refused.get("connection_limit", 0) == refused + 1
+        assert not any(_closed_within(s, 0.05) for s in busy[:3])
+    finally:
+        for s in busy:
             s.close()
     time.sleep(0.3)
     _valid_answer(server)
@@ -214,7 +238,7 @@ def test_a_request_with_more_elements_than_the_limit_is_400_before_it_is_built(s
     conn.request("POST", "/v1/models/tiny:predict", body=b'{"inputs": [' + b",".join([b"1"] * 5000) + b"]}")
     response = conn.getresponse()
     body = json.loads(response.read())
-    assert response.status == 400 and "more than 1000 tensor elements" in body["error"]
+    assert response.status == 400 and "more than the limit of 1000 (--max_request_elements)" in body["error"]
 
 
 def _grpc_predict(server, tensor: tensor_pb2.TensorProto, name: str = "x", signature: str = ""):
@@ -232,9 +256,9 @@ def _tensor(dtype, dims, **values) -> tensor_pb2.TensorProto:
 
 
 @pytest.mark.parametrize("tensor,signature,name,message", [
-    (_tensor(types_pb2.DT_STRING, [200_000], string_val=[b""]), "echo", "s", "declares 200000 tensor elements"),
-    (_tensor(types_pb2.DT_FLOAT, [2**62, 4], float_val=[1.0]), "", "x", "tensor elements"),
-    (_tensor(types_pb2.DT_FLOAT, [2**40, 2**40], float_val=[1.0]), "", "x", "tensor elements"),
+    (_tensor(types_pb2.DT_STRING, [200_000], string_val=[b""]), "echo", "s", "holds at least 200000 entries"),
+    (_tensor(types_pb2.DT_FLOAT, [2**62, 4], float_val=[1.0]), "", "x", "--max_request_elements"),
+    (_tensor(types_pb2.DT_FLOAT, [2**40, 2**40], float_val=[1.0]), "", "x", "--max_request_elements"),
 ])
 def test_grpc_shapes_that_claim_too_many_elements_are_invalid_argument(server, tensor, signature, name, message):
     with pytest.raises(grpc.RpcError) as e:
