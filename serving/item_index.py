@@ -82,6 +82,65 @@ def connect(config: IndexConfig):
     return MilvusClient(uri=config.uri, token=config.token)
 
 
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_lite_file(path: str, check_lock: bool = True) -> None:
+    """ItemIndexError, in a second and with the reason, for a Milvus Lite file that cannot be searched:
+    missing, not a regular file, unreadable, not an SQLite database (what Milvus Lite stores), damaged
+    (SQLite's quick_check), or held by another process (Milvus Lite's lock beside it). Without this,
+    Milvus Lite answers a malformed file with results, or its client retries for a minute or two.
+
+    check_lock only in a process that holds no Milvus Lite server for the file: closing the probe's
+    descriptor would drop a POSIX lock this process holds."""
+    import os
+    import sqlite3
+
+    if not os.path.exists(path):
+        raise ItemIndexError(f"{path} does not exist: run the pipeline first (make demo), or give --milvus")
+    if not os.path.isfile(path):
+        raise ItemIndexError(f"{path} is not a file: give the Milvus Lite file (.db) itself")
+    try:
+        with open(path, "rb") as f:
+            header = f.read(len(SQLITE_HEADER))
+    except OSError as e:
+        raise ItemIndexError(f"{path} cannot be read: {e.strerror}") from None
+    if header != SQLITE_HEADER:
+        raise ItemIndexError(f"{path} is not a Milvus Lite file (not an SQLite database)")
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)
+        try:
+            (result,) = db.execute("PRAGMA quick_check(1)").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error as e:
+        raise ItemIndexError(f"{path} cannot be read as a Milvus Lite file: {e}") from None
+    if result != "ok":
+        found = " ".join(result.split())
+        raise ItemIndexError(f"{path} is damaged (SQLite quick_check: {found}): index the items again")
+    if check_lock:
+        _check_not_locked(path)
+
+
+def _check_not_locked(path: str) -> None:
+    import fcntl
+    import os
+
+    lock_path = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.lock")
+    if not os.path.exists(lock_path):
+        return
+    try:
+        with open(lock_path, "a") as f:
+            try:
+                fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise ItemIndexError(f"{path} is in use by another process (Milvus Lite opens a file in one "
+                                     "process at a time): stop it, or use a Milvus server") from None
+            fcntl.lockf(f, fcntl.LOCK_UN)
+    except PermissionError:
+        return  # a read-only place: Milvus Lite will say so itself
+
+
 def milvus_string(value: str) -> str:
     """A string literal for a Milvus filter expression (quotes and backslashes escaped)."""
     return json.dumps(str(value), ensure_ascii=False)
@@ -382,6 +441,9 @@ class ItemSearcher:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= self.MAX_LIMIT:
             raise ValueError(f"k must be an integer from 1 to {self.MAX_LIMIT}, got {k!r}")
         if filters:
+            empty = sorted(f for f, values in filters.items() if not values)
+            if empty:
+                raise ValueError(f"the filter on {empty} lists no value: give at least one, or no filter")
             known = self.filterable_fields(self.collection())
             unknown = sorted(set(filters) - known)
             if unknown:
@@ -396,8 +458,28 @@ class ItemSearcher:
                 if target is None:
                     raise ItemIndexError(f"no index behind alias {self.config.alias} at {self.config.uri}: "
                                       "run the pipeline (ItemIndexer) first")
+                if target != self._target:
+                    self._check_target(target)
                 self._target, self._checked = target, time.monotonic()
             return self._target
+
+    def _check_target(self, target: str) -> None:
+        """A generation the alias names must exist and hold item vectors: an alias left pointing at a
+        dropped or foreign collection is an error now, not a search retried for a minute."""
+        from pymilvus.exceptions import MilvusException
+
+        try:
+            exists = self.client.has_collection(target)
+            fields = {f["name"] for f in self.client.describe_collection(target)["fields"]} if exists else set()
+        except MilvusException as e:
+            raise ItemIndexError(f"alias {self.config.alias} at {self.config.uri} names collection {target!r}, "
+                                 f"which cannot be read: {e}") from None
+        if not exists:
+            raise ItemIndexError(f"alias {self.config.alias} at {self.config.uri} names collection {target!r}, "
+                                 "which does not exist (dropped?): run the pipeline (ItemIndexer) again")
+        if VECTOR_FIELD not in fields:
+            raise ItemIndexError(f"alias {self.config.alias} at {self.config.uri} names collection {target!r}, "
+                                 f"which holds no {VECTOR_FIELD!r} field: not an item index")
 
     def generation(self, refresh: bool = False) -> tuple[str, int | None]:
         """(the generation the alias points at, the model version that filled it)."""

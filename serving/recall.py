@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 from common import signature_names  # noqa: E402
 from schema.spec import FeatureSpec, load_spec  # noqa: E402
 from serving.examples import ExampleBuilder  # noqa: E402
-from serving.item_index import IndexConfig, ItemIndexError, ItemSearcher  # noqa: E402
+from serving.item_index import IndexConfig, ItemIndexError, ItemSearcher, check_lite_file  # noqa: E402
 
 
 class SavedModelUserEncoder:
@@ -212,19 +212,23 @@ def main(argv=None) -> None:
     args.milvus = args.milvus or os.path.join(args.workdir, "milvus.db")
     args.model = args.model or os.path.join(args.workdir, "serving", args.model_name)
 
-    from serving.client import ServingClient, read_log_lines
     from serving.examples import FeatureError
 
     spec = load_spec(args.spec)
     config = IndexConfig(uri=args.milvus, token=args.token, alias=args.alias,
                          search_params={"nprobe": args.nprobe} if args.nprobe else {})
-    if config.is_lite and not os.path.exists(args.milvus):
-        raise SystemExit(f"error: {args.milvus} does not exist: run the pipeline first (make demo)")
+    from pymilvus.exceptions import MilvusException
+
     try:
+        if config.is_lite:
+            check_lite_file(args.milvus)  # in a second, before Milvus Lite starts on it
         # The request is checked before the model loads: a wrong k or filter answers in seconds.
         filters = _filters(args.filter)
         searcher = ItemSearcher(config)
+        searcher.generation()  # the alias names a generation that exists, before a model loads
         searcher.check_request(args.k, filters)
+        from serving.client import ServingClient, read_log_lines  # TensorFlow's protos: after the index checks
+
         if args.features:
             users = json.loads(args.features)
             if isinstance(users, dict):
@@ -244,6 +248,8 @@ def main(argv=None) -> None:
             results = recaller.recall_log_lines(lines, args.k, not args.keep_read, filters)
     except (FeatureError, json.JSONDecodeError, ValueError, ItemIndexError) as e:
         raise SystemExit(f"error: {e}") from None
+    except MilvusException as e:
+        raise SystemExit(f"error: Milvus at {args.milvus}: {e.message if hasattr(e, 'message') else e}") from None
     for hits in results:
         print(json.dumps([{**h, "score": round(h["score"], 5)} for h in hits]))
 

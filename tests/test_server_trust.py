@@ -480,3 +480,90 @@ def test_11_a_repeated_huge_content_length_is_413_from_the_headers(server):
     reply = _raw(server, b"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 17\r\n"
                  b"Content-Length: 18\r\n\r\n" + json.dumps({"inputs": [2.0]}).encode())
     assert reply.startswith(b"HTTP/1.1 400"), reply
+
+
+# ---- 8. buffers of connections that die are given back ----
+
+def test_8_uploads_that_never_finish_give_their_memory_back_when_they_time_out(models, tmp_path):
+    """Issue item 8: uploads of 15 MB that never sent their last MB kept their memory after the
+    server closed them (measured before the fix: 521 -> 813 -> 799 MiB after the second round)."""
+    from serving.server import spawn
+    from tests.load_driver import rss_bytes
+
+    timeout_s = 2.0
+    proc, _ = spawn(["--model_name", "tiny", "--model_base_path", str(models / "models" / "tiny"),
+                     "--rest_api_port", str(_free_port()), "--rest_api_timeout_in_ms", str(int(timeout_s * 1000))],
+                    str(tmp_path / "server.log"), timeout=120)
+    rounds = []
+    try:
+        rest = proc.rest_port
+
+        def valid(n):
+            conn = http.client.HTTPConnection("127.0.0.1", rest, timeout=30)
+            for i in range(n):
+                conn.request("POST", "/v1/models/tiny:predict", body=json.dumps({"inputs": [float(i)] * 100}))
+                assert json.loads(conn.getresponse().read()) == {"outputs": [0.5 * i + 2] * 100}
+            conn.close()
+
+        valid(50)
+        before = rss_bytes(proc.pid)
+        piece = b"1" * (1 << 20)
+        for _ in range(3):
+            uploads = []
+            for _ in range(20):  # 14 of 15 MB sent, then nothing: the server's body timeout closes each
+                s = socket.create_connection(("127.0.0.1", rest), timeout=30)
+                s.sendall(b"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 15728640\r\n\r\n")
+                for _ in range(14):
+                    s.sendall(piece)
+                uploads.append(s)
+                valid(5)
+            held = rss_bytes(proc.pid)
+            time.sleep(timeout_s + 2)
+            valid(20)
+            rounds.append((held, rss_bytes(proc.pid)))
+            for s in uploads:
+                s.close()
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    shown = ", ".join(f"{h / 2**20:.0f} -> {a / 2**20:.0f}" for h, a in rounds)
+    assert all(held - before > 150 * 2**20 for held, _ in rounds), shown  # held while they lasted
+    assert all(after - before < 64 * 2**20 for _, after in rounds), f"from {before / 2**20:.0f} MiB: {shown}"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+_ALLOCATOR_PROBE = """
+import sys
+from serving.memory import keep_large_blocks_mapped
+def rss_mib():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) // 1024
+if sys.argv[1] == "server":
+    keep_large_blocks_mapped()  # what the model server does at start
+before = rss_mib()
+first = bytearray(13 << 20); first[::4096] = b"1" * len(first[::4096]); del first
+second = bytearray(13 << 20); second[::4096] = b"1" * len(second[::4096])
+pinned = bytearray(200)  # allocated after the body: the heap's top is not free
+del second
+print(rss_mib() - before)
+"""
+
+
+def test_8_a_large_request_body_freed_twice_goes_back_to_the_system():
+    """Why the buffers stayed: glibc raises its mmap threshold when a large block is freed, so the next
+    body of that size comes from the heap and stays there once freed (13 MiB kept by a plain Python
+    process below); the server fixes the threshold at start."""
+    kept = {}
+    for setting in ("default", "server"):
+        run = subprocess.run([sys.executable, "-c", _ALLOCATOR_PROBE, setting], cwd=REPO, capture_output=True,
+                             text=True, timeout=60, check=True)
+        kept[setting] = int(run.stdout.split()[-1])
+    assert kept["default"] >= 10, kept  # the control: the allocator does keep it without the fix
+    assert kept["server"] <= 2, kept
