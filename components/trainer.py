@@ -67,7 +67,24 @@ class ServingModule(tf.Module):
         self.item_embedding_raw = self._raw_function("item")
 
     def _transform(self, raw):
-        return self.tft_layer(raw)
+        return self.tft_layer(self._check_weights(raw))
+
+    def _check_weights(self, raw):
+        """A request's weights follow the log parser's rule (finite, >= 0), in the graph: any server,
+        TF Serving's included, answers INVALID_ARGUMENT naming the feature instead of a vector."""
+        checked = dict(raw)
+        for column in self._spec.raw_columns.values():
+            name = column.weight_name
+            if not name or name not in raw:
+                continue
+            values = raw[name].values if isinstance(raw[name], tf.SparseTensor) else raw[name]
+            checks = [tf.debugging.assert_all_finite(values, f"{name}: a weight is not a finite number"),
+                      tf.debugging.assert_greater_equal(values, tf.constant(0, values.dtype),
+                                                        message=f"{name}: a weight is below 0", summarize=3)]
+            with tf.control_dependencies(checks):
+                checked[name] = tf.identity(raw[name]) if not isinstance(raw[name], tf.SparseTensor) else \
+                    tf.SparseTensor(raw[name].indices, tf.identity(values), raw[name].dense_shape)
+        return checked
 
     def _tower(self, tower, t):
         model = self._towers.user if tower == "user" else self._towers.item

@@ -86,7 +86,7 @@ def check_values(servable: Servable, signature: str, arrays: dict[str, np.ndarra
             largest = request_cost.FLOAT32_MAX if a.dtype == np.float32 else float(np.finfo(a.dtype).max)
             request_cost.check_floats(a.ravel(), alias, contract.minimum.get(alias), largest=largest)
     if cost.examples_input in arrays:
-        request_cost.check_examples(arrays[cost.examples_input].ravel(), contract, limits, entries)
+        request_cost.check_examples(arrays[cost.examples_input].ravel(), limits, entries)
 
 
 def check_response_size(outputs: dict[str, np.ndarray], limits: RequestLimits | None) -> None:

@@ -10,14 +10,13 @@ how many floats one row costs once its lists are padded (rows x maxlen x dim, su
 features), per signature; rows x that x 4 bytes is checked against --max_request_model_bytes.
 
 Values: JSON has no NaN or Infinity, and a number is finite once stored as float32; an integer input
-takes integers only (not 1.5, not true). A model's contract can name features whose values must be
->= a minimum (the weights: >= 0, as the log parser requires), checked in raw tensors and in
-serialized tf.Examples alike, with the feature named.
+takes integers only (not 1.5, not true). A model's contract can name inputs whose values must be
+>= a minimum (the weights: >= 0, as the log parser requires), checked in raw tensors with the input
+named; values inside serialized tf.Examples are the model's to check (the Trainer's do, in the graph).
 """
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass, field
 
@@ -47,7 +46,7 @@ class SignatureCost:
 class Contract:
     """What a model declares about its requests; an empty Contract for a model that declares nothing."""
     signatures: dict[str, SignatureCost] = field(default_factory=dict)
-    minimum: dict[str, float] = field(default_factory=dict)  # feature or input -> smallest value allowed
+    minimum: dict[str, float] = field(default_factory=dict)  # raw input -> smallest value allowed
 
     @classmethod
     def read(cls, model_dir: str) -> Contract:
@@ -100,28 +99,27 @@ def check_model_memory(cost: SignatureCost, rows: int, limits: RequestLimits) ->
                                f"(--max_request_model_bytes)")
 
 
-def check_examples(serialized, contract: Contract, limits: RequestLimits, already: int) -> None:
-    """Serialized tf.Examples: each must parse; entries (one per example, per feature, per value)
-    join the request's count; float values are finite and at least the contract's minimum."""
+def check_examples(serialized, limits: RequestLimits, already: int) -> None:
+    """Serialized tf.Examples: their entries (one per example, per feature and per value) join the
+    request's count. Every entry takes at least one byte, so examples whose bytes fit in what is left
+    of the limit are not parsed; only larger ones are, to count exactly. Their values are the model's
+    to check (the Trainer's signatures refuse non-finite or negative weights in the graph)."""
+    if not limits.max_entries:
+        return
+    total = already + len(serialized)
+    if total + sum(len(data) for data in serialized) <= limits.max_entries:
+        return
     from tensorflow.core.example import example_pb2
 
-    total = already
-    stop = limits.max_entries or math.inf
     for i, data in enumerate(serialized):
         try:
             example = example_pb2.Example.FromString(data)
         except Exception:  # noqa: BLE001 - protobuf's DecodeError, whichever implementation
             raise invalid_argument(f"example {i}: not a serialized tf.Example") from None
-        total += 1
-        for name, feature in example.features.feature.items():
+        for feature in example.features.feature.values():
             kind = feature.WhichOneof("kind")
-            values = getattr(feature, kind).value if kind else ()
-            total += max(len(values), 1)
-            if total > stop:
-                check_entries(total, limits)
-            if kind == "float_list" and values:
-                check_floats(np.asarray(values, np.float64), name, contract.minimum.get(name), f"example {i}: ")
-    check_entries(total, limits)
+            total += max(len(getattr(feature, kind).value) if kind else 0, 1)
+        check_entries(total, limits)
 
 
 def check_floats(values: np.ndarray, name: str, minimum: float | None, where: str = "",

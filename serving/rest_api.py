@@ -34,6 +34,7 @@ from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
 
 from serving import predict, request_cost
+from serving.json_scan import SMALL_BODY, JsonScan, json_scan
 from serving.memory import return_freed_memory
 from serving.request_cost import RequestLimits
 from serving.servables import Servable, ServableManager
@@ -220,58 +221,7 @@ class RestLimits:
     threads: int = 16
 
 
-_QUOTE, _BACKSLASH, _COMMA = ord('"'), ord("\\"), ord(",")
-_OPEN, _CLOSE = (ord("["), ord("{")), (ord("]"), ord("}"))
-
-
-_ESCAPE = re.compile(rb"\\.", re.DOTALL)  # a backslash and the byte it escapes
-_STRING = re.compile(rb'"[^"]*"')           # once escapes are gone, a string holds no quote
-_BRACKET = re.compile(rb"[\[\]{}]")
-SMALL_BODY = 8192
-
-
-def json_scan(body: bytes, chunk: int = 1 << 20, small: int = SMALL_BODY) -> tuple[int, int]:
-    """(the deepest nesting of [ and {, the values the text can hold: each [ { and , outside strings)
-    of a JSON text, in linear time and bounded memory: checked before json.loads, which recurses once
-    per level and builds a Python object per value (a 16 MB body of "[]," is 5.6M lists). A quote is
-    a string's edge unless an odd run of backslashes precedes it. Bodies under `small` bytes take
-    regular expressions without backtracking; larger ones numpy, a chunk at a time."""
-    if len(body) < small:
-        text = _STRING.sub(b"", _ESCAPE.sub(b"", body))
-        depth = deepest = 0
-        for bracket in _BRACKET.findall(text):
-            depth += 1 if bracket in b"[{" else -1
-            deepest = max(deepest, depth)
-        return deepest, text.count(b"[") + text.count(b"{") + text.count(b",")
-    depth = deepest = values = 0
-    in_string, run = 0, 0  # carried across chunks: inside a string; backslashes ending the last chunk
-    for start in range(0, len(body), chunk):
-        b = np.frombuffer(body, np.uint8, count=min(chunk, len(body) - start), offset=start)
-        quote = b == _QUOTE
-        slash = b == _BACKSLASH
-        if run or slash.any():
-            idx = np.arange(b.size, dtype=np.int64)
-            last_plain = np.maximum.accumulate(np.where(slash, -1, idx))  # last non-backslash at or before i
-            before = np.concatenate(([-1], last_plain[:-1]))
-            backslashes = idx - 1 - before + np.where(before < 0, run, 0)  # the run just before i
-            quote &= backslashes % 2 == 0
-            run = b.size - 1 - int(last_plain[-1]) + (run if last_plain[-1] < 0 else 0)
-        parity = (np.cumsum(quote, dtype=np.int64) + in_string) & 1  # 1: inside a string after this byte
-        outside = (parity == 0) & ~quote
-        opens = ((b == _OPEN[0]) | (b == _OPEN[1])) & outside
-        steps = opens.astype(np.int32) - (((b == _CLOSE[0]) | (b == _CLOSE[1])) & outside)
-        running = np.cumsum(steps) + depth
-        deepest, depth = max(deepest, int(running.max())), int(running[-1])
-        values += int(np.count_nonzero(opens)) + int(np.count_nonzero((b == _COMMA) & outside))
-        in_string = int(parity[-1])
-    return deepest, values
-
-
-def json_depth(body: bytes, chunk: int = 1 << 20) -> int:
-    return json_scan(body, chunk)[0]
-
-
-JSON_ENVELOPE_VALUES = 64
+JSON_ENVELOPE_VALUES = 64  # the envelope ("inputs", "signature_name", ...) may hold a few values
 
 
 def _no_constants(name: str):
@@ -304,6 +254,8 @@ class _Request(httputil.HTTPMessageDelegate):
         self.answered = False  # an early answer (413) makes the rest of the body irrelevant
         self._linger = None    # the timer that ends a lingering close
         self._dropped = 0
+        self._drop_limit = LINGER_BYTES  # how much of a refused body is read and dropped before closing
+        self.scan = None                 # a large body's JSON scan, fed as it arrives
 
     def headers_received(self, start_line, headers):
         self.method, self.path = start_line.method, start_line.path
@@ -318,7 +270,24 @@ class _Request(httputil.HTTPMessageDelegate):
             # A client that asked for 100 Continue sends no body: answer and finish at once.
             self._too_large(f"request of {int(value)} bytes exceeds the limit of {limit} bytes",
                             linger=headers.get("Expect") != "100-continue")
+        elif self.method == "POST":
+            self._model_first(headers.get("Expect") != "100-continue")
         return None
+
+    def _model_first(self, linger: bool) -> None:
+        """A prediction for a model (version, label) that is not served is answered from the headers:
+        its body is never read into memory or decoded, whatever it holds."""
+        m = _POST.fullmatch(self.path.split("?", 1)[0])
+        if not m or m["verb"] != "predict":
+            return
+        try:
+            self.app.manager.resolve(m["name"], version=_parse_version(m["version"]), label=m["label"])
+        except ServingError as e:
+            self.app.count("model_not_served")
+            # the body is within --max_request_bytes: read to its end and dropped, so the client,
+            # still sending, reads the answer instead of a reset
+            self._drop_limit = self.app.limits.max_request_bytes
+            self._refuse(e.http_status, e.message, linger)
 
     def _stream_state(self, busy: bool, answer_pending: bool = False) -> None:
         stream = getattr(self.connection, "stream", None)
@@ -330,18 +299,38 @@ class _Request(httputil.HTTPMessageDelegate):
     def data_received(self, chunk):
         if self.answered:
             self._dropped += len(chunk)
-            if self._linger is not None and self._dropped > LINGER_BYTES:
+            if self._linger is not None and self._dropped > self._drop_limit:
                 self._close()
             return None
         self.body += chunk
         if len(self.body) > self.app.limits.max_request_bytes:
             self._too_large(f"request body exceeds the limit of {self.app.limits.max_request_bytes} bytes")
+        elif len(self.body) >= SMALL_BODY and self.method == "POST":
+            self._scan_as_it_arrives(chunk)
         return None
 
+    def _scan_as_it_arrives(self, chunk: bytes) -> None:
+        """A large body is scanned piece by piece as it arrives: one that nests too deep or holds too
+        many values is refused before the rest of it is read."""
+        if self.scan is None:
+            self.scan = JsonScan()
+            self.scan.feed(bytes(self.body))
+        else:
+            self.scan.feed(chunk)
+        problem = self.app.scan_problem(self.scan.deepest, self.scan.values)
+        if problem:
+            self.app.count("refused_while_read")
+            self._drop_limit = self.app.limits.max_request_bytes
+            self._refuse(400, problem)
+
     def _too_large(self, message: str, linger: bool = True) -> None:
-        self.body = bytearray()
         self.app.count("too_large")
-        self._write(413, json.dumps({"error": message}).encode(), finish=not linger)
+        self._refuse(413, message, linger)
+
+    def _refuse(self, status: int, message: str, linger: bool = True) -> None:
+        """Answers before the body is read; the rest of the body is dropped (lingering close)."""
+        self.body = bytearray()
+        self._write(status, json.dumps({"error": message}).encode(), finish=not linger)
         if linger and self.connection is not None:
             self._linger = self.app.loop.call_later(LINGER_SECONDS, self._close)
 
@@ -366,7 +355,8 @@ class _Request(httputil.HTTPMessageDelegate):
             return
         body, self.body = bytes(self.body), bytearray()
         self._stream_state(busy=True, answer_pending=True)
-        future = self.app.pool.submit(self.app.answer, self.method, self.path, body)
+        scanned = (self.scan.deepest, self.scan.values) if self.scan is not None else None
+        future = self.app.pool.submit(self.app.answer, self.method, self.path, body, scanned)
         loop = self.app.loop
         future.add_done_callback(lambda f: loop.add_callback(self._done, f))
 
@@ -427,9 +417,22 @@ class RestApp(httputil.HTTPServerConnectionDelegate):
     def on_close(self, server_conn):
         pass
 
-    def answer(self, method: str, target: str, body: bytes) -> tuple[int, bytes]:
-        """(status, JSON bytes): encoded here, in the pool, so the event loop never encodes an answer."""
-        status, payload = self._answer(method, target, body)
+    def scan_problem(self, deepest: int, values: int) -> str | None:
+        """Why a JSON body of this depth and value count is refused before it is decoded (None: it is not)."""
+        if deepest > self.limits.max_json_depth:
+            return (f"JSON Parse error: nesting depth {deepest} exceeds the limit of {self.limits.max_json_depth} "
+                    f"(--max_json_depth)")
+        request = self.limits.request
+        if request and request.max_entries and values - JSON_ENVELOPE_VALUES > request.max_entries:
+            return (f"the request holds at least {values - JSON_ENVELOPE_VALUES} entries (values and lists, empty "
+                    f"ones included), more than the limit of {request.max_entries} (--max_request_elements)")
+        return None
+
+    def answer(self, method: str, target: str, body: bytes, scanned: tuple[int, int] | None = None
+               ) -> tuple[int, bytes]:
+        """(status, JSON bytes): encoded here, in the pool, so the event loop never encodes an answer.
+        scanned: the body's (depth, values) when it was scanned as it arrived."""
+        status, payload = self._answer(method, target, body, scanned)
         data = json.dumps(payload).encode()
         limit = self.limits.request.max_response_bytes if self.limits.request else 0
         if limit and len(data) > limit:
@@ -438,7 +441,7 @@ class RestApp(httputil.HTTPServerConnectionDelegate):
             return 413, json.dumps({"error": error.message}).encode()
         return status, data
 
-    def _answer(self, method: str, target: str, body: bytes) -> tuple[int, dict]:
+    def _answer(self, method: str, target: str, body: bytes, scanned: tuple[int, int] | None) -> tuple[int, dict]:
         path = target.split("?", 1)[0]
         try:
             if method == "GET":
@@ -460,12 +463,9 @@ class RestApp(httputil.HTTPServerConnectionDelegate):
                                                                "the served signatures are predict signatures")
             # The model first: a request for a model that is not served costs no decoding.
             servable = self.manager.resolve(m["name"], version=version, label=m["label"])
-            depth, values = json_scan(body)
-            if depth > self.limits.max_json_depth:
-                raise invalid_argument(f"JSON Parse error: nesting depth {depth} exceeds the limit of "
-                                       f"{self.limits.max_json_depth} (--max_json_depth)")
-            if self.limits.request:  # the envelope ("inputs", "signature_name") may hold a few more
-                request_cost.check_entries(values - JSON_ENVELOPE_VALUES, self.limits.request)
+            problem = self.scan_problem(*(scanned or json_scan(body)))
+            if problem:
+                raise invalid_argument(problem)
             try:
                 parsed = json.loads(body, parse_constant=_no_constants)
             except (ValueError, RecursionError) as e:  # bad JSON, bad UTF-8, NaN, numbers of 5,000 digits
@@ -525,6 +525,9 @@ class RestServer:
         self.app.pool.shutdown(wait=False, cancel_futures=True)
 
 
+READ_CHUNK_BYTES = 1 << 20  # a body reaches _Request in pieces of up to 1 MiB (Tornado's default: 64 KiB)
+
+
 class _LimitedHTTPServer(HTTPServer):
     """Tornado's HTTP server with at most max_connections open. At the cap a new connection takes the
     place of the connection idle longest (no request in progress: kept alive, or headers not yet
@@ -532,7 +535,7 @@ class _LimitedHTTPServer(HTTPServer):
     the new one closed. Each accepted socket gets TCP_NODELAY."""
 
     def initialize(self, app: RestApp, limits: RestLimits):
-        super().initialize(app, no_keep_alive=False, xheaders=False,
+        super().initialize(app, no_keep_alive=False, xheaders=False, chunk_size=READ_CHUNK_BYTES,
                            max_body_size=1 << 62,  # enforced by _Request, which answers 413 itself
                            max_header_size=64 * 1024, idle_connection_timeout=limits.timeout_seconds,
                            body_timeout=limits.timeout_seconds)

@@ -23,9 +23,11 @@ EXPECTED = {
     "garbage": "INTERNAL",               # bytes that are no PredictRequest: gRPC cannot parse them
     "element_bomb": "INVALID_ARGUMENT",  # ~20 bytes declaring [200000] elements filled by one value
     "shape_overflow": "INVALID_ARGUMENT",  # a shape whose element count overflows int64
+    "empty_dims": "INVALID_ARGUMENT",    # [20000, 0]: no value, 20,000 entries
+    "nan": "INVALID_ARGUMENT",           # NaN is not a number of the logs' grammar
 }
 MIX = ["valid"] * 15 + ["oversized", "wrong_dtype", "unknown_model", "unknown_signature", "garbage",
-                        "element_bomb", "shape_overflow"]
+                        "element_bomb", "shape_overflow", "empty_dims", "nan"]
 GARBAGE = b"\x0a\xff\xff\xff\xff\x0f not a protobuf"  # field 1 claims a length far past the end
 
 
@@ -44,12 +46,17 @@ def _hostile_or_valid(request, kind: str, x: np.ndarray, oversized_floats: int):
         return request(x=x.astype(np.int64))
     if kind == "unknown_model":
         return request(name="no_such_model", x=x)
-    if kind in ("element_bomb", "shape_overflow"):
+    if kind in ("element_bomb", "shape_overflow", "empty_dims"):
         req = request(x=x[:1])
         del req.inputs["x"].tensor_shape.dim[:]
-        for size in ([200_000] if kind == "element_bomb" else [2**62, 2**62]):
+        del req.inputs["x"].float_val[:]
+        for size in {"element_bomb": [200_000], "shape_overflow": [2**62, 2**62], "empty_dims": [20_000, 0]}[kind]:
             req.inputs["x"].tensor_shape.dim.add(size=size)
+        if kind != "empty_dims":
+            req.inputs["x"].float_val.append(1.0)
         return req
+    if kind == "nan":
+        return request(x=np.array([1.0, np.nan], np.float32))
     return request(signature="no_such_signature", x=x)
 
 

@@ -51,8 +51,11 @@ class Lists(tf.Module):
     def from_examples(self, examples):
         parsed = tf.io.parse_example(examples, {"ids": tf.io.VarLenFeature(tf.string),
                                                 "w": tf.io.VarLenFeature(tf.float32)})
-        return {"total": tf.sparse.reduce_sum(parsed["w"], axis=1, output_is_sparse=False)
-                + 0 * tf.cast(tf.shape(examples)[0], tf.float32)}
+        w = parsed["w"].values  # the weights checked in the graph, as the Trainer's signatures do
+        with tf.control_dependencies([tf.debugging.assert_all_finite(w, "w: a weight is not a finite number"),
+                                      tf.debugging.assert_greater_equal(w, 0.0, message="w: a weight is below 0")]):
+            total = tf.sparse.reduce_sum(parsed["w"], axis=1, output_is_sparse=False)
+        return {"total": tf.identity(total)}
 
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="ids"),
                                   tf.TensorSpec([None, None], tf.float32, name="w"),

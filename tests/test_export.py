@@ -89,3 +89,25 @@ def test_single_tower_models(exported):
         for sig in ("serving_default", f"{tower}_embedding"):
             np.testing.assert_allclose(alone.signatures[sig](examples=examples)["embedding"].numpy(), want,
                                        rtol=1e-6)
+
+
+@pytest.mark.parametrize("weight,message", [(float("nan"), "a weight is not a finite number"),
+                                            (float("inf"), "a weight is not a finite number"),
+                                            (-1.0, "a weight is below 0")])
+def test_the_signatures_refuse_weights_the_log_parser_refuses(exported, weight, message):
+    """Issue [server-trust] 10: a NaN, infinite or negative weight gave a vector (NaN, Infinity and
+    3.4e39 the same one). The parser rejects such rows (bad_weight); the signatures refuse them too."""
+    _, _, path = exported
+    model = tf.saved_model.load(path)
+    good = {**RAW[0], "all_topic_fav_7": ["t1", "t2"], "all_topic_fav_7_weight": [0.5, 2.0]}
+    model.signatures["user_embedding"](examples=tf.constant([_example(good)]))  # the control: answered
+    bad = {**good, "all_topic_fav_7_weight": [0.5, weight]}
+    with pytest.raises(tf.errors.InvalidArgumentError, match=f"all_topic_fav_7_weight: {message}"):
+        model.signatures["user_embedding"](examples=tf.constant([_example(bad)]))
+    raw = model.signatures["user_embedding_raw"]
+    values = {"client_type": [1], "follow_topic_id": [["t1"]], "all_topic_fav_7": [["t1", "t2"]],
+              "all_topic_fav_7_weight": [[0.5, weight]], "read_post_id": [["p1"]]}
+    specs = raw.structured_input_signature[1]
+    inputs = {k: tf.constant(v, dtype=specs[k].dtype) for k, v in values.items() if k in specs}
+    with pytest.raises(tf.errors.InvalidArgumentError, match=f"all_topic_fav_7_weight: {message}"):
+        raw(**inputs)

@@ -142,6 +142,18 @@ REST_HOSTILE = {
     "deep_json": (None, b"400"),
     "element_bomb": (None, b"400"),
     "huge_number": (None, b"400"),
+    # issue [server-trust]
+    "empty_lists": (None, b"400"),        # 12,000 [] : no value, 12,000 entries
+    "nan": (None, b"400"),
+    "overflow": (None, b"400"),           # 1e400
+    "bool_number": (None, b"400"),        # true for a float input
+    "signature_list": (None, b"400"),
+    "lone_surrogate": (None, b"400"),
+    "missing_model_long_string": (None, b"404"),
+    "repeated_length": (b"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: x\r\n"
+                        b"Content-Length: 99999999999, 99999999999\r\n\r\n", b"413"),
+    "half_closed": (None, b"200"),        # the whole request, then the client shuts down its sending side
+    "chunk_trailer": (None, b"200"),      # a chunk extension and a trailer field
 }
 
 
@@ -158,14 +170,30 @@ def _hostile_request(kind: str) -> bytes:
         return _post(b"[" * 20_000 + b"]" * 20_000)
     if kind == "element_bomb":
         return _post(b'{"inputs": [' + b",".join([b"0"] * 20_000) + b"]}")
-    return _post(b'{"inputs": [' + b"9" * 5000 + b"]}")
+    if kind == "huge_number":
+        return _post(b'{"inputs": [' + b"9" * 5000 + b"]}")
+    if kind == "chunk_trailer":
+        body = b'{"inputs": [2.0]}'
+        return (b"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                + f"{len(body):x};ext=1\r\n".encode() + body + b"\r\n0\r\nX-Trailer: 1\r\n\r\n")
+    if kind == "missing_model_long_string":
+        body = b'"' + b"a" * 200_000 + b'"'
+        return (b"POST /v1/models/no_such_model:predict HTTP/1.1\r\nHost: x\r\nContent-Length: "
+                + str(len(body)).encode() + b"\r\n\r\n" + body)
+    return _post({"empty_lists": b'{"inputs": [' + b",".join([b"[]"] * 12_000) + b"]}",
+                  "nan": b'{"inputs": [1.0, NaN]}', "overflow": b'{"inputs": [1e400]}',
+                  "bool_number": b'{"inputs": [true]}', "signature_list": b'{"signature_name": ["x"], "inputs": [1.0]}',
+                  "lone_surrogate": b'{"signature_name": "echo", "inputs": ["\\ud800"]}',
+                  "half_closed": b'{"inputs": [2.0]}'}[kind])
 
 
-def _raw_exchange(port: int, data: bytes) -> bytes:
+def _raw_exchange(port: int, data: bytes, half_close: bool = False) -> bytes:
     import socket
 
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.sendall(data)
+        if half_close:
+            s.shutdown(socket.SHUT_WR)
         s.settimeout(2)
         reply = b""
         try:
@@ -184,8 +212,11 @@ def _raw_exchange(port: int, data: bytes) -> bytes:
 
 def test_rest_under_load_and_abuse(tmp_path, reliability):
     """8 kept-alive REST clients send valid predictions (checked against 0.5 x + 2) while 8 others
-    send the hostile requests of issue [serving-hardening]: lying lengths, smuggling, oversized,
-    deep, element-bomb and huge-number bodies. The server stays alive, answers every valid request
+    send the hostile requests of issues [serving-hardening] and [server-trust]: lying lengths,
+    smuggling, oversized, deep, element-bomb and huge-number bodies, empty lists, NaN / overflow /
+    boolean numbers, malformed fields, long strings to a missing model, repeated lengths, and the
+    legal oddities (half-closed connections, chunk extensions and trailers) that must be answered.
+    The server stays alive, answers every valid request
     correctly, answers every hostile one with its code, and its memory grows by less than 64 MiB."""
     import http.client
     import json
@@ -226,7 +257,7 @@ def test_rest_under_load_and_abuse(tmp_path, reliability):
         kinds = sorted(REST_HOSTILE)
         for i in range(per_client // 3):
             kind = kinds[(seed + i) % len(kinds)]
-            reply = _raw_exchange(rest, _hostile_request(kind))
+            reply = _raw_exchange(rest, _hostile_request(kind), half_close=kind == "half_closed")
             code = reply[9:12]
             with lock:
                 codes[f"{kind}:{code.decode(errors='replace')}"] += 1
@@ -256,8 +287,10 @@ def test_rest_under_load_and_abuse(tmp_path, reliability):
     hostile_sent = sum(v for k, v in codes.items() if not k.startswith("valid"))
     ok = alive and not wrong and codes["valid:200"] == 8 * per_client and growth_mib < 64
     reliability.record("serving load", f"REST: {8 * per_client} kept-alive valid requests beside {hostile_sent} "
-                       "hostile ones (lying lengths, smuggling, oversized, deep, element bombs, huge numbers)",
-                       "valid answered correctly, hostile get 400/413 once each, server alive, RSS +<64 MiB",
+                       "hostile ones (lying lengths, smuggling, oversized, deep, element bombs, huge numbers, "
+                       "empty lists, NaN, malformed fields, long strings, half-closed)",
+                       "valid answered correctly, hostile get 400/404/413 (odd but legal: 200) once each, server "
+                       "alive, RSS +<64 MiB",
                        f"{codes['valid:200']} valid OK, {len(wrong)} wrong, RSS {rss_before / 2**20:.0f} -> "
                        f"{rss_after / 2**20:.0f} MiB ({growth_mib:+.1f}), alive: {alive}", ok, codes=dict(codes))
     assert alive

@@ -18,9 +18,10 @@ import pytest
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+from serving.json_scan import json_depth
 from serving.model_config import parse_config_text
 from serving.request_cost import RequestLimits
-from serving.rest_api import RestLimits, json_depth
+from serving.rest_api import RestLimits
 from serving.server import ModelServer
 from tests.serving_models import save_version
 
