@@ -228,6 +228,9 @@ def _no_constants(name: str):
     raise ValueError(f"{name} is not JSON (numbers are finite)")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_no_constants)  # one decoder: json.loads(**kw) builds one a call
+
+
 def _parse_version(text: str | None) -> int | None:
     if text is None:
         return None
@@ -467,7 +470,7 @@ class RestApp(httputil.HTTPServerConnectionDelegate):
             if problem:
                 raise invalid_argument(problem)
             try:
-                parsed = json.loads(body, parse_constant=_no_constants)
+                parsed = _DECODER.decode(body.decode("utf-8"))
             except (ValueError, RecursionError) as e:  # bad JSON, bad UTF-8, NaN, numbers of 5,000 digits
                 raise invalid_argument(f"JSON Parse error: {str(e)[:200]}") from None
             return 200, rest_predict(servable, parsed, self.limits.request)
