@@ -26,7 +26,7 @@ from common import signature_names
 from common.progress import RateLog, log
 from components import item_vectors, warm_start
 from components.config import TrainerConfig
-from components.model import TwoTowerTrainer, build_towers, item_log_q, make_optimizer, model_input_names
+from components.model import FrozenTable, TwoTowerTrainer, build_towers, item_log_q, make_optimizer, model_input_names
 from components.preprocessing import ITEM_POSITIVE_COUNTS, ITEM_VOCAB, vocab_size_with_reserved
 from components.trainer_input import split_input
 from schema.spec import FeatureSpec, vocab_name
@@ -149,13 +149,13 @@ def _keep_positions(dense: tf.Tensor, present: tf.Tensor) -> tf.SparseTensor:
     return tf.SparseTensor(indices, tf.gather_nd(dense, indices), tf.shape(dense, out_type=tf.int64))
 
 
-def serving_contract(spec: FeatureSpec, towers, which: str) -> dict:
+def serving_contract(spec: FeatureSpec, towers, which: str, exported: list[str]) -> dict:
     """What a request costs the exported model and may hold, for the model server: per signature, the
     floats one row takes once its lists are padded (maxlen x embedding width, summed over the tower's
     features) and which input holds serialized tf.Examples; the smallest value of each weight feature
-    (the log parser's rule: >= 0)."""
-    widths = {layer.name: layer.dim for layer in towers.scorer.layers if hasattr(layer, "dim")}
-    pretrained = widths.get("pretrained_items", spec.pretrained_dim or 0)
+    (the log parser's rule: >= 0). `exported`: the signature names of the SavedModel it goes with."""
+    tables = [m for m in towers.scorer.submodules if isinstance(m, FrozenTable)]  # inside the tower models
+    pretrained = tables[0].dim if tables else 0
 
     def floats(tower: str) -> int:
         return sum((f.maxlen or 1) * (pretrained if f.kind == "pretrained" else spec.group_embed_dim(f.group))
@@ -170,19 +170,8 @@ def serving_contract(spec: FeatureSpec, towers, which: str) -> dict:
         sigs[base + names.RAW] = {"floats_per_row": per[tower]}
     score = per["user"] + per["item"] if which == "all" else per[which]
     sigs[names.SCORE] = {"floats_per_row": score, "examples_input": EXAMPLES_INPUT}
-    keep = set(module_signature_names(which))
-    return {"signatures": {k: v for k, v in sigs.items() if k in keep},
+    return {"signatures": {k: v for k, v in sigs.items() if k in exported},
             "minimum": {c.weight_name: 0.0 for c in spec.raw_columns.values() if c.weight_name}}
-
-
-def module_signature_names(which: str) -> list[str]:
-    names = signature_names
-    towers = ("user", "item") if which == "all" else (which,)
-    out = [names.SCORE]
-    for tower in towers:
-        base = names.USER if tower == "user" else names.ITEM
-        out += [base, base + names.RAW]
-    return out
 
 
 def export(towers, tft_output, spec: FeatureSpec, serving_dir: str) -> None:
@@ -190,10 +179,11 @@ def export(towers, tft_output, spec: FeatureSpec, serving_dir: str) -> None:
     each with its serving contract in assets.extra/."""
     module = ServingModule(towers, tft_output, spec)
     for which, path in (("all", serving_dir), ("user", f"{serving_dir}-user"), ("item", f"{serving_dir}-item")):
-        tf.saved_model.save(module, path, signatures=module.signatures(which))
+        signatures = module.signatures(which)
+        tf.saved_model.save(module, path, signatures=signatures)
         tf.io.gfile.makedirs(os.path.dirname(os.path.join(path, CONTRACT_FILE)))
         with tf.io.gfile.GFile(os.path.join(path, CONTRACT_FILE), "w") as f:
-            json.dump(serving_contract(spec, towers, which), f, indent=1, sort_keys=True)
+            json.dump(serving_contract(spec, towers, which, list(signatures)), f, indent=1, sort_keys=True)
 
 
 def _item_log_q(tft_output):
