@@ -16,15 +16,10 @@ from __future__ import annotations
 import os
 import sys
 
-os.environ["TF_USE_LEGACY_KERAS"] = "1"  # before TensorFlow is imported anywhere
-VERBOSE = "--verbose" in sys.argv[1:]
-if not VERBOSE:  # third-party noise (TF's C++ log, FutureWarnings, absl) off; --verbose brings it back
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning,ignore::DeprecationWarning,ignore::UserWarning")
-    import warnings
+from common.quiet import quiet, quiet_loggers, verbose_requested
 
-    for _category in (FutureWarning, DeprecationWarning, UserWarning):
-        warnings.filterwarnings("ignore", category=_category)
+VERBOSE = verbose_requested()
+quiet(VERBOSE)  # before TensorFlow is imported anywhere; --verbose brings third-party noise back
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
@@ -211,8 +206,48 @@ def _pipeline_inputs(patterns: dict, vectors, vectors_dir: str, spec, spans=None
         if spans is not None and spans.window > 1 else ())
 
 
+NOT_BLESSED_EXIT = 3  # the run ended without pushing a model (README "Exit codes")
+
+
+def _local_outputs(workdir: str, config) -> dict[str, str]:
+    """{what: path} of everything a local run writes."""
+    outputs = {"work directory": workdir, "pipeline root": os.path.join(workdir, "pipeline"),
+               "metadata store": os.path.join(workdir, "metadata.sqlite"),
+               "item vector directory": os.path.join(workdir, "item_vectors"),
+               "serving directory": os.path.join(workdir, "serving"), "report": os.path.join(workdir, "report"),
+               "run summary": os.path.join(workdir, "run_summary.json")}
+    if not config.milvus.uri or not _is_uri(config.milvus.uri):
+        outputs["Milvus Lite file"] = config.milvus.uri or os.path.join(workdir, "milvus.db")
+    return outputs
+
+
+def _preflight(args, config, spec, patterns: dict[str, str], spans) -> None:
+    """Every output writable (one error line naming it), then a warning when the eval split will
+    clearly hold too few users to bless a model."""
+    from pipeline.preflight import PathError, check_writable, too_few_eval_users_warning
+
+    try:
+        check_writable(_local_outputs(os.path.abspath(args.workdir), config))
+    except PathError as e:
+        raise SystemExit(f"error: {e}") from None
+    if config.evaluation.allow_few_eval_users:
+        return
+    key = "eval log" if "eval log" in patterns else "input log"
+    if spans is not None:
+        files = spans.files[key]
+    elif _is_uri(patterns[key]):
+        return
+    else:
+        files = _expand(patterns[key], key)
+    warning = too_few_eval_users_warning(files, spec, config.split_buckets if key == "input log" else None,
+                                         config.evaluation.min_eval_users)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+
+
 def run_local(args) -> dict:
     config, spec, patterns, spans = _load(args)
+    _preflight(args, config, spec, patterns, spans)
     workdir = os.path.abspath(args.workdir)
     os.makedirs(workdir, exist_ok=True)
     vectors = _prepare_vectors(args, spec, os.path.join(workdir, "item_vectors"))
@@ -223,7 +258,7 @@ def run_local(args) -> dict:
     from pipeline.progress import RunWatcher
     from pipeline.summary import summary_lines, write_run_summary
 
-    _quiet_loggers()
+    quiet_loggers(VERBOSE)
 
     inputs = _pipeline_inputs(patterns, vectors, vectors.dir, spec, spans)
     eval_log = _first_eval_file(patterns, spans)
@@ -273,7 +308,12 @@ def run_local(args) -> dict:
                          config.milvus.uri or os.path.join(workdir, "milvus.db"))
         print(f"\nnext:\n  make serve WORKDIR={args.workdir}    # gRPC 8500 and REST 8501, TF Serving's API\n"
               f"  .venv/bin/python -m serving.recall --workdir {args.workdir} --log-file "
-              f"{eval_log} --limit 1 --k 10")
+              f"{eval_log} --limit 1 --k 10 --format table")
+    elif "pushed" in summary and not args.allow_not_blessed:  # the Pusher ran and pushed nothing
+        reasons = "; ".join(summary.get("not_pushed_because") or ["not blessed"])
+        print(f"not pushed (exit code {NOT_BLESSED_EXIT}; --allow-not-blessed makes this exit 0): {reasons}",
+              file=sys.stderr)
+        raise SystemExit(NOT_BLESSED_EXIT)
     return summary
 
 
@@ -284,19 +324,6 @@ def _first_eval_file(patterns: dict, spans) -> str:
         return spans.files[key][0]
     pattern = patterns[key]
     return pattern if _is_uri(pattern) else (sorted(glob.glob(pattern)) or [pattern])[0]
-
-
-def _quiet_loggers() -> None:
-    """absl, TensorFlow and Beam warnings off unless --verbose (our progress lines have their own logger)."""
-    if VERBOSE:
-        return
-    import logging
-
-    for name in ("absl", "tensorflow", "apache_beam", "tfx", "ml_metadata"):
-        logger = logging.getLogger(name)
-        logger.setLevel(logging.ERROR)
-        # A filter too: TFX sets absl's verbosity back to INFO when it runs a component.
-        logger.addFilter(lambda record: record.levelno >= logging.ERROR)
 
 
 def _write_report(workdir: str, summary: dict, spec, config, eval_log: str) -> str:
@@ -374,6 +401,13 @@ def run_kubeflow(args) -> str:
         raise SystemExit("error: set milvus.uri to a Milvus server: a Milvus Lite file does not outlive a container")
     if not remote:
         root = os.path.abspath(root)
+    from pipeline.preflight import PathError, check_writable
+
+    try:
+        check_writable({"compiled pipeline": os.path.abspath(args.output),
+                        **({} if remote else {"pipeline root": root})})
+    except PathError as e:
+        raise SystemExit(f"error: {e}") from None
     # The prepared item vectors go under the pipeline root, where every step can read them.
     import tempfile
 
@@ -448,6 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run only this component and what it needs (e.g. Transform), then stop")
     local.add_argument("--verbose", action="store_true",
                        help="also third-party warnings (absl, TensorFlow, Beam) and the summary's JSON")
+    local.add_argument("--allow-not-blessed", action="store_true",
+                       help=f"exit 0 when the run pushes nothing (default: exit {NOT_BLESSED_EXIT}, the reasons last)")
     local.add_argument("--no-serving-demo", dest="serving_demo", action="store_false",
                        help="skip serving the pushed model and querying it over gRPC at the end")
     kfp = sub.add_parser("kubeflow", help="compile for Kubeflow Pipelines (KFP v2 spec); optionally submit")

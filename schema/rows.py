@@ -35,6 +35,9 @@ class ParsedRow:
 
     def to_example(self):
         """A tf.train.Example (ExampleGen's writer serializes it; its hash split reads features)."""
+        from common import tf_protos
+
+        tf_protos.load()  # the message without TensorFlow's runtime (the serving CLIs never load it)
         from tensorflow.core.example import example_pb2
 
         ex = example_pb2.Example()

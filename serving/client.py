@@ -9,18 +9,20 @@ with exponential backoff inside that deadline. Every other error is raised at on
 """
 from __future__ import annotations
 
-import os
+import argparse
+import json
+import sys
+import time
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import grpc
+import numpy as np
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
+from common import tf_protos
+from common.quiet import quiet, verbose_requested
 
-import grpc  # noqa: E402
-import numpy as np  # noqa: E402
+if __name__ == "__main__":
+    quiet(verbose_requested())
+tf_protos.load()  # TF Serving's messages without TensorFlow's runtime: this client never imports it
 from tensorflow_serving.apis import (  # noqa: E402
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -30,7 +32,7 @@ from tensorflow_serving.apis import (  # noqa: E402
 )
 
 from common import signature_names  # noqa: E402
-from serving.tensors import array_to_proto  # noqa: E402
+from serving.tensors import array_to_proto, proto_to_array  # noqa: E402
 
 EXAMPLES_INPUT = "examples"
 
@@ -83,9 +85,8 @@ class ServingClient:
         for alias, value in inputs.items():
             request.inputs[alias].CopyFrom(array_to_proto(np.asarray(value)))
         response = self._call(self._predict.Predict, request)
-        import tensorflow as tf
-
-        return ({k: tf.make_ndarray(v) for k, v in response.outputs.items()}, response.model_spec.version.value)
+        outputs = {k: proto_to_array(v, k, v.dtype, i) for i, (k, v) in enumerate(response.outputs.items())}
+        return outputs, response.model_spec.version.value
 
     def embeddings(self, signature: str, serialized_examples: list[bytes], version: int | None = None) -> np.ndarray:
         outputs, _ = self.predict({EXAMPLES_INPUT: np.array(serialized_examples, dtype=object)}, signature, version)
@@ -169,6 +170,7 @@ def main(argv=None) -> None:
     src.add_argument("--log-line", help="one tab-separated log line in the spec's column order")
     src.add_argument("--log-file", help="a log file with a header; the first --limit lines are sent")
     p.add_argument("--limit", type=int, default=5)
+    p.add_argument("--verbose", action="store_true", help="also third-party warnings")
     args = p.parse_args(argv)
 
     from schema.spec import load_spec

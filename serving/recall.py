@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from common.quiet import quiet, verbose_requested
+
+if __name__ == "__main__":
+    quiet(verbose_requested())  # before TensorFlow loads; --verbose brings its warnings back
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -115,12 +117,15 @@ class Recaller:
         self.history = spec.history_columns()
 
     def _read(self, serialized: bytes) -> set[str]:
-        import tensorflow as tf
+        from common import tf_protos
 
-        features = tf.train.Example.FromString(serialized).features.feature
+        tf_protos.load()
+        from tensorflow.core.example import example_pb2
+
+        features = example_pb2.Example.FromString(serialized).features.feature
         return {v.decode() for c in self.history for v in features[c].bytes_list.value}
 
-    def _read_raw(self, texts: dict[str, str]) -> set[str]:
+    def read_posts(self, texts: dict[str, str]) -> set[str]:
         # Every read post of the raw input: the tf.Example keeps only the first maxlen of them.
         return {x.strip() for c in self.history if c in texts for x in texts[c].split(",") if x.strip()}
 
@@ -132,10 +137,12 @@ class Recaller:
         return self.answer(serialized, k, exclude_read, filters, read)["hits"]
 
     def answer(self, serialized: list[bytes], k: int, exclude_read: bool = True,
-               filters: dict[str, list[str]] | None = None, read: list[set[str]] | None = None) -> dict:
+               filters: dict[str, list[str]] | None = None, read: list[set[str]] | None = None,
+               stored_fields: bool = False) -> dict:
         """{"hits", "collection", "model_version"}: the user vectors come from the model version that
         filled the generation searched (recorded by ItemIndexer), so a query never mixes the user
-        tower of one version with the item vectors of another while the alias or the model moves."""
+        tower of one version with the item vectors of another while the alias or the model moves.
+        stored_fields: each hit carries every scalar field the generation stores (topic_id, ...)."""
         from pymilvus.exceptions import MilvusException
 
         self.searcher.check_request(k, filters)
@@ -146,8 +153,10 @@ class Recaller:
             try:
                 collection, version = self.searcher.generation(refresh=attempt == 1)
                 vectors = self.encoder(serialized, version)
+                fields = (sorted(self.searcher.filterable_fields(collection) - {self.spec.item_id}) if stored_fields
+                          else list(filters or {}))
                 hits = self.searcher.search(vectors, k, exclude=exclude, filters=filters,
-                                            output_fields=list(filters or {}), collection=collection)
+                                            output_fields=fields, collection=collection)
                 return {"hits": hits, "collection": collection, "model_version": version}
             except MilvusException:
                 if attempt == 1:  # the generation was dropped while it was read: once more, on the new one
@@ -158,14 +167,14 @@ class Recaller:
         if not isinstance(users, list) or not all(isinstance(u, dict) for u in users):
             raise ValueError("users must be a list of JSON objects of raw user features")
         examples = [self.examples.from_features(u) for u in users]
-        read = [self._read_raw(self.examples.texts(u)) for u in users]
+        read = [self.read_posts(self.examples.texts(u)) for u in users]
         return self.recall_examples(examples, k, exclude_read, filters, read)
 
     def recall_log_lines(self, lines: list[str], k: int = 10, exclude_read: bool = True,
                          filters: dict[str, list[str]] | None = None) -> list[list[dict]]:
         examples = [self.examples.from_log_line(x) for x in lines]
         texts = [x.decode("utf-8", "replace") if isinstance(x, bytes) else x for x in lines]
-        read = [self._read_raw(dict(zip(self.spec.columns, t.rstrip("\r\n").split("\t"), strict=False)))
+        read = [self.read_posts(dict(zip(self.spec.columns, t.rstrip("\r\n").split("\t"), strict=False)))
                 for t in texts]
         return self.recall_examples(examples, k, exclude_read, filters, read)
 
@@ -182,6 +191,85 @@ def _filters(values: list[str]) -> dict[str, list[str]]:
     return out
 
 
+class Query:
+    """One user to recall for: who it is (for the output), its serialized example and its read posts."""
+
+    def __init__(self, who: dict, example: bytes, read: set[str]):
+        self.who, self.example, self.read = who, example, read
+
+
+def queries_from_features(users: list[dict], builder: ExampleBuilder, recaller: Recaller, spec: FeatureSpec):
+    return [Query({"features": n, spec.user_id: str(u.get(spec.user_id, "")) or None}, builder.from_features(u),
+                  recaller.read_posts(builder.texts(u))) for n, u in enumerate(users, start=1)]
+
+
+def queries_from_lines(numbered: list[tuple[str, int | None, str]], builder: ExampleBuilder, recaller: Recaller,
+                       spec: FeatureSpec):
+    """numbered: (source, line number or None, the log line)."""
+    out = []
+    for source, lineno, line in numbered:
+        columns = dict(zip(spec.columns, line.rstrip("\r\n").split("\t"), strict=False))
+        who = {"source": source, "line": lineno, spec.user_id: columns.get(spec.user_id) or None}
+        out.append(Query(who, builder.from_log_line(line), recaller.read_posts(columns)))
+    return out
+
+
+def numbered_log_lines(path: str, limit: int) -> list[tuple[str, int, str]]:
+    """(path, line number in the file, line) of its first `limit` data lines."""
+    import itertools
+
+    from schema.logfiles import read_lines
+
+    return [(path, lineno, raw.decode("utf-8").rstrip("\r\n"))
+            for _, lineno, raw in itertools.islice(read_lines(path), limit)]
+
+
+def recall_queries(recaller: Recaller, queries: list[Query], k: int, exclude_read: bool,
+                   filters: dict[str, list[str]]) -> list[dict]:
+    """One record per query: who, the model version and the generation searched, how much history the
+    model saw (a note when none), and the hits with every stored scalar field."""
+    answer = recaller.answer([q.example for q in queries], k, exclude_read, filters,
+                             [q.read for q in queries] if exclude_read else None, stored_fields=True)
+    history = ", ".join(recaller.history) or "history"
+    records = []
+    for query, hits in zip(queries, answer["hits"], strict=True):
+        record = {"user": query.who, "model_version": answer["model_version"], "generation": answer["collection"],
+                  "history_length": len(query.read), "excluded_read": exclude_read}
+        if not query.read:
+            record["note"] = (f"empty history ({history}): the user vector comes from the user's other features "
+                              f"alone, so these items are not chosen by what this user read")
+        record["hits"] = [{**h, "score": round(h["score"], 5)} for h in hits]
+        records.append(record)
+    return records
+
+
+def format_table(record: dict) -> str:
+    """A query's record as text: a heading line, the note, then rank / id / score / stored fields."""
+    who = record["user"]
+    where = (f"{who['source']} line {who['line']}" if "source" in who and who.get("line")
+             else "--log-line" if "source" in who else f"--features #{who['features']}")
+    user_id = next((v for k, v in who.items() if k not in ("source", "line", "features")), None)
+    heading = (f"user {user_id or '(no id)'} ({where}) · model version {record['model_version']} · "
+               f"generation {record['generation']} · {record['history_length']} read posts"
+               + (" excluded" if record["excluded_read"] and record["history_length"] else ""))
+    lines = [heading]
+    if "note" in record:
+        lines.append(f"  note: {record['note']}")
+    hits = record["hits"]
+    if not hits:
+        lines.append("  (no items: the filters or exclusions left none)")
+        return "\n".join(lines)
+    fields = [f for f in hits[0] if f not in ("id", "score")]
+    rows = [["rank", "id", "score", *fields]] + [[str(n), str(h["id"]), f"{h['score']:.4f}",
+                                                   *(str(h.get(f, "")) for f in fields)]
+                                                  for n, h in enumerate(hits, start=1)]
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    lines += ["  " + "  ".join(cell.rjust(w) if c in (0, 2) else cell.ljust(w)
+                               for c, (cell, w) in enumerate(zip(row, widths, strict=True))).rstrip()
+              for row in rows]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     defaults = IndexConfig()
     p = argparse.ArgumentParser(prog="python -m serving.recall", description=__doc__.splitlines()[0])
@@ -195,7 +283,8 @@ def main(argv=None) -> None:
     where.add_argument("--model", default=None,
                        help="pushed model (base path or version directory), run in this process "
                             "(default: WORKDIR/serving/MODEL_NAME)")
-    where.add_argument("--target", help="host:port of a TF Serving endpoint serving the model instead")
+    where.add_argument("--target", help="host:port of a TF Serving endpoint serving the model instead "
+                                        "(this process then never loads TensorFlow)")
     p.add_argument("--model-name", default="dssm", help="with --target: the served model name")
     p.add_argument("--spec", default=None)
     src = p.add_mutually_exclusive_group(required=True)
@@ -208,6 +297,10 @@ def main(argv=None) -> None:
     p.add_argument("--keep-read", action="store_true", help="do not exclude the user's read posts")
     p.add_argument("--skip-model-check", action="store_true",
                    help="do not check that the index was filled by this model's item tower")
+    p.add_argument("--format", choices=("json", "table"), default="json",
+                   help="json: one object per query and line (user, model_version, generation, history_length, "
+                        "note, hits with every stored field); table: the same for reading")
+    p.add_argument("--verbose", action="store_true", help="also TensorFlow's C++ log and third-party warnings")
     args = p.parse_args(argv)
     args.milvus = args.milvus or os.path.join(args.workdir, "milvus.db")
     args.model = args.model or os.path.join(args.workdir, "serving", args.model_name)
@@ -227,8 +320,6 @@ def main(argv=None) -> None:
         searcher = ItemSearcher(config)
         searcher.generation()  # the alias names a generation that exists, before a model loads
         searcher.check_request(args.k, filters)
-        from serving.client import ServingClient, read_log_lines  # TensorFlow's protos: after the index checks
-
         if args.features:
             users = json.loads(args.features)
             if isinstance(users, dict):
@@ -236,22 +327,35 @@ def main(argv=None) -> None:
             if not isinstance(users, list) or not users or not all(isinstance(u, dict) for u in users):
                 raise ValueError("--features takes a JSON object of raw user features, or a non-empty list of them")
         else:
-            lines = [args.log_line] if args.log_line else read_log_lines(args.log_file, args.limit)
-        encoder = (ServingUserEncoder(ServingClient(args.target, args.model_name)) if args.target
-                   else SavedModelUserEncoder(args.model))
+            lines = ([("--log-line", None, args.log_line)] if args.log_line
+                     else numbered_log_lines(args.log_file, args.limit))
+            if not lines:
+                raise ValueError(f"{args.log_file} holds no data line after its header")
+        if args.target:
+            from serving.client import ServingClient
+
+            encoder = ServingUserEncoder(ServingClient(args.target, args.model_name))
+        else:
+            encoder = SavedModelUserEncoder(args.model)
         if not args.skip_model_check:
             check_index_matches_model(searcher, encoder.item, spec)
         recaller = Recaller(encoder, searcher, spec)
-        if args.features:
-            results = recaller.recall(users, args.k, not args.keep_read, filters)
-        else:
-            results = recaller.recall_log_lines(lines, args.k, not args.keep_read, filters)
+        builder = recaller.examples
+        queries = (queries_from_features(users, builder, recaller, spec) if args.features
+                   else queries_from_lines(lines, builder, recaller, spec))
+        records = recall_queries(recaller, queries, args.k, not args.keep_read, filters)
     except (FeatureError, json.JSONDecodeError, ValueError, ItemIndexError) as e:
         raise SystemExit(f"error: {e}") from None
     except MilvusException as e:
         raise SystemExit(f"error: Milvus at {args.milvus}: {e.message if hasattr(e, 'message') else e}") from None
-    for hits in results:
-        print(json.dumps([{**h, "score": round(h["score"], 5)} for h in hits]))
+    except Exception as e:  # noqa: BLE001 - a gRPC error from the endpoint: its code and details, one line
+        import grpc
+
+        if not isinstance(e, grpc.RpcError):
+            raise
+        raise SystemExit(f"error: {args.target}: {e.code().name}: {e.details()}") from None
+    for record in records:
+        print(json.dumps(record) if args.format == "json" else format_table(record) + "\n")
 
 
 if __name__ == "__main__":

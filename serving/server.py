@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from common.quiet import quiet, quiet_loggers, verbose_requested
+
+if __name__ == "__main__":
+    quiet(verbose_requested())  # before TensorFlow loads; --verbose brings its warnings back
 
 import argparse  # noqa: E402
 import logging  # noqa: E402
@@ -196,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0,
                    help="ops run at once (TF Serving's flag; 0 = TensorFlow's default)")
     p.add_argument("--port_file", default="", help="write '<grpc port> <rest port>' here once serving")
+    p.add_argument("--verbose", action="store_true", help="also TensorFlow's C++ log and third-party warnings")
     return p
 
 
@@ -208,6 +211,7 @@ def main(argv=None) -> None:
     if args.tensorflow_inter_op_parallelism:
         tf.config.threading.set_inter_op_parallelism_threads(args.tensorflow_inter_op_parallelism)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    quiet_loggers(args.verbose)
     try:
         if args.model_config_file:
             configs = read_config_file(args.model_config_file)

@@ -8,10 +8,14 @@ from __future__ import annotations
 import base64
 
 import numpy as np
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
-from serving.request_cost import check_floats
-from serving.status import invalid_argument
+from common import tf_protos
+
+tf_protos.load()  # the messages without TensorFlow's runtime: a client needs only these
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2  # noqa: E402
+
+from serving.request_cost import check_floats  # noqa: E402
+from serving.status import invalid_argument  # noqa: E402
 
 INT64_MAX = 2**63 - 1
 
