@@ -151,8 +151,15 @@ def _load(args):
                 check_inputs({f: f for f in files}, spec)
         check_schema(config.schema, spec)
         vectors = args.item_embeddings
-        if vectors and not _is_uri(vectors) and not os.path.isfile(vectors):
-            raise InputError(f"{vectors}: item-vector file not found")
+        if vectors and not _is_uri(vectors):
+            if not os.path.isfile(vectors):
+                raise InputError(f"{vectors}: item-vector file not found")
+            from pipeline.preflight import first_vector_dim
+
+            dim = first_vector_dim(vectors)
+            if spec.pretrained_dim and dim is not None and dim != spec.pretrained_dim:
+                raise InputError(f"{vectors}: the feature spec says pretrained_dim {spec.pretrained_dim}, the "
+                                 f"file's first vector has {dim} values")
     except (InputError, ConfigError, SpecError, SpanError) as e:
         raise SystemExit(f"error: {e}") from None
     return config, spec, patterns, spans
@@ -289,14 +296,14 @@ def run_local(args) -> dict:
         summary = write_run_summary(metadata_path, config.pipeline_name, workdir,
                                     wall_seconds=time.time() - started, failure=failure,
                                     **_continuous_summary(spans))
-        report = _write_report(workdir, summary, spec, config, eval_log)
+        report = _write_report(workdir, summary, spec, config, eval_log, _run_inputs(args, patterns, spans))
         raise SystemExit(f"error: the pipeline stopped: {failure}\n"
                          f"(details above; summary in {os.path.join(workdir, 'run_summary.json')}, "
                          f"report in {report})") from None
     watcher.stop()
     summary = write_run_summary(metadata_path, config.pipeline_name, workdir,
                                 wall_seconds=time.time() - started, **_continuous_summary(spans))
-    _write_report(workdir, summary, spec, config, eval_log)
+    _write_report(workdir, summary, spec, config, eval_log, _run_inputs(args, patterns, spans))
     if VERBOSE:
         shown = ("splits", "training", "retrieval", "infra_validation", "pushed_models", "not_pushed_because")
         print(json.dumps({k: summary[k] for k in shown if k in summary}, indent=2))
@@ -326,11 +333,22 @@ def _first_eval_file(patterns: dict, spans) -> str:
     return pattern if _is_uri(pattern) else (sorted(glob.glob(pattern)) or [pattern])[0]
 
 
-def _write_report(workdir: str, summary: dict, spec, config, eval_log: str) -> str:
+def _run_inputs(args, patterns: dict[str, str], spans) -> dict[str, str]:
+    """{what: path} of the run's inputs, for the report."""
+    inputs = {what: ", ".join(spans.files[what]) if spans is not None else pattern
+              for what, pattern in patterns.items()}
+    inputs["item vectors"] = args.item_embeddings
+    inputs["config"] = args.config or "none: every default"
+    if args.feature_spec:
+        inputs["feature spec"] = args.feature_spec
+    return inputs
+
+
+def _write_report(workdir: str, summary: dict, spec, config, eval_log: str, run_inputs: dict) -> str:
     from pipeline.report import write_report
 
     return write_report(workdir, summary, spec, config.milvus.uri or os.path.join(workdir, "milvus.db"),
-                        eval_log if os.path.isfile(eval_log) else None)
+                        eval_log if os.path.isfile(eval_log) else None, run_inputs, config)
 
 
 def write_serving_config(serving_dir: str, model_name: str) -> str:
@@ -365,7 +383,10 @@ def serving_demo(config_path: str, config, eval_log: str, spec, milvus_uri: str)
         towers = TowerClient(client, spec)
         user, item = (towers.embeddings_from_log_lines(t, [line])[0] for t in ("user", "item"))
         print(f"\nserved {model_name} version {client.wait_until_available()} over gRPC at {server.target}")
-        print(f"log line: {line!r}")
+        row = dict(zip(spec.columns, line.split("\t"), strict=False))
+        read = [p for c in spec.history_columns() for p in row.get(c, "").split(",") if p.strip()]
+        print(f"the first line of {eval_log}: user {row.get(spec.user_id)}, post {row.get(spec.item_id)} "
+              f"({spec.label} {row.get(spec.label)}), {len(read)} read posts")
         print(f"user_embedding ({user.size}-d): {[round(float(x), 4) for x in user[:8]]} ...")
         print(f"item_embedding ({item.size}-d): {[round(float(x), 4) for x in item[:8]]} ...")
         print(f"user . item = {float(user @ item):.4f}")

@@ -39,11 +39,14 @@ class TrainerConfig:
     seed: int = 1024
     # Validation-driven training: the eval split's loss every eval_every_steps steps (every epoch
     # with `epochs`); training stops after `patience` evaluations without a better loss and keeps the
-    # best weights. train_steps / epochs are then upper bounds.
+    # best weights. train_steps / epochs are then upper bounds. eval_every_steps 0: every half pass
+    # over the training rows (a multiple of steps_per_execution, at most 250 steps), so the first
+    # check comes before a small data set is seen twice.
     early_stopping: bool = True
-    eval_every_steps: int = 250
+    eval_every_steps: int = 0
     patience: int = 4
-    warn_passes: float = 20.0        # warn when train_steps x batch_size exceeds this many passes over the data
+    warn_passes: float = 20.0        # warn when training makes more passes over the data than this
+                                     # (with early stopping: when it did not stop before)
     # Speed (components/trainer_input.py): a split whose transformed tensors fit in cache_max_mb is
     # read once and held in memory (0 = always stream from the files); steps_per_execution train
     # steps run in one call of the compiled step (fewer Python round trips; callbacks and progress

@@ -138,7 +138,12 @@ def _lines(f, chunk: int = 1 << 20):
         yield pending
 
 
-def _read_jsonl(path: str, ids: _Ids) -> np.ndarray:
+def _wrong_dim(path: str, expected_dim: int, got: int, where: str) -> ItemVectorError:
+    return ItemVectorError(f"{path}{where}: the feature spec says pretrained_dim {expected_dim}, the file's "
+                           f"vectors have {got}")
+
+
+def _read_jsonl(path: str, ids: _Ids, expected_dim: int | None = None) -> np.ndarray:
     rows = _Rows()
     dim = None
     raw = tf.io.gfile.GFile(path, "rb")
@@ -168,6 +173,8 @@ def _read_jsonl(path: str, ids: _Ids) -> np.ndarray:
                                       f"numbers: {e}") from None
             if dim is None:
                 dim = len(values)
+                if expected_dim is not None and dim != expected_dim:  # at the first line, not after the file
+                    raise _wrong_dim(path, expected_dim, dim, f":{lineno}")
             elif len(values) != dim:
                 raise ItemVectorError(f"{path}:{lineno}: post_id {item_id!r} has {len(values)} values, "
                                       f"the file's first vector has {dim}")
@@ -248,11 +255,13 @@ def _load_npy_matrix(path: str) -> np.ndarray:
     return matrix.astype(np.float32)
 
 
-def _read_npy(path: str, ids: _Ids) -> np.ndarray:
+def _read_npy(path: str, ids: _Ids, expected_dim: int | None = None) -> np.ndarray:
     ids_path = _ids_file_for(path)
     if not tf.io.gfile.exists(ids_path):
         raise ItemVectorError(f"{path}: a .npy item-vector file needs its ids in {ids_path} (one per line)")
     matrix = _load_npy_matrix(path)
+    if expected_dim is not None and matrix.shape[1] != expected_dim:
+        raise _wrong_dim(path, expected_dim, matrix.shape[1], "")
     with tf.io.gfile.GFile(ids_path, "r") as f:
         for i, line in enumerate(f, start=1):
             ids.add(line.rstrip("\n"), i)
@@ -261,14 +270,15 @@ def _read_npy(path: str, ids: _Ids) -> np.ndarray:
     return matrix
 
 
-def read_item_vectors(path: str, ids_path: str) -> np.ndarray:
+def read_item_vectors(path: str, ids_path: str, expected_dim: int | None = None) -> np.ndarray:
     """Reads and validates an item-vector file: writes its ids, in row order, to ids_path and
-    returns the matrix [n, dim]."""
+    returns the matrix [n, dim] (of expected_dim columns when given)."""
     if not tf.io.gfile.exists(path):
         raise ItemVectorError(f"{path}: item-vector file not found")
     with tf.io.gfile.GFile(ids_path, "w") as out:
         ids = _Ids(_ids_file_for(path) if path.endswith(".npy") else path, out)  # the file errors name
-        matrix = _read_npy(path, ids) if path.endswith(".npy") else _read_jsonl(path, ids)
+        read = _read_npy if path.endswith(".npy") else _read_jsonl
+        matrix = read(path, ids, expected_dim)
     ids.check_repeats(ids_path)
     return matrix
 
@@ -289,17 +299,20 @@ def prepare_item_vectors(path: str, out_root: str, expected_dim: int | None = No
             prepared = PreparedVectors(**json.load(f))
     else:
         tf.io.gfile.makedirs(out_dir)
-        matrix = read_item_vectors(path, os.path.join(out_dir, IDS_FILE))
-        table = np.concatenate([np.zeros((1, matrix.shape[1]), np.float32), matrix])
-        with tf.io.gfile.GFile(os.path.join(out_dir, VECTORS_FILE), "wb") as f:
-            np.save(f, table, allow_pickle=False)
+        try:
+            matrix = read_item_vectors(path, os.path.join(out_dir, IDS_FILE), expected_dim)
+            table = np.concatenate([np.zeros((1, matrix.shape[1]), np.float32), matrix])
+            with tf.io.gfile.GFile(os.path.join(out_dir, VECTORS_FILE), "wb") as f:
+                np.save(f, table, allow_pickle=False)
+        except BaseException:  # a rejected or interrupted file leaves no half-written folder behind
+            tf.io.gfile.rmtree(out_dir)
+            raise
         prepared = PreparedVectors(dir=out_dir, dim=int(matrix.shape[1]), count=int(matrix.shape[0]), sha256=digest,
                                    source=path)
         with tf.io.gfile.GFile(meta_path, "w") as f:  # written last: marks the folder complete
             json.dump(asdict(prepared), f)
     if expected_dim is not None and expected_dim != prepared.dim:
-        raise ItemVectorError(f"{path}: the feature spec says pretrained_dim {expected_dim}, "
-                              f"the file's vectors have {prepared.dim}")
+        raise _wrong_dim(path, expected_dim, prepared.dim, "")
     return prepared
 
 

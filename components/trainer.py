@@ -11,6 +11,7 @@ TensorBoard logs to <model_run>/. <model>/warm_start/ keeps what a later span's 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -315,10 +316,27 @@ def steps_per_execution(cfg: TrainerConfig, train_steps: int) -> int:
     return cfg.steps_per_execution
 
 
+AUTO_EVAL_PASS_FRACTION = 0.5  # eval_every_steps 0: the eval loss every half pass over the training rows ...
+AUTO_EVAL_MAX_STEPS = 250      # ... or every 250 steps on larger data
+
+
+def eval_interval(cfg: TrainerConfig, train_rows: int) -> int:
+    """The steps between two evaluations: cfg.eval_every_steps, or when 0 half a pass over the
+    training rows rounded down to a multiple of steps_per_execution (at least one call, at most
+    AUTO_EVAL_MAX_STEPS)."""
+    if cfg.eval_every_steps:
+        return cfg.eval_every_steps
+    per_call = max(1, cfg.steps_per_execution)
+    half_pass = math.ceil(train_rows * AUTO_EVAL_PASS_FRACTION / cfg.batch_size)
+    return max(per_call, min(half_pass, AUTO_EVAL_MAX_STEPS) // per_call * per_call)
+
+
 def run_fn(fn_args: FnArgs) -> None:
     custom = fn_args.custom_config
     spec = FeatureSpec.from_json(custom["feature_spec"])
     cfg = TrainerConfig(**custom["trainer"])
+    train_rows = count_records(fn_args.train_files)
+    cfg = dataclasses.replace(cfg, eval_every_steps=eval_interval(cfg, train_rows))
     num_oov = int(custom.get("num_oov_buckets", 1))
     tf.keras.utils.set_random_seed(cfg.seed)
 
@@ -342,7 +360,6 @@ def run_fn(fn_args: FnArgs) -> None:
 
     # With early stopping each of the `epochs` passes is a Keras epoch (validated after it); without,
     # the dataset repeats them and Keras runs one epoch over it.
-    train_rows = count_records(fn_args.train_files)
     budget = cfg.cache_max_mb * 2**20
     feature_spec = tft_output.transformed_feature_spec()
 
@@ -365,11 +382,10 @@ def run_fn(fn_args: FnArgs) -> None:
     callbacks = [tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq=50), progress, guard]
     planned_passes = (cfg.epochs if cfg.epochs else fn_args.train_steps * cfg.batch_size / max(train_rows, 1))
     warnings = []
-    if planned_passes > cfg.warn_passes:
+    if planned_passes > cfg.warn_passes and not cfg.early_stopping:  # with it, only if it does not stop in time
         warnings.append(f"{planned_passes:.0f} passes over {train_rows:,} training rows planned "
-                        f"(more than {cfg.warn_passes:g}): small data overfits"
-                        + ("; early stopping keeps the best weights" if cfg.early_stopping else
-                           "; set trainer.early_stopping or fewer train_steps"))
+                        f"(more than {cfg.warn_passes:g}): small data overfits; set trainer.early_stopping "
+                        f"or fewer train_steps")
         log(f"warning: {warnings[-1]}")
     # Keras epochs of eval_every_steps steps (or whole passes with `epochs`), the eval split's loss
     # after each: EarlyStopping keeps the best weights. Without early stopping: one epoch, as before.
@@ -412,6 +428,12 @@ def run_fn(fn_args: FnArgs) -> None:
         stopped_early = stopper.stopped_epoch > 0
         results = trainer.evaluate(eval_ds, steps=eval_steps, return_dict=True, verbose=0)
         eval_auc, auc_note = defined_auc(trainer.auc, float(results["auc"]), "eval")
+    passes = progress.steps * cfg.batch_size / max(train_rows, 1)
+    if cfg.early_stopping and passes > cfg.warn_passes:
+        warnings.append(f"{passes:.0f} passes over {train_rows:,} training rows made (more than {cfg.warn_passes:g}) "
+                        f"before early stopping ended training: the eval loss kept improving slowly; the best "
+                        f"weights (step {best_step:,}) are kept")
+        log(f"warning: {warnings[-1]}")
     # Steps are counted by the callback: when an epoch-based run reaches the end of its data, Keras
     # has already counted one more optimizer iteration for the call that found no batch.
     metrics = {"loss_kind": cfg.loss, "train_steps": progress.steps,
@@ -419,7 +441,8 @@ def run_fn(fn_args: FnArgs) -> None:
                "best_step": int(best_step), "stopped_early": bool(stopped_early),
                "train_rows": train_rows, "input": {split: {"source": got.source, "bytes": got.bytes}
                                                    for split, got in (("train", train_in), ("eval", eval_in))},
-               "planned_passes": round(planned_passes, 2), "warnings": warnings,
+               "planned_passes": round(planned_passes, 2), "passes": round(passes, 2), "warnings": warnings,
+               "eval_every_steps": cfg.eval_every_steps,
                "train_loss": trained["loss"], "train_auc": trained["auc"],
                "eval_loss": float(results["loss"]), "eval_auc": eval_auc, "eval_auc_note": auc_note,
                "vocab_sizes": vocab_sizes, "curve": progress.curve,

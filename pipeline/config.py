@@ -78,8 +78,8 @@ def _check(config: PipelineConfig) -> PipelineConfig:
         raise ConfigError(f"split_buckets must give positive integers for train and eval, got {config.split_buckets}")
     if config.trainer.epochs < 0 or config.trainer.train_steps <= 0:
         raise ConfigError("trainer.train_steps must be > 0 and trainer.epochs >= 0")
-    if config.trainer.eval_every_steps <= 0 or config.trainer.patience <= 0:
-        raise ConfigError("trainer.eval_every_steps and trainer.patience must be > 0")
+    if config.trainer.eval_every_steps < 0 or config.trainer.patience <= 0:
+        raise ConfigError("trainer.eval_every_steps must be >= 0 (0: every half pass) and trainer.patience > 0")
     if config.trainer.steps_per_execution <= 0 or config.trainer.cache_max_mb < 0:
         raise ConfigError("trainer.steps_per_execution must be > 0 and trainer.cache_max_mb >= 0")
     if config.evaluation.min_eval_users < 0 or config.evaluation.bootstrap_samples < 100:

@@ -118,3 +118,29 @@ def too_few_eval_users_warning(eval_files: list[str], spec: FeatureSpec, split_b
     return (f"{where} {found} users with a click, fewer than evaluation.min_eval_users {min_eval_users}, so no "
             f"model can be blessed and nothing will be pushed (exit code 3); give {needed}, set "
             f"evaluation.allow_few_eval_users: true, or pass --allow-not-blessed if that is expected")
+
+
+def first_vector_dim(path: str) -> int | None:
+    """The length of the first vector of a local item-vector file (.jsonl[.gz]: the first line's
+    values; .npy: the header's columns), read without TensorFlow; None when it cannot be told here
+    (the full check, line by line, comes when the file is prepared)."""
+    import gzip
+    import json
+
+    try:
+        if path.endswith(".npy"):
+            import numpy as np
+
+            with open(path, "rb") as f:
+                version = np.lib.format.read_magic(f)
+                shape = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                         else np.lib.format.read_array_header_2_0)(f)[0]
+            return int(shape[1]) if len(shape) == 2 else None
+        with (gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")) as f:
+            for line in f:
+                if line.strip():
+                    values = json.loads(line).get("values")
+                    return len(values) if isinstance(values, list) else None
+    except (OSError, EOFError, ValueError, AttributeError, TypeError, SyntaxError):
+        return None  # the full check reports it, naming the line
+    return None

@@ -63,6 +63,8 @@ class RunWatcher(threading.Thread):
     One read-only connection; each poll reads only executions newer than the last one seen and those
     still running, so a store with a long history costs no more than a new one."""
 
+    START_AFTER_SECONDS = 3.0  # "started" only for an execution running this long (a quicker one says "done")
+
     def __init__(self, metadata_path: str, poll_seconds: float = 1.0, heartbeat_seconds: float = 30.0):
         super().__init__(daemon=True, name="run-watcher")
         self.metadata_path, self.poll_seconds, self.heartbeat = metadata_path, poll_seconds, heartbeat_seconds
@@ -134,6 +136,11 @@ class RunWatcher(threading.Thread):
                 log(f"… {name} running for {duration(now - e.create_time_since_epoch / 1000)}")
             return
         if state in ("NEW", "RUNNING"):
+            if now - e.create_time_since_epoch / 1000 < self.START_AFTER_SECONDS:
+                # Not yet: a component reused from the cache is RUNNING while the cache is looked up,
+                # and "started" followed by "reused" says two things at once.
+                self._open[e.id] = (name, None)
+                return
             self._open[e.id] = (name, state)
             self._beat[e.id] = now
             log(f"▶ {name} started")

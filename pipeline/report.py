@@ -97,20 +97,41 @@ def _training_section(summary: dict, plt, out_dir: str) -> str:
     curve = training.get("curve") or []
     if not curve:
         return "<p>The model was not trained in this run.</p>"
+    evals = training.get("eval_curve") or []
+    best = training.get("best_step", training["train_steps"])
     steps = [p["step"] for p in curve]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
-    left.plot(steps, [p["loss"] for p in curve], color="#c44e52")
-    left.set(xlabel="step", ylabel="training loss (running mean)", title="loss")
-    right.plot(steps, [p["auc"] for p in curve], color="#55a868", label="training (running mean)")
-    if training.get("eval_auc") is not None:
-        right.axhline(training["eval_auc"], color="#8172b2", linestyle="--", label="eval split, best weights")
+    left.plot(steps, [p["loss"] for p in curve], color="#c44e52", linewidth=1,
+              label="training (mean since the last evaluation)")
+    right.plot(steps, [p["auc"] for p in curve], color="#55a868", linewidth=1,
+               label="training (mean since the last evaluation)")
+    if evals:  # what early stopping chose from
+        left.plot([e["step"] for e in evals], [e["loss"] for e in evals], "o-", color="#8172b2", markersize=3,
+                  label="eval split")
+        right.plot([e["step"] for e in evals], [e["auc"] for e in evals], "o-", color="#8172b2", markersize=3,
+                   label="eval split")
+    elif training.get("eval_auc") is not None:
+        right.axhline(training["eval_auc"], color="#8172b2", linestyle="--", label="eval split, final weights")
+    for ax in (left, right):
+        ax.axvline(best, color="#333333", linestyle=":", linewidth=1, label=f"weights kept: step {best:,}")
+    left.set(xlabel="step", ylabel="loss", title="loss")
     right.set(xlabel="step", ylabel="AUC", title="AUC")
-    right.legend(loc="lower right")
+    left.legend(loc="upper right", fontsize=7)
+    right.legend(loc="lower right", fontsize=7)
     eval_auc = training["eval_auc"] if training.get("eval_auc") is not None else "undefined"
     table = _table(["train steps", "best step", "stopped early", "train loss", "train AUC", "eval loss", "eval AUC"],
-                   [[training["train_steps"], training.get("best_step", training["train_steps"]),
+                   [[training["train_steps"], best,
                      "yes" if training.get("stopped_early") else "no", training["train_loss"], training["train_auc"],
                      training["eval_loss"], eval_auc]])
+    if evals:
+        every = training.get("eval_every_steps")
+        passes = training.get("passes")
+        table += (f"<p>The eval split's loss was checked {len(evals)} times"
+                  + (f", every {every:,} steps" if every else "")
+                  + (f" ({passes:g} passes over {training['train_rows']:,} training rows in all)" if passes else "")
+                  + f"; the weights of step {best:,}, the lowest eval loss, were kept"
+                  + (" and training stopped when it stopped improving." if training.get("stopped_early") else ".")
+                  + "</p>")
     notes = [*(training.get("warnings") or []), *([training["eval_auc_note"]] if training.get("eval_auc_note") else [])]
     table += "".join(f"<p class='warn'>{html.escape(n)}</p>" for n in notes)
     warm = training.get("warm_start") or {}
@@ -225,31 +246,90 @@ def _examples_section(summary: dict, spec, milvus_uri: str, log_path: str | None
     pushed = summary.get("pushed_models") or []
     if not pushed or not (summary.get("item_index") or {}).get("count") or not log_path:
         return "<p>No model was pushed and indexed in this run.</p>"
-    import tensorflow as tf
-
-    from serving.examples import ExampleBuilder
     from serving.item_index import IndexConfig, ItemSearcher
     from serving.recall import Recaller, SavedModelUserEncoder
 
     lines = example_log_lines(log_path, spec)
     searcher = ItemSearcher(IndexConfig(uri=milvus_uri, alias=summary["item_index"]["alias"]))
     recaller = Recaller(SavedModelUserEncoder(os.path.dirname(pushed[0]["path"])), searcher, spec)
-    results = recaller.recall_log_lines(lines, k=10)
-    builder = ExampleBuilder(spec)
+    k = 10
+    results = recaller.recall_log_lines(lines, k=k)
     topics = dict(zip(items[0], items[1], strict=True)) if items else {}
-    parts = []
+    parts = [f"<p>The first users of {html.escape(log_path)} with a click and a reading history: the top {k} "
+             f"posts from Milvus for the user as this log line describes them (their read posts left out), "
+             f"and whether the post clicked in that line is among them.</p>"]
     for line, hits in zip(lines, results, strict=True):
-        features = tf.train.Example.FromString(builder.from_log_line(line)).features.feature
-        value = {c: [v.decode() for v in features[c].bytes_list.value] for c in features}
-        history = [p for c in spec.history_columns() for p in value.get(c, [])]
-        clicked = value.get(spec.item_id, [""])[0]
+        row = dict(zip(spec.columns, line.split("\t"), strict=False))
+        history = [p.strip() for c in spec.history_columns() for p in row.get(c, "").split(",") if p.strip()]
+        clicked = row.get(spec.item_id, "")
+        rank = next((i + 1 for i, h in enumerate(hits) if h["id"] == clicked), None)
+        if rank:
+            outcome = f"hit: the clicked post {clicked} is at rank {rank}"
+        elif clicked in history:
+            outcome = f"the clicked post {clicked} is in the history, so it is left out of the ranking"
+        else:
+            outcome = f"miss: the clicked post {clicked} (topic {topics.get(clicked, '?')}) is not in the top {k}"
+        history_topics: dict[str, int] = {}
+        for post in history:
+            topic = topics.get(post, "?")
+            history_topics[topic] = history_topics.get(topic, 0) + 1
+        topic_text = ", ".join(f"{t} ×{n}" for t, n in sorted(history_topics.items(), key=lambda x: (-x[1], x[0])))
         rows = [[i + 1, h["id"], topics.get(h["id"], ""), round(h["score"], 4),
                  "clicked in this log line" if h["id"] == clicked else ""] for i, h in enumerate(hits)]
-        parts.append(f"<h3>user {html.escape(value.get(spec.user_id, ['?'])[0])}</h3>"
+        parts.append(f"<h3>user {html.escape(row.get(spec.user_id, '?'))}: {html.escape(outcome)}</h3>"
                      f"<p>history ({len(history)} posts): {html.escape(', '.join(history[:30]))}"
-                     f"{' ...' if len(history) > 30 else ''}<br>clicked: {html.escape(clicked)}</p>"
+                     f"{' ...' if len(history) > 30 else ''}<br>history topics: {html.escape(topic_text or 'none')}"
+                     f"<br>clicked: {html.escape(clicked)} (topic {html.escape(topics.get(clicked, '?'))})</p>"
                      + _table(["rank", "post", "topic", "score", "note"], rows))
     return "".join(parts)
+
+
+def _run_section(summary: dict, run_inputs: dict | None, config) -> str:
+    pushed = ", ".join(p["path"] for p in summary.get("pushed_models", []))
+    if summary.get("failure"):
+        status = f"<p class='failed'>The run stopped: {html.escape(summary['failure'])}</p>"
+    elif pushed:
+        status = f"<p>Pushed: {html.escape(pushed)}.</p>"
+    else:
+        status = f"<p>Nothing pushed: {html.escape('; '.join(summary.get('not_pushed_because', [])))}.</p>"
+    if summary.get("wall_seconds") is not None:
+        status += f"<p>The run took {summary['wall_seconds']:,.0f} s (wall clock).</p>"
+    parts = [status]
+    if run_inputs:
+        parts.append("<p>Inputs:</p>" + _table(["input", "path"], [[k, v] for k, v in run_inputs.items()]))
+    if config is not None:
+        changed, unchanged = config_rows(config)
+        parts.append("<p>Configuration (values that differ from the defaults; the rest below):</p>"
+                     + (_table(["key", "value", "default"], changed) if changed else "<p>none: every default</p>")
+                     + "<details><summary>every other key, at its default</summary>"
+                     + _table(["key", "value"], unchanged) + "</details>")
+    parts.append(_table(["component", "state", "seconds"], [[c["component"], c["state"], f"{c['seconds']:.1f}"]
+                                                           for c in summary.get("components", [])]))
+    return "".join(parts)
+
+
+def config_rows(config) -> tuple[list[list], list[list]]:
+    """([key, value, default] of the keys that differ from the defaults, [key, value] of the rest),
+    keys dotted (trainer.batch_size)."""
+    import dataclasses
+
+    def flat(value, prefix=""):
+        if dataclasses.is_dataclass(value):
+            for f in dataclasses.fields(value):
+                yield from flat(getattr(value, f.name), f"{prefix}{f.name}.")
+        else:
+            yield prefix.rstrip("."), value
+
+    defaults = dict(flat(type(config)()))
+    changed, unchanged = [], []
+    for key, value in flat(config):
+        text = json.dumps(value) if isinstance(value, (list, dict)) or value == "" else str(value)
+        if value != defaults.get(key):
+            changed.append([key, text, json.dumps(defaults.get(key)) if isinstance(defaults.get(key), (list, dict))
+                            else str(defaults.get(key))])
+        else:
+            unchanged.append([key, text])
+    return changed, unchanged
 
 
 def write_projector(items, log_dir: str) -> None:
@@ -291,8 +371,10 @@ th{background:#f3f3f3}img{max-width:100%;display:block;margin:0.5em 0 1.5em}h2{b
 .failed{color:#b00;font-weight:bold}"""
 
 
-def write_report(workdir: str, summary: dict, spec, milvus_uri: str, log_path: str | None) -> str:
-    """Writes DIR/report/index.html (and DIR/tensorboard/); returns the page's path."""
+def write_report(workdir: str, summary: dict, spec, milvus_uri: str, log_path: str | None,
+                 run_inputs: dict | None = None, config=None) -> str:
+    """Writes DIR/report/index.html (and DIR/tensorboard/); returns the page's path. run_inputs:
+    {what: path} of the run's inputs; config: its PipelineConfig (shown against the defaults)."""
     out_dir = os.path.join(workdir, "report")
     os.makedirs(out_dir, exist_ok=True)
     for name in os.listdir(out_dir):  # images of an earlier run must not linger
@@ -309,16 +391,7 @@ def write_report(workdir: str, summary: dict, spec, milvus_uri: str, log_path: s
                    f"{html.escape(str(e))}</p>"
         sections.append(f"<h2>{html.escape(title)}</h2>{body}")
 
-    pushed = ", ".join(p["path"] for p in summary.get("pushed_models", []))
-    if summary.get("failure"):
-        status = f"<p class='failed'>The run stopped: {html.escape(summary['failure'])}</p>"
-    elif pushed:
-        status = f"<p>Pushed: {html.escape(pushed)}.</p>"
-    else:
-        status = f"<p>Nothing pushed: {html.escape('; '.join(summary.get('not_pushed_because', [])))}.</p>"
-    sections.append("<h2>Run</h2>" + status + _table(
-        ["component", "state", "seconds"], [[c["component"], c["state"], f"{c['seconds']:.1f}"]
-                                            for c in summary.get("components", [])]))
+    sections.append("<h2>Run</h2>" + _run_section(summary, run_inputs, config))
     items = {}
 
     def projection() -> str:
@@ -335,7 +408,6 @@ def write_report(workdir: str, summary: dict, spec, milvus_uri: str, log_path: s
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>DSSM recall run "
             f"{html.escape(str(summary.get('run_id', '')))}</title><style>{STYLE}</style></head><body>"
             f"<h1>DSSM recall: run {html.escape(str(summary.get('run_id', '')))}</h1>{''.join(sections)}"
-            f"<p><small>{html.escape(json.dumps({'wall_seconds': summary.get('wall_seconds')}))}</small></p>"
             f"</body></html>")
     path = os.path.join(out_dir, "index.html")
     with open(path + ".tmp", "w") as f:

@@ -1,5 +1,6 @@
 """The whole pipeline on the bundled sample with LocalDagRunner, then checks on what it produced."""
 import glob
+import json
 import os
 
 import numpy as np
@@ -49,10 +50,15 @@ def test_summary_counts_and_quality(runs):
     assert training["train_steps"] <= planned.train_steps
     assert training["stopped_early"] == (training["train_steps"] < planned.train_steps)
     assert 0 < training["best_step"] <= training["train_steps"]
-    assert training["best_step"] % planned.eval_every_steps == 0 or training["best_step"] == training["train_steps"]
+    # The first check at half a pass: ceil(8000 / 2 / 128) = 32 steps, down to a multiple of the 10
+    # steps one call of the compiled step runs.
+    assert planned.eval_every_steps == 0 and training["eval_every_steps"] == 30
+    assert training["best_step"] % 30 == 0 or training["best_step"] == training["train_steps"]
     assert training["train_rows"] == 8000
     assert training["planned_passes"] == round(planned.train_steps * planned.batch_size / 8000, 2)
-    assert any("passes over 8,000 training rows" in w for w in training["warnings"])  # 48 > 20 passes
+    assert training["passes"] == round(training["train_steps"] * planned.batch_size / 8000, 2)
+    # 48 passes planned, but early stopping ends it: the warning only when the passes made exceed 20.
+    assert any("passes over 8,000 training rows" in w for w in training["warnings"]) == (training["passes"] > 20)
     assert training["eval_auc"] >= 0.70, training
     assert np.isfinite(first["training"]["eval_loss"])
     retrieval = first["retrieval"]
@@ -152,7 +158,13 @@ def test_a_model_that_does_not_beat_popularity_is_not_pushed(runs, tmp_path, tmp
     workdir, first, _ = runs
     (tmp_path / "strict.yaml").write_text("evaluation:\n  bless_margin: 1.0\n")  # no model can beat that
     with holding_the_shared_run(tmp_path_factory):
-        summary = run_local(workdir, "--config", str(tmp_path / "strict.yaml"))
+        proc = run_local(workdir, "--config", str(tmp_path / "strict.yaml"), expect_ok=False)
+    # Nothing pushed is exit code 3 (a cron job or CI sees it), the reasons on the last line.
+    assert proc.returncode == 3, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("not pushed (exit code 3") and "does not beat the popularity baseline" in last
+    with open(os.path.join(workdir, "run_summary.json")) as f:
+        summary = json.load(f)
     states = {c["component"]: c["state"] for c in summary["components"]}
     assert states["Trainer"] == "CACHED" and states["RetrievalEvaluator"] == "COMPLETE"
     assert summary["pushed"] is False and summary["pushed_models"] == []

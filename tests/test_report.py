@@ -35,8 +35,9 @@ def test_each_component_logs_start_and_end_with_figures(runs):
     for verb, split, n in (("analyzing", "train", train), ("transforming", "train", train),
                            ("transforming", "eval", eval_)):
         assert re.search(rf"Transform {verb} {split}: {n:,}/{n:,} \(100%\) rows, [\d,]+ rows/s", err), (verb, split)
-    # The rerun reuses everything and says so.
+    # The rerun reuses everything and says so, without announcing a start first.
     assert second["_stderr"].count("reused from an earlier run") == len(second["components"])
+    assert "▶" not in second["_stderr"], second["_stderr"][-3000:]
 
 
 def _browser():
@@ -53,7 +54,12 @@ def _browser():
     return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
 
 
+BROWSER_MISSING = [p for p in ("/usr/bin/chromium", "/usr/bin/chromedriver") if not os.access(p, os.X_OK)]
+
+
 @pytest.mark.e2e
+@pytest.mark.skipif(bool(BROWSER_MISSING), reason=f"no {' or '.join(BROWSER_MISSING)}: `make browser` installs "
+                                                  f"Debian's chromium, which needs root or passwordless sudo")
 def test_report_renders_in_chromium_with_every_image(runs):
     _, first, _ = runs
     page = os.path.join(first["_report_dir"], "index.html")
@@ -76,8 +82,37 @@ def test_report_renders_in_chromium_with_every_image(runs):
     assert "could not be built" not in text
     assert f"train {_data_rows('train.tsv'):,} {_data_rows('train.tsv'):,} 0 none" in text
     assert "1,477 item-tower vectors" in text
-    assert len(re.findall(r"^user \S+$", text, re.M)) == 3  # three example recalls, ten posts each
+    assert len(re.findall(r"^user \S+: (hit|miss|the clicked post)", text, re.M)) == 3  # three, ten posts each
     assert text.count("\n10 p") == 3
+
+
+@pytest.mark.e2e
+def test_the_report_shows_why_training_stopped_what_ran_and_whether_the_examples_hit(runs):
+    """The page's text (no browser): the eval checks and the step kept, the inputs and the config,
+    each example's history topics and whether its clicked post was found, no raw JSON."""
+    import html as html_lib
+
+    _, first, _ = runs
+    page = open(os.path.join(first["_report_dir"], "index.html")).read()
+    text = html_lib.unescape(re.sub(r"<[^>]+>", " ", page))
+    text = re.sub(r"\s+", " ", text)
+    training = first["training"]
+    evals = training["eval_curve"]
+    assert len(evals) >= 2 and evals[0]["step"] == training["eval_every_steps"]
+    assert (f"The eval split's loss was checked {len(evals)} times, every {training['eval_every_steps']:,} steps "
+            f"({training['passes']:g} passes over 8,000 training rows in all); the weights of step "
+            f"{training['best_step']:,}, the lowest eval loss, were kept") in text
+    best = min(evals, key=lambda e: e["loss"])
+    assert best["step"] == training["best_step"]  # the step kept is the lowest eval loss, read off the curve
+    assert f"training log {SAMPLE_DIR}/train.tsv" in text and f"eval log {SAMPLE_DIR}/eval.tsv" in text
+    assert "config none: every default" in text
+    assert "trainer.batch_size 128" in text  # the keys at their defaults, folded away
+    outcomes = re.findall(r"user (\S+): (hit: the clicked post \S+ is at rank \d+|miss: the clicked post \S+ "
+                          r"\(topic \S+\) is not in the top 10|the clicked post \S+ is in the history)", text)
+    assert len(outcomes) == 3, text[-3000:]
+    assert text.count("history topics: ") == 3
+    assert "wall_seconds" not in text
+    assert re.search(r"The run took [\d,]+ s \(wall clock\)", text)
 
 
 @pytest.mark.e2e
