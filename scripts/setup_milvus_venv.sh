@@ -8,7 +8,7 @@ VENV="$PWD/.milvus-venv"
 rm -f "$VENV/.installed"
 BASE=$(.venv/bin/python -c 'import sys; print(sys._base_executable)')
 if [ ! -x "$VENV/bin/python" ]; then
-  .venv/bin/uv venv --quiet --python "$BASE" "$VENV"
+  .venv/bin/uv venv --quiet --clear --python "$BASE" "$VENV"  # --clear: a half-made or moved one
 fi
 .venv/bin/uv pip sync --quiet --python "$VENV/bin/python" requirements-milvus.lock
 "$VENV/bin/python" -c 'import milvus' || { echo "error: .milvus-venv cannot import milvus; run 'make milvus-setup' again" >&2; exit 1; }
