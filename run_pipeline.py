@@ -316,7 +316,7 @@ def run_local(args) -> dict:
         print(f"\nnext:\n  make serve WORKDIR={args.workdir}    # gRPC 8500 and REST 8501, TF Serving's API\n"
               f"  .venv/bin/python -m serving.recall --workdir {args.workdir} --log-file "
               f"{eval_log} --limit 1 --k 10 --format table")
-    elif "pushed" in summary and not args.allow_not_blessed:  # the Pusher ran and pushed nothing
+    elif "not_pushed_because" in summary and not args.allow_not_blessed:  # the Pusher ran and pushed nothing
         reasons = "; ".join(summary.get("not_pushed_because") or ["not blessed"])
         print(f"not pushed (exit code {NOT_BLESSED_EXIT}; --allow-not-blessed makes this exit 0): {reasons}",
               file=sys.stderr)

@@ -310,7 +310,9 @@ def defined_auc(auc_metric, value: float, split: str) -> tuple[float | None, str
 def steps_per_execution(cfg: TrainerConfig, train_steps: int) -> int:
     """cfg.steps_per_execution, or a divisor of it when early stopping's last, shorter epoch (the
     data runs out after train_steps % eval_every_steps steps) would end inside a call: Keras would
-    train those steps without counting them."""
+    train those steps without counting them. cfg.eval_every_steps is the interval in use (eval_interval)."""
+    if cfg.early_stopping and not cfg.epochs and not cfg.eval_every_steps:
+        raise ValueError("steps_per_execution needs the eval interval in use: eval_interval(cfg, train_rows)")
     if cfg.early_stopping and not cfg.epochs and train_steps % cfg.eval_every_steps:
         return math.gcd(cfg.steps_per_execution, train_steps % cfg.eval_every_steps)
     return cfg.steps_per_execution

@@ -258,8 +258,8 @@ def summary_lines(summary: dict, workdir: str) -> list[str]:
         lines.append(f"item index: not indexed: {index['not_indexed_because']}")
     for pushed in summary.get("pushed_models") or []:
         lines.append(f"pushed:     version {pushed['version']} -> {pushed['path']}")
-    if summary.get("training") and not summary.get("pushed"):
-        lines.append("pushed:     nothing: " + "; ".join(summary.get("not_pushed_because") or ["not blessed"]))
+    if "not_pushed_because" in summary:  # the Pusher ran and pushed nothing (not a partial run)
+        lines.append("pushed:     nothing: " + "; ".join(summary["not_pushed_because"]))
     if summary.get("failure"):
         lines.append(f"failed:     {summary['failure']}")
     lines += [f"summary:    {os.path.join(workdir, 'run_summary.json')} (everything, as JSON)",

@@ -184,7 +184,7 @@ def test_recall_over_a_served_model_says_who_which_version_and_generation_withou
     from serving.server import ModelServer
 
     workdir, first, _ = runs
-    pushed_version = first["pushed_models"][0]["version"]
+    pushed_version = int(first["pushed_models"][0]["version"])  # the summary keeps it as text
     code = ("import runpy, sys, atexit\n"
             "atexit.register(lambda: print('tensorflow runtime loaded:', 'tensorflow.python' in sys.modules))\n"
             "sys.argv = ['serving.recall', *sys.argv[1:]]\n"

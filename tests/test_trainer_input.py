@@ -192,9 +192,12 @@ def test_the_last_short_epoch_of_early_stopping_ends_at_the_end_of_a_call():
     from components.config import TrainerConfig
     from components.trainer import steps_per_execution
 
-    assert steps_per_execution(TrainerConfig(), 16) == 2          # gcd(10, 16)
-    assert steps_per_execution(TrainerConfig(), 3000) == 10       # 12 whole epochs of 250
-    assert steps_per_execution(TrainerConfig(), 300) == 10        # last epoch 50 steps: 10 divides it
-    assert steps_per_execution(TrainerConfig(), 1003) == 1        # last epoch 3 steps
+    every_250 = TrainerConfig(eval_every_steps=250)
+    assert steps_per_execution(every_250, 16) == 2          # gcd(10, 16)
+    assert steps_per_execution(every_250, 3000) == 10       # 12 whole epochs of 250
+    assert steps_per_execution(every_250, 300) == 10        # last epoch 50 steps: 10 divides it
+    assert steps_per_execution(every_250, 1003) == 1        # last epoch 3 steps
+    with pytest.raises(ValueError, match="needs the eval interval in use"):
+        steps_per_execution(TrainerConfig(), 16)  # eval_every_steps 0 is resolved by eval_interval first
     assert steps_per_execution(TrainerConfig(early_stopping=False), 16) == 10  # Keras truncates a known epoch
     assert steps_per_execution(TrainerConfig(epochs=2), 16) == 10
