@@ -1,13 +1,25 @@
-"""Retrieval quality on real data: MovieLens ml-latest-small, popularity and EASE vs. each loss.
+"""Retrieval quality on real data: MovieLens ml-latest-small, popularity, EASE and SASRec vs. the
+pipeline's user-tower variants.
 
     .venv/bin/python bench/movielens_quality.py [--source ../shared/data/ml-latest-small]
-                                                [--workdir /tmp/dssm_bench_movielens] [--configs a,b,...]
-                                                [--ease-only]
+        [--workdir /tmp/dssm_bench_movielens] [--configs position,attention,...] [--seeds 1024,7]
+        [--ease-only] [--sasrec-epochs 30]
 
 Converts MovieLens with datagen.movielens (per-user time split), then runs the whole pipeline once per
-trainer configuration in one work directory (ExampleGen, statistics and Transform are cached after the
-first run) and prints Recall@10/50/100, HR@50 and NDCG@50 of the popularity baseline and of every
-configuration, from run_summary.json (RetrievalEvaluator's figures).
+configuration and seed (trainer.seed) in one work directory (ExampleGen, statistics and Transform are
+cached after the first run) and prints Recall@10/50/100, HR@50 and NDCG@50 of the popularity baseline
+and of every configuration, from run_summary.json (RetrievalEvaluator's figures), as the mean over the
+seeds with their range, the Trainer's seconds, and per-user paired bootstrap intervals (95%, users
+resampled) of HR@50 differences: each configuration against EASE and against SASRec, from the
+evaluator's per_user.tsv (each user's hits averaged over the seeds).
+
+SASRec (Kang & McAuley 2018), written here in TF: trainable item embeddings (shared by the input
+sequence and the output softmax), learned positions, two blocks of self-attention and feed-forward
+layers over the user's rated movies in time order (padding masked), the last position's output scored
+against every catalog item, softmax cross-entropy over the whole catalog on each liked training event.
+The epoch kept is the best HR@50 on a validation event (each user's last liked training event, left out
+of training). It is ranked by exactly the evaluator's rule: the history at the user's first clicked eval
+event, its read posts excluded, the user's eval clicks relevant.
 
 EASE (Steck 2019: the closed-form item-item model B = -P / diag(P), P = (X'X + lambda I)^-1, diag(B) = 0)
 is computed here, independently of the pipeline, on the same protocol as the RetrievalEvaluator: the
@@ -34,8 +46,11 @@ from schema.spec import DEFAULT_SPEC_PATH  # noqa: E402
 
 # name -> {"trainer": overrides of the trainer defaults, "features": overrides of the default feature
 # spec's features (written as a spec file of their own)}.
+ATTENTION = {"reduce": "attention", "embed_dim": 64, "heads": 2, "blocks": 2, "dropout": 0.1}
 CONFIGS = {
     "default": {},
+    "position": {"features": {"client_embed": {"reduce": "position"}}},  # learned weights per list position
+    "attention": {"features": {"client_embed": ATTENTION}},              # self-attention over the history
     "history_mean": {"features": {"client_embed": {"reduce": "mean"}}},  # the default before position pooling
     "pointwise": {"trainer": {"loss": "pointwise"}},                      # the original design
     "inbatch_softmax": {"trainer": {"loss": "inbatch_softmax"}},
@@ -81,8 +96,10 @@ def ease_scores(x: np.ndarray, queries: np.ndarray, lam: float) -> np.ndarray:
     return scores
 
 
-def rank_metrics(scores: np.ndarray, relevant: list[set[int]], sizes: list[int], ks: list[int]) -> dict:
-    """Recall/HR/NDCG@k; relevant holds catalog indices, sizes the relevant count incl. outside the catalog."""
+def rank_metrics(scores: np.ndarray, relevant: list[set[int]], sizes: list[int], ks: list[int],
+                 per_user: dict | None = None) -> dict:
+    """Recall/HR/NDCG@k; relevant holds catalog indices, sizes the relevant count incl. outside the catalog.
+    per_user: filled with {metric: [one value per query]}."""
     order = np.argsort(-scores, axis=1, kind="stable")[:, :max(ks)]
     out = {}
     for k in ks:
@@ -94,11 +111,43 @@ def rank_metrics(scores: np.ndarray, relevant: list[set[int]], sizes: list[int],
             disc = 1.0 / np.log2(np.arange(2, k + 2))
             ndcg.append(float((gains * disc).sum() / disc[:min(size, k)].sum()))
         out[f"recall@{k}"], out[f"hit_rate@{k}"], out[f"ndcg@{k}"] = map(lambda v: float(np.mean(v)), (rec, hit, ndcg))
+        if per_user is not None:
+            per_user.update({f"recall@{k}": rec, f"hit_rate@{k}": hit, f"ndcg@{k}": ndcg})
     return out
 
 
-def ease_baseline(data: str, vectors_path: str, ks=(10, 50, 100)) -> tuple[dict, float, dict]:
-    """(EASE's metrics on the eval split, the lambda chosen, HR@50 on the held-out click per lambda)."""
+class EvalQueries:
+    """The evaluator's queries on the converted data: each eval user with a click, the read posts of its
+    first clicked eval row (most recent first), and its eval clicks."""
+
+    def __init__(self, data: str, catalog: list[str]):
+        self.index = {p: i for i, p in enumerate(catalog)}
+        first_read, relevant = {}, {}
+        for r in _rows(os.path.join(data, "eval.tsv")):
+            if r["act"] != "1":
+                continue
+            u = r["client_id"]
+            if u not in first_read:
+                first_read[u] = [p for p in r["read_post_id"].split(",") if p]
+            relevant.setdefault(u, set()).add(r["post_id"])
+        self.users = sorted(relevant)
+        self.read = [first_read[u] for u in self.users]
+        self.relevant = [{self.index[p] for p in relevant[u] if p in self.index} for u in self.users]
+        self.sizes = [len(relevant[u]) for u in self.users]
+
+    def metrics(self, scores: np.ndarray, ks=(10, 50, 100)) -> tuple[dict, dict[str, float]]:
+        """(metrics, {user: HR@50}) of scores [users, catalog], each user's read posts excluded."""
+        scores = scores.astype(np.float64, copy=True)
+        for q, read in enumerate(self.read):
+            scores[q, [self.index[p] for p in read if p in self.index]] = -np.inf
+        per_user: dict = {}
+        out = rank_metrics(scores, self.relevant, self.sizes, list(ks), per_user)
+        return out, dict(zip(self.users, per_user["hit_rate@50"], strict=True))
+
+
+def ease_baseline(data: str, vectors_path: str, ks=(10, 50, 100)) -> tuple[dict, float, dict, dict]:
+    """(EASE's metrics on the eval split, the lambda chosen, HR@50 on the held-out click per lambda,
+    {user: HR@50})."""
     catalog = _catalog(vectors_path)
     index = {p: i for i, p in enumerate(catalog)}
     clicks: dict[str, list[int]] = {}
@@ -127,65 +176,218 @@ def ease_baseline(data: str, vectors_path: str, ks=(10, 50, 100)) -> tuple[dict,
     lam = max(tried, key=tried.get)
 
     # Eval: the evaluator's queries and exclusions.
-    first_read, relevant = {}, {}
-    for r in _rows(os.path.join(data, "eval.tsv")):
-        if r["act"] != "1":
-            continue
-        u = r["client_id"]
-        if u not in first_read:
-            first_read[u] = {p for p in r["read_post_id"].split(",") if p}
-        relevant.setdefault(u, set()).add(r["post_id"])
-    eval_users = sorted(relevant)
+    queries = EvalQueries(data, catalog)
     x = matrix(holdout=False)
-    queries = np.stack([x[row_of[u]] if u in row_of else np.zeros(len(catalog), np.float32) for u in eval_users])
-    scores = ease_scores(x, queries, lam)
-    for q, u in enumerate(eval_users):
-        scores[q, [index[p] for p in first_read[u] if p in index]] = -np.inf
-    rel = [{index[p] for p in relevant[u] if p in index} for u in eval_users]
-    return rank_metrics(scores, rel, [len(relevant[u]) for u in eval_users], list(ks)), lam, tried
+    rows = np.stack([x[row_of[u]] if u in row_of else np.zeros(len(catalog), np.float32) for u in queries.users])
+    metrics, per_user = queries.metrics(ease_scores(x, rows, lam), ks)
+    return metrics, lam, tried, per_user
+
+
+SASREC_MAXLEN = 50
+
+
+def _sequence(read: list[str], index: dict[str, int]) -> list[int]:
+    """A history listed most recent first -> catalog rows + 1 in time order (0 = padding; unknown ids dropped)."""
+    return [index[p] + 1 for p in reversed(read[:SASREC_MAXLEN]) if p in index]
+
+
+def _padded(sequences: list[list[int]]) -> np.ndarray:
+    out = np.zeros((len(sequences), SASREC_MAXLEN), np.int32)
+    for i, seq in enumerate(sequences):
+        seq = seq[-SASREC_MAXLEN:]
+        if seq:
+            out[i, -len(seq):] = seq  # left padded: the latest event is the last position
+    return out
+
+
+def sasrec(data: str, catalog: list[str], seed: int, epochs: int = 30, patience: int = 3, dim: int = 64,
+           blocks: int = 2, dropout: float = 0.2, batch: int = 128) -> tuple[dict, dict, dict]:
+    """(SASRec's metrics on the eval split, {user: HR@50}, {"epoch": best, "val_hr50": ..., "seconds": ...})."""
+    import time
+
+    import tensorflow as tf
+
+    tf.keras.utils.set_random_seed(seed)
+    index = {p: i for i, p in enumerate(catalog)}
+    by_user: dict[str, list[tuple[list[int], int]]] = {}
+    for r in _rows(os.path.join(data, "train.tsv")):
+        if r["act"] == "1" and r["post_id"] in index:
+            by_user.setdefault(r["client_id"], []).append(
+                (_sequence([p for p in r["read_post_id"].split(",") if p], index), index[r["post_id"]]))
+    train, val = [], []
+    for events in by_user.values():
+        if len(events) >= 2:
+            val.append(events[-1])  # each user's last liked training event chooses the epoch
+            events = events[:-1]
+        train.extend(events)
+    x_train, y_train = _padded([s for s, _ in train]), np.array([t for _, t in train], np.int32)
+    x_val, y_val = _padded([s for s, _ in val]), np.array([t for _, t in val], np.int32)
+
+    n = len(catalog) + 1
+    items = tf.keras.layers.Embedding(n, dim, embeddings_initializer=tf.keras.initializers.RandomNormal(0, 0.05, seed))
+    positions = tf.Variable(tf.random.normal((SASREC_MAXLEN, dim), 0, 0.05, seed=seed))
+    layers = [(tf.keras.layers.MultiHeadAttention(1, dim, dropout=dropout),
+               tf.keras.layers.LayerNormalization(epsilon=1e-6),
+               tf.keras.layers.Dense(dim, activation="relu"), tf.keras.layers.Dense(dim),
+               tf.keras.layers.LayerNormalization(epsilon=1e-6)) for _ in range(blocks)]
+    drop = tf.keras.layers.Dropout(dropout, seed=seed)
+    causal = tf.linalg.band_part(tf.ones((SASREC_MAXLEN, SASREC_MAXLEN), tf.bool), -1, 0)  # sees itself and before
+
+    def encode(seq, training):
+        present = tf.not_equal(seq, 0)
+        x = drop(items(seq) * dim ** 0.5 + positions, training=training) * tf.cast(present, tf.float32)[..., None]
+        mask = tf.logical_and(causal[None], present[:, None, :])
+        for attention, norm_a, inner, outer, norm_f in layers:
+            x = norm_a(x + attention(x, x, attention_mask=mask, training=training))
+            x = norm_f(x + drop(outer(inner(x)), training=training))
+            x = x * tf.cast(present, tf.float32)[..., None]
+        return x[:, -1]  # the latest event, which attended to the whole history
+
+    def logits(seq, training):
+        return tf.matmul(encode(seq, training), items.embeddings[1:], transpose_b=True)
+
+    optimizer = tf.keras.optimizers.Adam(1e-3)
+    encode(tf.constant(x_train[:2]), False)  # builds the layers
+
+    @tf.function(jit_compile=True)
+    def step(seq, target):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(target, logits(seq, True)))
+        variables = [items.embeddings, positions, *(v for layer in layers for part in layer
+                                                    for v in part.trainable_variables)]
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
+        return loss
+
+    def scores_of(sequences: np.ndarray) -> np.ndarray:
+        return np.concatenate([logits(tf.constant(sequences[i:i + 512]), False).numpy()
+                               for i in range(0, len(sequences), 512)])
+
+    def val_hr50() -> float:
+        scores = scores_of(x_val)
+        for q, seq in enumerate(x_val):
+            scores[q, seq[seq > 0] - 1] = -np.inf  # the posts read before are excluded, as in the evaluator
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :50]
+        return float(np.mean([t in row for t, row in zip(y_val, top, strict=True)]))
+
+    started = time.time()
+    rng = np.random.default_rng(seed)
+    best, best_epoch, best_weights, waited = -1.0, 0, None, 0
+    variables = [items.embeddings, positions, *(v for layer in layers for part in layer for v in part.weights)]
+    for epoch in range(1, epochs + 1):
+        order = rng.permutation(len(x_train))
+        for i in range(0, len(order), batch):
+            step(tf.constant(x_train[order[i:i + batch]]), tf.constant(y_train[order[i:i + batch]]))
+        hr = val_hr50()
+        if hr > best:
+            best, best_epoch, best_weights, waited = hr, epoch, [v.numpy() for v in variables], 0
+        else:
+            waited += 1
+            if waited >= patience:
+                break
+    for v, value in zip(variables, best_weights, strict=True):
+        v.assign(value)
+    queries = EvalQueries(data, catalog)
+    metrics, per_user = queries.metrics(scores_of(_padded([_sequence(r, index) for r in queries.read])))
+    return metrics, per_user, {"epoch": best_epoch, "val_hr50": round(best, 4), "seconds": round(time.time() - started)}
+
+
+def _per_user(summary: dict) -> dict[str, float]:
+    """{user: HR@50} from the RetrievalEvaluator's per_user.tsv."""
+    with open(os.path.join(summary["evaluation_uri"], "per_user.tsv")) as f:
+        return {r["user"]: float(r["hit_rate@50"]) for r in csv.DictReader(f, delimiter="\t")}
+
+
+def paired_interval(a: dict[str, float], b: dict[str, float]) -> tuple[float, list[float]]:
+    """Mean of a - b over the users both rank, and its 95% bootstrap interval (users resampled)."""
+    from components.retrieval_metrics import bootstrap_interval
+
+    users = sorted(set(a) & set(b))
+    difference = np.array([a[u] - b[u] for u in users])
+    return float(difference.mean()), bootstrap_interval(difference, 2000)
+
+
+def _mean_over_seeds(per_seed: list[dict[str, float]]) -> dict[str, float]:
+    return {u: float(np.mean([d[u] for d in per_seed])) for u in per_seed[0]}
+
+
+def _run_config(a, name: str, seed: int, data: str) -> dict:
+    cfg = os.path.join(a.workdir, f"{name}-{seed}.yaml")
+    config = {"trainer": {**CONFIGS[name].get("trainer", {}), "seed": seed}, "evaluation": {"catalog": "vectors"}}
+    if "features" in CONFIGS[name]:
+        config["feature_spec"] = _spec_variant(os.path.join(a.workdir, f"{name}.spec.yaml"), CONFIGS[name]["features"])
+    with open(cfg, "w") as f:
+        json.dump(config, f)  # JSON is YAML
+    run = subprocess.run([sys.executable, "run_pipeline.py", "local", "--workdir", os.path.join(a.workdir, "run"),
+                          "--config", cfg, "--train", os.path.join(data, "train.tsv"),
+                          "--eval", os.path.join(data, "eval.tsv"), "--allow-not-blessed", "--no-serving-demo",
+                          "--item-embeddings", os.path.join(a.source, "item_embeddings.jsonl.gz")],
+                         cwd=REPO, capture_output=True, text=True)
+    if run.returncode != 0:
+        raise SystemExit(f"{name} (seed {seed}) failed:\n{run.stderr[-3000:]}")
+    with open(os.path.join(a.workdir, "run", "run_summary.json")) as f:
+        return json.load(f)
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--source", default=os.path.join(os.path.dirname(REPO), "shared", "data", "ml-latest-small"))
     p.add_argument("--workdir", default="/tmp/dssm_bench_movielens")
-    p.add_argument("--configs", default=",".join(CONFIGS))
-    p.add_argument("--ease-only", action="store_true", help="only the EASE baseline (seconds, no pipeline run)")
+    p.add_argument("--configs", default="position,attention", help=f"of {', '.join(CONFIGS)}")
+    p.add_argument("--seeds", default="1024,7", help="trainer.seed of each run (and SASRec's seed)")
+    p.add_argument("--sasrec-epochs", type=int, default=30)
+    p.add_argument("--ease-only", action="store_true", help="only the EASE baseline (seconds, no training)")
     a = p.parse_args()
+    seeds = [int(x) for x in a.seeds.split(",")]
     data = os.path.join(a.workdir, "data")
     if not os.path.exists(os.path.join(data, "eval.tsv")):
         subprocess.run([sys.executable, "-m", "datagen.movielens", "--source", a.source, "--out", data],
                        cwd=REPO, check=True)
-    ease, lam, tried = ease_baseline(data, os.path.join(a.source, "item_embeddings.jsonl.gz"))
+    vectors = os.path.join(a.source, "item_embeddings.jsonl.gz")
+    ease, lam, tried, ease_users = ease_baseline(data, vectors)
     print(f"EASE: lambda {lam:g} chosen by HR@50 on each user's held-out last training click "
           + json.dumps({f"{k:g}": round(v, 4) for k, v in tried.items()}), flush=True)
     print("EASE", json.dumps({k: round(ease[k], 4) for k in COLUMNS}), flush=True)
-    rows = {}
+    rows: dict[str, list[dict]] = {f"EASE (lambda {lam:g})": [ease]}
+    users: dict[str, list[dict]] = {"EASE": [ease_users]}
+    seconds: dict[str, list[float]] = {}
+    if not a.ease_only:
+        catalog = _catalog(vectors)
+        for seed in seeds:
+            metrics, per_user, info = sasrec(data, catalog, seed, a.sasrec_epochs)
+            rows.setdefault("SASRec", []).append(metrics)
+            users.setdefault("SASRec", []).append(per_user)
+            print(f"SASRec seed {seed}: best epoch {info['epoch']} (validation HR@50 {info['val_hr50']}), "
+                  f"{info['seconds']} s: " + json.dumps({k: round(metrics[k], 4) for k in COLUMNS}), flush=True)
     for name in ([] if a.ease_only else a.configs.split(",")):
-        cfg = os.path.join(a.workdir, f"{name}.yaml")
-        config = {"trainer": CONFIGS[name].get("trainer", {}), "evaluation": {"catalog": "vectors"}}
-        if "features" in CONFIGS[name]:
-            config["feature_spec"] = _spec_variant(os.path.join(a.workdir, f"{name}.spec.yaml"),
-                                                   CONFIGS[name]["features"])
-        with open(cfg, "w") as f:
-            json.dump(config, f)  # JSON is YAML
-        run = subprocess.run([sys.executable, "run_pipeline.py", "local", "--workdir", os.path.join(a.workdir, "run"),
-                              "--config", cfg, "--train", os.path.join(data, "train.tsv"),
-                              "--eval", os.path.join(data, "eval.tsv"),
-                              "--item-embeddings", os.path.join(a.source, "item_embeddings.jsonl.gz")],
-                             cwd=REPO, capture_output=True, text=True)
-        if run.returncode != 0:
-            raise SystemExit(f"{name} failed:\n{run.stderr[-3000:]}")
-        with open(os.path.join(a.workdir, "run", "run_summary.json")) as f:
-            summary = json.load(f)
-        rows.setdefault("popularity", summary["retrieval"]["popularity"])
-        rows[name] = {**summary["retrieval"]["model"], "eval_auc": summary["training"]["eval_auc"]}
-        print(name, json.dumps({k: round(rows[name][k], 4) for k in COLUMNS}), flush=True)
-    print(f"\n{'':<20}" + "".join(f"{c:>12}" for c in COLUMNS) + f"{'HR@50 x pop':>13}")
-    rows[f"EASE (lambda {lam:g})"] = ease
-    pop = rows["popularity"]["hit_rate@50"] if "popularity" in rows else float("nan")
-    for name, m in rows.items():
-        print(f"{name:<20}" + "".join(f"{m[c]:>12.4f}" for c in COLUMNS) + f"{m['hit_rate@50'] / pop:>13.2f}")
+        for seed in seeds:
+            summary = _run_config(a, name, seed, data)
+            rows.setdefault("popularity", [summary["retrieval"]["popularity"]])
+            rows.setdefault(name, []).append(summary["retrieval"]["model"])
+            users.setdefault(name, []).append(_per_user(summary))
+            trainer = next(c for c in summary["components"] if c["component"] == "Trainer")
+            seconds.setdefault(name, []).append(trainer["seconds"])
+            t = summary["training"]
+            print(f"{name} seed {seed}: " + json.dumps({k: round(summary['retrieval']['model'][k], 4) for k in COLUMNS})
+                  + f"; Trainer {trainer['seconds']:.0f} s, {t['train_steps']} steps (best {t['best_step']})",
+                  flush=True)
+    print(f"\nmean over seeds {seeds} (HR@50 range in brackets), {os.cpu_count()} CPUs")
+    print(f"{'':<20}" + "".join(f"{c:>12}" for c in COLUMNS) + f"{'HR@50 range':>18}{'Trainer s':>11}")
+    for name, runs in rows.items():
+        mean = {c: float(np.mean([r[c] for r in runs])) for c in COLUMNS}
+        hr = [r["hit_rate@50"] for r in runs]
+        print(f"{name:<20}" + "".join(f"{mean[c]:>12.4f}" for c in COLUMNS)
+              + f"{f'[{min(hr):.4f}, {max(hr):.4f}]':>18}"
+              + (f"{np.mean(seconds[name]):>11.0f}" if name in seconds else ""))
+    mean_users = {name: _mean_over_seeds(per_seed) for name, per_seed in users.items()}
+    print("\nHR@50 differences, per user (hits averaged over the seeds), 95% paired bootstrap interval:")
+    for name in mean_users:
+        if name in ("EASE", "SASRec"):
+            continue
+        for other in ("EASE", "SASRec"):
+            if other in mean_users:
+                diff, ci = paired_interval(mean_users[name], mean_users[other])
+                ratio = np.mean(list(mean_users[name].values())) / np.mean(list(mean_users[other].values()))
+                print(f"  {name} - {other}: {diff:+.4f} [{ci[0]:+.4f}, {ci[1]:+.4f}]  ({ratio:.3f}x)")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Seconds of each phase of the Trainer's run_fn on a finished run's artifacts, without TFX around it.
 
-    .venv/bin/python bench/trainer_phases.py --workdir RUN_DIR [trainer.key=value ...]
+    .venv/bin/python bench/trainer_phases.py --workdir RUN_DIR [--spec SPEC] [trainer.key=value ...]
     e.g. ... --workdir runs/seed train_steps=16            # the fixed costs alone
          ... --workdir runs/seed cache_max_mb=0 steps_per_execution=1
 
@@ -59,6 +59,8 @@ def _setting(defaults: dict, item: str):
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--workdir", required=True)
+    p.add_argument("--spec", default=None, help="feature spec (default: schema/feature_spec.yaml); a reduce "
+                                                "other than the run's reads the same Transform output")
     p.add_argument("settings", nargs="*", help="trainer settings, key=value")
     a = p.parse_args()
     cfg = dataclasses.asdict(TrainerConfig())
@@ -66,7 +68,7 @@ def main() -> None:
     examples = _latest(os.path.join(a.workdir, "pipeline", "Transform", "transformed_examples", "*"))
     out = tempfile.mkdtemp(prefix="trainer-phases-")
     fn_args = FnArgs(
-        custom_config={"feature_spec": load_spec().to_json(), "num_oov_buckets": 1, "trainer": cfg,
+        custom_config={"feature_spec": load_spec(a.spec).to_json(), "num_oov_buckets": 1, "trainer": cfg,
                        "item_vectors_dir": glob.glob(os.path.join(a.workdir, "item_vectors", "*"))[0]},
         transform_output=_latest(os.path.join(a.workdir, "pipeline", "Transform", "transform_graph", "*")),
         train_files=[os.path.join(examples, "Split-train", "*")],

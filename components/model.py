@@ -4,7 +4,8 @@
 - varlen features combined by mean over non-padding ids, weighted ones by weighted sum;
 - a frozen pretrained item table: the item's own vector, and the mean, sum or learned position-weighted
   mean (`reduce: position`) of the vectors of the user's history, over known items only (an empty
-  history gives zeros, not 0/0);
+  history gives zeros, not 0/0), or self-attention over the history read as a sequence
+  (`reduce: attention`: SequenceEncoder);
 - towers of Dense layers (hidden activation, optional batch norm and dropout, output activation),
   L2-normalised outputs, score logit = gamma * dot(user, item) = gamma * cosine.
 """
@@ -85,6 +86,58 @@ class PositionPool(tf.keras.layers.Layer):
         return {**super().get_config(), "maxlen": self.maxlen}
 
 
+class SequenceEncoder(tf.keras.layers.Layer):
+    """Self-attention over a list of item vectors [b, L, d] (most recent first; id 0, padding or an
+    unknown id, is masked as a key): the vectors projected to `units`, a learned embedding per list
+    position added, then `blocks` Transformer encoder blocks (multi-head attention and a feed-forward
+    layer, each with a residual connection, dropout and layer normalisation). The user's vector is the
+    encoded most recent known event, which has attended to the whole known history; an empty history
+    gives zeros, as the pooling layers do."""
+
+    def __init__(self, maxlen: int, units: int, heads: int, blocks: int, dropout: float = 0.0, seed: int = 0,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.maxlen, self.units, self.heads, self.blocks = int(maxlen), int(units), int(heads), int(blocks)
+        self.dropout, self.seed = float(dropout), int(seed)
+
+    def build(self, input_shape=None):
+        init = tf.keras.initializers.GlorotUniform
+        self.project = tf.keras.layers.Dense(self.units, kernel_initializer=init(self.seed), name="project")
+        self.positions = self.add_weight(
+            name="positions", shape=(self.maxlen, self.units),
+            initializer=tf.keras.initializers.RandomNormal(stddev=0.02, seed=self.seed))
+        self.attention, self.feed_forward, self.norms = [], [], []
+        for b in range(self.blocks):
+            self.attention.append(tf.keras.layers.MultiHeadAttention(
+                self.heads, self.units // self.heads, dropout=self.dropout,
+                kernel_initializer=init(self.seed + 10 * b + 1), name=f"attention_{b}"))
+            self.feed_forward.append((
+                tf.keras.layers.Dense(self.units, activation="relu", kernel_initializer=init(self.seed + 10 * b + 2),
+                                      name=f"feed_forward_{b}_in"),
+                tf.keras.layers.Dense(self.units, kernel_initializer=init(self.seed + 10 * b + 3),
+                                      name=f"feed_forward_{b}_out")))
+            self.norms.append((tf.keras.layers.LayerNormalization(epsilon=1e-6, name=f"norm_{b}_attention"),
+                               tf.keras.layers.LayerNormalization(epsilon=1e-6, name=f"norm_{b}_feed_forward")))
+        self.drop = tf.keras.layers.Dropout(self.dropout, seed=self.seed)
+        super().build(input_shape)
+
+    def call(self, emb, ids, training=None):
+        present = tf.not_equal(ids, 0)                                   # [b, L]
+        x = self.project(emb) + self.positions[None, :, :]
+        keys = tf.tile(present[:, None, :], [1, tf.shape(ids)[1], 1])  # [b, L (queries), L (keys)]
+        for attention, (inner, outer), (norm_a, norm_f) in zip(self.attention, self.feed_forward, self.norms,
+                                                              strict=True):
+            x = norm_a(x + self.drop(attention(x, x, attention_mask=keys, training=training), training=training))
+            x = norm_f(x + self.drop(outer(inner(x)), training=training))
+        latest = tf.argmax(tf.cast(present, tf.int32), axis=1)          # the first present position
+        out = tf.gather(x, latest, axis=1, batch_dims=1)
+        return out * tf.cast(tf.reduce_any(present, axis=1), out.dtype)[:, None]
+
+    def get_config(self):
+        return {**super().get_config(), "maxlen": self.maxlen, "units": self.units, "heads": self.heads,
+                "blocks": self.blocks, "dropout": self.dropout, "seed": self.seed}
+
+
 class FrozenTable(tf.keras.layers.Layer):
     """The pretrained item table: a non-trainable variable, set once with set_table().
 
@@ -140,10 +193,13 @@ class Towers:
     scorer: tf.keras.Model   # all transformed features -> logit (training model)
 
 
-def _embed_feature(f: Feature, inputs, tables, pretrained) -> tf.Tensor:
+def _embed_feature(f: Feature, inputs, tables, pretrained, seed: int) -> tf.Tensor:
     x = inputs[transformed_name(f.name)]
     if f.kind == "pretrained":
         emb = pretrained(x)
+        if f.reduce == "attention":
+            return SequenceEncoder(f.maxlen, f.embed_dim, f.heads, f.blocks, f.dropout or 0.0, seed,
+                                   name=f"encode_{f.name}")(emb, x)
         if f.reduce == "position":
             return PositionPool(f.maxlen, name=f"pool_{f.name}")(emb, x)
         if f.reduce:
@@ -191,7 +247,7 @@ def build_towers(spec: FeatureSpec, vocab_sizes: dict[str, int], pretrained_tabl
     for tower in ("user", "item"):
         inputs = _inputs(spec, tower)
         all_inputs.update(inputs)
-        parts = [_embed_feature(f, inputs, tables, pretrained) for f in spec.tower_features(tower)]
+        parts = [_embed_feature(f, inputs, tables, pretrained, cfg.seed) for f in spec.tower_features(tower)]
         x = parts[0] if len(parts) == 1 else tf.keras.layers.Concatenate(name=f"{tower}_concat")(parts)
         units = cfg.user_units if tower == "user" else cfg.item_units
         towers[tower] = tf.keras.Model(inputs, _tower(tower, x, units, cfg), name=f"{tower}_tower")

@@ -41,6 +41,7 @@ from components.trainer import EXAMPLES_INPUT, METRICS_FILE
 from schema.spec import FeatureSpec
 
 EVALUATION_FILE = "metrics.json"
+PER_USER_FILE = "per_user.tsv"  # user id, then recall@k and hit_rate@k of each k: for paired comparisons
 _BATCH = 1024
 _SCORE_BUDGET_BYTES = 256 * 2**20  # one chunk of users x items scores in float64
 
@@ -301,11 +302,24 @@ def evaluate(model_dir: str, items: IdTable, clicked_users: np.ndarray, examples
     full = [rel | {-(j + 1) for j in range(size - len(rel))} for rel, size in zip(relevant_index, sizes, strict=True)]
     return {"model": metrics_at_k(top_model.index, full, ks), "popularity": metrics_at_k(popularity, full, ks),
             "_per_user_recall": {k: recall_per_query(top_model.index, full, k) for k in ks},
+            "_users": queries.users,
             "_per_user_lift": {k: recall_per_query(top_model.index, full, k) - recall_per_query(popularity, full, k)
                                for k in ks},
             "users": n, "eval_users": int(len(eval_users)), "relevant_items": int(sum(sizes)),
             "relevant_outside_catalog": int(sum(sizes) - sum(len(r) for r in relevant_index)),
             "catalog_items": catalog_items, "exclude_read": exclude_read}
+
+
+def _write_per_user(path: str, users: list[bytes], recall: dict[int, np.ndarray]) -> None:
+    """Each eval user's recall@k and hit@k (recall > 0): the model's side of a paired comparison
+    with another model ranked on the same users (bench/movielens_quality.py)."""
+    ks = sorted(recall)
+    lines = ["\t".join(["user", *(f"recall@{k}" for k in ks), *(f"hit_rate@{k}" for k in ks)])]
+    for i, user in enumerate(users):
+        lines.append("\t".join([user.decode("utf-8", "replace"), *(f"{recall[k][i]:.6g}" for k in ks),
+                                *(str(int(recall[k][i] > 0)) for k in ks)]))
+    with fileio.open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
 
 
 def gate(result: dict, per_user_lift: np.ndarray, key: str, bless_margin: float, auc_floor: float,
@@ -395,6 +409,7 @@ def RetrievalEvaluator(
         eval_auc = json.load(f)["eval_auc"]  # None when undefined (one class only)
     key = f"recall@{bless_k}"
     per_user_lift = result.pop("_per_user_lift")[bless_k]
+    _write_per_user(os.path.join(evaluation.uri, PER_USER_FILE), result.pop("_users"), result["_per_user_recall"])
     candidate_recall = result.pop("_per_user_recall")[bless_k]
     reasons = gate(result, per_user_lift, key, bless_margin, auc_floor, eval_auc, min_eval_users,
                    bool(allow_few_eval_users), bootstrap_samples)

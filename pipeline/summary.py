@@ -138,6 +138,7 @@ def build_run_summary(metadata_path: str, pipeline_name: str, pipeline_root: str
                 summary["model_run_uri"] = a.uri
             elif kind == "ModelEvaluation" and custom_property(a, "retrieval") is not None:
                 summary["retrieval"] = custom_property(a, "retrieval")
+                summary["evaluation_uri"] = a.uri
             elif kind == ItemIndex.TYPE_NAME:
                 summary["item_index_uri"] = a.uri
                 summary["item_index"] = custom_property(a, "milvus") or {

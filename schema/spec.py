@@ -20,7 +20,7 @@ DEFAULT_SCHEMA_PATH = os.path.join(SPEC_DIR, "schema.pbtxt")
 
 KINDS = ("sparse", "varlen", "pretrained")
 TOWERS = ("user", "item")
-REDUCES = ("mean", "sum", "position")
+REDUCES = ("mean", "sum", "position", "attention")
 
 # Raw column types, as the parser reads them and ExampleGen writes them.
 INT = "int"                      # one integer
@@ -59,6 +59,11 @@ class Feature:
     int_range: list[int] | None = None  # sparse int64 only: [min, max]; outside is a data anomaly
     vocab_top_k: int | None = None      # owner of a vocabulary only: keep the k most frequent values
     vocab_min_count: int | None = None  # owner of a vocabulary only: drop values seen fewer times
+    # reduce: attention only (components/model.py SequenceEncoder): self-attention blocks over the
+    # list, `heads` heads each, at the width embed_dim (the pretrained vectors projected to it).
+    heads: int | None = None
+    blocks: int | None = None
+    dropout: float | None = None
 
     @property
     def column(self) -> str:
@@ -73,6 +78,18 @@ class Feature:
     @property
     def is_list(self) -> bool:
         return self.kind == "varlen" or (self.kind == "pretrained" and self.reduce is not None)
+
+
+def _check_attention(f: Feature, where: str) -> None:
+    for key in ("embed_dim", "heads", "blocks"):
+        value = getattr(f, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise SpecError(f"{where}: reduce: attention needs {key}, a positive integer, got {value!r}")
+    if f.embed_dim % f.heads:
+        raise SpecError(f"{where}: embed_dim {f.embed_dim} must be a multiple of heads {f.heads}")
+    if f.dropout is not None and (isinstance(f.dropout, bool) or not isinstance(f.dropout, (int, float))
+                                  or not 0 <= f.dropout < 1):
+        raise SpecError(f"{where}: dropout must be a number in [0, 1), got {f.dropout!r}")
 
 
 @dataclass(frozen=True)
@@ -231,9 +248,14 @@ class FeatureSpec:
                     raise SpecError(f"{where}: a reduced (list) pretrained feature needs maxlen")
                 if f.reduce is None and f.maxlen is not None:
                     raise SpecError(f"{where}: maxlen needs reduce (mean or sum)")
-                if f.weight_name or f.share_embed or f.embed_dim:
-                    raise SpecError(f"{where}: weight_name/share_embed/embed_dim do not apply to "
-                                    f"pretrained features")
+                if f.weight_name or f.share_embed:
+                    raise SpecError(f"{where}: weight_name/share_embed do not apply to pretrained features")
+                if f.reduce == "attention":
+                    _check_attention(f, where)
+                elif f.embed_dim is not None:
+                    raise SpecError(f"{where}: embed_dim of a pretrained feature is the width of reduce: attention")
+            if f.reduce != "attention" and any(v is not None for v in (f.heads, f.blocks, f.dropout)):
+                raise SpecError(f"{where}: heads/blocks/dropout apply to reduce: attention only")
         if towers != set(TOWERS):
             raise SpecError(f"both towers need at least one feature; got features for {sorted(towers)}")
         if self.pretrained_dim is not None and (not isinstance(self.pretrained_dim, int)

@@ -88,6 +88,10 @@ def test_the_evaluator_ranks_the_catalog_as_worked_out_by_hand(artifacts, tmp_pa
     assert "does not beat the popularity baseline" in reasons
     assert "too few eval users: 3 < min_eval_users 200" in reasons
     assert os.path.exists(tmp_path / "blessing" / "NOT_BLESSED")
+    # Each user's figures, for a paired comparison with another model on the same users.
+    assert (tmp_path / "evaluation" / "per_user.tsv").read_text().splitlines() == [
+        "user\trecall@1\trecall@2\thit_rate@1\thit_rate@2",
+        "u1\t1\t1\t1\t1", "u2\t0\t0\t0\t0", "u3\t0.5\t1\t1\t1"]
 
 
 def test_the_evaluator_keeps_read_posts_when_asked_and_blesses_within_the_margin(artifacts, tmp_path):
