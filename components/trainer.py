@@ -337,6 +337,8 @@ def run_fn(fn_args: FnArgs) -> None:
     custom = fn_args.custom_config
     spec = FeatureSpec.from_json(custom["feature_spec"])
     cfg = TrainerConfig(**custom["trainer"])
+    # Before any TensorFlow op runs: a multi-worker strategy's collective ops are configured at start-up.
+    strategy, task = distribution()
     train_rows = count_records(fn_args.train_files)
     cfg = dataclasses.replace(cfg, eval_every_steps=eval_interval(cfg, train_rows))
     num_oov = int(custom.get("num_oov_buckets", 1))
@@ -346,7 +348,6 @@ def run_fn(fn_args: FnArgs) -> None:
     vocab_sizes = {g: vocab_size_with_reserved(tft_output, g, num_oov) for g in spec.vocab_groups()}
     table = item_vectors.load_table(custom["item_vectors_dir"]) if any(
         f.kind == "pretrained" for f in spec.features) else None
-    strategy, task = distribution()
     chief = task is None
     with strategy.scope():  # every variable (tables, optimizer slots) is created under the strategy
         towers = build_towers(spec, vocab_sizes, table, cfg)
