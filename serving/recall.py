@@ -302,6 +302,8 @@ def main(argv=None) -> None:
                         "note, hits with every stored field); table: the same for reading")
     p.add_argument("--verbose", action="store_true", help="also TensorFlow's C++ log and third-party warnings")
     args = p.parse_args(argv)
+    if args.limit < 1:
+        raise SystemExit(f"error: --limit must be at least 1, got {args.limit}")
     args.milvus = args.milvus or os.path.join(args.workdir, "milvus.db")
     args.model = args.model or os.path.join(args.workdir, "serving", args.model_name)
 
