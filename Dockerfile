@@ -21,6 +21,8 @@ COPY pipeline/ pipeline/
 COPY components/ components/
 COPY schema/ schema/
 COPY serving/ serving/
+COPY retrieval/ retrieval/
+COPY model/ model/
 COPY datagen/ datagen/
 RUN uv pip install --system --no-cache --no-deps .
 

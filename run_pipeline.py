@@ -185,7 +185,7 @@ def _continuous_summary(spans) -> dict:
 
 
 def _prepare_vectors(args, spec, parent: str):
-    from components.item_vectors import ItemVectorError, prepare_item_vectors
+    from schema.item_vectors import ItemVectorError, prepare_item_vectors
 
     try:
         return prepare_item_vectors(args.item_embeddings, parent, expected_dim=spec.pretrained_dim)
@@ -314,7 +314,7 @@ def run_local(args) -> dict:
             serving_demo(config_path, config, eval_log, spec,
                          config.milvus.uri or os.path.join(workdir, "milvus.db"))
         print(f"\nnext:\n  make serve WORKDIR={args.workdir}    # gRPC 8500 and REST 8501, TF Serving's API\n"
-              f"  .venv/bin/python -m serving.recall --workdir {args.workdir} --log-file "
+              f"  .venv/bin/python -m retrieval.recall --workdir {args.workdir} --log-file "
               f"{eval_log} --limit 1 --k 10 --format table")
     elif "not_pushed_because" in summary and not args.allow_not_blessed:  # the Pusher ran and pushed nothing
         reasons = "; ".join(summary.get("not_pushed_because") or ["not blessed"])
@@ -359,7 +359,7 @@ def write_serving_config(serving_dir: str, model_name: str) -> str:
     path = os.path.join(serving_dir, "models.config")
     with open(path, "w") as f:
         # Two versions each: a new version is pushed before its item index generation goes live, and
-        # recall asks for the version that filled the live generation (serving/recall.py).
+        # recall asks for the version that filled the live generation (retrieval/recall.py).
         f.write(config_text({n: os.path.join(serving_dir, n) for n in names}, num_versions=2))
     return path
 
@@ -370,10 +370,10 @@ def serving_demo(config_path: str, config, eval_log: str, spec, milvus_uri: str)
     recall path: that user's vector (over gRPC) -> top 10 posts from Milvus."""
     from dataclasses import replace
 
+    from retrieval.milvus import ItemSearcher
+    from retrieval.recall import Recaller, ServingUserEncoder
     from serving.client import ServingClient, TowerClient, read_log_lines
-    from serving.item_index import ItemSearcher
     from serving.model_config import read_config_file
-    from serving.recall import Recaller, ServingUserEncoder
     from serving.server import ModelServer
 
     model_name = config.model_name

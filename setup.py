@@ -10,7 +10,8 @@ setup(
     version="0.1.0",
     description="TFX pipeline that trains and serves a DSSM two-tower recall model",
     python_requires=">=3.9,<3.11",
-    packages=find_packages(include=["common*", "pipeline*", "components*", "schema*", "serving*", "datagen*"]),
+    packages=find_packages(include=["common*", "schema*", "serving*", "retrieval*", "model*", "components*",
+                                    "pipeline*", "datagen*"]),
     py_modules=["run_pipeline"],
     package_data={"schema": ["*.yaml", "*.pbtxt"]},
     install_requires=[

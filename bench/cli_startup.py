@@ -2,8 +2,8 @@
 
   server       python -m serving.server ... until its REST port answers GET /v1/models/MODEL
   client       python -m serving.client user --log-line LINE (against that server), to its exit
-  recall-grpc  python -m serving.recall --target (the user vector from that server), to its exit
-  recall-local python -m serving.recall (the pushed model run in the process), to its exit
+  recall-grpc  python -m retrieval.recall --target (the user vector from that server), to its exit
+  recall-local python -m retrieval.recall (the pushed model run in the process), to its exit
   bad-workdir  python run_pipeline.py local --sample --workdir /proc/dssm (an unwritable path), to its exit
 
 and the stderr lines each printed (TensorFlow's C++ log and third-party warnings count here).
@@ -84,13 +84,13 @@ def one_round(checkout: str, workdir: str, model: str, log_line: str, eval_log: 
         target = f"127.0.0.1:{port}"
         out["client"] = _timed([sys.executable, "-m", "serving.client", "--target", target, "--model", model,
                                 "user", "--log-line", log_line], checkout)
-        out["recall-grpc"] = _timed([sys.executable, "-m", "serving.recall", "--workdir", workdir, "--target", target,
+        out["recall-grpc"] = _timed([sys.executable, "-m", "retrieval.recall", "--workdir", workdir, "--target", target,
                                      "--model-name", model, "--log-file", eval_log, "--limit", "1", "--k", "10"],
                                     checkout)
     finally:
         server.terminate()
         server.wait(timeout=60)
-    out["recall-local"] = _timed([sys.executable, "-m", "serving.recall", "--workdir", workdir, "--log-file",
+    out["recall-local"] = _timed([sys.executable, "-m", "retrieval.recall", "--workdir", workdir, "--log-file",
                                   eval_log, "--limit", "1", "--k", "10"], checkout)
     out["bad-workdir"] = _timed([sys.executable, "run_pipeline.py", "local", "--sample", "--workdir", "/proc/dssm"],
                                 checkout)

@@ -21,7 +21,7 @@ from tfx.proto import example_gen_pb2  # noqa: E402
 from tfx.types import standard_artifacts  # noqa: E402
 from tfx.utils import proto_utils  # noqa: E402
 
-from components.tsv_example_gen.executor import Executor, Rejected  # noqa: E402
+from components.tsv_example_gen import Executor, Rejected  # noqa: E402
 from datagen.synthetic import generate  # noqa: E402
 from schema.rows import RowParser  # noqa: E402
 from schema.spec import load_spec  # noqa: E402

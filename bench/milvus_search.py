@@ -8,7 +8,7 @@ builds the index that was asked for).
 
 Vectors are 128-d synthetic item vectors, L2-normalised, drawn around 2,000 cluster centres (items
 cluster by topic, as the item tower's outputs do); queries are drawn the same way. For each size:
-one FLAT and one IVF_FLAT generation written through serving.item_index.write_generation (the
+one FLAT and one IVF_FLAT generation written through retrieval.milvus.write_generation (the
 pipeline's own path: column inserts in parallel, flush, index, load), then single-query top-100
 searches through ItemSearcher. Recall@100 is against exact numpy search on the same vectors.
 """
@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from serving.item_index import Batch, IndexConfig, ItemSearcher, connect, normalise, write_generation  # noqa: E402
+from retrieval.milvus import Batch, IndexConfig, ItemSearcher, connect, normalise, write_generation  # noqa: E402
 
 DIM, K, CENTRES = 128, 100, 2000
 

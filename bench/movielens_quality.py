@@ -299,7 +299,7 @@ def _per_user(summary: dict) -> dict[str, float]:
 
 def paired_interval(a: dict[str, float], b: dict[str, float]) -> tuple[float, list[float]]:
     """Mean of a - b over the users both rank, and its 95% bootstrap interval (users resampled)."""
-    from components.retrieval_metrics import bootstrap_interval
+    from retrieval.metrics import bootstrap_interval
 
     users = sorted(set(a) & set(b))
     difference = np.array([a[u] - b[u] for u in users])

@@ -23,8 +23,9 @@ started = time.perf_counter()
 
 from tfx.components.trainer.fn_args_utils import DataAccessor, FnArgs  # noqa: E402
 
-from components import model, trainer  # noqa: E402
-from components.config import TrainerConfig  # noqa: E402
+from model import towers as model  # noqa: E402
+from model import trainer  # noqa: E402
+from model.config import TrainerConfig  # noqa: E402
 from schema.spec import load_spec  # noqa: E402
 
 PHASES: dict[str, float] = {}

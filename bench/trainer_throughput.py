@@ -8,7 +8,7 @@ RUN_DIR is a finished pipeline run (run_pipeline.py local) on TSV; the bench rea
 output and prepared item vectors. The inputs:
   in_memory  40 batches held as tensors, one dataset element per batch (the compute ceiling)
   memory     the Trainer's path when the split fits in trainer.cache_max_mb: read once, then row
-             indices shuffled each pass and whole batches gathered (components/trainer_input.py)
+             indices shuffled each pass and whole batches gathered (model/trainer_input.py)
   files      the Trainer's path otherwise: tf.data reads and gunzips the files every pass, shuffles
              the records and parses a batch at a time (tf.io.parse_example)
   tfxio      the Trainer's path before: TFXIO's TensorFlowDataset (the data accessor) on the files
@@ -30,12 +30,12 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_transform as tft  # noqa: E402
 from tfx_bsl.public import tfxio  # noqa: E402
 
-from components import item_vectors  # noqa: E402
-from components.config import TrainerConfig  # noqa: E402
-from components.model import TwoTowerTrainer, build_towers, make_optimizer  # noqa: E402
-from components.preprocessing import vocab_size_with_reserved  # noqa: E402
-from components.trainer import count_records  # noqa: E402
-from components.trainer_input import in_memory_batches, input_names, read_whole_split, record_batches, split_input  # noqa: E402
+from model.config import TrainerConfig  # noqa: E402
+from model.preprocessing import vocab_size_with_reserved  # noqa: E402
+from model.towers import TwoTowerTrainer, build_towers, make_optimizer  # noqa: E402
+from model.trainer import count_records  # noqa: E402
+from model.trainer_input import in_memory_batches, input_names, read_whole_split, record_batches, split_input  # noqa: E402
+from schema import item_vectors  # noqa: E402
 from schema.spec import load_spec, transformed_name, vocab_name  # noqa: E402
 
 

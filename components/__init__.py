@@ -6,7 +6,7 @@ os.environ["TF_USE_LEGACY_KERAS"] = "1"  # TFX 1.16 and tf.Transform expect tf-k
 
 def __getattr__(name):
     """The custom artifact types, importable as components.<Type> (their TYPE_NAME; see artifacts.py).
-    Loaded on first use: `import components.config` must stay light (no TFX) for the command line."""
+    Loaded on first use: `import model.config` must stay light (no TFX) for the command line."""
     if name in ("ItemIndex", "ItemVectors"):
         from components import artifacts
 

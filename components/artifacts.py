@@ -3,7 +3,7 @@ from tfx.types.artifact import Artifact
 
 
 class ItemVectors(Artifact):
-    """Pretrained item vectors prepared by components/item_vectors.py (item_ids.txt, vectors.npy)."""
+    """Pretrained item vectors prepared by schema/item_vectors.py (item_ids.txt, vectors.npy)."""
 
     # KFP v2 needs the type name to be "<module>.<Class>", and TFX's KFP v2 entry point imports the
     # class by that path (components/__init__.py exports it). dim, count and sha256 are custom

@@ -160,7 +160,7 @@ def ServingInfraValidator(
     model_dir = path_utils.serving_model_path(model.uri, path_utils.is_old_model_artifact(model))
     tower_features = None
     if feature_spec:
-        from components.trainer import tower_raw_features
+        from model.trainer import tower_raw_features
         from schema.spec import FeatureSpec
 
         spec = FeatureSpec.from_json(feature_spec)

@@ -8,7 +8,7 @@ embeds it:
   - item_embedding of the blessed SavedModel on a tf.Example per item, in batches,
   - written as tf.Examples (id, features, embedding) to <artifact>/embeddings/*.tfrecord.gz.
 The executor then streams those shards into a new Milvus generation and moves the alias
-(serving/item_index.py). Nothing is indexed for a model that was not blessed (model and infra).
+(retrieval/milvus.py). Nothing is indexed for a model that was not blessed (model and infra).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from tfx.utils import path_utils
 
 from common import signature_names
 from components.artifacts import ItemIndex, ItemVectors
-from components.item_vectors import IDS_FILE
+from schema.item_vectors import IDS_FILE
 from schema.spec import STRING, FeatureSpec
 
 EMBEDDINGS_DIR = "embeddings"
@@ -121,8 +121,8 @@ def embed_catalog(pipeline: beam.Pipeline, examples, item_vectors, catalog_sourc
 
 
 def read_embeddings(pattern: str, spec: FeatureSpec, dim: int, batch: int = 4096):
-    """Streams the written shards as serving.item_index.Batch objects (never the whole catalog)."""
-    from serving.item_index import Batch
+    """Streams the written shards as retrieval.milvus.Batch objects (never the whole catalog)."""
+    from retrieval.milvus import Batch
 
     columns = item_scalar_columns(spec)
     parse = {spec.item_id: tf.io.FixedLenFeature([], tf.string),
@@ -168,7 +168,7 @@ def _pushed_version(input_dict) -> int | None:
 
 class Executor(base_beam_executor.BaseBeamExecutor):
     def Do(self, input_dict, output_dict, exec_properties) -> None:
-        from serving.item_index import IndexConfig, write_generation
+        from retrieval.milvus import IndexConfig, write_generation
 
         index = artifact_utils.get_single_instance(output_dict["index"])
         not_blessed = _blessed(input_dict)
@@ -202,7 +202,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
 
 class ItemIndexerSpec(ComponentSpec):
     PARAMETERS = {"feature_spec": ExecutionParameter(type=str),
-                  "index_config": ExecutionParameter(type=str),       # JSON of serving.item_index.IndexConfig
+                  "index_config": ExecutionParameter(type=str),       # JSON of retrieval.milvus.IndexConfig
                   "catalog_source": ExecutionParameter(type=str),     # vectors | logs
                   "code_fingerprint": ExecutionParameter(type=str, optional=True)}
     INPUTS = {"model": ChannelParameter(type=standard_artifacts.Model),

@@ -35,9 +35,9 @@ from tfx.utils import path_utils
 from common import signature_names
 from common.progress import RateLog
 from components.artifacts import ItemVectors
-from components.item_vectors import IDS_FILE
-from components.retrieval_metrics import RunningTopK, bootstrap_interval, metrics_at_k, recall_per_query
-from components.trainer import EXAMPLES_INPUT, METRICS_FILE
+from model.trainer import EXAMPLES_INPUT, METRICS_FILE
+from retrieval.metrics import RunningTopK, bootstrap_interval, metrics_at_k, recall_per_query
+from schema.item_vectors import IDS_FILE
 from schema.spec import FeatureSpec
 
 EVALUATION_FILE = "metrics.json"

@@ -76,7 +76,7 @@ def indexed_versions(index_config: dict | None) -> set[int] | None:
     """The model versions the item index's generations were filled by; None if the index cannot be read."""
     if not index_config:
         return set()
-    from serving.item_index import IndexConfig, connect, referenced_versions
+    from retrieval.milvus import IndexConfig, connect, referenced_versions
 
     config = IndexConfig(**index_config)
     if config.is_lite and not os.path.exists(config.uri):

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from components.config import EvaluationConfig, TrainerConfig
+from model.config import EvaluationConfig, TrainerConfig
+from retrieval.milvus import IndexConfig
 from schema.spec import DEFAULT_SCHEMA_PATH, DEFAULT_SPEC_PATH
-from serving.item_index import IndexConfig
 
 
 class ConfigError(ValueError):
@@ -29,7 +29,7 @@ class ContinuousConfig:
     # not blessed when its recall@bless_k is lower by more than this with 95% confidence.
     max_regression: float = 0.0
     # With {SPAN} logs, the Trainer starts from the weights of the newest pushed model trained on an
-    # earlier span (ids keep their embedding rows across vocabularies: components/warm_start.py).
+    # earlier span (ids keep their embedding rows across vocabularies: model/warm_start.py).
     warm_start: bool = True
 
 
@@ -57,7 +57,7 @@ class PipelineConfig:
     enable_cache: bool = True
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
-    # Where ItemIndexer writes the item vectors (serving/item_index.py): uri "" = a Milvus Lite file
+    # Where ItemIndexer writes the item vectors (retrieval/milvus.py): uri "" = a Milvus Lite file
     # <workdir>/milvus.db, or a server, http://host:19530 (with token).
     milvus: IndexConfig = field(default_factory=IndexConfig)
     kubeflow: KubeflowConfig = field(default_factory=KubeflowConfig)

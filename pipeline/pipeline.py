@@ -12,16 +12,15 @@ from tfx import v1 as tfx
 from tfx.dsl.components.base.executor_spec import BeamExecutorSpec
 from tfx.proto import example_gen_pb2, range_config_pb2
 
-from components import transform_executor
 from components.anomaly_gate import AnomalyGate
 from components.artifacts import ItemVectors
 from components.infra_validator import ServingInfraValidator
 from components.item_indexer import ItemIndexer
 from components.retrieval_evaluator import RetrievalEvaluator
 from components.tower_pusher import TowerPusher
-from components.tsv_example_gen.component import TsvExampleGen
-from components.tsv_example_gen.executor import HASH_INPUT_SPLIT, TRAIN_SPLIT
-from components.warm_start import LatestPushedModelBeforeSpan
+from components.transform import Executor as RowCountingTransformExecutor
+from components.tsv_example_gen import HASH_INPUT_SPLIT, TRAIN_SPLIT, TsvExampleGen
+from components.warm_start_resolver import LatestPushedModelBeforeSpan
 from pipeline.config import PipelineConfig
 from schema.spec import FeatureSpec
 
@@ -119,11 +118,11 @@ def create_pipeline(pipeline_root: str, serving_dir: str, inputs: PipelineInputs
                      "code_fingerprint": inputs.code_fingerprint}
     transform = tfx.components.Transform(
         examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
-        preprocessing_fn="components.preprocessing.preprocessing_fn", custom_config=module_config,
+        preprocessing_fn="model.preprocessing.preprocessing_fn", custom_config=module_config,
         # StatisticsGen and TransformedStatisticsGen compute the statistics; TFDV inside Transform would
         # compute them again (pre and post), in Transform's time and memory.
         disable_statistics=True)
-    transform.executor_spec = BeamExecutorSpec(transform_executor.Executor)  # TFX's, plus row progress
+    transform.executor_spec = BeamExecutorSpec(RowCountingTransformExecutor)  # TFX's, plus row progress
     transform.add_upstream_node(anomaly_gate)
 
     # Statistics of the transformed splits: padding, id ranges and the OOV counts per split.
@@ -142,7 +141,7 @@ def create_pipeline(pipeline_root: str, serving_dir: str, inputs: PipelineInputs
 
     # The two-tower DSSM; exports score, user_embedding and item_embedding signatures.
     trainer = tfx.components.Trainer(
-        run_fn="components.trainer.run_fn",
+        run_fn="model.trainer.run_fn",
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],

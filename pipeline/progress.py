@@ -20,8 +20,8 @@ def figures(kind: str, artifact, custom) -> str:
     import os
 
     from components.infra_validator import REPORT_PROPERTY as INFRA_REPORT
-    from components.trainer import METRICS_FILE
-    from components.tsv_example_gen.executor import REPORT_PROPERTY as INGEST_REPORT
+    from components.tsv_example_gen import REPORT_PROPERTY as INGEST_REPORT
+    from model.trainer import METRICS_FILE
 
     if kind == "Examples" and custom(artifact, INGEST_REPORT):
         report = custom(artifact, INGEST_REPORT)

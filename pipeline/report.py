@@ -136,7 +136,7 @@ def _training_section(summary: dict, plt, out_dir: str) -> str:
     table += "".join(f"<p class='warn'>{html.escape(n)}</p>" for n in notes)
     warm = training.get("warm_start") or {}
     if warm.get("from"):
-        from components.warm_start import rows_text
+        from model.warm_start import rows_text
 
         table += f"<p>Warm started from the model of span {warm.get('span')} ({html.escape(warm['from'])}): " \
                  f"{html.escape(rows_text(warm.get('groups')))}.</p>"
@@ -246,8 +246,8 @@ def _examples_section(summary: dict, spec, milvus_uri: str, log_path: str | None
     pushed = summary.get("pushed_models") or []
     if not pushed or not (summary.get("item_index") or {}).get("count") or not log_path:
         return "<p>No model was pushed and indexed in this run.</p>"
-    from serving.item_index import IndexConfig, ItemSearcher
-    from serving.recall import Recaller, SavedModelUserEncoder
+    from retrieval.milvus import IndexConfig, ItemSearcher
+    from retrieval.recall import Recaller, SavedModelUserEncoder
 
     lines = example_log_lines(log_path, spec)
     searcher = ItemSearcher(IndexConfig(uri=milvus_uri, alias=summary["item_index"]["alias"]))

@@ -15,11 +15,11 @@ from tfx.types import artifact_utils
 
 from components.artifacts import ItemIndex
 from components.infra_validator import REPORT_PROPERTY as INFRA_REPORT_PROPERTY
-from components.preprocessing import OOV_COUNT_PREFIX
 from components.tower_pusher import TOWER_DESTINATIONS
-from components.trainer import METRICS_FILE
-from components.tsv_example_gen.executor import KEPT_DIR, REPORT_PROPERTY
-from components.warm_start import rows_text
+from components.tsv_example_gen import KEPT_DIR, REPORT_PROPERTY
+from model.preprocessing import OOV_COUNT_PREFIX
+from model.trainer import METRICS_FILE
+from model.warm_start import rows_text
 
 STATE_NAMES = {v: k for k, v in metadata_store_pb2.Execution.State.items()}
 
@@ -164,7 +164,7 @@ def build_run_summary(metadata_path: str, pipeline_name: str, pipeline_root: str
         summary["continuous"] = {"served": r.get("served"), "decision": "blessed" if r.get("blessed") else
                                  "not blessed", "reasons": list(r.get("not_blessed_because") or [])}
     warm = summary["training"].get("warm_start")
-    if warm:  # the model the Trainer started from (components/warm_start.py), or why none
+    if warm:  # the model the Trainer started from (model/warm_start.py), or why none
         summary.setdefault("continuous", {}).update(
             warm_started_from=warm.get("from"), warm_start_note=warm.get("note"), warm_start_rows=warm.get("groups"))
     for e in executions:

@@ -59,7 +59,7 @@ class Feature:
     int_range: list[int] | None = None  # sparse int64 only: [min, max]; outside is a data anomaly
     vocab_top_k: int | None = None      # owner of a vocabulary only: keep the k most frequent values
     vocab_min_count: int | None = None  # owner of a vocabulary only: drop values seen fewer times
-    # reduce: attention only (components/model.py SequenceEncoder): self-attention blocks over the
+    # reduce: attention only (model/towers.py SequenceEncoder): self-attention blocks over the
     # list, `heads` heads each, at the width embed_dim (the pretrained vectors projected to it).
     heads: int | None = None
     blocks: int | None = None

@@ -223,7 +223,7 @@ def tiny_transform(spec, tmp_path_factory):
     import tensorflow_transform.beam as tft_beam
     from tensorflow_transform.tf_metadata import dataset_metadata
 
-    from components.preprocessing import preprocessing_fn
+    from model.preprocessing import preprocessing_fn
     from schema.generate import schema_from_spec
 
     tmp = tmp_path_factory.mktemp("tft")

@@ -19,7 +19,7 @@ from tfx.types import standard_artifacts
 
 from common import signature_names
 from components.artifacts import ItemVectors
-from components.item_vectors import IDS_FILE
+from schema.item_vectors import IDS_FILE
 
 TOPICS = ("t1", "t2", "t3")
 WEIGHTS = {"p1": 5.0, "p2": 4.0, "p3": 3.0, "p4": 2.0, "p5": 1.0}

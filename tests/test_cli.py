@@ -104,7 +104,7 @@ def test_input_errors_come_before_tensorflow_is_imported(tmp_path):
 
 
 def test_the_cache_key_covers_every_module_a_component_runs(tmp_path, monkeypatch):
-    """Every project module a component imports, directly or not (ItemIndexer runs serving/item_index.py,
+    """Every project module a component imports, directly or not (ItemIndexer runs retrieval/milvus.py,
     every component common/): an edit to any of them changes the code fingerprint that every
     component's cache key holds (PipelineInputs.code_fingerprint), so no cached execution outlives it."""
     import shutil
@@ -125,7 +125,7 @@ def test_the_cache_key_covers_every_module_a_component_runs(tmp_path, monkeypatc
         if module not in run:
             run.add(module)
             todo += graph[module]
-    assert {"serving.item_index", "serving.examples", "schema.rows", "common.progress"} <= run
+    assert {"retrieval.milvus", "serving.examples", "schema.rows", "common.progress"} <= run
     before = run_pipeline.code_fingerprint()
     assert run_pipeline.code_fingerprint() == before  # stable
     for module in sorted(run):

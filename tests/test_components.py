@@ -19,7 +19,7 @@ from components.item_indexer import Executor as ItemIndexerExecutor
 from components.retrieval_evaluator import EVALUATION_FILE, RetrievalEvaluator
 from components.tower_pusher import TOWER_DESTINATIONS
 from components.tower_pusher import Executor as TowerPusherExecutor
-from components.trainer import METRICS_FILE
+from model.trainer import METRICS_FILE
 from schema.spec import load_spec
 from tests import made_up
 
@@ -224,7 +224,7 @@ def test_the_infra_validator_serves_both_towers_and_refuses_a_collapsed_one(arti
 # ---- ItemIndexer ----
 
 def test_the_item_indexer_writes_the_item_tower_of_every_catalog_item(artifacts, tmp_path):
-    from serving.item_index import VECTOR_FIELD, IndexConfig, ItemSearcher
+    from retrieval.milvus import VECTOR_FIELD, IndexConfig, ItemSearcher
 
     index = made_up.output_artifact(ItemIndex, tmp_path / "index")
     config = {"uri": str(tmp_path / "milvus.db"), "alias": "items"}
@@ -275,10 +275,10 @@ def test_recall_never_mixes_model_versions_while_the_alias_moves(tmp_path):
     p1 and p2 (a mixed answer would rank another topic's items first)."""
     import threading
 
+    from retrieval.milvus import Batch, IndexConfig, ItemSearcher, write_generation
+    from retrieval.recall import Recaller, ServingUserEncoder
     from serving.client import ServingClient
-    from serving.item_index import Batch, IndexConfig, ItemSearcher, write_generation
     from serving.model_config import config_text, parse_config_text
-    from serving.recall import Recaller, ServingUserEncoder
     from serving.server import ModelServer
 
     base = tmp_path / "serving" / "m"

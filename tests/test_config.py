@@ -1,7 +1,7 @@
 """Config values are checked for type and allowed value when the config loads, before anything runs."""
 import pytest
 
-from components import config as component_config
+from model import config as component_config
 from pipeline.config import ConfigError, load_config
 
 
@@ -39,9 +39,9 @@ def test_ints_are_accepted_where_a_number_is_expected(tmp_path):
 
 
 def test_the_allowed_names_are_the_ones_the_trainer_knows():
-    from components.config import TrainerConfig
-    from components.losses import LOSS_FUNCTIONS
-    from components.model import OPTIMIZERS, make_optimizer
+    from model.config import TrainerConfig
+    from model.losses import LOSS_FUNCTIONS
+    from model.towers import OPTIMIZERS, make_optimizer
 
     assert tuple(LOSS_FUNCTIONS) == component_config.LOSSES
     assert tuple(OPTIMIZERS) == component_config.OPTIMIZERS

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components.config import TrainerConfig
+from model.config import TrainerConfig
 from tests.conftest import REPO, executions_by_node, holding_the_shared_run, run_local
 
 pytestmark = pytest.mark.e2e
@@ -220,9 +220,9 @@ def _most_frequent_topics():
 
 
 def test_item_index_recall_equals_brute_force_over_the_catalog(runs):
+    from retrieval.milvus import IndexConfig, ItemSearcher
+    from retrieval.recall import Recaller, SavedModelUserEncoder
     from schema.spec import load_spec
-    from serving.item_index import IndexConfig, ItemSearcher
-    from serving.recall import Recaller, SavedModelUserEncoder
 
     workdir, first, second = runs
     index = first["item_index"]

@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components.config import TrainerConfig
-from components.model import build_towers, model_input_names
-from components.preprocessing import vocab_size_with_reserved
-from components.trainer import export
+from model.config import TrainerConfig
+from model.preprocessing import vocab_size_with_reserved
+from model.towers import build_towers, model_input_names
+from model.trainer import export
 from tests.conftest import RAW
 
 TABLE = np.array([[0, 0, 0], [1, 0, 0], [0, 2, 0], [0, 0, 3]], np.float32)

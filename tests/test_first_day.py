@@ -117,7 +117,7 @@ def test_the_kubeflow_output_path_is_checked_before_anything_compiles(tmp_path):
 
 # ---- tools without TensorFlow's runtime ----
 
-@pytest.mark.parametrize("module", ["serving.client", "serving.recall"])
+@pytest.mark.parametrize("module", ["serving.client", "retrieval.recall"])
 def test_the_client_and_recall_import_no_tensorflow_runtime(module):
     proc = _python(f"import sys, {module}\n"
                    "print(sorted(m for m in sys.modules if m == 'tensorflow' or m.startswith('tensorflow.python')))")
@@ -175,7 +175,7 @@ def _topics_in_logs(spec) -> dict[str, str]:
 
 def test_recall_over_a_served_model_says_who_which_version_and_generation_without_tensorflow(
         runs, spec, tmp_path_factory):
-    """serving.recall --target against this project's server over the run's pushed model: one JSON
+    """retrieval.recall --target against this project's server over the run's pushed model: one JSON
     object per query (the log line and user, the pushed version, the generation the index holds,
     the history length, every hit's stored topic_id equal to the topic the logs give that post), a
     note for a user without history, a table for reading; the CLI process never loads TensorFlow's
@@ -187,8 +187,8 @@ def test_recall_over_a_served_model_says_who_which_version_and_generation_withou
     pushed_version = int(first["pushed_models"][0]["version"])  # the summary keeps it as text
     code = ("import runpy, sys, atexit\n"
             "atexit.register(lambda: print('tensorflow runtime loaded:', 'tensorflow.python' in sys.modules))\n"
-            "sys.argv = ['serving.recall', *sys.argv[1:]]\n"
-            "runpy.run_module('serving.recall', run_name='__main__')\n")
+            "sys.argv = ['retrieval.recall', *sys.argv[1:]]\n"
+            "runpy.run_module('retrieval.recall', run_name='__main__')\n")
     with holding_the_shared_run(tmp_path_factory), \
             ModelServer(read_config_file(os.path.join(workdir, "serving", "models.config")), port=0,
                         poll_seconds=0) as server:
@@ -240,8 +240,8 @@ def test_recall_over_a_served_model_says_who_which_version_and_generation_withou
     (8000, 128, 10, 77, 77),       # an explicit interval is kept
 ])
 def test_the_eval_interval_is_half_a_pass(rows, batch, per_call, every, expected):
-    from components.config import TrainerConfig
-    from components.trainer import eval_interval
+    from model.config import TrainerConfig
+    from model.trainer import eval_interval
 
     cfg = TrainerConfig(batch_size=batch, steps_per_execution=per_call, eval_every_steps=every)
     assert eval_interval(cfg, rows) == expected
@@ -250,7 +250,7 @@ def test_the_eval_interval_is_half_a_pass(rows, batch, per_call, every, expected
 # ---- item vectors ----
 
 def test_a_rejected_vector_file_leaves_no_half_written_folder(tmp_path):
-    from components.item_vectors import ItemVectorError, prepare_item_vectors
+    from schema.item_vectors import ItemVectorError, prepare_item_vectors
 
     source = tmp_path / "vectors.jsonl"
     source.write_text("\n".join(json.dumps({"post_id": f"p{i}", "values": [0.5] * (3 if i != 2 else 2)})

@@ -16,7 +16,7 @@ from tfx.proto import example_gen_pb2
 from tfx.types import standard_artifacts
 from tfx.utils import proto_utils
 
-from components.tsv_example_gen.executor import Executor, IngestError
+from components.tsv_example_gen import Executor, IngestError
 
 HEADER = "act\tclient_id\tpost_id\tclient_type\tfollow_topic_id\tall_topic_fav_7\ttopic_id\tread_post_id\n"
 FOLLOW_25 = ",".join(f"t{i}" for i in range(25))

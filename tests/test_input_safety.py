@@ -14,8 +14,8 @@ import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from components.item_vectors import ItemVectorError, read_item_vectors
-from components.tsv_example_gen.executor import IngestError, check_headers, expand_pattern
+from components.tsv_example_gen import IngestError, check_headers, expand_pattern
+from schema.item_vectors import ItemVectorError, read_item_vectors
 from schema.numbers import NumberError, parse_float32, parse_int64
 from schema.rows import Rejected, RowParser
 from schema.spec import load_spec
@@ -220,7 +220,7 @@ def test_a_gz_that_is_plain_text_names_the_file(tmp_path):
 # ---- the training guard ----
 
 def test_training_stops_at_the_first_non_finite_weight_and_names_it():
-    from components.trainer import NonFiniteTrainingError, StopOnNonFinite
+    from model.trainer import NonFiniteTrainingError, StopOnNonFinite
 
     model = tf.keras.Sequential([tf.keras.layers.Dense(1, input_shape=(2,), name="dense")])
     model.compile(optimizer="sgd", loss="mse")
@@ -234,7 +234,7 @@ def test_training_stops_at_the_first_non_finite_weight_and_names_it():
 
 
 def test_a_weight_that_becomes_inf_is_caught_by_the_periodic_check():
-    from components.trainer import NonFiniteTrainingError, StopOnNonFinite
+    from model.trainer import NonFiniteTrainingError, StopOnNonFinite
 
     model = tf.keras.Sequential([tf.keras.layers.Dense(1, input_shape=(2,), name="dense"),
                                  tf.keras.layers.Dense(1, name="unused", trainable=True)])
@@ -265,8 +265,8 @@ def test_infra_validation_counts_the_distinct_inputs_of_a_tower():
 # ---- recall ----
 
 def test_recall_excludes_every_read_post_beyond_maxlen(tmp_path):
-    from serving.item_index import Batch, IndexConfig, ItemSearcher, connect, write_generation
-    from serving.recall import Recaller
+    from retrieval.milvus import Batch, IndexConfig, ItemSearcher, connect, write_generation
+    from retrieval.recall import Recaller
 
     maxlen = next(f.maxlen for f in SPEC.features if f.column == "read_post_id")
     n, dim = 200, 8
@@ -311,7 +311,7 @@ def test_recall_cli_errors_are_one_line(runs):
     from tests.conftest import REPO
 
     workdir = runs[0]
-    base = [sys.executable, "-m", "serving.recall", "--milvus", f"{workdir}/milvus.db",
+    base = [sys.executable, "-m", "retrieval.recall", "--milvus", f"{workdir}/milvus.db",
             "--model", f"{workdir}/serving/dssm"]
     user = json.dumps({"client_type": 1, "read_post_id": "p1"})
     # Two processes (each loads TensorFlow); the other bad k, filters and features are checked in

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from components.item_vectors import ItemVectorError, load_table, prepare_item_vectors, read_item_vectors
+from schema.item_vectors import ItemVectorError, load_table, prepare_item_vectors, read_item_vectors
 
 
 def _read(path, tmp_path):

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components.losses import pair_logits, pointwise_loss, softmax_loss
-from components.model import item_log_q
+from model.losses import pair_logits, pointwise_loss, softmax_loss
+from model.towers import item_log_q
 
 rng = np.random.default_rng(0)
 U = rng.normal(size=(4, 3)).astype(np.float32)
@@ -75,7 +75,7 @@ def test_item_log_q_from_click_counts():
 
 
 def test_clicks_are_read_in_vocabulary_order(tmp_path):
-    from components.trainer import clicks_in_vocab_order
+    from model.trainer import clicks_in_vocab_order
 
     (tmp_path / "vocab").write_text("p9\np1 x\np3\n")  # an id may hold a space
     (tmp_path / "counts").write_text("6 p1 x\n2.0 p9\n")  # tf.Transform's `count item` lines

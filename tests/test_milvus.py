@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from serving.item_index import (
+from retrieval.milvus import (
     Batch,
     IndexConfig,
     ItemIndexError,

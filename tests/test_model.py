@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components.config import TrainerConfig
-from components.model import MaskedPool, PositionPool, TwoTowerTrainer, build_towers
+from model.config import TrainerConfig
+from model.towers import MaskedPool, PositionPool, TwoTowerTrainer, build_towers
 
 GAMMA = 7.0
 TABLE = np.array([[0, 0, 0], [1, 0, 0], [0, 2, 0], [0, 0, 3]], np.float32)  # row 0 = unknown

@@ -14,9 +14,9 @@ import tensorflow_transform.beam as tft_beam
 import yaml
 from tensorflow_transform.tf_metadata import dataset_metadata
 
-from components.config import TrainerConfig
-from components.model import build_towers, model_input_names
-from components.preprocessing import preprocessing_fn
+from model.config import TrainerConfig
+from model.preprocessing import preprocessing_fn
+from model.towers import build_towers, model_input_names
 from schema.generate import schema_from_spec
 from schema.rows import Rejected, RowParser
 from schema.spec import DEFAULT_SPEC_PATH, STRING_LIST, FeatureSpec

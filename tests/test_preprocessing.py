@@ -7,7 +7,7 @@ import tensorflow as tf
 import tensorflow_transform.beam as tft_beam
 from tensorflow_transform.tf_metadata import dataset_metadata
 
-from components.preprocessing import preprocessing_fn
+from model.preprocessing import preprocessing_fn
 from schema.generate import schema_from_spec
 from tests.conftest import RAW
 

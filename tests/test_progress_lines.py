@@ -1,7 +1,7 @@
 """The one-line figures the run watcher prints when a component is done."""
 from tfx.types import standard_artifacts
 
-from components.tsv_example_gen.executor import REPORT_PROPERTY
+from components.tsv_example_gen import REPORT_PROPERTY
 from pipeline.progress import figures
 from pipeline.summary import custom_property
 

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from serving.item_index import Batch, IndexConfig, ItemSearcher, connect, write_generation
+from retrieval.milvus import Batch, IndexConfig, ItemSearcher, connect, write_generation
 from tests.conftest import REPO
 
 DIM = 8
@@ -32,7 +32,7 @@ def index_file(tmp_path_factory):
 
 def _recall(milvus: str, *extra) -> tuple[subprocess.CompletedProcess, float]:
     started = time.monotonic()
-    run = subprocess.run([sys.executable, "-m", "serving.recall", "--milvus", milvus, "--model", "/nonexistent/model",
+    run = subprocess.run([sys.executable, "-m", "retrieval.recall", "--milvus", milvus, "--model", "/nonexistent/model",
                           "--features", '{"read_post_id": ["p1"]}', *extra], cwd=REPO, capture_output=True,
                          text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     return run, time.monotonic() - started

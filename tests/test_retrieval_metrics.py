@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from components.retrieval_metrics import metrics_at_k, rank_catalog, topk_indices
+from retrieval.metrics import metrics_at_k, rank_catalog, topk_indices
 
 
 def test_topk_orders_by_score_then_index():
@@ -58,7 +58,7 @@ def test_ties_and_exclusions_together():
 
 @pytest.mark.parametrize("chunk", [1, 7, 50, 64])
 def test_running_top_k_over_chunks_equals_ranking_the_whole_catalog(chunk):
-    from components.retrieval_metrics import RunningTopK
+    from retrieval.metrics import RunningTopK
 
     rng = np.random.default_rng(3)
     scores = rng.integers(0, 6, (37, 64)).astype(np.float64)  # many ties: the lower index must win
@@ -146,7 +146,7 @@ def test_user_sample_is_stable_and_by_id_hash():
 
 
 def test_the_bootstrap_interval_of_a_mean():
-    from components.retrieval_metrics import bootstrap_interval
+    from retrieval.metrics import bootstrap_interval
 
     assert bootstrap_interval(np.full(50, 0.3)) == [pytest.approx(0.3), pytest.approx(0.3)]
     rng = np.random.default_rng(1)
@@ -186,7 +186,7 @@ def test_the_gate_blesses_only_a_lift_above_the_margin_with_confidence_over_enou
 def test_auc_is_undefined_when_a_split_has_one_class():
     import tensorflow as tf
 
-    from components.trainer import defined_auc
+    from model.trainer import defined_auc
 
     only_clicks = tf.keras.metrics.AUC(from_logits=True)
     only_clicks.update_state([1, 1, 1], [0.2, -1.0, 3.0])

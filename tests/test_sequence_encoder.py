@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components import warm_start
-from components.config import TrainerConfig
-from components.model import SequenceEncoder, build_towers
+from model import warm_start
+from model.config import TrainerConfig
+from model.towers import SequenceEncoder, build_towers
 from schema.spec import FeatureSpec, SpecError
 
 TABLE = np.array([[0, 0, 0], [1, 0, 0], [0, 2, 0], [0, 0, 3], [1, 1, 1]], np.float32)  # row 0 = unknown

@@ -9,7 +9,7 @@ from tfx.proto import example_gen_pb2, range_config_pb2
 from tfx.types import standard_artifacts
 from tfx.utils import proto_utils
 
-from components.tsv_example_gen.executor import Executor
+from components.tsv_example_gen import Executor
 from schema.spans import SpanError, available_spans, choose_span, file_stamps, for_span
 
 HEADER = "act\tclient_id\tpost_id\tclient_type\tfollow_topic_id\tall_topic_fav_7\ttopic_id\tread_post_id\n"

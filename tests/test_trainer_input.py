@@ -1,4 +1,4 @@
-"""The Trainer's input (components/trainer_input.py) on hand-written transformed tf.Examples: the size
+"""The Trainer's input (model/trainer_input.py) on hand-written transformed tf.Examples: the size
 worked out up front, the split held in memory or streamed by the budget, and every pass in memory a
 permutation of exactly the rows in the files."""
 import os
@@ -9,7 +9,7 @@ import pytest
 os.environ["TF_USE_LEGACY_KERAS"] = "1"
 tf = pytest.importorskip("tensorflow")
 
-from components.trainer_input import input_names, split_bytes, split_input  # noqa: E402
+from model.trainer_input import input_names, split_bytes, split_input  # noqa: E402
 from schema.spec import load_spec, transformed_name  # noqa: E402
 
 SPEC = load_spec()
@@ -165,7 +165,7 @@ def test_rows_that_changed_since_they_were_counted_are_an_error(split):
 def test_progress_counts_every_step_when_steps_run_several_per_call():
     """With steps_per_execution 4 the callbacks see every 4th step (and the epoch's last); the counts
     must still be the steps trained: 2 epochs x 10 steps = 20, and 3 epochs x 250 = 750 for the curve."""
-    from components.trainer import ProgressAndCurve, StopOnNonFinite
+    from model.trainer import ProgressAndCurve, StopOnNonFinite
 
     x = np.random.default_rng(0).normal(size=(64, 3)).astype(np.float32)
     y = x.sum(axis=1, keepdims=True)
@@ -189,8 +189,8 @@ def test_progress_counts_every_step_when_steps_run_several_per_call():
 def test_the_last_short_epoch_of_early_stopping_ends_at_the_end_of_a_call():
     """16 steps with a validation every 250: the one epoch runs out of data after 16 steps, so the
     steps per call must divide 16 (with 10, Keras trained 16 steps and counted 10)."""
-    from components.config import TrainerConfig
-    from components.trainer import steps_per_execution
+    from model.config import TrainerConfig
+    from model.trainer import steps_per_execution
 
     every_250 = TrainerConfig(eval_every_steps=250)
     assert steps_per_execution(every_250, 16) == 2          # gcd(10, 16)

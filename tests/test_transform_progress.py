@@ -5,7 +5,7 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.testing.util import assert_that, equal_to
 
-from components.transform_executor import CountRows, split_of, written_rows
+from components.transform import CountRows, split_of, written_rows
 
 
 class _Lines(logging.Handler):

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components import warm_start
-from components.config import TrainerConfig
-from components.model import build_towers
+from components.warm_start_resolver import LatestPushedModelBeforeSpan
+from model import warm_start
+from model.config import TrainerConfig
+from model.towers import build_towers
 
 TABLE = np.eye(4, 3, dtype=np.float32)  # the frozen pretrained table: not part of the warm start
 # yesterday: topics a b c d e; today: c moved first, b and e kept (moved), a and d dropped, x and y new
@@ -136,11 +137,11 @@ def test_the_resolver_takes_the_newest_pushed_model_of_an_earlier_span(spec, tmp
         p.set_int_custom_property("pushed", int(was_pushed))
         p.set_string_custom_property("model_uri", uri)
         pushed.append(p)
-    strategy = warm_start.LatestPushedModelBeforeSpan(before_span=3)
+    strategy = LatestPushedModelBeforeSpan(before_span=3)
     got = strategy.resolve_artifacts(None, {"model": models, "pushed_model": pushed})
     assert [m.id for m in got["model"]] == [3]  # not 4 (never pushed), not 5 (span 3 itself)
     (tmp_path / "model3" / "warm_start" / "meta.json").write_text("{not json")
     got = strategy.resolve_artifacts(None, {"model": models, "pushed_model": pushed})
     assert [m.id for m in got["model"]] == [2]  # the damaged one is passed over
-    assert warm_start.LatestPushedModelBeforeSpan(before_span=1).resolve_artifacts(
+    assert LatestPushedModelBeforeSpan(before_span=1).resolve_artifacts(
         None, {"model": models, "pushed_model": pushed})["model"] == []

@@ -70,7 +70,7 @@ def _span_pipeline(span, no_warm_start_because=None, **config_overrides):
 def test_a_span_run_warm_starts_from_the_resolver_of_earlier_spans():
     import json
 
-    from components.warm_start import LatestPushedModelBeforeSpan
+    from components.warm_start_resolver import LatestPushedModelBeforeSpan
 
     components = _span_pipeline(3)
     resolver = components["warm_start_resolver"]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from components.model import model_input_names
+from model.towers import model_input_names
 from schema.spec import FeatureSpec, transformed_name
 
 READ_BATCH = 16384       # rows per batch while a split is read into memory

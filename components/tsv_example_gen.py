@@ -1,6 +1,12 @@
-"""Beam executor of TsvExampleGen: TSV lines -> tf.Examples, rejected rows quarantined and counted.
+"""TsvExampleGen: TFX's FileBasedExampleGen for tab-separated logs laid out by the feature spec.
 
-For each input split it writes, next to the Split-* folders of the Examples artifact:
+TFX's CsvExampleGen reads only commas; this component keeps FileBasedExampleGen's driver (input
+fingerprints, spans, caching) and its output split config (hash buckets over a feature), and adds
+parameters: the feature spec (JSON), the largest share of rejected rows a split may have before the
+run stops, and optionally the ids that have a pretrained vector (to count the ones that do not).
+
+Its Beam executor turns TSV lines into tf.Examples, rejected rows quarantined and counted. For each
+input split it writes, next to the Split-* folders of the Examples artifact:
   ingest_report/<split>-rejected.jsonl   one JSON object per rejected row: file, line, reason, detail, raw
   ingest_report/<split>-counts.json      read / written / rejected:<reason> / soft:<kind> counts
 and, when one input split is divided by a hash of the user id (the input split is then "all"), for
@@ -19,10 +25,15 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.transforms import window
 from apache_beam.utils.windowed_value import WindowedValue
+from tfx import types
+from tfx.components.example_gen import utils
 from tfx.components.example_gen.base_example_gen_executor import BaseExampleGenExecutor
+from tfx.components.example_gen.component import FileBasedExampleGen
+from tfx.dsl.components.base import base_beam_component, executor_spec
 from tfx.dsl.io import fileio
-from tfx.proto import example_gen_pb2
-from tfx.types import artifact_utils, standard_component_specs
+from tfx.proto import example_gen_pb2, range_config_pb2
+from tfx.types import artifact_utils, standard_artifacts, standard_component_specs
+from tfx.types.component_spec import ExecutionParameter
 from tfx.utils import proto_utils
 
 from schema import logfiles
@@ -300,3 +311,44 @@ def keep_evidence(report_dir: str, kept: str, report: dict | None) -> None:
     if report is not None:
         with fileio.open(os.path.join(kept, "report.json"), "w") as f:
             f.write(json.dumps(report, indent=2, sort_keys=True))
+
+
+class TsvExampleGenSpec(standard_component_specs.FileBasedExampleGenSpec):
+    PARAMETERS = {
+        **standard_component_specs.FileBasedExampleGenSpec.PARAMETERS,
+        FEATURE_SPEC_KEY: ExecutionParameter(type=str),
+        MAX_REJECTED_FRACTION_KEY: ExecutionParameter(type=float),
+        ITEM_IDS_PATH_KEY: ExecutionParameter(type=str, optional=True),
+        TRAIN_FILES_KEY: ExecutionParameter(type=str, optional=True),
+        "code_fingerprint": ExecutionParameter(type=str, optional=True),  # cache key only
+    }
+
+
+class TsvExampleGen(FileBasedExampleGen):
+    SPEC_CLASS = TsvExampleGenSpec
+    EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
+
+    def __init__(self, input_base: str, feature_spec_json: str, input_config: example_gen_pb2.Input,
+                 output_config: example_gen_pb2.Output | None = None,
+                 max_rejected_fraction: float = 0.01, item_ids_path: str | None = None,
+                 code_fingerprint: str | None = None, range_config: range_config_pb2.RangeConfig | None = None,
+                 train_files: list | None = None):
+        """range_config: the span to read (TFX's static range); train_files: [path, size, mtime_ns] of
+        the training window's files, read for the train split instead of its pattern (the stamps
+        key the cache: a file of an older span that changes re-runs the ingest)."""
+        output_config = output_config or utils.make_default_output_config(input_config)
+        spec = TsvExampleGenSpec(
+            input_base=input_base,
+            input_config=input_config,
+            output_config=output_config,
+            output_data_format=example_gen_pb2.FORMAT_TF_EXAMPLE,
+            output_file_format=example_gen_pb2.FORMAT_TFRECORDS_GZIP,
+            feature_spec=feature_spec_json,
+            max_rejected_fraction=float(max_rejected_fraction),
+            item_ids_path=item_ids_path,
+            code_fingerprint=code_fingerprint,
+            range_config=range_config,
+            train_files=json.dumps(train_files) if train_files else None,
+            examples=types.Channel(type=standard_artifacts.Examples),
+        )
+        base_beam_component.BaseBeamComponent.__init__(self, spec=spec)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# The registries' names: components/losses.py and components/model.py map each to its code, and
+# The registries' names: model/losses.py and model/towers.py map each to its code, and
 # refuse to import if a name has none.
 LOSSES = ("pointwise", "inbatch_softmax", "mixed")
 OPTIMIZERS = ("adam", "adagrad", "sgd")
@@ -23,7 +23,7 @@ class TrainerConfig:
     batch_size: int = 128
     optimizer: str = field(default="adam", metadata={"choices": OPTIMIZERS})
     learning_rate: float = 0.001
-    loss: str = field(default="mixed", metadata={"choices": LOSSES})  # components/losses.py
+    loss: str = field(default="mixed", metadata={"choices": LOSSES})  # model/losses.py
     gamma: float = 10.0              # cosine x gamma (the original design's temperature trick)
     pos_weight: float = 1.2          # pointwise: weight of act=1 rows in the binary cross-entropy
     temperature: float = 0.1         # in-batch losses: softmax over cosine / temperature
@@ -47,7 +47,7 @@ class TrainerConfig:
     patience: int = 4
     warn_passes: float = 20.0        # warn when training makes more passes over the data than this
                                      # (with early stopping: when it did not stop before)
-    # Speed (components/trainer_input.py): a split whose transformed tensors fit in cache_max_mb is
+    # Speed (model/trainer_input.py): a split whose transformed tensors fit in cache_max_mb is
     # read once and held in memory (0 = always stream from the files); steps_per_execution train
     # steps run in one call of the compiled step (fewer Python round trips; callbacks and progress
     # lines see every steps_per_execution-th step).

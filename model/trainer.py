@@ -7,7 +7,7 @@ features ExampleGen emits (input `examples`, string [None]); the Transform graph
   item_embedding  -> {"embedding": item tower output}               float [None, d]
 Training metrics (loss, AUC on the eval split, steps) go to <model_run>/metrics.json and
 TensorBoard logs to <model_run>/. <model>/warm_start/ keeps what a later span's run starts from
-(components/warm_start.py).
+(model/warm_start.py).
 """
 from __future__ import annotations
 
@@ -25,11 +25,12 @@ from tfx.components.trainer.fn_args_utils import FnArgs
 
 from common import signature_names
 from common.progress import RateLog, log
-from components import item_vectors, warm_start
-from components.config import TrainerConfig
-from components.model import FrozenTable, TwoTowerTrainer, build_towers, item_log_q, make_optimizer, model_input_names
-from components.preprocessing import ITEM_POSITIVE_COUNTS, ITEM_VOCAB, vocab_size_with_reserved
-from components.trainer_input import split_input
+from model import warm_start
+from model.config import TrainerConfig
+from model.preprocessing import ITEM_POSITIVE_COUNTS, ITEM_VOCAB, vocab_size_with_reserved
+from model.towers import FrozenTable, TwoTowerTrainer, build_towers, item_log_q, make_optimizer, model_input_names
+from model.trainer_input import split_input
+from schema import item_vectors
 from schema.spec import FeatureSpec, vocab_name
 from serving.request_cost import CONTRACT_FILE
 
@@ -468,7 +469,7 @@ def run_fn(fn_args: FnArgs) -> None:
 
 
 def _warm_start(base_model: str | None, custom: dict, model: tf.keras.Model, vocab_files: dict, num_oov: int) -> dict:
-    """Loads the resolved base model's weights (components/warm_start.py); {"from": None, "note": why}
+    """Loads the resolved base model's weights (model/warm_start.py); {"from": None, "note": why}
     when there is none or it does not fit. Logged either way."""
     if not custom.get("warm_start"):
         note = custom.get("no_warm_start_because") or "continuous.warm_start is false"

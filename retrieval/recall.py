@@ -1,12 +1,12 @@
 """Recall: raw user features (or a log line) in, the top-K posts out.
 
 The user vector comes from the user tower, in-process (a pushed SavedModel) or from any TF Serving
-endpoint; the posts come from the Milvus generation behind the alias (serving/item_index.py).
+endpoint; the posts come from the Milvus generation behind the alias (retrieval/milvus.py).
 The user's read posts are excluded unless asked otherwise; filters keep items whose stored
 features (topic_id) take one of the given values. Before answering, the CLI checks that the index
 was filled by the model it queries (a few indexed items embedded again by the model's item tower).
 
-    python -m serving.recall [--workdir runs/demo] [--milvus URI] [--model DIR | --target HOST:PORT]
+    python -m retrieval.recall [--workdir runs/demo] [--milvus URI] [--model DIR | --target HOST:PORT]
                              (--features JSON | --log-line LINE | --log-file TSV [--limit N])
                              [--k 10] [--filter topic_id=3,7] [--keep-read]
 """
@@ -26,9 +26,9 @@ import sys  # noqa: E402
 import numpy as np  # noqa: E402
 
 from common import signature_names  # noqa: E402
+from retrieval.milvus import IndexConfig, ItemIndexError, ItemSearcher, check_lite_file  # noqa: E402
 from schema.spec import FeatureSpec, load_spec  # noqa: E402
 from serving.examples import ExampleBuilder  # noqa: E402
-from serving.item_index import IndexConfig, ItemIndexError, ItemSearcher, check_lite_file  # noqa: E402
 
 
 class SavedModelUserEncoder:
@@ -87,7 +87,7 @@ def check_index_matches_model(searcher: ItemSearcher, item_tower, spec: FeatureS
     generation records, when it does) gives the same items now, i.e. the index was filled by this
     model. A user vector of one model searched against the item vectors of another gives scores that
     mean nothing, with nothing to tell."""
-    from serving.item_index import VECTOR_FIELD, normalise
+    from retrieval.milvus import VECTOR_FIELD, normalise
 
     collection, version = searcher.generation()
     scalars = sorted(searcher.filterable_fields(collection) - {spec.item_id})
@@ -272,7 +272,7 @@ def format_table(record: dict) -> str:
 
 def main(argv=None) -> None:
     defaults = IndexConfig()
-    p = argparse.ArgumentParser(prog="python -m serving.recall", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m retrieval.recall", description=__doc__.splitlines()[0])
     p.add_argument("--workdir", default=os.path.join("runs", "demo"),
                    help="a run's work directory: its milvus.db and its pushed serving/MODEL_NAME (default: the demo's)")
     p.add_argument("--milvus", default=None, help="Milvus Lite file or URI (default: WORKDIR/milvus.db)")

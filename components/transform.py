@@ -20,7 +20,7 @@ from tfx.components.transform import executor as tfx_transform
 from tfx.types import artifact_utils, standard_component_specs
 
 from common.progress import RateLog, log
-from components.tsv_example_gen.executor import REPORT_PROPERTY
+from components.tsv_example_gen import REPORT_PROPERTY
 
 
 class CountRows(beam.DoFn):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from components import config
+from model import config
 
 _MASKED = -1e9
 
@@ -77,4 +77,4 @@ def _mixed(user, item, labels, item_ids, log_q, weight, cfg):
 
 LOSS_FUNCTIONS = {"pointwise": _pointwise, "inbatch_softmax": _inbatch_softmax, "mixed": _mixed}
 if tuple(LOSS_FUNCTIONS) != config.LOSSES:  # the config accepts exactly the losses that exist
-    raise ImportError(f"components/config.py LOSSES {config.LOSSES} != the registry {tuple(LOSS_FUNCTIONS)}")
+    raise ImportError(f"model/config.py LOSSES {config.LOSSES} != the registry {tuple(LOSS_FUNCTIONS)}")

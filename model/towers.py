@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from components import config
-from components.config import TrainerConfig
-from components.losses import LOSS_FUNCTIONS, pair_logits
+from model import config
+from model.config import TrainerConfig
+from model.losses import LOSS_FUNCTIONS, pair_logits
 from schema.spec import Feature, FeatureSpec, transformed_name
 
 
@@ -343,7 +343,7 @@ def item_log_q(positive_counts: np.ndarray) -> np.ndarray:
 
 OPTIMIZERS = {"adam": tf.keras.optimizers.Adam, "adagrad": tf.keras.optimizers.Adagrad, "sgd": tf.keras.optimizers.SGD}
 if tuple(OPTIMIZERS) != config.OPTIMIZERS:  # the config accepts exactly the optimizers that exist
-    raise ImportError(f"components/config.py OPTIMIZERS {config.OPTIMIZERS} != the registry {tuple(OPTIMIZERS)}")
+    raise ImportError(f"model/config.py OPTIMIZERS {config.OPTIMIZERS} != the registry {tuple(OPTIMIZERS)}")
 
 
 def make_optimizer(cfg: TrainerConfig) -> tf.keras.optimizers.Optimizer:

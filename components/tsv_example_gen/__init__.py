@@ -1,1 +1,0 @@
-"""Custom ExampleGen for tab-separated click logs."""

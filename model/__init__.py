@@ -1,0 +1,2 @@
+"""The two-tower model: its config, the Transform and Trainer module files (preprocessing.py,
+trainer.py: run_fn), towers, losses, the Trainer's input and warm start."""
