@@ -370,7 +370,7 @@ def serving_demo(config_path: str, config, eval_log: str, spec, milvus_uri: str)
     recall path: that user's vector (over gRPC) -> top 10 posts from Milvus."""
     from dataclasses import replace
 
-    from retrieval.milvus import ItemSearcher
+    from retrieval.backends import open_index
     from retrieval.recall import Recaller, ServingUserEncoder
     from serving.client import ServingClient, TowerClient, read_log_lines
     from serving.model_config import read_config_file
@@ -390,9 +390,9 @@ def serving_demo(config_path: str, config, eval_log: str, spec, milvus_uri: str)
         print(f"user_embedding ({user.size}-d): {[round(float(x), 4) for x in user[:8]]} ...")
         print(f"item_embedding ({item.size}-d): {[round(float(x), 4) for x in item[:8]]} ...")
         print(f"user . item = {float(user @ item):.4f}")
-        searcher = ItemSearcher(replace(config.milvus, uri=milvus_uri))
+        searcher = open_index(replace(config.milvus, uri=milvus_uri))
         (top,) = Recaller(ServingUserEncoder(client), searcher, spec).recall_log_lines([line], k=10)
-        print(f"recall (Milvus {searcher.collection()}, read posts excluded): "
+        print(f"recall (Milvus {searcher.generation()[0]}, read posts excluded): "
               + ", ".join(f"{h['id']} ({h['score']:.3f})" for h in top))
 
 

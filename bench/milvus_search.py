@@ -10,7 +10,7 @@ Vectors are 128-d synthetic item vectors, L2-normalised, drawn around 2,000 clus
 cluster by topic, as the item tower's outputs do); queries are drawn the same way. For each size:
 one FLAT and one IVF_FLAT generation written through retrieval.milvus.write_generation (the
 pipeline's own path: column inserts in parallel, flush, index, load), then single-query top-100
-searches through ItemSearcher. Recall@100 is against exact numpy search on the same vectors.
+searches through MilvusIndex. Recall@100 is against exact numpy search on the same vectors.
 """
 import argparse
 import os
@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from retrieval.milvus import Batch, IndexConfig, ItemSearcher, connect, normalise, write_generation  # noqa: E402
+from retrieval.milvus import Batch, IndexConfig, MilvusIndex, connect, normalise, write_generation  # noqa: E402
 
 DIM, K, CENTRES = 128, 100, 2000
 
@@ -39,7 +39,7 @@ def batches(vectors: np.ndarray, size: int = 20000):
         yield Batch(ids, {"topic_id": ["t"] * len(ids)}, vectors[s:s + size])
 
 
-def timed_searches(searcher: ItemSearcher, queries: np.ndarray) -> tuple[list[float], list[list[int]]]:
+def timed_searches(searcher: MilvusIndex, queries: np.ndarray) -> tuple[list[float], list[list[int]]]:
     times, found = [], []
     searcher.search(queries[:1], K)  # warm
     for q in queries:
@@ -104,7 +104,7 @@ def main():
                       f"s of this client's CPU; index built in {done['index_seconds']:.1f} s", flush=True)
                 build = done["index_seconds"]  # on a server: until every row is indexed
                 for search in searches:
-                    searcher = ItemSearcher(IndexConfig(**{**config.__dict__, "search_params": search}), client=client)
+                    searcher = MilvusIndex(IndexConfig(**{**config.__dict__, "search_params": search}), client=client)
                     times, found = timed_searches(searcher, queries)
                     recall = np.mean([len(set(f) & set(e)) / K for f, e in zip(found, exact, strict=True)])
                     shown = ",".join(f"{k}={v}" for k, v in {**done["index_params"], **search}.items()) or "-"

@@ -168,7 +168,8 @@ def _pushed_version(input_dict) -> int | None:
 
 class Executor(base_beam_executor.BaseBeamExecutor):
     def Do(self, input_dict, output_dict, exec_properties) -> None:
-        from retrieval.milvus import IndexConfig, write_generation
+        from retrieval.backends import open_index
+        from retrieval.milvus import IndexConfig
 
         index = artifact_utils.get_single_instance(output_dict["index"])
         not_blessed = _blessed(input_dict)
@@ -190,9 +191,10 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         config = IndexConfig(**json.loads(exec_properties["index_config"]))
         catalog_size = item_vectors.get_int_custom_property("count") if exec_properties["catalog_source"] == "vectors" \
             else None
-        result = write_generation(config, read_embeddings(pattern, spec, dim), spec.item_id,
-                                  item_scalar_columns(spec), dim, expected_count=catalog_size or None,
-                                  model_version=_pushed_version(input_dict))
+        with open_index(config) as item_index:
+            result = item_index.write_generation(read_embeddings(pattern, spec, dim), spec.item_id,
+                                                 item_scalar_columns(spec), dim, expected_count=catalog_size or None,
+                                                 model_version=_pushed_version(input_dict))
         index.set_int_custom_property("indexed", 1)
         index.set_string_custom_property("uri", config.uri)
         index.set_json_value_custom_property("milvus", result)

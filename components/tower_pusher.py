@@ -76,17 +76,15 @@ def indexed_versions(index_config: dict | None) -> set[int] | None:
     """The model versions the item index's generations were filled by; None if the index cannot be read."""
     if not index_config:
         return set()
-    from retrieval.milvus import IndexConfig, connect, referenced_versions
+    from retrieval.backends import open_index
+    from retrieval.milvus import IndexConfig
 
     config = IndexConfig(**index_config)
     if config.is_lite and not os.path.exists(config.uri):
         return set()  # nothing indexed yet
     try:
-        client = connect(config)
-        try:
-            return referenced_versions(client, config.alias)
-        finally:
-            client.close()
+        with open_index(config) as item_index:
+            return item_index.versions_in_use()
     except Exception as e:  # noqa: BLE001 - an unreachable index must not make the push fail
         logging.warning("TowerPusher: cannot read the item index at %s (%s); no version is deleted", config.uri, e)
         return None

@@ -246,11 +246,12 @@ def _examples_section(summary: dict, spec, milvus_uri: str, log_path: str | None
     pushed = summary.get("pushed_models") or []
     if not pushed or not (summary.get("item_index") or {}).get("count") or not log_path:
         return "<p>No model was pushed and indexed in this run.</p>"
-    from retrieval.milvus import IndexConfig, ItemSearcher
+    from retrieval.backends import open_index
+    from retrieval.milvus import IndexConfig
     from retrieval.recall import Recaller, SavedModelUserEncoder
 
     lines = example_log_lines(log_path, spec)
-    searcher = ItemSearcher(IndexConfig(uri=milvus_uri, alias=summary["item_index"]["alias"]))
+    searcher = open_index(IndexConfig(uri=milvus_uri, alias=summary["item_index"]["alias"]))
     recaller = Recaller(SavedModelUserEncoder(os.path.dirname(pushed[0]["path"])), searcher, spec)
     k = 10
     results = recaller.recall_log_lines(lines, k=k)

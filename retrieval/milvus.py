@@ -30,16 +30,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from common.progress import RateLog
+from retrieval.index import Batch, Generation, GenerationGone, ItemIndex, ItemIndexError, normalise
+
+__all__ = ["Batch", "IndexConfig", "ItemIndexError", "MilvusIndex", "normalise"]
 
 log = logging.getLogger("serving")
 
 VECTOR_FIELD = "embedding"
 MAX_VARCHAR = 1024
 LITE_INDEX_TYPES = ("FLAT", "IVF_FLAT", "AUTOINDEX")
-
-
-class ItemIndexError(RuntimeError):
-    """Indexing or searching failed; the previous generation (if any) keeps serving."""
 
 
 @dataclass(frozen=True)
@@ -285,18 +284,6 @@ def _wait_for_index(client, name: str, count: int, timeout_seconds: float = 3600
         time.sleep(0.5)
 
 
-@dataclass
-class Batch:
-    ids: list[str]
-    scalars: dict[str, list[str]]   # field -> values
-    vectors: np.ndarray             # [n, dim] float32
-
-
-def normalise(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
-
-
 MIN_ITEMS_PER_LIST = 39  # k-means needs this many points per centroid to place it (Faiss's rule)
 
 
@@ -410,54 +397,68 @@ def write_generation(config: IndexConfig, batches: Iterable[Batch], id_field: st
             "items_per_second": round(count / max(inserted_seconds, 1e-9)), "dropped": dropped}
 
 
-# ---- searching ----
+# ---- the index ----
 
-class ItemSearcher:
-    """Top-K item ids for query vectors from the collection the alias points at, with exclusions and
-    filters on the scalar fields. Exclusions are applied by over-fetching, so K results come back
-    whenever K non-excluded items exist."""
+class MilvusIndex(ItemIndex):
+    """The item index in Milvus (a Lite file or a server): generations are collections, the alias a
+    Milvus alias (a pointer collection on Lite). Searches resolve the alias themselves every
+    `refresh_seconds`; exclusions are applied by over-fetching, so K results come back whenever K
+    non-excluded items exist. Milvus's own errors come out as ItemIndexError."""
 
-    MAX_LIMIT = 16384  # Milvus's cap on topk
+    MAX_K = 16384  # Milvus's cap on topk
 
     def __init__(self, config: IndexConfig, client=None, refresh_seconds: float = 1.0):
         self.config = config
-        self.client = client or connect(config)
+        try:
+            self.client = client or connect(config)
+        except self._milvus_error() as e:
+            raise self._error("cannot connect", e) from None
         self._alias = alias_of(self.client, config)
         self._refresh_seconds = refresh_seconds
         self._target, self._checked = None, 0.0
         self._lock = threading.Lock()
-        self._fields: dict[str, set[str]] = {}  # generation -> its filterable (non-vector) fields
-        self._versions: dict[str, int | None] = {}  # generation -> the model version that filled it
+        self._described: dict[str, Generation] = {}
 
-    def filterable_fields(self, collection: str) -> set[str]:
-        if collection not in self._fields:
-            described = self.client.describe_collection(collection)
-            self._fields[collection] = {f["name"] for f in described["fields"] if f["name"] != VECTOR_FIELD}
-        return self._fields[collection]
+    @property
+    def where(self) -> str:
+        return f"alias {self.config.alias} at {self.config.uri}"
 
-    def check_request(self, k, filters: dict[str, list[str]] | None) -> None:
-        """ValueError, with the reason, for a k that is not an int in [1, MAX_LIMIT] or a filter on a
-        field the index does not hold (the vector field included)."""
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= self.MAX_LIMIT:
-            raise ValueError(f"k must be an integer from 1 to {self.MAX_LIMIT}, got {k!r}")
-        if filters:
-            empty = sorted(f for f, values in filters.items() if not values)
-            if empty:
-                raise ValueError(f"the filter on {empty} lists no value: give at least one, or no filter")
-            known = self.filterable_fields(self.collection())
-            unknown = sorted(set(filters) - known)
-            if unknown:
-                raise ValueError(f"cannot filter on {unknown}: the index's filterable fields are {sorted(known)}")
+    def close(self) -> None:
+        self.client.close()
+
+    def write_generation(self, batches, id_field, scalar_fields, dim, expected_count=None, model_version=None) -> dict:
+        return write_generation(self.config, batches, id_field, scalar_fields, dim, client=self.client,
+                                expected_count=expected_count, model_version=model_version)
+
+    def versions_in_use(self) -> set[int]:
+        return referenced_versions(self.client, self.config.alias)
+
+    def describe(self, generation: str) -> Generation:
+        with self._lock:
+            known = self._described.get(generation)
+        if known is None:
+            try:
+                described = self.client.describe_collection(generation)
+            except self._milvus_error() as e:
+                raise self._error(f"cannot describe {generation}", e) from None
+            known = Generation(generation, generation_version(self.client, generation),
+                               frozenset(f["name"] for f in described["fields"] if f["name"] != VECTOR_FIELD))
+            with self._lock:
+                self._described[generation] = known
+        return known
 
     def collection(self, refresh: bool = False) -> str:
         with self._lock:
             if refresh or self._target is None or time.monotonic() - self._checked > self._refresh_seconds:
                 # The concrete generation, on a server too: a proxy's alias cache can lag behind
                 # alter_alias for seconds, describe_alias does not.
-                target = self._alias.get() or self._target  # keep the last one seen over a transient empty read
+                try:
+                    target = self._alias.get() or self._target  # the last one seen, over a transient empty read
+                except self._milvus_error() as e:
+                    raise self._error(f"cannot read the alias {self.config.alias}", e) from None
                 if target is None:
                     raise ItemIndexError(f"no index behind alias {self.config.alias} at {self.config.uri}: "
-                                      "run the pipeline (ItemIndexer) first")
+                                         "run the pipeline (ItemIndexer) first")
                 if target != self._target:
                     self._check_target(target)
                 self._target, self._checked = target, time.monotonic()
@@ -466,12 +467,10 @@ class ItemSearcher:
     def _check_target(self, target: str) -> None:
         """A generation the alias names must exist and hold item vectors: an alias left pointing at a
         dropped or foreign collection is an error now, not a search retried for a minute."""
-        from pymilvus.exceptions import MilvusException
-
         try:
             exists = self.client.has_collection(target)
             fields = {f["name"] for f in self.client.describe_collection(target)["fields"]} if exists else set()
-        except MilvusException as e:
+        except self._milvus_error() as e:
             raise ItemIndexError(f"alias {self.config.alias} at {self.config.uri} names collection {target!r}, "
                                  f"which cannot be read: {e}") from None
         if not exists:
@@ -482,38 +481,56 @@ class ItemSearcher:
                                  f"which holds no {VECTOR_FIELD!r} field: not an item index")
 
     def generation(self, refresh: bool = False) -> tuple[str, int | None]:
-        """(the generation the alias points at, the model version that filled it)."""
         name = self.collection(refresh)
-        with self._lock:
-            if name not in self._versions:
-                self._versions[name] = generation_version(self.client, name)
-            return name, self._versions[name]
+        return name, self.describe(name).model_version
+
+    def stored_items(self, generation: str, id_field: str, limit: int) -> list[dict]:
+        fields = sorted(self.describe(generation).fields)
+        try:
+            rows = self.client.query(generation, filter=f'{id_field} != ""', limit=limit,
+                                     output_fields=[*fields, VECTOR_FIELD])
+        except self._milvus_error() as e:
+            raise self._error(f"cannot read {generation}", e) from None
+        return [{**{f: r.get(f) for f in fields}, "vector": r[VECTOR_FIELD]} for r in rows]
 
     def search(self, vectors: np.ndarray, k: int, exclude: list[set[str]] | None = None,
                filters: dict[str, list[str]] | None = None, output_fields: list[str] | None = None,
-               collection: str | None = None) -> list[list[dict]]:
-        """collection: search this generation (one that generation() gave), not the alias's latest."""
-        from pymilvus.exceptions import MilvusException
-
+               generation: str | None = None) -> list[list[dict]]:
+        """generation: search this one (one that generation() gave), not the alias's latest."""
         self.check_request(k, filters)
         vectors = normalise(np.atleast_2d(np.asarray(vectors, np.float32)))
         exclude = exclude or [set()] * len(vectors)
-        limit = min(k + max((len(e) for e in exclude), default=0), self.MAX_LIMIT)
+        limit = min(k + max((len(e) for e in exclude), default=0), self.MAX_K)
         expr = " and ".join(f"{f} in [{', '.join(milvus_string(v) for v in values)}]"
                             for f, values in sorted((filters or {}).items()))
         params = {"metric_type": "IP", "params": self.config.search_params}
         for attempt in (0, 1):
             try:
-                hits = self.client.search(collection or self.collection(refresh=attempt == 1), data=vectors.tolist(),
+                hits = self.client.search(generation or self.collection(refresh=attempt == 1), data=vectors.tolist(),
                                           limit=limit, filter=expr, search_params=params,
                                           output_fields=output_fields or [])
                 break
-            except MilvusException:
-                if attempt == 1 or collection:  # a stale pointer to a dropped generation is refreshed once
-                    raise
+            except self._milvus_error() as e:
+                if generation:  # the generation asked for was dropped while it was read
+                    raise GenerationGone(f"{generation} at {self.config.uri}: {_message(e)}") from None
+                if attempt == 1:  # a stale pointer to a dropped generation is refreshed once
+                    raise self._error("search failed", e) from None
         results = []
         for row, excluded in zip(hits, exclude, strict=True):
             kept = [{"id": h["id"], "score": float(h["distance"]), **h.get("entity", {})}
                     for h in row if h["id"] not in excluded]
             results.append(kept[:k])
         return results
+
+    @staticmethod
+    def _milvus_error():
+        from pymilvus.exceptions import MilvusException
+
+        return MilvusException
+
+    def _error(self, what: str, e: Exception) -> ItemIndexError:
+        return ItemIndexError(f"Milvus at {self.config.uri}: {what}: {_message(e)}")
+
+
+def _message(e: Exception) -> str:
+    return getattr(e, "message", None) or str(e)

@@ -26,7 +26,9 @@ import sys  # noqa: E402
 import numpy as np  # noqa: E402
 
 from common import signature_names  # noqa: E402
-from retrieval.milvus import IndexConfig, ItemIndexError, ItemSearcher, check_lite_file  # noqa: E402
+from retrieval.backends import open_index  # noqa: E402
+from retrieval.index import GenerationGone, ItemIndex, ItemIndexError, normalise  # noqa: E402
+from retrieval.milvus import IndexConfig, check_lite_file  # noqa: E402
 from schema.spec import FeatureSpec, load_spec  # noqa: E402
 from serving.examples import ExampleBuilder  # noqa: E402
 
@@ -81,28 +83,25 @@ class ServingUserEncoder:
         return self.client.embeddings(signature_names.ITEM, examples, version)
 
 
-def check_index_matches_model(searcher: ItemSearcher, item_tower, spec: FeatureSpec, sample: int = 8,
+def check_index_matches_model(searcher: ItemIndex, item_tower, spec: FeatureSpec, sample: int = 8,
                               tolerance: float = 1e-3) -> None:
     """ValueError unless a few indexed item vectors equal what this model's item tower (the version the
     generation records, when it does) gives the same items now, i.e. the index was filled by this
     model. A user vector of one model searched against the item vectors of another gives scores that
     mean nothing, with nothing to tell."""
-    from retrieval.milvus import VECTOR_FIELD, normalise
-
     collection, version = searcher.generation()
-    scalars = sorted(searcher.filterable_fields(collection) - {spec.item_id})
-    rows = searcher.client.query(collection, filter=f'{spec.item_id} != ""', limit=sample,
-                                 output_fields=[spec.item_id, VECTOR_FIELD, *scalars])
+    scalars = sorted(searcher.describe(collection).fields - {spec.item_id})
+    rows = searcher.stored_items(collection, spec.item_id, sample)
     if not rows:
         return
     builder = ExampleBuilder(spec)
     examples = [builder.from_features({spec.item_id: r[spec.item_id], **{c: r[c] for c in scalars if r.get(c)}})
                 for r in rows]
-    stored = np.asarray([r[VECTOR_FIELD] for r in rows], np.float32)
+    stored = np.asarray([r["vector"] for r in rows], np.float32)
     now = normalise(np.asarray(item_tower(examples, version), np.float32))
     gap = float(np.abs(now - stored).max()) if now.shape == stored.shape else float("inf")
     if gap > tolerance:
-        raise ValueError(f"the item index {collection} at {searcher.config.uri} was not filled by this model "
+        raise ValueError(f"the item index {collection} ({searcher.where}) was not filled by this model "
                          f"(its item vectors differ from the model's item tower by up to {gap:.3g}): use the model "
                          f"and the index of one run (--workdir), or --skip-model-check")
 
@@ -111,7 +110,7 @@ class Recaller:
     """User features -> top-K items. `encoder(examples, version)` gives the user vectors of serialized
     tf.Examples from that model version (None: whichever the encoder has)."""
 
-    def __init__(self, encoder, searcher: ItemSearcher, spec: FeatureSpec):
+    def __init__(self, encoder, searcher: ItemIndex, spec: FeatureSpec):
         self.encoder, self.searcher, self.spec = encoder, searcher, spec
         self.examples = ExampleBuilder(spec)
         self.history = spec.history_columns()
@@ -143,8 +142,6 @@ class Recaller:
         filled the generation searched (recorded by ItemIndexer), so a query never mixes the user
         tower of one version with the item vectors of another while the alias or the model moves.
         stored_fields: each hit carries every scalar field the generation stores (topic_id, ...)."""
-        from pymilvus.exceptions import MilvusException
-
         self.searcher.check_request(k, filters)
         if not serialized:
             raise ValueError("no users to recall for")
@@ -153,12 +150,12 @@ class Recaller:
             try:
                 collection, version = self.searcher.generation(refresh=attempt == 1)
                 vectors = self.encoder(serialized, version)
-                fields = (sorted(self.searcher.filterable_fields(collection) - {self.spec.item_id}) if stored_fields
+                fields = (sorted(self.searcher.describe(collection).fields - {self.spec.item_id}) if stored_fields
                           else list(filters or {}))
                 hits = self.searcher.search(vectors, k, exclude=exclude, filters=filters,
-                                            output_fields=fields, collection=collection)
+                                            output_fields=fields, generation=collection)
                 return {"hits": hits, "collection": collection, "model_version": version}
-            except MilvusException:
+            except GenerationGone:
                 if attempt == 1:  # the generation was dropped while it was read: once more, on the new one
                     raise
 
@@ -312,14 +309,12 @@ def main(argv=None) -> None:
     spec = load_spec(args.spec)
     config = IndexConfig(uri=args.milvus, token=args.token, alias=args.alias,
                          search_params={"nprobe": args.nprobe} if args.nprobe else {})
-    from pymilvus.exceptions import MilvusException
-
     try:
         if config.is_lite:
             check_lite_file(args.milvus)  # in a second, before Milvus Lite starts on it
         # The request is checked before the model loads: a wrong k or filter answers in seconds.
         filters = _filters(args.filter)
-        searcher = ItemSearcher(config)
+        searcher = open_index(config)
         searcher.generation()  # the alias names a generation that exists, before a model loads
         searcher.check_request(args.k, filters)
         if args.features:
@@ -348,8 +343,6 @@ def main(argv=None) -> None:
         records = recall_queries(recaller, queries, args.k, not args.keep_read, filters)
     except (FeatureError, json.JSONDecodeError, ValueError, ItemIndexError) as e:
         raise SystemExit(f"error: {e}") from None
-    except MilvusException as e:
-        raise SystemExit(f"error: Milvus at {args.milvus}: {e.message if hasattr(e, 'message') else e}") from None
     except Exception as e:  # noqa: BLE001 - a gRPC error from the endpoint: its code and details, one line
         import grpc
 

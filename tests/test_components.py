@@ -224,7 +224,7 @@ def test_the_infra_validator_serves_both_towers_and_refuses_a_collapsed_one(arti
 # ---- ItemIndexer ----
 
 def test_the_item_indexer_writes_the_item_tower_of_every_catalog_item(artifacts, tmp_path):
-    from retrieval.milvus import VECTOR_FIELD, IndexConfig, ItemSearcher
+    from retrieval.milvus import VECTOR_FIELD, IndexConfig, MilvusIndex
 
     index = made_up.output_artifact(ItemIndex, tmp_path / "index")
     config = {"uri": str(tmp_path / "milvus.db"), "alias": "items"}
@@ -236,7 +236,7 @@ def test_the_item_indexer_writes_the_item_tower_of_every_catalog_item(artifacts,
         {"feature_spec": SPEC.to_json(), "index_config": json.dumps(config), "catalog_source": "vectors"})
     assert index.get_int_custom_property("indexed") == 1
     assert index.get_int_custom_property("count") == 5 and index.get_int_custom_property("dim") == made_up.DIM
-    searcher = ItemSearcher(IndexConfig(**config))
+    searcher = MilvusIndex(IndexConfig(**config))
     rows = searcher.client.query(searcher.collection(), filter='post_id != ""',
                                  output_fields=["post_id", "topic_id", VECTOR_FIELD])
     assert sorted(r["post_id"] for r in rows) == CATALOG
@@ -249,7 +249,7 @@ def test_the_item_indexer_writes_the_item_tower_of_every_catalog_item(artifacts,
     (hits,) = searcher.search(made_up.user_vector(["t2"])[None, :], 3)
     assert {h["id"] for h in hits[:2]} == {"p3", "p4"}
     assert hits[0]["score"] == pytest.approx(hits[1]["score"], abs=1e-6) and hits[1]["score"] > hits[2]["score"] + 0.5
-    searcher.client.close()
+    searcher.close()
 
 
 def test_the_item_indexer_indexes_nothing_unblessed(artifacts, tmp_path):
@@ -275,7 +275,7 @@ def test_recall_never_mixes_model_versions_while_the_alias_moves(tmp_path):
     p1 and p2 (a mixed answer would rank another topic's items first)."""
     import threading
 
-    from retrieval.milvus import Batch, IndexConfig, ItemSearcher, write_generation
+    from retrieval.milvus import Batch, IndexConfig, MilvusIndex, write_generation
     from retrieval.recall import Recaller, ServingUserEncoder
     from serving.client import ServingClient
     from serving.model_config import config_text, parse_config_text
@@ -299,7 +299,7 @@ def test_recall_never_mixes_model_versions_while_the_alias_moves(tmp_path):
     with ModelServer(served, port=0, poll_seconds=0) as server:
         def query():
             with ServingClient(server.target, "m") as client:
-                recaller = Recaller(ServingUserEncoder(client), ItemSearcher(config, refresh_seconds=0), SPEC)
+                recaller = Recaller(ServingUserEncoder(client), MilvusIndex(config, refresh_seconds=0), SPEC)
                 while not stop.is_set():
                     try:
                         answer = recaller.answer([user], 2, exclude_read=False)

@@ -220,7 +220,7 @@ def _most_frequent_topics():
 
 
 def test_item_index_recall_equals_brute_force_over_the_catalog(runs):
-    from retrieval.milvus import IndexConfig, ItemSearcher
+    from retrieval.milvus import IndexConfig, MilvusIndex
     from retrieval.recall import Recaller, SavedModelUserEncoder
     from schema.spec import load_spec
 
@@ -243,7 +243,7 @@ def test_item_index_recall_equals_brute_force_over_the_catalog(runs):
     read = set(USER["read_post_id"])
     expected = [catalog[i] for i in np.argsort(-scores, kind="stable") if catalog[i] not in read][:20]
 
-    searcher = ItemSearcher(IndexConfig(uri=os.path.join(workdir, "milvus.db")))
+    searcher = MilvusIndex(IndexConfig(uri=os.path.join(workdir, "milvus.db")))
     assert searcher.collection() == index["collection"]
     recaller = Recaller(SavedModelUserEncoder(os.path.join(workdir, "serving", "dssm")), searcher, load_spec())
     user_features = {"client_id": "u7", "client_type": 1, "follow_topic_id": ["3", "8"],

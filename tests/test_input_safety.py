@@ -265,7 +265,7 @@ def test_infra_validation_counts_the_distinct_inputs_of_a_tower():
 # ---- recall ----
 
 def test_recall_excludes_every_read_post_beyond_maxlen(tmp_path):
-    from retrieval.milvus import Batch, IndexConfig, ItemSearcher, connect, write_generation
+    from retrieval.milvus import Batch, IndexConfig, MilvusIndex, connect, write_generation
     from retrieval.recall import Recaller
 
     maxlen = next(f.maxlen for f in SPEC.features if f.column == "read_post_id")
@@ -283,7 +283,7 @@ def test_recall_excludes_every_read_post_beyond_maxlen(tmp_path):
     # maxlen posts the model ranks last, then the 10 it ranks first: the example keeps only the first maxlen.
     read = ranked[-maxlen:] + ranked[:10]
     recaller = Recaller(lambda examples, version=None: np.tile(query, (len(examples), 1)),
-                        ItemSearcher(config, client=client),
+                        MilvusIndex(config, client=client),
                         SPEC)
     user = {"client_type": 1, "follow_topic_id": "t1", "all_topic_fav_7": "t1:1", "read_post_id": read}
     (hits,) = recaller.recall([user], k=10)

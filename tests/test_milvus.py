@@ -9,7 +9,7 @@ from retrieval.milvus import (
     Batch,
     IndexConfig,
     ItemIndexError,
-    ItemSearcher,
+    MilvusIndex,
     connect,
     generations,
     normalise,
@@ -59,7 +59,7 @@ def test_ids_and_vectors_round_trip(config, client):
 def test_flat_top_k_equals_numpy_brute_force(config, client):
     ids, topics, vectors = _items(2000, 2)
     write_generation(config, _batches(ids, topics, vectors), "post_id", ["topic_id"], DIM, client=client)
-    searcher = ItemSearcher(config, client=client)
+    searcher = MilvusIndex(config, client=client)
     queries = np.random.default_rng(3).normal(size=(5, DIM)).astype(np.float32)
     scores = normalise(queries) @ normalise(vectors).T
     results = searcher.search(queries, k=50)
@@ -85,7 +85,7 @@ def test_alias_moves_while_queries_run_and_old_generations_are_dropped(config, c
     config = IndexConfig(**{**config.__dict__, "keep_generations": 2})
     first = _items(1500, 4, prefix="a")
     write_generation(config, _batches(*first), "post_id", ["topic_id"], DIM, client=client)
-    searcher = ItemSearcher(config, client=client, refresh_seconds=0.05)
+    searcher = MilvusIndex(config, client=client, refresh_seconds=0.05)
     query = np.ones((1, DIM), np.float32)
     seen, failures, stop = [], [], threading.Event()
 
@@ -128,7 +128,7 @@ def test_a_failure_half_way_leaves_the_previous_index_serving(config, client):
     with pytest.raises(ItemIndexError, match="shape"):
         write_generation(config, broken(), "post_id", ["topic_id"], DIM, client=client)
     assert generations(client, "items") == [first["collection"]]  # the partial collection is gone
-    (hits,) = ItemSearcher(config, client=client).search(vectors[:1], k=3)
+    (hits,) = MilvusIndex(config, client=client).search(vectors[:1], k=3)
     assert hits[0]["id"] == "p0"
 
 

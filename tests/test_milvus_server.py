@@ -11,7 +11,7 @@ from retrieval.milvus import (
     Batch,
     IndexConfig,
     ItemIndexError,
-    ItemSearcher,
+    MilvusIndex,
     _ServerAlias,
     connect,
     generations,
@@ -80,7 +80,7 @@ def test_flat_top_k_equals_brute_force(uri):
     config = _config(uri, "flat")
     write_generation(config, _batches(ids, topics, vectors), "post_id", ["topic_id"], DIM)
     queries = np.random.default_rng(3).normal(size=(10, DIM)).astype(np.float32)
-    hits = ItemSearcher(config).search(queries, 20)
+    hits = MilvusIndex(config).search(queries, 20)
     assert [[h["id"] for h in row] for row in hits] == _truth(queries, vectors, ids, 20)
 
 
@@ -95,7 +95,7 @@ def test_approximate_indexes_reach_recall_098_at_10k_items(uri, index_type, inde
     done = write_generation(config, _batches(ids, topics, vectors), "post_id", ["topic_id"], DIM)
     assert done["index_type"] == index_type and done["count"] == 10_000
     queries = np.random.default_rng(5).normal(size=(50, DIM)).astype(np.float32)
-    hits = ItemSearcher(config).search(queries, 100)
+    hits = MilvusIndex(config).search(queries, 100)
     truth = _truth(queries, vectors, ids, 100)
     recall = np.mean([len({h["id"] for h in row} & set(t)) / 100 for row, t in zip(hits, truth, strict=True)])
     assert recall >= 0.98, recall
@@ -107,7 +107,7 @@ def test_keep_generations_and_a_failure_half_way_leaves_the_previous_generation_
     names = [write_generation(config, _batches(*_items(200, s, prefix=f"g{s}_")), "post_id", ["topic_id"], DIM,
                               client=client)["collection"] for s in range(3)]
     assert generations(client, "gens") == names[1:]
-    assert ItemSearcher(config, client=client).collection() == names[2]  # the alias, resolved
+    assert MilvusIndex(config, client=client).collection() == names[2]  # the alias, resolved
     assert client.describe_alias("gens")["collection_name"] == names[2]
 
     def broken():
@@ -119,7 +119,7 @@ def test_keep_generations_and_a_failure_half_way_leaves_the_previous_generation_
         write_generation(config, broken(), "post_id", ["topic_id"], DIM, client=client)
     assert generations(client, "gens") == names[1:]  # the partial generation is dropped
     assert client.describe_alias("gens")["collection_name"] == names[2]
-    (hits,) = ItemSearcher(config, client=client).search(_items(200, 2, prefix="g2_")[2][:1], 3)
+    (hits,) = MilvusIndex(config, client=client).search(_items(200, 2, prefix="g2_")[2][:1], 3)
     assert hits[0]["id"] == "g2_0"
     client.close()
 
@@ -131,7 +131,7 @@ def test_the_alias_moves_under_concurrent_queries_with_no_failed_or_empty_answer
     queries = np.random.default_rng(12).normal(size=(4, DIM)).astype(np.float32)
 
     def query():
-        searcher = ItemSearcher(config)
+        searcher = MilvusIndex(config)
         while not stop.is_set():
             try:
                 rows = searcher.search(queries, 10)
@@ -151,7 +151,7 @@ def test_the_alias_moves_under_concurrent_queries_with_no_failed_or_empty_answer
         t.join()
     assert not failures, failures[:3]
     assert answers and all(answers), f"{answers.count(False)} empty or short answers of {len(answers)}"
-    (hits,) = ItemSearcher(config).search(queries[:1], 5)
+    (hits,) = MilvusIndex(config).search(queries[:1], 5)
     assert all(h["id"].startswith("c") for h in hits)
 
 

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from retrieval.milvus import Batch, IndexConfig, ItemSearcher, connect, write_generation
+from retrieval.milvus import Batch, IndexConfig, MilvusIndex, connect, write_generation
 from tests.conftest import REPO
 
 DIM = 8
@@ -110,7 +110,7 @@ def test_an_alias_naming_a_dropped_collection_is_one_error_line(index_file, tmp_
 
 def test_an_empty_filter_list_is_refused_before_milvus_sees_it(index_file, tmp_path):
     path = _copy(index_file, tmp_path)
-    searcher = ItemSearcher(IndexConfig(uri=str(path)))
+    searcher = MilvusIndex(IndexConfig(uri=str(path)))
     try:
         for call in (lambda: searcher.check_request(10, {"topic_id": []}),
                      lambda: searcher.search(np.ones((1, DIM), np.float32), 10, filters={"topic_id": []})):
@@ -120,4 +120,4 @@ def test_an_empty_filter_list_is_refused_before_milvus_sees_it(index_file, tmp_p
                                output_fields=["topic_id"])
         assert len(hits[0]) == 5 and {h["topic_id"] for h in hits[0]} == {"1"}
     finally:
-        searcher.client.close()
+        searcher.close()
