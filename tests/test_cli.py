@@ -110,30 +110,32 @@ def test_the_cache_key_covers_every_module_a_component_runs(tmp_path, monkeypatc
     import shutil
 
     from common import LAYERS
+    from pipeline import inputs
     from tests.conftest import REPO
     from tests.test_layers import import_graph
 
     for package in LAYERS:
         shutil.copytree(os.path.join(REPO, package), tmp_path / package,
                         ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.setattr(run_pipeline, "HERE", str(tmp_path))
+    monkeypatch.setattr(inputs, "REPO", str(tmp_path))
     graph = import_graph()
     run = set()
-    todo = [m for m in graph if m.startswith("components.")]
+    todo = [m for m in graph if m.startswith(("components.", "model."))]  # model/: the module files too
     while todo:
         module = todo.pop()
         if module not in run:
             run.add(module)
             todo += graph[module]
-    assert {"retrieval.milvus", "serving.examples", "schema.rows", "common.progress"} <= run
-    before = run_pipeline.code_fingerprint()
-    assert run_pipeline.code_fingerprint() == before  # stable
+    assert {"retrieval.milvus", "model.trainer", "model.preprocessing", "serving.examples", "schema.rows",
+            "common.progress"} <= run
+    before = inputs.code_fingerprint()
+    assert inputs.code_fingerprint() == before  # stable
     for module in sorted(run):
         path = tmp_path / (module.replace(".", os.sep) + ".py")
         if not path.exists():
             path = tmp_path / module.replace(".", os.sep) / "__init__.py"
         original = path.read_bytes()
         path.write_bytes(original + b"\n# an edit\n")
-        assert run_pipeline.code_fingerprint() != before, module
+        assert inputs.code_fingerprint() != before, module
         path.write_bytes(original)
-    assert run_pipeline.code_fingerprint() == before
+    assert inputs.code_fingerprint() == before

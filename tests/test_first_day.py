@@ -96,7 +96,8 @@ def test_a_run_on_too_few_users_warns_at_once_and_a_bad_workdir_is_one_line_befo
     checks = ("import sys, run_pipeline\n"
               f"args = run_pipeline.build_parser().parse_args(['local', '--input', '{SAMPLE_DIR}/train.tsv',\n"
               f"    '--item-embeddings', '{SAMPLE_DIR}/item_vectors.jsonl', '--workdir', sys.argv[1]])\n"
-              "run_pipeline._preflight(args, *run_pipeline._load(args))\n"
+              "from pipeline.inputs import load\nfrom pipeline.local_runner import preflight\n"
+              "preflight(args, *load(args))\n"
               "print('tensorflow runtime loaded:', 'tensorflow.python' in sys.modules)\n")
     proc = subprocess.run([sys.executable, "-c", checks, str(tmp_path / "run")], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
