@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_argument("--sample", action="store_true",
                        help=f"use the bundled sample ({SAMPLE_DIR}) for the logs and vectors not given")
     local.add_argument("--workdir", default=os.path.join("runs", "demo"))
-    local.add_argument("--config", default=None, help="YAML config (see README, Configuration)")
+    local.add_argument("--config", default=None, help="YAML config (docs/configuration.md)")
     local.add_argument("--feature-spec", default=None, help="feature spec YAML (overrides the config's feature_spec)")
     local.add_argument("--beam-args", default="",
                        help='Beam pipeline options, e.g. "--direct_running_mode=multi_processing"')

@@ -5,4 +5,10 @@ common -> schema -> serving -> retrieval -> model -> components -> pipeline -> r
 (datagen, bench and tests sit on top). tests/test_layers.py checks it.
 """
 
+import os
+
+# TFX 1.16 and tf.Transform expect tf-keras (Keras 2). Set here, the one place: every project package
+# imports common first (its __init__), so it holds before any TensorFlow import of ours.
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+
 LAYERS = ("common", "schema", "serving", "retrieval", "model", "components", "pipeline")  # the packages, lowest first

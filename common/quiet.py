@@ -12,8 +12,6 @@ import os
 import sys
 import warnings
 
-os.environ["TF_USE_LEGACY_KERAS"] = "1"  # TFX 1.16 and tf.Transform expect tf-keras (Keras 2)
-
 NOISY_WARNINGS = (FutureWarning, DeprecationWarning, UserWarning)
 NOISY_LOGGERS = ("absl", "tensorflow", "apache_beam", "tfx", "ml_metadata")
 

@@ -22,9 +22,14 @@ from tfx.types.standard_artifacts import Examples, InfraBlessing, Model
 from tfx.utils import path_utils
 
 from common import signature_names
+from common.outputs import OutputReport
 
 REPORT_FILE = "infra_validation.json"
 REPORT_PROPERTY = "infra_validation"
+OUTPUT_REPORT = OutputReport(
+    "InfraBlessing", "infra_validation", read=lambda a, custom: custom(a, REPORT_PROPERTY),
+    figures=lambda r: "blessed: the towers answered over gRPC" if r.get("blessed")
+    else f"not blessed: {r.get('error', 'unknown')}")
 
 
 def serving_layout(model_dir: str, root: str, model_name: str) -> dict[str, str]:
@@ -151,7 +156,7 @@ def ServingInfraValidator(
     model: InputArtifact[Model],
     examples: InputArtifact[Examples],
     blessing: OutputArtifact[InfraBlessing],
-    model_name: Parameter[str] = "dssm",
+    model_name: Parameter[str],
     split: Parameter[str] = "eval",
     num_examples: Parameter[int] = 16,
     timeout_seconds: Parameter[int] = 180,

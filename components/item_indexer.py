@@ -25,6 +25,7 @@ from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionP
 from tfx.utils import path_utils
 
 from common import signature_names
+from common.outputs import OutputReport
 from components.artifacts import ItemIndex, ItemVectors
 from schema.item_vectors import IDS_FILE
 from schema.spec import STRING, FeatureSpec
@@ -32,6 +33,11 @@ from schema.spec import STRING, FeatureSpec
 EMBEDDINGS_DIR = "embeddings"
 EMBEDDING_FEATURE = "embedding"
 BATCH = 512
+OUTPUT_REPORT = OutputReport(
+    ItemIndex.TYPE_NAME, "item_index", uri_key="item_index_uri",
+    read=lambda a, custom: custom(a, "milvus") or {"not_indexed_because": custom(a, "not_indexed_because")},
+    figures=lambda r: (f"{r['count']:,} items in {r['collection']} ({r['items_per_second']:,} items/s)"
+                       if "collection" in r else f"not indexed: {r['not_indexed_because']}"))
 
 
 def item_scalar_columns(spec: FeatureSpec) -> list[str]:

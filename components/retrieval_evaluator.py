@@ -33,8 +33,10 @@ from tfx.types.standard_artifacts import Examples, Model, ModelBlessing, ModelEv
 from tfx.utils import path_utils
 
 from common import signature_names
+from common.outputs import OutputReport
 from common.progress import RateLog
 from components.artifacts import ItemVectors
+from model.config import EvaluationConfig
 from model.trainer import EXAMPLES_INPUT, METRICS_FILE
 from retrieval.metrics import RunningTopK, bootstrap_interval, metrics_at_k, recall_per_query
 from schema.item_vectors import IDS_FILE
@@ -43,6 +45,16 @@ from schema.spec import FeatureSpec
 EVALUATION_FILE = "metrics.json"
 PER_USER_FILE = "per_user.tsv"  # user id, then recall@k and hit_rate@k of each k: for paired comparisons
 _BATCH = 1024
+
+
+def _retrieval_figures(r: dict) -> str:
+    key = r["bless_key"]
+    return (f"{key} {r['model'][key]:.3f} vs popularity {r['popularity'][key]:.3f}: "
+            f"{'blessed' if r['blessed'] else 'not blessed'}")
+
+
+OUTPUT_REPORT = OutputReport("ModelEvaluation", "retrieval", read=lambda a, custom: custom(a, "retrieval"),
+                             figures=_retrieval_figures, uri_key="evaluation_uri")
 _SCORE_BUDGET_BYTES = 256 * 2**20  # one chunk of users x items scores in float64
 
 
@@ -384,42 +396,35 @@ def RetrievalEvaluator(
     evaluation: OutputArtifact[ModelEvaluation],
     blessing: OutputArtifact[ModelBlessing],
     feature_spec: Parameter[str],
-    ks: Parameter[str] = "10,50,100",
-    catalog_source: Parameter[str] = "vectors",
-    exclude_read: Parameter[int] = 1,
-    bless_k: Parameter[int] = 50,
-    bless_margin: Parameter[float] = 0.0,
-    auc_floor: Parameter[float] = 0.0,
-    max_users: Parameter[int] = 0,
-    min_eval_users: Parameter[int] = 200,
-    allow_few_eval_users: Parameter[int] = 0,
-    bootstrap_samples: Parameter[int] = 1000,
+    evaluation_config: Parameter[str],
     served_model_base: Parameter[str] = "",
     max_regression: Parameter[float] = 0.0,
 ) -> None:
-    """served_model_base: the pushed model's folder (<serving>/<model_name>); the version served there
-    now is ranked on the same users and catalog; a candidate worse by more than max_regression with
-    95% confidence is not blessed."""
+    """evaluation_config: the pipeline config's `evaluation:` (JSON of model.config.EvaluationConfig, the
+    one place its defaults live). served_model_base: the pushed model's folder (<serving>/<model_name>);
+    the version served there now is ranked on the same users and catalog; a candidate worse by more
+    than max_regression with 95% confidence is not blessed."""
+    cfg = EvaluationConfig(**json.loads(evaluation_config))
     spec = FeatureSpec.from_json(feature_spec)
-    k_list = sorted({int(k) for k in ks.split(",")} | {bless_k})
+    k_list = sorted({int(k) for k in cfg.ks} | {cfg.bless_k})
     items, clicked_users = scan_logs(examples, spec)
     result = evaluate(path_utils.serving_model_path(model.uri), items, clicked_users, examples, item_vectors, spec,
-                      k_list, bool(exclude_read), catalog_source, max_users)
+                      k_list, cfg.exclude_read, cfg.catalog, cfg.max_users)
     with fileio.open(os.path.join(model_run.uri, METRICS_FILE)) as f:
         eval_auc = json.load(f)["eval_auc"]  # None when undefined (one class only)
-    key = f"recall@{bless_k}"
-    per_user_lift = result.pop("_per_user_lift")[bless_k]
+    key = f"recall@{cfg.bless_k}"
+    per_user_lift = result.pop("_per_user_lift")[cfg.bless_k]
     _write_per_user(os.path.join(evaluation.uri, PER_USER_FILE), result.pop("_users"), result["_per_user_recall"])
-    candidate_recall = result.pop("_per_user_recall")[bless_k]
-    reasons = gate(result, per_user_lift, key, bless_margin, auc_floor, eval_auc, min_eval_users,
-                   bool(allow_few_eval_users), bootstrap_samples)
+    candidate_recall = result.pop("_per_user_recall")[cfg.bless_k]
+    reasons = gate(result, per_user_lift, key, cfg.bless_margin, cfg.auc_floor, eval_auc, cfg.min_eval_users,
+                   cfg.allow_few_eval_users, cfg.bootstrap_samples)
     served = served_version(served_model_base)
     if served is not None:
         version, path = served
-        baseline = evaluate(path, items, clicked_users, examples, item_vectors, spec, k_list, bool(exclude_read),
-                            catalog_source, max_users)
-        reasons += compare_with_served(result, candidate_recall, baseline, baseline["_per_user_recall"][bless_k],
-                                       version, key, max_regression, bootstrap_samples)
+        baseline = evaluate(path, items, clicked_users, examples, item_vectors, spec, k_list, cfg.exclude_read,
+                            cfg.catalog, cfg.max_users)
+        reasons += compare_with_served(result, candidate_recall, baseline, baseline["_per_user_recall"][cfg.bless_k],
+                                       version, key, max_regression, cfg.bootstrap_samples)
     else:
         result["served"] = None
     result.update(blessed=not reasons, not_blessed_because=reasons, eval_auc=eval_auc, bless_key=key)

@@ -18,11 +18,18 @@ from tfx.dsl.io import fileio
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils
 
+from common.outputs import OutputReport
+
 TOWERS = ("user", "item")
 TOWER_DESTINATIONS = "tower_destinations"
 KEEP_VERSIONS = "keep_versions"  # custom_config key: pushed versions kept per folder (0 = all)
 INDEX_CONFIG = "index_config"    # custom_config key: the item index, whose generations' versions are kept
 MODEL_URI = "model_uri"          # custom property of a pushed PushedModel: the Model artifact's URI
+OUTPUT_REPORT = OutputReport(
+    "PushedModel", "pushed_model",
+    read=lambda a, custom: {"pushed": bool(custom(a, "pushed")), "path": custom(a, "pushed_destination"),
+                            "version": custom(a, "pushed_version"), "towers": custom(a, TOWER_DESTINATIONS) or {}},
+    figures=lambda p: f"pushed version {p['version']}" if p["pushed"] else "not pushed")
 
 
 def prune_versions(base: str, keep: int, protected: set[int] = frozenset()) -> list[str]:

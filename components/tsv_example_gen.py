@@ -36,6 +36,7 @@ from tfx.types import artifact_utils, standard_artifacts, standard_component_spe
 from tfx.types.component_spec import ExecutionParameter
 from tfx.utils import proto_utils
 
+from common.outputs import OutputReport
 from schema import logfiles
 from schema.rows import Rejected, RowParser
 from schema.spec import FeatureSpec
@@ -52,6 +53,16 @@ KEPT_DIR = "rejected_rows"  # <pipeline root>/<node>/rejected_rows/<execution id
 _REPORT_DIR_KEY = "_report_dir"
 _REJECTED_TAG = "rejected"
 _COUNTS_TAG = "counts"
+
+
+def _ingest_figures(report: dict) -> str:
+    # An input split has read/written/rejected; the splits a hash divides it into have written only.
+    return "; ".join(f"{s}: {r['written']:,} rows" + (f", {r['rejected']:,} rejected" if "rejected" in r else "")
+                     for s, r in report.items() if "written" in r)
+
+
+OUTPUT_REPORT = OutputReport("Examples", "splits", read=lambda a, custom: custom(a, REPORT_PROPERTY),
+                             figures=_ingest_figures, uri_key="examples_uri")
 
 
 class IngestError(RuntimeError):
@@ -252,7 +263,7 @@ class Executor(BaseExampleGenExecutor):
             output_written = {split: report[split]["written"] for split in outputs}
         examples.set_json_value_custom_property(REPORT_PROPERTY, report)
         try:
-            self._enforce(report, output_written, float(exec_properties.get(MAX_REJECTED_FRACTION_KEY, 0.01)),
+            self._enforce(report, output_written, float(exec_properties[MAX_REJECTED_FRACTION_KEY]),
                           report_dir)
         except IngestError as e:
             e.report = report
@@ -329,8 +340,8 @@ class TsvExampleGen(FileBasedExampleGen):
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
 
     def __init__(self, input_base: str, feature_spec_json: str, input_config: example_gen_pb2.Input,
-                 output_config: example_gen_pb2.Output | None = None,
-                 max_rejected_fraction: float = 0.01, item_ids_path: str | None = None,
+                 max_rejected_fraction: float, output_config: example_gen_pb2.Output | None = None,
+                 item_ids_path: str | None = None,
                  code_fingerprint: str | None = None, range_config: range_config_pb2.RangeConfig | None = None,
                  train_files: list | None = None):
         """range_config: the span to read (TFX's static range); train_files: [path, size, mtime_ns] of

@@ -1,4 +1,2 @@
 """Deterministic synthetic click logs with a planted signal."""
-import os
-
-os.environ["TF_USE_LEGACY_KERAS"] = "1"  # TFX 1.16 and tf.Transform expect tf-keras (Keras 2)
+import common  # noqa: F401  (sets TF_USE_LEGACY_KERAS before any TensorFlow import)

@@ -2,7 +2,7 @@
 
     python -m datagen.movielens --source ../shared/data/ml-latest-small --out data/movielens
 
-Every rating is one logged impression. Columns (see README, "MovieLens"):
+Every rating is one logged impression. Columns (see docs/quality.md, "MovieLens"):
   act              1 if rating >= 4.0 (liked), else 0 (watched, not liked: a logged negative)
   client_id        userId;  post_id: movieId;  topic_id: the movie's first genre
   client_type      1 if the rating was given on a weekend (UTC), else 0

@@ -17,48 +17,48 @@ CATALOGS = ("vectors", "logs")
 class TrainerConfig:
     # Defaults: the best configuration found on MovieLens (bench/movielens_quality.py); the original
     # design's pointwise setup is configs/original_design.yaml.
-    train_steps: int = 3000
+    train_steps: int = 3000          # the most training steps (early stopping may end sooner)
     epochs: int = 0                  # > 0: this many passes over the training split instead of train_steps
     eval_steps: int = 0              # 0 = the whole eval split
-    batch_size: int = 128
+    batch_size: int = 128            # rows per training step
     optimizer: str = field(default="adam", metadata={"choices": OPTIMIZERS})
-    learning_rate: float = 0.001
+    learning_rate: float = 0.001     # of the optimizer
     loss: str = field(default="mixed", metadata={"choices": LOSSES})  # model/losses.py
     gamma: float = 10.0              # cosine x gamma (the original design's temperature trick)
     pos_weight: float = 1.2          # pointwise: weight of act=1 rows in the binary cross-entropy
     temperature: float = 0.1         # in-batch losses: softmax over cosine / temperature
     logq_correction: bool = True     # in-batch losses: subtract log of the item's click frequency
-    user_units: list[int] = field(default_factory=lambda: [256, 256, 128])
-    item_units: list[int] = field(default_factory=lambda: [256, 256, 128])
+    user_units: list[int] = field(default_factory=lambda: [256, 256, 128])  # the user tower's dense layers
+    item_units: list[int] = field(default_factory=lambda: [256, 256, 128])  # the item tower's dense layers
     activation: str = "relu"         # hidden layers
     output_activation: str = "tanh"  # last layer, before L2 normalisation
-    dropout: float = 0.0
-    batch_norm: bool = False
+    dropout: float = 0.0             # after each hidden layer
+    batch_norm: bool = False         # after each hidden layer
     embedding_stddev: float = 1.0    # init of the trainable tables (the original's 0.0 froze them at 0)
     normalize: bool = True           # L2-normalise the tower outputs (cosine similarity)
-    seed: int = 1024
+    seed: int = 1024                 # initialisation and the order of the training rows
     # Validation-driven training: the eval split's loss every eval_every_steps steps (every epoch
     # with `epochs`); training stops after `patience` evaluations without a better loss and keeps the
     # best weights. train_steps / epochs are then upper bounds. eval_every_steps 0: every half pass
     # over the training rows (a multiple of steps_per_execution, at most 250 steps), so the first
     # check comes before a small data set is seen twice.
-    early_stopping: bool = True
-    eval_every_steps: int = 0
-    patience: int = 4
+    early_stopping: bool = True      # keep the best eval-loss weights, stop after `patience` worse checks
+    eval_every_steps: int = 0        # steps between eval-loss checks (0: every half pass, see above)
+    patience: int = 4                # checks without a better eval loss before training stops
     warn_passes: float = 20.0        # warn when training makes more passes over the data than this
                                      # (with early stopping: when it did not stop before)
     # Speed (model/trainer_input.py): a split whose transformed tensors fit in cache_max_mb is
     # read once and held in memory (0 = always stream from the files); steps_per_execution train
     # steps run in one call of the compiled step (fewer Python round trips; callbacks and progress
     # lines see every steps_per_execution-th step).
-    cache_max_mb: int = 1024
-    steps_per_execution: int = 10
+    cache_max_mb: int = 1024         # MB of transformed tensors a split may hold in memory
+    steps_per_execution: int = 10    # training steps per call of the compiled step
 
 
 @dataclass
 class EvaluationConfig:
-    ks: list[int] = field(default_factory=lambda: [10, 50, 100])
-    # vectors (the item-vector file's items) | logs (items in the logs)
+    ks: list[int] = field(default_factory=lambda: [10, 50, 100])  # Recall / HitRate / NDCG at these K
+    # the catalog ranked: vectors (the item-vector file's items) | logs (items in the logs)
     catalog: str = field(default="vectors", metadata={"choices": CATALOGS})
     exclude_read: bool = True        # drop the user's read posts from the ranking
     bless_k: int = 50                # blessed only if Recall@bless_k beats popularity ...

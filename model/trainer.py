@@ -24,6 +24,7 @@ import tensorflow_transform as tft
 from tfx.components.trainer.fn_args_utils import FnArgs
 
 from common import signature_names
+from common.outputs import OutputReport
 from common.progress import RateLog, log
 from model import warm_start
 from model.config import TrainerConfig
@@ -36,6 +37,29 @@ from serving.request_cost import CONTRACT_FILE
 
 METRICS_FILE = "metrics.json"
 EXAMPLES_INPUT = "examples"
+
+
+def read_metrics(model_run_uri: str) -> dict:
+    """The Trainer's metrics.json ({} when it wrote none)."""
+    path = os.path.join(model_run_uri, METRICS_FILE)
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def _training_figures(m: dict) -> str:
+    if not m:
+        return ""
+    auc = "undefined" if m.get("eval_auc") is None else f"{m['eval_auc']:.3f}"
+    best = (f" (best at step {m['best_step']:,}{', stopped early' if m.get('stopped_early') else ''})"
+            if "best_step" in m else "")
+    return (f"{m['train_steps']:,} steps{best}, train loss {m['train_loss']:.3f}, "
+            f"eval loss {m['eval_loss']:.3f}, eval AUC {auc}")
+
+
+OUTPUT_REPORT = OutputReport("ModelRun", "training", read=lambda a, custom: read_metrics(a.uri),
+                             figures=_training_figures, uri_key="model_run_uri")
 
 
 def tower_raw_features(spec: FeatureSpec, tower: str) -> list[str]:

@@ -1,6 +1,7 @@
 """Pipeline configuration: dataclasses with defaults, loaded from an optional YAML file.
 
-Every option and its default is listed in README.md ("Configuration"); an unknown key is an error.
+Every option and its default is listed in docs/configuration.md (generated from these dataclasses by
+pipeline/config_doc.py); an unknown key is an error.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from common import signature_names
 from model.config import EvaluationConfig, TrainerConfig
 from retrieval.milvus import IndexConfig
 from schema.spec import DEFAULT_SCHEMA_PATH, DEFAULT_SPEC_PATH
@@ -21,10 +23,10 @@ class ConfigError(ValueError):
 
 @dataclass
 class ContinuousConfig:
-    # Daily runs on {SPAN} log patterns (README "Continuous training"): the training split is the
+    # Daily runs on {SPAN} log patterns (docs/continuous.md): the training split is the
     # last `window` spans up to the chosen one (TFX's RollingRange, clipped to the spans that exist);
     # the eval split is the chosen span's.
-    window: int = 1
+    window: int = 1                          # training spans up to the chosen one
     # The candidate is ranked beside the version served now (same eval users and catalog) and is
     # not blessed when its recall@bless_k is lower by more than this with 95% confidence.
     max_regression: float = 0.0
@@ -40,21 +42,21 @@ class KubeflowConfig:
     pipeline_root: str = ""                      # e.g. gs://bucket/dssm; --pipeline-root overrides
     beam_args: list[str] = field(default_factory=list)  # e.g. [--runner=DataflowRunner, --project=P, ...]
     trainer_cpu: float = 0.0                     # Trainer container limits (0 = the cluster's default)
-    trainer_memory_gib: float = 0.0
+    trainer_memory_gib: float = 0.0              # GiB; 0 = the cluster's default
 
 
 @dataclass
 class PipelineConfig:
     pipeline_name: str = "dssm-recall"  # [a-z0-9-]: Kubeflow accepts no other characters
-    model_name: str = "dssm"         # serving folder: <workdir>/serving/<model_name>/<version>/
+    model_name: str = signature_names.MODEL_NAME  # serving folder: <workdir>/serving/<model_name>/<version>/
     keep_pushed_versions: int = 3    # versions kept in each serving folder after a push (0 = all)
-    feature_spec: str = DEFAULT_SPEC_PATH
-    schema: str = DEFAULT_SCHEMA_PATH
-    max_rejected_fraction: float = 0.01
+    feature_spec: str = DEFAULT_SPEC_PATH    # the feature spec (docs/model.md); --feature-spec overrides
+    schema: str = DEFAULT_SCHEMA_PATH        # the curated TFDV schema ExampleValidator checks the logs against
+    max_rejected_fraction: float = 0.01      # stop the run when a larger share of a split's rows is rejected
     # With one --input: hash buckets per split over the user id (stable: a user is in one split).
     split_buckets: dict[str, int] = field(default_factory=lambda: {"train": 9, "eval": 1})
-    num_oov_buckets: int = 1
-    enable_cache: bool = True
+    num_oov_buckets: int = 1                 # out-of-vocabulary buckets of every id vocabulary
+    enable_cache: bool = True                # reuse finished components with identical inputs and code
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     # Where ItemIndexer writes the item vectors (retrieval/milvus.py): uri "" = a Milvus Lite file

@@ -75,7 +75,7 @@ def run_kubeflow(args) -> str:
         pipeline_root=f"{root}/pipeline", serving_dir=f"{root}/serving",
         inputs=pipeline_inputs(patterns, vectors, vectors_dir, spec, spans), config=config,
         beam_pipeline_args=[*config.kubeflow.beam_args, *shlex.split(args.beam_args or "")],
-        milvus_uri=config.milvus.uri or f"{root}/milvus.db", trainer_resources=resources,
+        milvus_uri=config.milvus.at(root).uri, trainer_resources=resources,
         no_warm_start_because="Kubeflow runs do not warm start (KFP runs TFX's own resolver strategies only)")
     output = os.path.abspath(args.output)
     runner = kubeflow_v2_dag_runner.KubeflowV2DagRunner(

@@ -31,8 +31,8 @@ def local_outputs(workdir: str, config) -> dict[str, str]:
                "item vector directory": os.path.join(workdir, "item_vectors"),
                "serving directory": os.path.join(workdir, "serving"), "report": os.path.join(workdir, "report"),
                "run summary": os.path.join(workdir, "run_summary.json")}
-    if not config.milvus.uri or not is_uri(config.milvus.uri):
-        outputs["Milvus Lite file"] = config.milvus.uri or os.path.join(workdir, "milvus.db")
+    if config.milvus.at(workdir).is_lite:
+        outputs["Milvus Lite file"] = config.milvus.at(workdir).uri
     return outputs
 
 
@@ -85,7 +85,7 @@ def run_local(args, verbose: bool = False) -> dict:
         inputs=inputs, config=config,
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(metadata_path),
         beam_pipeline_args=shlex.split(args.beam_args or ""),
-        milvus_uri=config.milvus.uri or os.path.join(workdir, "milvus.db"))
+        milvus_uri=config.milvus.at(workdir).uri)
     run_options = None
     if args.until:  # TFX's partial run: the component and everything upstream of it
         from tfx.orchestration.pipeline import RunOptions
@@ -121,7 +121,7 @@ def run_local(args, verbose: bool = False) -> dict:
         config_path = write_serving_config(os.path.join(workdir, "serving"), config.model_name)
         if args.serving_demo:
             serving_demo(config_path, config, eval_log, spec,
-                         config.milvus.uri or os.path.join(workdir, "milvus.db"))
+                         config.milvus.at(workdir))
         print(f"\nnext:\n  make serve WORKDIR={args.workdir}    # gRPC 8500 and REST 8501, TF Serving's API\n"
               f"  .venv/bin/python -m retrieval.recall --workdir {args.workdir} --log-file "
               f"{eval_log} --limit 1 --k 10 --format table")
@@ -136,7 +136,7 @@ def run_local(args, verbose: bool = False) -> dict:
 def write_report_page(workdir: str, summary: dict, spec, config, eval_log: str, run_inputs: dict) -> str:
     from pipeline.report import write_report
 
-    return write_report(workdir, summary, spec, config.milvus.uri or os.path.join(workdir, "milvus.db"),
+    return write_report(workdir, summary, spec, config.milvus.at(workdir).uri,
                         eval_log if os.path.isfile(eval_log) else None, run_inputs, config)
 
 
@@ -153,12 +153,10 @@ def write_serving_config(serving_dir: str, model_name: str) -> str:
     return path
 
 
-def serving_demo(config_path: str, config, eval_log: str, spec, milvus_uri: str) -> None:
+def serving_demo(config_path: str, config, eval_log: str, spec, index_config) -> None:
     """Serves the pushed models on a free loopback port and asks for one user and one item vector
     over gRPC, from the first line of the eval logs: what a client of TF Serving would do. Then the
     recall path: that user's vector (over gRPC) -> top 10 posts from Milvus."""
-    from dataclasses import replace
-
     from retrieval.backends import open_index
     from retrieval.recall import Recaller, ServingUserEncoder
     from serving.client import ServingClient, TowerClient, read_log_lines
@@ -179,7 +177,7 @@ def serving_demo(config_path: str, config, eval_log: str, spec, milvus_uri: str)
         print(f"user_embedding ({user.size}-d): {[round(float(x), 4) for x in user[:8]]} ...")
         print(f"item_embedding ({item.size}-d): {[round(float(x), 4) for x in item[:8]]} ...")
         print(f"user . item = {float(user @ item):.4f}")
-        searcher = open_index(replace(config.milvus, uri=milvus_uri))
+        searcher = open_index(index_config)
         (top,) = Recaller(ServingUserEncoder(client), searcher, spec).recall_log_lines([line], k=10)
         print(f"recall (Milvus {searcher.generation()[0]}, read posts excluded): "
               + ", ".join(f"{h['id']} ({h['score']:.3f})" for h in top))

@@ -5,6 +5,7 @@ only connects components.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import tensorflow_data_validation as tfdv
@@ -154,14 +155,10 @@ def create_pipeline(pipeline_root: str, serving_dir: str, inputs: PipelineInputs
         trainer.with_platform_config(trainer_resources)
 
     # Full-catalog Recall/HitRate/NDCG@K against a popularity baseline; blesses a model that beats it.
-    ev = config.evaluation
     evaluator = RetrievalEvaluator(
         model=trainer.outputs["model"], model_run=trainer.outputs["model_run"],
         examples=example_gen.outputs["examples"], item_vectors=item_vectors.outputs["result"],
-        feature_spec=inputs.feature_spec_json, ks=",".join(str(k) for k in ev.ks), catalog_source=ev.catalog,
-        exclude_read=int(ev.exclude_read), bless_k=ev.bless_k, bless_margin=float(ev.bless_margin),
-        auc_floor=float(ev.auc_floor), max_users=ev.max_users, min_eval_users=ev.min_eval_users,
-        allow_few_eval_users=int(ev.allow_few_eval_users), bootstrap_samples=ev.bootstrap_samples,
+        feature_spec=inputs.feature_spec_json, evaluation_config=json.dumps(config.to_dict()["evaluation"]),
         served_model_base=f"{serving_dir}/{config.model_name}", max_regression=config.continuous.max_regression)
 
     # The candidate served over gRPC by the TF Serving-protocol server in its own process, both towers
@@ -192,7 +189,7 @@ def create_pipeline(pipeline_root: str, serving_dir: str, inputs: PipelineInputs
         examples=example_gen.outputs["examples"], item_vectors=item_vectors.outputs["result"],
         feature_spec=inputs.feature_spec_json,
         index_config=index_config,
-        catalog_source=ev.catalog, code_fingerprint=inputs.code_fingerprint)
+        catalog_source=config.evaluation.catalog, code_fingerprint=inputs.code_fingerprint)
 
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name,

@@ -14,47 +14,11 @@ import time
 from common.progress import duration, log
 
 
-def figures(kind: str, artifact, custom) -> str:
-    """Key figures of one output artifact, read from its properties or files ('' when none)."""
-    import json
-    import os
+def figures(kind: str, artifact, component: str | None = None) -> str:
+    """Key figures of one output artifact, as its component declares them (its OUTPUT_REPORT; '' when none)."""
+    from pipeline.summary import reported
 
-    from components.infra_validator import REPORT_PROPERTY as INFRA_REPORT
-    from components.tsv_example_gen import REPORT_PROPERTY as INGEST_REPORT
-    from model.trainer import METRICS_FILE
-
-    if kind == "Examples" and custom(artifact, INGEST_REPORT):
-        report = custom(artifact, INGEST_REPORT)
-        # An input split has read/written/rejected; the splits a hash divides it into have written only.
-        return "; ".join(f"{s}: {r['written']:,} rows" + (f", {r['rejected']:,} rejected" if "rejected" in r else "")
-                         for s, r in report.items() if "written" in r)
-    if kind == "ModelRun":
-        path = os.path.join(artifact.uri, METRICS_FILE)
-        if os.path.exists(path):
-            with open(path) as f:
-                m = json.load(f)
-            auc = "undefined" if m.get("eval_auc") is None else f"{m['eval_auc']:.3f}"
-            best = (f" (best at step {m['best_step']:,}{', stopped early' if m.get('stopped_early') else ''})"
-                    if "best_step" in m else "")
-            return (f"{m['train_steps']:,} steps{best}, train loss {m['train_loss']:.3f}, "
-                    f"eval loss {m['eval_loss']:.3f}, eval AUC {auc}")
-    if kind == "ModelEvaluation" and custom(artifact, "retrieval"):
-        r = custom(artifact, "retrieval")
-        key = r["bless_key"]
-        return (f"{key} {r['model'][key]:.3f} vs popularity {r['popularity'][key]:.3f}: "
-                f"{'blessed' if r['blessed'] else 'not blessed'}")
-    if kind == "InfraBlessing":
-        report = custom(artifact, INFRA_REPORT) or {}
-        return "blessed: the towers answered over gRPC" if report.get("blessed") else \
-            f"not blessed: {report.get('error', 'unknown')}"
-    if kind == "PushedModel":
-        pushed = custom(artifact, "pushed")
-        return f"pushed version {custom(artifact, 'pushed_version')}" if pushed else "not pushed"
-    if kind == "ItemIndex":
-        milvus = custom(artifact, "milvus")
-        return (f"{milvus['count']:,} items in {milvus['collection']} ({milvus['items_per_second']:,} items/s)"
-                if milvus else f"not indexed: {custom(artifact, 'not_indexed_because')}")
-    return ""
+    return "; ".join(f for report, value in reported(kind, component, artifact) if (f := report.figures(value)))
 
 
 class RunWatcher(threading.Thread):
@@ -126,7 +90,7 @@ class RunWatcher(threading.Thread):
             self._log_state(store, e, now)
 
     def _log_state(self, store, e, now: float) -> None:
-        from pipeline.summary import STATE_NAMES, custom_property, output_artifacts
+        from pipeline.summary import STATE_NAMES, output_artifacts
 
         state = STATE_NAMES[e.last_known_state]
         name, logged = self._open.get(e.id) or (self._node_name(e.id), None)
@@ -149,7 +113,7 @@ class RunWatcher(threading.Thread):
         seconds = (e.last_update_time_since_epoch - e.create_time_since_epoch) / 1000
         types = {t.id: t.name for t in store.get_artifact_types()}
         found = [f for a in output_artifacts(store, e.id)
-                 if (f := figures(types[a.type_id].split(".")[-1], a, custom_property))]
+                 if (f := figures(types[a.type_id].split(".")[-1], a, name))]
         detail = f": {'; '.join(found)}" if found else ""
         if state == "COMPLETE":
             log(f"✓ {name} done in {duration(seconds)}{detail}")

@@ -13,12 +13,11 @@ import ml_metadata as mlmd
 from ml_metadata.proto import metadata_store_pb2
 from tfx.types import artifact_utils
 
-from components.artifacts import ItemIndex
-from components.infra_validator import REPORT_PROPERTY as INFRA_REPORT_PROPERTY
-from components.tower_pusher import TOWER_DESTINATIONS
-from components.tsv_example_gen import KEPT_DIR, REPORT_PROPERTY
+from common.outputs import OutputReport
+from components import infra_validator, item_indexer, retrieval_evaluator, tower_pusher, tsv_example_gen
+from components.tsv_example_gen import KEPT_DIR
+from model import trainer
 from model.preprocessing import OOV_COUNT_PREFIX
-from model.trainer import METRICS_FILE
 from model.warm_start import rows_text
 
 STATE_NAMES = {v: k for k, v in metadata_store_pb2.Execution.State.items()}
@@ -113,6 +112,32 @@ def _kept_ingest_report(pipeline_root: str, execution_id: int) -> tuple[dict, st
         return json.load(f), folder
 
 
+def _split_names(artifact) -> list[str]:
+    return artifact_utils.decode_split_names(artifact.properties["split_names"].string_value)
+
+
+# What the stock TFX components' outputs give the summary; the project's components declare their own.
+STOCK_OUTPUT_REPORTS = (
+    OutputReport("ExampleStatistics", "statistics_uri", read=lambda a, custom: a.uri, component="StatisticsGen"),
+    OutputReport("ExampleStatistics", "oov_ids", read=lambda a, custom: oov_counts(a.uri, _split_names(a)),
+                 component="TransformedStatisticsGen"),
+    OutputReport("TransformGraph", "transform_graph_uri", read=lambda a, custom: a.uri),
+    OutputReport("Model", "model_uri", read=lambda a, custom: a.uri),
+)
+OUTPUT_REPORTS = (tsv_example_gen.OUTPUT_REPORT, trainer.OUTPUT_REPORT, retrieval_evaluator.OUTPUT_REPORT,
+                  infra_validator.OUTPUT_REPORT, tower_pusher.OUTPUT_REPORT, item_indexer.OUTPUT_REPORT,
+                  *STOCK_OUTPUT_REPORTS)
+
+
+def reported(kind: str, component: str | None, artifact):
+    """(the OutputReport for this output, its value) for each report the artifact gives a value to."""
+    for report in OUTPUT_REPORTS:
+        if report.artifact_type == kind and report.component in (None, component):
+            value = report.read(artifact, custom_property)
+            if value is not None:
+                yield report, value
+
+
 def build_run_summary(metadata_path: str, pipeline_name: str, pipeline_root: str | None = None) -> dict:
     store = open_store(metadata_path)
     executions, run_id = latest_run_executions(store, pipeline_name)
@@ -121,44 +146,17 @@ def build_run_summary(metadata_path: str, pipeline_name: str, pipeline_root: str
                "splits": {}, "training": {}, "pushed_models": [], "pushed": False}
     for e in executions:
         for a in output_artifacts(store, e["id"]):
-            kind = types[a.type_id]
-            if kind == "Examples" and custom_property(a, REPORT_PROPERTY) is not None:
-                summary["splits"] = custom_property(a, REPORT_PROPERTY)
-                summary["examples_uri"] = a.uri
-            elif kind == "ExampleStatistics" and e["component"] == "StatisticsGen":
-                summary["statistics_uri"] = a.uri
-            elif kind == "ExampleStatistics" and e["component"] == "TransformedStatisticsGen":
-                summary["oov_ids"] = oov_counts(
-                    a.uri, artifact_utils.decode_split_names(a.properties["split_names"].string_value))
-            elif kind == "ModelRun":
-                path = os.path.join(a.uri, METRICS_FILE)
-                if os.path.exists(path):
-                    with open(path) as f:
-                        summary["training"] = json.load(f)
-                summary["model_run_uri"] = a.uri
-            elif kind == "ModelEvaluation" and custom_property(a, "retrieval") is not None:
-                summary["retrieval"] = custom_property(a, "retrieval")
-                summary["evaluation_uri"] = a.uri
-            elif kind == ItemIndex.TYPE_NAME:
-                summary["item_index_uri"] = a.uri
-                summary["item_index"] = custom_property(a, "milvus") or {
-                    "not_indexed_because": custom_property(a, "not_indexed_because")}
-            elif kind == "InfraBlessing":
-                summary["infra_validation"] = custom_property(a, INFRA_REPORT_PROPERTY)
-            elif kind == "Model":
-                summary["model_uri"] = a.uri
-            elif kind == "TransformGraph":
-                summary["transform_graph_uri"] = a.uri
-            elif kind == "PushedModel":
-                pushed = bool(custom_property(a, "pushed"))
-                summary["pushed"] = pushed
-                if not pushed:
-                    summary["not_pushed_because"] = _not_pushed_because(summary)
-                if pushed:
-                    summary["pushed_models"].append({
-                        "path": custom_property(a, "pushed_destination"),
-                        "version": custom_property(a, "pushed_version"),
-                        "towers": custom_property(a, TOWER_DESTINATIONS) or {}})
+            for report, value in reported(types[a.type_id], e["component"], a):
+                summary[report.summary_key] = value
+                if report.uri_key:
+                    summary[report.uri_key] = a.uri
+    pushed = summary.pop(tower_pusher.OUTPUT_REPORT.summary_key, None)
+    if pushed is not None:
+        summary["pushed"] = pushed["pushed"]
+        if pushed["pushed"]:
+            summary["pushed_models"].append({k: pushed[k] for k in ("path", "version", "towers")})
+        else:
+            summary["not_pushed_because"] = _not_pushed_because(summary)
     if summary.get("retrieval"):  # the candidate against the version served when it was evaluated
         r = summary["retrieval"]
         summary["continuous"] = {"served": r.get("served"), "decision": "blessed" if r.get("blessed") else

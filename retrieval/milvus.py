@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 import uuid
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -38,6 +39,7 @@ log = logging.getLogger("serving")
 
 VECTOR_FIELD = "embedding"
 MAX_VARCHAR = 1024
+LITE_FILE = "milvus.db"  # a run's Milvus Lite file in its work directory, when milvus.uri is ""
 LITE_INDEX_TYPES = ("FLAT", "IVF_FLAT", "AUTOINDEX")
 
 
@@ -45,17 +47,21 @@ LITE_INDEX_TYPES = ("FLAT", "IVF_FLAT", "AUTOINDEX")
 class IndexConfig:
     """Where and how the item vectors are indexed: the pipeline config's `milvus:` key as well."""
     uri: str = ""                              # a Milvus Lite file (*.db) or http(s)://host:port
-    token: str = ""
+    token: str = ""                            # a Milvus server's token ("user:password" or an API key)
     alias: str = "dssm_items"                  # queries go through it; each run writes a new collection
     # FLAT (exact) by default. On Milvus Lite 2.5, IVF_FLAT / AUTOINDEX on a 100k-item collection
     # return ~0.7 of the true top 100 whatever the parameters (interim index); at 1M items IVF_FLAT
-    # nlist 4000 is exact and 10x faster than FLAT (bench/milvus_search.py, README "Recall with Milvus").
+    # nlist 4000 is exact and 10x faster than FLAT (bench/milvus_search.py, docs/retrieval.md).
     index_type: str = "FLAT"                   # FLAT | IVF_FLAT | AUTOINDEX on Milvus Lite; any type on a server
     index_params: dict = field(default_factory=dict)   # e.g. {nlist: 4096}; IVF nlist is capped at items / 39
     search_params: dict = field(default_factory=dict)  # e.g. {nprobe: 64}
     keep_generations: int = 2                  # collections kept, the serving one included
     insert_batch: int = 500                    # rows per insert request (500 x 8 in flight: fastest on Lite)
     insert_threads: int = 8                    # insert requests in flight (Milvus works on them in parallel)
+
+    def at(self, workdir: str) -> IndexConfig:
+        """This config, an empty uri resolved to the run's Milvus Lite file <workdir>/milvus.db."""
+        return self if self.uri else replace(self, uri=os.path.join(workdir, LITE_FILE))
 
     @property
     def is_lite(self) -> bool:

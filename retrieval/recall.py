@@ -282,7 +282,7 @@ def main(argv=None) -> None:
                             "(default: WORKDIR/serving/MODEL_NAME)")
     where.add_argument("--target", help="host:port of a TF Serving endpoint serving the model instead "
                                         "(this process then never loads TensorFlow)")
-    p.add_argument("--model-name", default="dssm", help="with --target: the served model name")
+    p.add_argument("--model-name", default=signature_names.MODEL_NAME, help="with --target: the served model name")
     p.add_argument("--spec", default=None)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--features", help="JSON object (or list of objects) of raw user features")
@@ -301,7 +301,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if args.limit < 1:
         raise SystemExit(f"error: --limit must be at least 1, got {args.limit}")
-    args.milvus = args.milvus or os.path.join(args.workdir, "milvus.db")
+    args.milvus = args.milvus or IndexConfig().at(args.workdir).uri
     args.model = args.model or os.path.join(args.workdir, "serving", args.model_name)
 
     from serving.examples import FeatureError

@@ -1,4 +1,2 @@
-"""Serving: the TF Serving-protocol model server (gRPC and REST), its client, the Milvus item index and recall."""
-import os
-
-os.environ["TF_USE_LEGACY_KERAS"] = "1"  # TFX 1.16 and tf.Transform expect tf-keras (Keras 2)
+"""The TF Serving-protocol model server (gRPC and REST) and its client; retrieval/ is the item index and recall."""
+import common  # noqa: F401  (sets TF_USE_LEGACY_KERAS before any TensorFlow import)

@@ -38,8 +38,9 @@ EXAMPLES_INPUT = "examples"
 
 
 class ServingClient:
-    def __init__(self, target: str = "127.0.0.1:8500", model_name: str = "dssm", timeout: float = 5.0,
-                 retries: int = 3, backoff_seconds: float = 0.1, max_message_bytes: int = 64 * 1024 * 1024):
+    def __init__(self, target: str = "127.0.0.1:8500", model_name: str = signature_names.MODEL_NAME,
+                 timeout: float = 5.0, retries: int = 3, backoff_seconds: float = 0.1,
+                 max_message_bytes: int = 64 * 1024 * 1024):
         self.target, self.model_name, self.timeout = target, model_name, timeout
         self.retries, self.backoff_seconds = retries, backoff_seconds
         self._channel = grpc.insecure_channel(target, options=[
@@ -160,7 +161,7 @@ def read_log_lines(path: str, limit: int) -> list[str]:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m serving.client", description=__doc__.splitlines()[0])
     p.add_argument("--target", default="127.0.0.1:8500", help="host:port of the gRPC endpoint")
-    p.add_argument("--model", default="dssm", help="model name as served")
+    p.add_argument("--model", default=signature_names.MODEL_NAME, help="model name as served")
     p.add_argument("--timeout", type=float, default=5.0, help="deadline per call, seconds")
     p.add_argument("--retries", type=int, default=3, help="retries on UNAVAILABLE")
     p.add_argument("--spec", default=None, help="feature spec YAML (default: schema/feature_spec.yaml)")

@@ -60,9 +60,9 @@ def _evaluate(artifacts, tmp_path, model="model", **params):
     (tmp_path / "model_run" / METRICS_FILE).write_text(json.dumps({"eval_auc": None}))
     evaluation = made_up.output_artifact(standard_artifacts.ModelEvaluation, tmp_path / "evaluation")
     blessing = made_up.output_artifact(standard_artifacts.ModelBlessing, tmp_path / "blessing")
-    properties = {"feature_spec": SPEC.to_json(), "ks": "1,2", "bless_k": 2, "catalog_source": "vectors",
-                  "exclude_read": 1, "bless_margin": 0.0, "auc_floor": 0.0, "max_users": 0, "min_eval_users": 200,
-                  "allow_few_eval_users": 0, "bootstrap_samples": 200, **params}
+    served = {k: params.pop(k) for k in ("served_model_base", "max_regression") if k in params}
+    evaluation_config = {"ks": [1, 2], "bless_k": 2, "max_users": 0, "bootstrap_samples": 200, **params}
+    properties = {"feature_spec": SPEC.to_json(), "evaluation_config": json.dumps(evaluation_config), **served}
     RetrievalEvaluator.EXECUTOR_SPEC.executor_class().Do(
         {"model": [artifacts[model]], "model_run": [model_run], "examples": [artifacts["examples"]],
          "item_vectors": [artifacts["item_vectors"]]},
@@ -95,7 +95,7 @@ def test_the_evaluator_ranks_the_catalog_as_worked_out_by_hand(artifacts, tmp_pa
 
 
 def test_the_evaluator_keeps_read_posts_when_asked_and_blesses_within_the_margin(artifacts, tmp_path):
-    result, blessing = _evaluate(artifacts, tmp_path, exclude_read=0, bless_margin=-2.0, allow_few_eval_users=1)
+    result, blessing = _evaluate(artifacts, tmp_path, exclude_read=False, bless_margin=-2.0, allow_few_eval_users=True)
     assert result["model"]["recall@1"] == pytest.approx((0 + 0 + 0.5) / 3)  # u1's first is its read p1
     assert result["model"]["recall@2"] == pytest.approx((1 + 0 + 1) / 3)
     assert result["blessed"] and blessing.get_int_custom_property("blessed") == 1
@@ -113,7 +113,7 @@ def test_a_candidate_worse_than_the_served_version_is_not_blessed(artifacts, tmp
     evals = [made_up.example(1, f"v{i}", "p3", follow=["t2"]) for i in range(20)]
     examples = made_up.examples_artifact(tmp_path / "examples", {"train": TRAIN, "eval": evals})
     artifacts = {**artifacts, "examples": examples}
-    lenient = {"bless_margin": -2.0, "allow_few_eval_users": 1, "served_model_base": str(base)}
+    lenient = {"bless_margin": -2.0, "allow_few_eval_users": True, "served_model_base": str(base)}
     result, _ = _evaluate(artifacts, tmp_path / "same", **lenient)  # the served towers themselves
     assert result["served"]["version"] == 7 and result["served"]["difference"] == 0 and result["blessed"]
     assert result["served"]["metrics"]["recall@2"] == 1.0

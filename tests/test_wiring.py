@@ -1,6 +1,8 @@
 """The pipeline's DAG as create_pipeline builds it, without running it: which component reads which
 output, and the order constraints that are not data (Transform waits for the anomaly gate). The
 expected wiring is the design's, written out here by hand."""
+import json
+
 from pipeline.config import load_config
 from pipeline.pipeline import PipelineInputs, create_pipeline
 from schema.spec import load_spec
@@ -50,7 +52,7 @@ def test_every_component_reads_the_outputs_the_design_says():
 def test_transform_waits_for_the_anomaly_gate_and_settings_reach_their_components():
     components = {c.id: c for c in _pipeline(keep_pushed_versions=5, evaluation={"bless_k": 10}).components}
     assert "AnomalyGate" in {n.id for n in components["Transform"].upstream_nodes}
-    assert components["RetrievalEvaluator"].exec_properties["bless_k"] == 10
+    assert json.loads(components["RetrievalEvaluator"].exec_properties["evaluation_config"])["bless_k"] == 10
     assert '"keep_versions": 5' in components["TowerPusher"].exec_properties["custom_config"]
     indexer = components["ItemIndexer"].exec_properties
     assert '"uri": "/work/milvus.db"' in indexer["index_config"] and indexer["code_fingerprint"] == "f" * 16
