@@ -75,8 +75,7 @@ def main() -> None:
         train_files=[os.path.join(examples, "Split-train", "*")],
         eval_files=[os.path.join(examples, "Split-eval", "*")],
         data_accessor=DataAccessor(tf_dataset_factory=None, record_batch_factory=None, data_view_decode_fn=None),
-        model_run_dir=os.path.join(out, "model_run"), serving_model_dir=os.path.join(out, "model"),
-        train_steps=cfg["train_steps"], eval_steps=None)
+        model_run_dir=os.path.join(out, "model_run"), serving_model_dir=os.path.join(out, "model"))
     for name in ("count_records", "split_input", "build_towers", "export"):
         _timed(trainer, name)
     for name in ("fit", "evaluate"):

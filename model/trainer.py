@@ -380,7 +380,7 @@ def run_fn(fn_args: FnArgs) -> None:
         warm = _warm_start(fn_args.base_model, custom, towers.scorer, vocab_files, num_oov)
         trainer = TwoTowerTrainer(towers, spec, cfg, _item_log_q(tft_output))
         trainer.compile(optimizer=make_optimizer(cfg),
-                        steps_per_execution=steps_per_execution(cfg, fn_args.train_steps))
+                        steps_per_execution=steps_per_execution(cfg, cfg.train_steps))
         # Step logs hold each replica's metric values; Keras would sum them across workers
         # (loss and AUC x workers). The progress lines show the first worker's; the figures kept
         # below are read from the metrics themselves, which aggregate every worker.
@@ -394,7 +394,7 @@ def run_fn(fn_args: FnArgs) -> None:
     train_in = split_input(fn_args.train_files, feature_spec, spec, train_rows, budget, cfg.batch_size, cfg.seed,
                            True, (1 if cfg.early_stopping else cfg.epochs) if cfg.epochs else None)
     eval_rows = count_records(fn_args.eval_files)
-    eval_steps = fn_args.eval_steps or max(1, math.ceil(eval_rows / cfg.batch_size))  # the whole split by default
+    eval_steps = cfg.eval_steps or max(1, math.ceil(eval_rows / cfg.batch_size))  # the whole split by default
     eval_in = split_input(fn_args.eval_files, feature_spec, spec, eval_rows,
                           budget - (train_in.bytes or 0) if train_in.source == "memory" else budget,
                           cfg.batch_size, cfg.seed, False, 1)
@@ -405,10 +405,10 @@ def run_fn(fn_args: FnArgs) -> None:
     if strategy.num_replicas_in_sync > 1:  # a batch is split between the workers (files may be fewer)
         train_ds, eval_ds = (_shard_by_data(d) for d in (train_ds, eval_ds))
     log_dir = fn_args.model_run_dir if chief else f"{fn_args.model_run_dir.rstrip('/')}-{task}"
-    progress = ProgressAndCurve(None if cfg.epochs else fn_args.train_steps)
+    progress = ProgressAndCurve(None if cfg.epochs else cfg.train_steps)
     guard = StopOnNonFinite()
     callbacks = [tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq=50), progress, guard]
-    planned_passes = (cfg.epochs if cfg.epochs else fn_args.train_steps * cfg.batch_size / max(train_rows, 1))
+    planned_passes = (cfg.epochs if cfg.epochs else cfg.train_steps * cfg.batch_size / max(train_rows, 1))
     warnings = []
     if planned_passes > cfg.warn_passes and not cfg.early_stopping:  # with it, only if it does not stop in time
         warnings.append(f"{planned_passes:.0f} passes over {train_rows:,} training rows planned "
@@ -422,17 +422,17 @@ def run_fn(fn_args: FnArgs) -> None:
         epochs = cfg.epochs if cfg.early_stopping else 1
         steps_per_epoch = max(1, math.ceil(train_rows * (1 if cfg.early_stopping else cfg.epochs) / cfg.batch_size))
     elif cfg.early_stopping:
-        epochs = math.ceil(fn_args.train_steps / cfg.eval_every_steps)
+        epochs = math.ceil(cfg.train_steps / cfg.eval_every_steps)
         steps_per_epoch = cfg.eval_every_steps
     else:
-        epochs, steps_per_epoch = 1, fn_args.train_steps
+        epochs, steps_per_epoch = 1, cfg.train_steps
     stopper = None
     if cfg.early_stopping:
         stopper = tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, mode="min",
                                                    restore_best_weights=True, verbose=0)
         callbacks.append(stopper)
-    if cfg.early_stopping and not cfg.epochs and fn_args.train_steps % cfg.eval_every_steps:
-        train_ds = train_ds.take(fn_args.train_steps)  # the last epoch is shorter: stop at train_steps
+    if cfg.early_stopping and not cfg.epochs and cfg.train_steps % cfg.eval_every_steps:
+        train_ds = train_ds.take(cfg.train_steps)  # the last epoch is shorter: stop at train_steps
     history = trainer.fit(train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=0, callbacks=callbacks,
                           validation_data=eval_ds if cfg.early_stopping else None,
                           validation_steps=eval_steps)

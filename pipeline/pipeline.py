@@ -140,14 +140,13 @@ def create_pipeline(pipeline_root: str, serving_dir: str, inputs: PipelineInputs
             model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
             pushed_model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.PushedModel)).with_id("warm_start_resolver")
 
-    # The two-tower DSSM; exports score, user_embedding and item_embedding signatures.
+    # The two-tower DSSM; exports score, user_embedding and item_embedding signatures. The trainer config
+    # travels whole in custom_config (its steps included: no TrainArgs / EvalArgs beside it).
     trainer = tfx.components.Trainer(
         run_fn="model.trainer.run_fn",
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
-        train_args=tfx.proto.TrainArgs(num_steps=None if config.trainer.epochs else config.trainer.train_steps),
-        eval_args=tfx.proto.EvalArgs(num_steps=config.trainer.eval_steps or None),
         base_model=None if warm_start_resolver is None else warm_start_resolver.outputs["model"],
         custom_config={**module_config, "trainer": config.to_dict()["trainer"], "span": inputs.span,
                        "warm_start": warm_start, "no_warm_start_because": no_warm_start_because})

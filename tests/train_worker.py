@@ -41,14 +41,11 @@ def main(workdir: str, out: str, steps: int | None = None, trainer: dict | None 
     from tfx.types import standard_artifacts
 
     inputs, properties = trainer_execution(workdir)
-    if steps:
-        properties["train_args"] = json.dumps({"num_steps": steps})
-    if trainer:
+    trainer = {**(trainer or {}), **({"train_steps": steps} if steps else {})}
+    if trainer:  # the trainer config travels in custom_config, its steps included
         custom = json.loads(properties["custom_config"])
         custom["trainer"].update(trainer)
         properties["custom_config"] = json.dumps(custom)
-        if trainer.get("epochs"):
-            properties["train_args"] = json.dumps({})  # as the pipeline sets it: no step count
     model, model_run = standard_artifacts.Model(), standard_artifacts.ModelRun()
     model.uri, model_run.uri = os.path.join(out, "model"), os.path.join(out, "model_run")
     GenericExecutor().Do(inputs, {"model": [model], "model_run": [model_run]}, properties)
