@@ -1,7 +1,7 @@
 """create_pipeline(...): the TFX DAG, pure wiring (no I/O, no environment lookups).
 
-run_pipeline.py computes the paths, validates the inputs and prepares the item vectors; this module
-only connects components.
+The runners (pipeline/local_runner.py, kubeflow_runner.py) compute the paths, validate the inputs and
+prepare the item vectors (pipeline/inputs.py); this module only connects components.
 """
 from __future__ import annotations
 
