@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import tensorflow_data_validation as tfdv
 from tfx import v1 as tfx
-from tfx.dsl.components.base.executor_spec import BeamExecutorSpec
 from tfx.proto import example_gen_pb2, range_config_pb2
 
 from components.anomaly_gate import AnomalyGate
@@ -19,7 +18,7 @@ from components.infra_validator import ServingInfraValidator
 from components.item_indexer import ItemIndexer
 from components.retrieval_evaluator import RetrievalEvaluator
 from components.tower_pusher import TowerPusher
-from components.transform import Executor as RowCountingTransformExecutor
+from components.transform import Transform  # TFX's, plus row progress
 from components.tsv_example_gen import HASH_INPUT_SPLIT, TRAIN_SPLIT, TsvExampleGen
 from components.warm_start_resolver import LatestPushedModelBeforeSpan
 from pipeline.config import PipelineConfig
@@ -117,13 +116,12 @@ def create_pipeline(pipeline_root: str, serving_dir: str, inputs: PipelineInputs
                      "item_vectors_dir": inputs.item_vectors_dir,
                      "item_vectors_sha256": inputs.item_vectors_sha256,
                      "code_fingerprint": inputs.code_fingerprint}
-    transform = tfx.components.Transform(
+    transform = Transform(
         examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"],
         preprocessing_fn="model.preprocessing.preprocessing_fn", custom_config=module_config,
         # StatisticsGen and TransformedStatisticsGen compute the statistics; TFDV inside Transform would
         # compute them again (pre and post), in Transform's time and memory.
         disable_statistics=True)
-    transform.executor_spec = BeamExecutorSpec(RowCountingTransformExecutor)  # TFX's, plus row progress
     transform.add_upstream_node(anomaly_gate)
 
     # Statistics of the transformed splits: padding, id ranges and the OOV counts per split.

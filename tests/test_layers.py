@@ -112,3 +112,24 @@ def test_the_package_and_the_image_hold_every_layer():
     for package in PACKAGES:
         assert f'"{package}*"' in setup, package
         assert f"COPY {package}/ {package}/" in dockerfile, package
+
+
+def test_components_holds_only_components_one_module_each():
+    """Every module of components/ (but artifacts.py, the artifact types) defines the pipeline node it is
+    named for: a TFX component (a class, or a function under @component, which TFX turns into one) or
+    the resolver strategy of a Resolver node; model code lives in model/, retrieval in retrieval/."""
+    import importlib
+    import inspect
+
+    from tfx.dsl.components.base.base_component import BaseComponent
+    from tfx.dsl.components.common.resolver import ResolverStrategy
+
+    folder = os.path.join(REPO, "components")
+    assert [d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)) and d != "__pycache__"] == []
+    names = sorted(f[:-3] for f in os.listdir(folder) if f.endswith(".py") and f not in ("__init__.py", "artifacts.py"))
+    assert names
+    for name in names:
+        module = importlib.import_module(f"components.{name}")
+        nodes = [obj for obj in vars(module).values() if inspect.isclass(obj) and obj.__module__ == module.__name__
+                 and issubclass(obj, (BaseComponent, ResolverStrategy))]
+        assert len(nodes) == 1, (name, nodes)
