@@ -113,7 +113,7 @@ class RunWatcher(threading.Thread):
         seconds = (e.last_update_time_since_epoch - e.create_time_since_epoch) / 1000
         types = {t.id: t.name for t in store.get_artifact_types()}
         found = [f for a in output_artifacts(store, e.id)
-                 if (f := figures(types[a.type_id].split(".")[-1], a, name))]
+                 if (f := figures(types[a.type_id], a, name))]
         detail = f": {'; '.join(found)}" if found else ""
         if state == "COMPLETE":
             log(f"✓ {name} done in {duration(seconds)}{detail}")
