@@ -25,3 +25,35 @@ def test_a_hash_split_shows_its_input_and_the_splits_it_made():
     report = {"all": {"read": 1000, "written": 990, "rejected": 10}, "train": {"written": 891},
               "eval": {"written": 99}}
     assert _parts(report) == {"all: 990 rows, 10 rejected", "train: 891 rows", "eval: 99 rows"}
+
+
+def test_a_custom_artifact_type_shows_its_figures():
+    """The watcher reads the type name MLMD stores (components.ItemIndex), the one ItemIndexer declares."""
+    from components.artifacts import ItemIndex
+
+    index = ItemIndex()
+    index.set_json_value_custom_property("milvus", {"count": 1477, "collection": "dssm_items_g1",
+                                                    "items_per_second": 13045})
+    assert figures(ItemIndex.TYPE_NAME, index.mlmd_artifact, "ItemIndexer") == \
+        "1,477 items in dssm_items_g1 (13,045 items/s)"
+    not_indexed = ItemIndex()
+    not_indexed.set_string_custom_property("not_indexed_because", "model_blessing says not blessed")
+    assert figures(ItemIndex.TYPE_NAME, not_indexed.mlmd_artifact, "ItemIndexer") == \
+        "not indexed: model_blessing says not blessed"
+
+
+def test_each_output_report_names_a_type_its_component_writes():
+    from tfx.components import Trainer
+
+    from components import infra_validator, item_indexer, retrieval_evaluator, tower_pusher, tsv_example_gen
+    from model import trainer
+
+    declared = [(tsv_example_gen.TsvExampleGen, tsv_example_gen.OUTPUT_REPORT),
+                (Trainer, trainer.OUTPUT_REPORT),
+                (retrieval_evaluator.RetrievalEvaluator, retrieval_evaluator.OUTPUT_REPORT),
+                (infra_validator.ServingInfraValidator, infra_validator.OUTPUT_REPORT),
+                (tower_pusher.TowerPusher, tower_pusher.OUTPUT_REPORT),
+                (item_indexer.ItemIndexer, item_indexer.OUTPUT_REPORT)]
+    for component, report in declared:
+        written = {channel.type.TYPE_NAME for channel in component.SPEC_CLASS.OUTPUTS.values()}
+        assert report.artifact_type in written, (component.__name__, report.artifact_type, written)
