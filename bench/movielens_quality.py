@@ -68,11 +68,11 @@ LAMBDAS = [50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0]
 
 
 def _spec_variant(path: str, features: dict) -> str:
-    """The default feature spec with some features' keys replaced, written to path."""
+    """The default feature spec with some features' keys replaced (or features added), written to path."""
     with open(DEFAULT_SPEC_PATH) as f:
         spec = yaml.safe_load(f)
     for name, keys in features.items():
-        spec["features"][name].update(keys)
+        spec["features"].setdefault(name, {}).update(keys)
     with open(path, "w") as f:
         yaml.safe_dump(spec, f, sort_keys=False)
     return path
