@@ -20,6 +20,6 @@ class OutputReport:
     artifact_type: str                     # the MLMD type name of the output: Examples, ModelRun, ...
     summary_key: str                       # where the value goes in run_summary.json
     read: Reader
-    figures: Callable[[Any], str] = lambda value: ""  # the value -> the progress line's figures ('' for none)
+    figures: Callable[[Any], str] | None = None  # the value -> the progress line's figures (None: it shows none)
     uri_key: str | None = None             # the artifact's URI, under this summary key, when it has a value
     component: str | None = None           # only this pipeline node's outputs (None: any node's)

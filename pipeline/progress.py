@@ -18,7 +18,8 @@ def figures(kind: str, artifact, component: str | None = None) -> str:
     """Key figures of one output artifact, as its component declares them (its OUTPUT_REPORT; '' when none)."""
     from pipeline.summary import reported
 
-    return "; ".join(f for report, value in reported(kind, component, artifact) if (f := report.figures(value)))
+    return "; ".join(f for report, value in reported(kind, component, artifact, with_figures=True)
+                     if (f := report.figures(value)))
 
 
 class RunWatcher(threading.Thread):

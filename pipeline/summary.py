@@ -129,9 +129,12 @@ OUTPUT_REPORTS = (tsv_example_gen.OUTPUT_REPORT, trainer.OUTPUT_REPORT, retrieva
                   *STOCK_OUTPUT_REPORTS)
 
 
-def reported(kind: str, component: str | None, artifact):
-    """(the OutputReport for this output, its value) for each report the artifact gives a value to."""
+def reported(kind: str, component: str | None, artifact, with_figures: bool = False):
+    """(the OutputReport for this output, its value) for each report the artifact gives a value to;
+    with_figures: only the reports that show figures (the progress line reads no more than it shows)."""
     for report in OUTPUT_REPORTS:
+        if with_figures and report.figures is None:
+            continue
         if report.artifact_type == kind and report.component in (None, component):
             value = report.read(artifact, custom_property)
             if value is not None:

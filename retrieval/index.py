@@ -43,7 +43,7 @@ class Generation:
 
 
 class ItemIndex(abc.ABC):
-    MAX_K = 16384  # the most items one query may ask for
+    MAX_K = 16384  # the most items one query may ask for (Milvus's cap on topk)
 
     @abc.abstractmethod
     def write_generation(self, batches: Iterable[Batch], id_field: str, scalar_fields: list[str], dim: int,

@@ -411,8 +411,6 @@ class MilvusIndex(ItemIndex):
     `refresh_seconds`; exclusions are applied by over-fetching, so K results come back whenever K
     non-excluded items exist. Milvus's own errors come out as ItemIndexError."""
 
-    MAX_K = 16384  # Milvus's cap on topk
-
     def __init__(self, config: IndexConfig, client=None, refresh_seconds: float = 1.0):
         self.config = config
         try:
