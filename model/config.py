@@ -28,6 +28,8 @@ class TrainerConfig:
     pos_weight: float = 1.2          # pointwise: weight of act=1 rows in the binary cross-entropy
     temperature: float = 0.1         # in-batch losses: softmax over cosine / temperature
     logq_correction: bool = True     # in-batch losses: subtract log of the item's click frequency
+    uniform_negatives: int = 0       # in-batch losses: items drawn uniformly per step from the training
+                                     # split's distinct items, extra negatives for every clicked row
     user_units: list[int] = field(default_factory=lambda: [256, 256, 128])  # the user tower's dense layers
     item_units: list[int] = field(default_factory=lambda: [256, 256, 128])  # the item tower's dense layers
     activation: str = "relu"         # hidden layers

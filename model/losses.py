@@ -9,9 +9,13 @@
                    hit is not a negative)
   mixed            inbatch_softmax plus the items of the batch's act=0 rows as extra negatives for
                    every clicked row (logged hard negatives; they were not sampled, so no logQ)
+Both softmax losses take, with trainer.uniform_negatives, that many items drawn uniformly from the
+training split's items as extra candidates for every clicked row (mixed negative sampling).
 Every similarity is reduced per row (over the embedding axis), never over the batch.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import tensorflow as tf
 
@@ -34,25 +38,53 @@ def pointwise_loss(user, item, labels, gamma: float, pos_weight: float, sample_w
     return tf.math.divide_no_nan(tf.reduce_sum(per_row * w), tf.reduce_sum(w))
 
 
+@dataclass
+class UniformNegatives:
+    """Items drawn uniformly from the catalog of `catalog_size` items, extra candidates for every
+    clicked row (mixed negative sampling: the tail of the catalog, which batches rarely hold).
+    item: [M, d] their tower outputs; item_ids: [M]; log_q: [M] their log q (for the correction)."""
+    item: tf.Tensor
+    item_ids: tf.Tensor
+    log_q: tf.Tensor | None
+    catalog_size: int
+
+
 def softmax_loss(user, item, labels, item_ids, temperature: float, log_q=None, hard_negatives: bool = False,
-                 sample_weight=None) -> tf.Tensor:
-    """In-batch softmax over the clicked rows (and, with hard_negatives, the act=0 rows' items).
+                 sample_weight=None, uniform: UniformNegatives | None = None) -> tf.Tensor:
+    """In-batch softmax over the clicked rows (and, with hard_negatives, the act=0 rows' items, and
+    with uniform, items drawn uniformly from the catalog).
 
     user, item: [B, d]; labels: [B] 0/1; item_ids: [B] ints identifying items (for accidental hits);
     log_q: [B] log sampling probability of each row's item, or None.
+    The logQ correction of a sampled candidate is the log of its expected share of the candidates per
+    clicked row: q(item) alone in batch, q(item) + M / (catalog_size x clicked rows) with M uniform
+    draws (the same for both kinds of candidate, so neither kind is favoured).
     """
     labels = tf.reshape(tf.cast(labels, tf.bool), [-1])
     item_ids = tf.reshape(item_ids, [-1])
     logits = tf.matmul(user, item, transpose_b=True) / temperature            # [B, B]: row i, candidate j
+    def corrected(candidate_logits, candidate_log_q):
+        candidate_log_q = tf.reshape(tf.cast(candidate_log_q, logits.dtype), [-1])
+        if uniform is not None:
+            clicked = tf.maximum(tf.reduce_sum(tf.cast(labels, logits.dtype)), 1.0)
+            share = tf.cast(tf.shape(uniform.item_ids)[0], logits.dtype) / (uniform.catalog_size * clicked)
+            candidate_log_q = tf.math.log(tf.exp(candidate_log_q) + share)
+        return candidate_logits - candidate_log_q[None, :]
+
     if log_q is not None:  # correct only the sampled candidates (the clicked rows' items)
-        correction = tf.where(labels, tf.reshape(tf.cast(log_q, logits.dtype), [-1]), 0.0)
-        logits -= correction[None, :]
+        logits = tf.where(labels[None, :], corrected(logits, log_q), logits)
     candidate = labels if not hard_negatives else tf.ones_like(labels)
     size = tf.shape(labels)[0]
     diagonal = tf.eye(size, dtype=tf.bool)
     same_item = tf.equal(item_ids[:, None], item_ids[None, :])
     keep = (candidate[None, :] & ~(same_item & ~diagonal)) | diagonal
     logits = tf.where(keep, logits, _MASKED)
+    if uniform is not None:  # [B, M] more candidates; a draw of the row's own item is not a negative
+        drawn = tf.matmul(user, uniform.item, transpose_b=True) / temperature
+        if uniform.log_q is not None:
+            drawn = corrected(drawn, uniform.log_q)
+        own = tf.equal(item_ids[:, None], tf.reshape(uniform.item_ids, [-1])[None, :])
+        logits = tf.concat([logits, tf.where(own, _MASKED, drawn)], axis=1)
     per_row = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.range(size), logits=logits)
     w = tf.cast(labels, per_row.dtype)
     if sample_weight is not None:
@@ -61,18 +93,19 @@ def softmax_loss(user, item, labels, item_ids, temperature: float, log_q=None, h
 
 
 # The registry: trainer.loss -> the batch loss. Each takes the tower outputs [B, d], the act labels,
-# the items' vocabulary ids, their log q (or None), the row weights (or None) and the TrainerConfig.
-def _pointwise(user, item, labels, item_ids, log_q, weight, cfg):
+# the items' vocabulary ids, their log q (or None), the row weights (or None), the TrainerConfig and
+# the uniform negatives (or None; the pointwise loss has no candidates and refuses them in the config).
+def _pointwise(user, item, labels, item_ids, log_q, weight, cfg, uniform=None):
     return pointwise_loss(user, item, labels, cfg.gamma, cfg.pos_weight, sample_weight=weight)
 
 
-def _inbatch_softmax(user, item, labels, item_ids, log_q, weight, cfg):
-    return softmax_loss(user, item, labels, item_ids, cfg.temperature, log_q, sample_weight=weight)
+def _inbatch_softmax(user, item, labels, item_ids, log_q, weight, cfg, uniform=None):
+    return softmax_loss(user, item, labels, item_ids, cfg.temperature, log_q, sample_weight=weight, uniform=uniform)
 
 
-def _mixed(user, item, labels, item_ids, log_q, weight, cfg):
+def _mixed(user, item, labels, item_ids, log_q, weight, cfg, uniform=None):
     return softmax_loss(user, item, labels, item_ids, cfg.temperature, log_q, hard_negatives=True,
-                        sample_weight=weight)
+                        sample_weight=weight, uniform=uniform)
 
 
 LOSS_FUNCTIONS = {"pointwise": _pointwise, "inbatch_softmax": _inbatch_softmax, "mixed": _mixed}

@@ -1,7 +1,8 @@
 """The DSSM two-tower model of the original design, built from the feature spec (tf-keras).
 
 - one embedding table per share_embed group (index 0 = padding, never counted);
-- varlen features combined by mean over non-padding ids, weighted ones by weighted sum;
+- varlen features combined by mean over non-padding ids (or a learned position-weighted mean,
+  `reduce: position`), weighted ones by weighted sum;
 - a frozen pretrained item table: the item's own vector, and the mean, sum or learned position-weighted
   mean (`reduce: position`) of the vectors of the user's history, over known items only (an empty
   history gives zeros, not 0/0), or self-attention over the history read as a sequence
@@ -18,7 +19,7 @@ import tensorflow as tf
 
 from model import config
 from model.config import TrainerConfig
-from model.losses import LOSS_FUNCTIONS, pair_logits
+from model.losses import LOSS_FUNCTIONS, UniformNegatives, pair_logits
 from schema.spec import Feature, FeatureSpec, transformed_name
 
 
@@ -210,6 +211,8 @@ def _embed_feature(f: Feature, inputs, tables, pretrained, seed: int) -> tf.Tens
         return emb
     if f.weight_name:
         return MaskedPool("weighted", name=f"pool_{f.name}")(emb, x, inputs[transformed_name(f.weight_name)])
+    if f.reduce == "position":
+        return PositionPool(f.maxlen, name=f"pool_{f.name}")(emb, x)
     return MaskedPool("mean", name=f"pool_{f.name}")(emb, x)
 
 
@@ -267,7 +270,7 @@ class TwoTowerTrainer(tf.keras.Model):
     """
 
     def __init__(self, towers: Towers, spec: FeatureSpec, cfg: TrainerConfig, item_log_q: np.ndarray | None = None,
-                 **kwargs):
+                 catalog: dict[str, np.ndarray] | None = None, **kwargs):
         super().__init__(**kwargs)
         if cfg.loss not in LOSS_FUNCTIONS:
             raise ValueError(f"loss must be one of {', '.join(LOSS_FUNCTIONS)}, got '{cfg.loss}'")
@@ -279,6 +282,10 @@ class TwoTowerTrainer(tf.keras.Model):
         self.item_index = transformed_name(spec.item_id)
         self.weight_key = spec.weight
         self.item_log_q = None if item_log_q is None else tf.constant(item_log_q, tf.float32)
+        if cfg.uniform_negatives and catalog is None:
+            raise ValueError("trainer.uniform_negatives needs the catalog of the training split's items")
+        # The uniform negatives' catalog: item tower inputs and item index per distinct item.
+        self.catalog = {k: tf.constant(v) for k, v in catalog.items()} if cfg.uniform_negatives else None
         self.loss_tracker = tf.keras.metrics.Mean(name="loss")
         self.auc = tf.keras.metrics.AUC(name="auc", from_logits=True)
 
@@ -297,8 +304,22 @@ class TwoTowerTrainer(tf.keras.Model):
         weight = x[self.weight_key] if self.weight_key else None
         ids = tf.reshape(x[self.item_index], [-1])
         log_q = tf.gather(self.item_log_q, ids) if (cfg.logq_correction and self.item_log_q is not None) else None
-        loss = self.loss_fn(user, item, y, ids, log_q, weight, cfg)
+        uniform = self._uniform_negatives() if training and self.catalog is not None else None
+        loss = self.loss_fn(user, item, y, ids, log_q, weight, cfg, uniform)
         return loss, pair_logits(user, item, cfg.gamma), weight
+
+    def _uniform_negatives(self) -> UniformNegatives:
+        """cfg.uniform_negatives catalog items drawn with replacement, a new draw every step (seeded
+        by trainer.seed and the step), through the item tower. Training only: the eval loss stays the
+        in-batch one, comparable between runs."""
+        cfg = self.cfg
+        size = int(self.catalog[self.item_index].shape[0])
+        seed = tf.stack([tf.constant(cfg.seed, tf.int64), tf.cast(self.optimizer.iterations, tf.int64)])
+        draw = tf.random.stateless_uniform([cfg.uniform_negatives], seed, minval=0, maxval=size, dtype=tf.int64)
+        item = self.item_tower({k: tf.gather(self.catalog[k], draw) for k in self.item_inputs}, training=True)
+        ids = tf.gather(self.catalog[self.item_index], draw)
+        log_q = tf.gather(self.item_log_q, ids) if (cfg.logq_correction and self.item_log_q is not None) else None
+        return UniformNegatives(item, ids, log_q, size)
 
     def _update(self, loss, logits, y, weight):
         self.loss_tracker.update_state(loss)

@@ -30,7 +30,7 @@ from model import warm_start
 from model.config import TrainerConfig
 from model.preprocessing import ITEM_POSITIVE_COUNTS, ITEM_VOCAB, vocab_size_with_reserved
 from model.towers import FrozenTable, TwoTowerTrainer, build_towers, item_log_q, make_optimizer, model_input_names
-from model.trainer_input import split_input
+from model.trainer_input import item_catalog, split_input
 from schema import item_vectors
 from schema.spec import FeatureSpec, vocab_name
 from serving.request_cost import CONTRACT_FILE
@@ -378,7 +378,12 @@ def run_fn(fn_args: FnArgs) -> None:
         towers = build_towers(spec, vocab_sizes, table, cfg)
         vocab_files = {g: tft_output.vocabulary_file_by_name(vocab_name(g)) for g in spec.vocab_groups()}
         warm = _warm_start(fn_args.base_model, custom, towers.scorer, vocab_files, num_oov)
-        trainer = TwoTowerTrainer(towers, spec, cfg, _item_log_q(tft_output))
+        catalog = item_catalog(fn_args.train_files, tft_output.transformed_feature_spec(), spec) \
+            if cfg.uniform_negatives else None
+        if catalog is not None:
+            log(f"uniform negatives: {cfg.uniform_negatives} per step from the training split's "
+                f"{len(next(iter(catalog.values()))):,} distinct items")
+        trainer = TwoTowerTrainer(towers, spec, cfg, _item_log_q(tft_output), catalog)
         trainer.compile(optimizer=make_optimizer(cfg),
                         steps_per_execution=steps_per_execution(cfg, cfg.train_steps))
         # Step logs hold each replica's metric values; Keras would sum them across workers

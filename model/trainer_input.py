@@ -117,6 +117,17 @@ def in_memory_batches(features: dict[str, tf.Tensor], labels: tf.Tensor, batch_s
             .map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE))
 
 
+def item_catalog(files: list[str], feature_spec: dict, spec: FeatureSpec) -> dict[str, np.ndarray]:
+    """The split's distinct items (by item index, in index order): the item tower's inputs and the
+    item index, one row per item, as the uniform negatives' catalog. A pass over the split's files
+    that parses only these columns."""
+    names = model_input_names(spec, "item") + [transformed_name(spec.item_id)]
+    features, _ = read_whole_split(files, feature_spec, names, spec.label)
+    index = features[transformed_name(spec.item_id)].numpy().reshape(-1)
+    _, first = np.unique(index, return_index=True)
+    return {name: t.numpy()[first] for name, t in features.items()}
+
+
 @dataclass
 class SplitInput:
     dataset: tf.data.Dataset

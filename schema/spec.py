@@ -21,6 +21,7 @@ DEFAULT_SCHEMA_PATH = os.path.join(SPEC_DIR, "schema.pbtxt")
 KINDS = ("sparse", "varlen", "pretrained")
 TOWERS = ("user", "item")
 REDUCES = ("mean", "sum", "position", "attention")
+VARLEN_REDUCES = ("mean", "position")  # over the rows of a trainable table
 
 # Raw column types, as the parser reads them and ExampleGen writes them.
 INT = "int"                      # one integer
@@ -229,8 +230,15 @@ class FeatureSpec:
                                         f"table '{f.share_embed}' ({target.embed_dim})")
                 elif not isinstance(f.embed_dim, int) or f.embed_dim <= 0:
                     raise SpecError(f"{where}: embed_dim must be a positive integer")
-                if f.source or f.reduce:
-                    raise SpecError(f"{where}: source/reduce apply to pretrained features only")
+                if f.source:
+                    raise SpecError(f"{where}: source applies to pretrained features only")
+                if f.reduce is not None and f.kind == "sparse":
+                    raise SpecError(f"{where}: reduce applies to list features only")
+                if f.reduce is not None and f.reduce not in VARLEN_REDUCES:
+                    raise SpecError(f"{where}: reduce of a varlen feature is one of {VARLEN_REDUCES}, "
+                                    f"got '{f.reduce}'")
+                if f.reduce is not None and f.weight_name:
+                    raise SpecError(f"{where}: a weighted varlen feature is a weighted sum; reduce does not apply")
             for opt in ("vocab_top_k", "vocab_min_count"):
                 value = getattr(f, opt)
                 if value is not None and (f.kind == "pretrained" or f.share_embed is not None):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from model.losses import pair_logits, pointwise_loss, softmax_loss
+from model.losses import UniformNegatives, pair_logits, pointwise_loss, softmax_loss
 from model.towers import item_log_q
 
 rng = np.random.default_rng(0)
@@ -61,6 +61,38 @@ def test_softmax_losses_match_hand_computation(use_log_q, hard_negatives):
     got = softmax_loss(tf.constant(U), tf.constant(V), tf.constant(LABELS), tf.constant(ITEMS), T,
                        tf.constant(LOG_Q) if use_log_q else None, hard_negatives=hard_negatives).numpy()
     np.testing.assert_allclose(got, _softmax_by_hand(use_log_q, hard_negatives), rtol=1e-5)
+
+
+W = rng.normal(size=(3, 3)).astype(np.float32)       # three items drawn uniformly from a catalog of 10
+W_ITEMS = np.array([8, 5, 7])                        # 8 is row 1's item, 7 rows 0 and 3's
+W_LOG_Q = np.log(np.array([0.2, 0.05, 0.5], np.float32))
+
+
+@pytest.mark.parametrize("use_log_q", [False, True])
+@pytest.mark.parametrize("hard_negatives", [False, True])
+def test_uniform_negatives_are_extra_candidates_of_every_clicked_row(use_log_q, hard_negatives):
+    share = 3 / (10 * 3)  # M draws / (catalog size x clicked rows): each draw's expected share per row
+    losses = []
+    for i in np.flatnonzero(LABELS):
+        logits, target = [], None
+        for j in range(4):
+            if (j != i and ITEMS[j] == ITEMS[i]) or (not LABELS[j] and not hard_negatives):
+                continue
+            z = float(U[i] @ V[j]) / T
+            if use_log_q and LABELS[j]:
+                z -= np.log(np.exp(LOG_Q[j]) + share)
+            target = len(logits) if j == i else target
+            logits.append(z)
+        for w in range(3):
+            if W_ITEMS[w] == ITEMS[i]:
+                continue                               # a draw of the row's own item is no negative
+            logits.append(float(U[i] @ W[w]) / T - (np.log(np.exp(W_LOG_Q[w]) + share) if use_log_q else 0.0))
+        losses.append(-_log_softmax_at(np.array(logits), target))
+    uniform = UniformNegatives(tf.constant(W), tf.constant(W_ITEMS), tf.constant(W_LOG_Q) if use_log_q else None, 10)
+    got = softmax_loss(tf.constant(U), tf.constant(V), tf.constant(LABELS), tf.constant(ITEMS), T,
+                       tf.constant(LOG_Q) if use_log_q else None, hard_negatives=hard_negatives,
+                       uniform=uniform).numpy()
+    np.testing.assert_allclose(got, np.mean(losses), rtol=1e-5)
 
 
 def test_softmax_without_clicks_is_zero_not_nan():
