@@ -28,11 +28,11 @@ SHUFFLE_RECORDS = 16384  # streamed: serialized records shuffled in a buffer thi
 
 
 def input_names(spec: FeatureSpec) -> list[str]:
-    """The transformed features the trainer uses: both towers' inputs, the item index (in-batch
-    losses) and the sample weight when the spec has one. Other transformed features (the OOV counts)
-    are left out."""
-    return (model_input_names(spec, "user") + model_input_names(spec, "item") + [transformed_name(spec.item_id)]
-            + ([spec.weight] if spec.weight else []))
+    """The transformed features the trainer uses, each once: both towers' inputs, the item index
+    (in-batch losses; also a tower input when the item tower embeds the item id) and the sample weight
+    when the spec has one. Other transformed features (the OOV counts) are left out."""
+    return list(dict.fromkeys(model_input_names(spec, "user") + model_input_names(spec, "item")
+                              + [transformed_name(spec.item_id)] + ([spec.weight] if spec.weight else [])))
 
 
 def split_bytes(feature_spec: dict, names: list[str], rows: int) -> int | None:
@@ -74,6 +74,8 @@ def record_batches(files: str | list[str], feature_spec: dict, names: list[str],
 def read_whole_split(files: list[str], feature_spec: dict, names: list[str],
                      label: str) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
     """Every row of the split, in file order, as one tensor per feature and one for the label."""
+    if len(set(names)) != len(names):  # a name twice would read its column twice, out of step with the rows
+        raise ValueError(f"feature names repeat: {names}")
     parts: dict[str, list[tf.Tensor]] = {name: [] for name in names}
     labels = []
     for x, y in record_batches(files, feature_spec, names, label, READ_BATCH, 0, False, 1):
@@ -121,7 +123,7 @@ def item_catalog(files: list[str], feature_spec: dict, spec: FeatureSpec) -> dic
     """The split's distinct items (by item index, in index order): the item tower's inputs and the
     item index, one row per item, as the uniform negatives' catalog. A pass over the split's files
     that parses only these columns."""
-    names = model_input_names(spec, "item") + [transformed_name(spec.item_id)]
+    names = list(dict.fromkeys(model_input_names(spec, "item") + [transformed_name(spec.item_id)]))
     features, _ = read_whole_split(files, feature_spec, names, spec.label)
     index = features[transformed_name(spec.item_id)].numpy().reshape(-1)
     _, first = np.unique(index, return_index=True)

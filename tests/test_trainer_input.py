@@ -201,3 +201,57 @@ def test_the_last_short_epoch_of_early_stopping_ends_at_the_end_of_a_call():
         steps_per_execution(TrainerConfig(), 16)  # eval_every_steps 0 is resolved by eval_interval first
     assert steps_per_execution(TrainerConfig(early_stopping=False), 16) == 10  # Keras truncates a known epoch
     assert steps_per_execution(TrainerConfig(epochs=2), 16) == 10
+
+
+def _spec_with_item_ids():
+    """The default spec plus a trainable embedding of the item id in the item tower: its transformed
+    feature is the item index itself (the bench's item_ids configuration)."""
+    d = SPEC.to_dict()
+    d["features"]["post_id"] = {"kind": "sparse", "tower": "item", "embed_dim": 4}
+    d["columns"] = list(d["columns"])
+    from schema.spec import FeatureSpec
+    return FeatureSpec.from_dict(d)
+
+
+def test_an_item_tower_that_embeds_the_item_id_reads_it_once_and_in_step(tmp_path, monkeypatch):
+    # Several read batches: a column read twice per batch would fall out of step with the other rows.
+    monkeypatch.setattr("model.trainer_input.READ_BATCH", 8)
+    spec = _spec_with_item_ids()
+    assert input_names(spec).count(transformed_name(spec.item_id)) == 1
+    feature_spec = transformed_feature_spec()
+    path = str(tmp_path / "part-0.gz")
+    write_split(path, feature_spec)
+    got = split_input([path], feature_spec, spec, ROWS, 1 << 30, 10, 7, False, 1)
+    assert got.bytes == split_bytes(feature_spec, list(feature_spec), ROWS)  # each column counted once
+    for x, y in got.dataset:
+        for name, feature in feature_spec.items():
+            if name != label_key():
+                for i, row in enumerate(rows_of(x)):
+                    np.testing.assert_allclose(np.reshape(x[name][i].numpy(), -1), row_values(row, name, feature))
+        np.testing.assert_array_equal(np.reshape(y.numpy(), -1), rows_of(x) % 2)
+
+
+def test_the_catalog_is_one_row_per_distinct_item_with_its_item_features(tmp_path, monkeypatch):
+    from model.trainer_input import item_catalog
+
+    monkeypatch.setattr("model.trainer_input.READ_BATCH", 8)
+    feature_spec = transformed_feature_spec()
+    item = transformed_name(SPEC.item_id)
+    item_features = [transformed_name(f.name) for f in SPEC.features if f.tower == "item"]
+    path = str(tmp_path / "part-0.gz")
+    with tf.io.TFRecordWriter(path, options="GZIP") as writer:
+        for row in range(ROWS):  # five items, each clicked by several rows; the item's features follow the item
+            post = 3 + row % 5
+            values = {name: row_values(row, name, f) for name, f in feature_spec.items()}
+            values[item] = [post]
+            for name in item_features:
+                values[name] = [post * 10 + k for k in range(len(values[name]))]
+            features = {name: tf.train.Feature(float_list=tf.train.FloatList(value=v))
+                        if feature_spec[name].dtype == tf.float32 else tf.train.Feature(int64_list=tf.train.Int64List(value=v))
+                        for name, v in values.items()}
+            writer.write(tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString())
+    catalog = item_catalog([path], feature_spec, SPEC)
+    assert sorted(catalog) == sorted({item, *item_features})
+    np.testing.assert_array_equal(catalog[item], [3, 4, 5, 6, 7])
+    for name in item_features:
+        np.testing.assert_array_equal(np.reshape(catalog[name], (5, -1))[:, 0], [30, 40, 50, 60, 70])
