@@ -83,7 +83,7 @@ def softmax_loss(user, item, labels, item_ids, temperature: float, log_q=None, h
         drawn = tf.matmul(user, uniform.item, transpose_b=True) / temperature
         if uniform.log_q is not None:
             drawn = corrected(drawn, uniform.log_q)
-        own = tf.equal(item_ids[:, None], tf.reshape(uniform.item_ids, [-1])[None, :])
+        own = tf.equal(item_ids[:, None], tf.cast(tf.reshape(uniform.item_ids, [-1]), item_ids.dtype)[None, :])
         logits = tf.concat([logits, tf.where(own, _MASKED, drawn)], axis=1)
     per_row = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.range(size), logits=logits)
     w = tf.cast(labels, per_row.dtype)

@@ -141,3 +141,36 @@ def test_sample_weights_from_the_spec_weight_the_loss(spec, loss):
         fewer_loss, _, _ = trainer._loss({**fewer, "w": tf.constant(w[keep])}, tf.constant(labels[keep]),
                                          training=False)
         assert float(fewer_loss) == pytest.approx(float(loss_value), rel=1e-6)
+
+
+def test_uniform_negatives_score_catalog_items_in_training_only(spec):
+    """A catalog of one item: every draw is that item, so the loss is known by hand. It is a negative
+    for every clicked row except the row that clicked it; the eval loss has no draws."""
+    cfg = TrainerConfig(user_units=[8, 4], item_units=[8, 4], gamma=GAMMA, seed=3, loss="inbatch_softmax",
+                        logq_correction=False, uniform_negatives=2)
+    towers = build_towers(spec, {"topic_id": 6, "client_type": 4}, TABLE, cfg)
+    catalog = {"item_embed_xf": np.array([2]), "topic_id_xf": np.array([4]), "post_id_xf": np.array([11])}
+    with pytest.raises(ValueError, match="needs the catalog"):
+        TwoTowerTrainer(towers, spec, cfg)
+    trainer = TwoTowerTrainer(towers, spec, cfg, catalog=catalog)
+    trainer.compile(optimizer=tf.keras.optimizers.SGD(0.0))
+    batch = {k: tf.constant(v) for k, v in _batch(n=4, seed=5).items()}
+    batch["post_id_xf"] = tf.constant([11, 12, 13, 14])  # row 0 clicked the catalog's item
+    labels = np.array([1, 0, 1, 1])
+    trained, _, _ = trainer._loss(batch, tf.constant(labels), training=True)
+    evaluated, _, _ = trainer._loss(batch, tf.constant(labels), training=False)
+
+    user, item = (t.numpy().astype(np.float64) for t in trainer(batch, training=False))
+    drawn = towers.item({"item_embed_xf": tf.constant([2]), "topic_id_xf": tf.constant([4])}).numpy()[0]
+    logits = user @ item.T / cfg.temperature
+    rows = [0, 2, 3]
+    plain, with_draws = [], []
+    for r in rows:
+        z = list(logits[r, rows])
+        plain.append(-(logits[r, r] - np.log(np.exp(z).sum())))
+        if r != 0:
+            z += [float(user[r] @ drawn) / cfg.temperature] * 2
+        with_draws.append(-(logits[r, r] - np.log(np.exp(z).sum())))
+    assert float(evaluated) == pytest.approx(np.mean(plain), rel=1e-5)
+    assert float(trained) == pytest.approx(np.mean(with_draws), rel=1e-5)
+    assert float(trained) > float(evaluated)

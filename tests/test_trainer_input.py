@@ -247,7 +247,8 @@ def test_the_catalog_is_one_row_per_distinct_item_with_its_item_features(tmp_pat
             for name in item_features:
                 values[name] = [post * 10 + k for k in range(len(values[name]))]
             features = {name: tf.train.Feature(float_list=tf.train.FloatList(value=v))
-                        if feature_spec[name].dtype == tf.float32 else tf.train.Feature(int64_list=tf.train.Int64List(value=v))
+                        if feature_spec[name].dtype == tf.float32
+                        else tf.train.Feature(int64_list=tf.train.Int64List(value=v))
                         for name, v in values.items()}
             writer.write(tf.train.Example(features=tf.train.Features(feature=features)).SerializeToString())
     catalog = item_catalog([path], feature_spec, SPEC)
