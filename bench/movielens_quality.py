@@ -64,6 +64,8 @@ CONFIGS = {
     "item_ids_pos": {"features": {**ITEM_IDS, "read_post_id": {**ITEM_IDS["read_post_id"], "reduce": "position"}},
                      "trainer": {"embedding_stddev": 0.01}},
     "item_ids_uniform": {"features": ITEM_IDS, "trainer": {"embedding_stddev": 0.01, "uniform_negatives": 512}},
+    "item_ids_pos_uniform": {"features": {**ITEM_IDS, "read_post_id": {**ITEM_IDS["read_post_id"], "reduce": "position"}},
+                             "trainer": {"embedding_stddev": 0.01, "uniform_negatives": 512}},
     "item_ids_6000": {"features": ITEM_IDS, "trainer": {"embedding_stddev": 0.01, "train_steps": 6000}},
     "item_ids_lr2": {"features": ITEM_IDS, "trainer": {"embedding_stddev": 0.01, "learning_rate": 0.002}},
     "item_ids_t05": {"features": ITEM_IDS, "trainer": {"embedding_stddev": 0.01, "temperature": 0.05}},
