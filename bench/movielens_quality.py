@@ -49,6 +49,7 @@ from schema.spec import DEFAULT_SPEC_PATH  # noqa: E402
 ATTENTION = {"reduce": "attention", "embed_dim": 64, "heads": 2, "blocks": 2, "dropout": 0.1}
 ITEM_IDS = {"post_id": {"kind": "sparse", "tower": "item", "embed_dim": 32},
             "read_post_id": {"kind": "varlen", "tower": "user", "share_embed": "post_id", "maxlen": 50}}
+ITEM_IDS_POSITION = {**ITEM_IDS, "read_post_id": {**ITEM_IDS["read_post_id"], "reduce": "position"}}
 CONFIGS = {
     "default": {},
     "position": {"features": {"client_embed": {"reduce": "position"}}},  # learned weights per list position
@@ -61,14 +62,12 @@ CONFIGS = {
     # tower, shared with the read history's ids in the user tower, started near zero so that the model
     # begins as the content model and learns a residual (a 1.0 init swamped the pretrained signal).
     "item_ids": {"features": ITEM_IDS, "trainer": {"embedding_stddev": 0.01}},
-    "item_ids_pos": {"features": {**ITEM_IDS, "read_post_id": {**ITEM_IDS["read_post_id"], "reduce": "position"}},
-                     "trainer": {"embedding_stddev": 0.01}},
+    "item_ids_pos": {"features": ITEM_IDS_POSITION, "trainer": {"embedding_stddev": 0.01}},
+    # Uniform negatives: 512 items drawn from the training split's items per step (mixed negative sampling)
+    "uniform": {"trainer": {"uniform_negatives": 512}},
     "item_ids_uniform": {"features": ITEM_IDS, "trainer": {"embedding_stddev": 0.01, "uniform_negatives": 512}},
-    "item_ids_pos_uniform": {"features": {**ITEM_IDS, "read_post_id": {**ITEM_IDS["read_post_id"], "reduce": "position"}},
+    "item_ids_pos_uniform": {"features": ITEM_IDS_POSITION,
                              "trainer": {"embedding_stddev": 0.01, "uniform_negatives": 512}},
-    "item_ids_6000": {"features": ITEM_IDS, "trainer": {"embedding_stddev": 0.01, "train_steps": 6000}},
-    "item_ids_lr2": {"features": ITEM_IDS, "trainer": {"embedding_stddev": 0.01, "learning_rate": 0.002}},
-    "item_ids_t05": {"features": ITEM_IDS, "trainer": {"embedding_stddev": 0.01, "temperature": 0.05}},
 }
 COLUMNS = ["recall@10", "recall@50", "recall@100", "hit_rate@50", "ndcg@50"]
 LAMBDAS = [50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0]

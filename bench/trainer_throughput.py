@@ -82,7 +82,7 @@ def raw_tsv_dataset(path, tft_output, spec, ids_path, batch):
                 ids = tf.strings.split(x, ",")[: f.maxlen]
                 out[transformed_name(f.name)] = tf.pad(lookup(tables[f.group], ids, size),
                                                        [[0, f.maxlen - tf.size(ids)]])
-        out[transformed_name(spec.item_id)] = tf.constant(1, tf.int64)
+        out[spec.item_index] = tf.constant(1, tf.int64)
         return out, fields[spec.label]
 
     ds = tf.data.TextLineDataset(path).skip(1).repeat().shuffle(batch * 2)

@@ -6,7 +6,7 @@ Outputs (transformed_name(...) = "<name>_xf"):
   weight feature      float [maxlen]  weights aligned with the ids, padded with 0
   pretrained feature  int64 [] or [maxlen]  rows of the pretrained table (0 = unknown id / padding)
   label               int64 []        passed through under its own name
-  <item_id>_xf        int64 []        index of the item in vocab_item_id (1..V, OOV V+1): identifies
+  <item_id>_item_index int64 []       index of the item in vocab_item_id (1..V, OOV V+1): identifies
                                       items for in-batch losses; item_positive_counts holds the clicks
                                       per item in the training split (logQ correction)
   oov_count_<group>   int64 []        out-of-vocabulary ids in the row, over the group's features
@@ -79,7 +79,7 @@ def preprocessing_fn(inputs, custom_config):
         outputs[spec.weight] = inputs[spec.weight]
 
     items = inputs[spec.item_id]
-    outputs[transformed_name(spec.item_id)] = tft.compute_and_apply_vocabulary(
+    outputs[spec.item_index] = tft.compute_and_apply_vocabulary(
         items, vocab_filename=ITEM_VOCAB, num_oov_buckets=1) + 1
     clicked = tf.boolean_mask(items, tf.equal(inputs[spec.label], 1))
     tft.vocabulary(clicked, vocab_filename=ITEM_POSITIVE_COUNTS, store_frequency=True)

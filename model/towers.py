@@ -279,7 +279,7 @@ class TwoTowerTrainer(tf.keras.Model):
         self.cfg = cfg
         self.user_inputs = model_input_names(spec, "user")
         self.item_inputs = model_input_names(spec, "item")
-        self.item_index = transformed_name(spec.item_id)
+        self.item_index = spec.item_index
         self.weight_key = spec.weight
         self.item_log_q = None if item_log_q is None else tf.constant(item_log_q, tf.float32)
         if cfg.uniform_negatives and catalog is None:

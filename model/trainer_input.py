@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from model.towers import model_input_names
-from schema.spec import FeatureSpec, transformed_name
+from schema.spec import FeatureSpec
 
 READ_BATCH = 16384       # rows per batch while a split is read into memory
 SHUFFLE_RECORDS = 16384  # streamed: serialized records shuffled in a buffer this big (files are shuffled too)
@@ -32,7 +32,7 @@ def input_names(spec: FeatureSpec) -> list[str]:
     (in-batch losses; also a tower input when the item tower embeds the item id) and the sample weight
     when the spec has one. Other transformed features (the OOV counts) are left out."""
     return list(dict.fromkeys(model_input_names(spec, "user") + model_input_names(spec, "item")
-                              + [transformed_name(spec.item_id)] + ([spec.weight] if spec.weight else [])))
+                              + [spec.item_index] + ([spec.weight] if spec.weight else [])))
 
 
 def split_bytes(feature_spec: dict, names: list[str], rows: int) -> int | None:
@@ -123,9 +123,9 @@ def item_catalog(files: list[str], feature_spec: dict, spec: FeatureSpec) -> dic
     """The split's distinct items (by item index, in index order): the item tower's inputs and the
     item index, one row per item, as the uniform negatives' catalog. A pass over the split's files
     that parses only these columns."""
-    names = list(dict.fromkeys(model_input_names(spec, "item") + [transformed_name(spec.item_id)]))
+    names = model_input_names(spec, "item") + [spec.item_index]
     features, _ = read_whole_split(files, feature_spec, names, spec.label)
-    index = features[transformed_name(spec.item_id)].numpy().reshape(-1)
+    index = features[spec.item_index].numpy().reshape(-1)
     _, first = np.unique(index, return_index=True)
     return {name: t.numpy()[first] for name, t in features.items()}
 

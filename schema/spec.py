@@ -174,6 +174,12 @@ class FeatureSpec:
     def from_json(cls, s: str) -> FeatureSpec:
         return cls.from_dict(json.loads(s))
 
+    @property
+    def item_index(self) -> str:
+        """The transformed item index (vocab_item_id; in-batch losses, logQ). Not `<item_id>_xf`:
+        that is the name of a feature that embeds the item id column, which has its own vocabulary."""
+        return f"{self.item_id}_item_index"
+
     # ---- validation ---------------------------------------------------------------------------
     def _validate(self) -> None:
         if len(set(self.columns)) != len(self.columns):
@@ -185,6 +191,8 @@ class FeatureSpec:
                 raise SpecError(f"{role} column '{getattr(self, role)}' is not in columns")
         if self.weight in (self.label, self.user_id, self.item_id):
             raise SpecError(f"weight column '{self.weight}' is also the label or an id")
+        if self.item_index in self.columns:
+            raise SpecError(f"column '{self.item_index}' has the name of the transformed item index")
         by_name = {f.name: f for f in self.features}
         towers = set()
         for f in self.features:

@@ -100,7 +100,7 @@ def test_one_training_step_leaves_the_pretrained_table_unchanged(spec):
     trainer.compile(optimizer=tf.keras.optimizers.SGD(1.0))
     before = {w.name: w.numpy().copy() for w in t.scorer.trainable_weights}
     batch = {k: tf.constant(v) for k, v in _batch().items()}
-    batch["post_id_xf"] = tf.constant([1, 2, 3])
+    batch["post_id_item_index"] = tf.constant([1, 2, 3])
     trainer.train_on_batch(batch, tf.constant([1, 0, 1]))
     np.testing.assert_array_equal([w for w in t.scorer.weights if "pretrained" in w.name][0].numpy(), TABLE)
     assert any(not np.array_equal(before[w.name], w.numpy()) for w in t.scorer.trainable_weights)
@@ -116,7 +116,7 @@ def test_sample_weights_from_the_spec_weight_the_loss(spec, loss):
                         logq_correction=False)
     trainer = TwoTowerTrainer(build_towers(spec, {"topic_id": 6, "client_type": 4}, TABLE, cfg), weighted, cfg)
     batch = {k: tf.constant(v) for k, v in _batch(n=4, seed=5).items()}
-    batch["post_id_xf"] = tf.constant([1, 2, 3, 4])
+    batch["post_id_item_index"] = tf.constant([1, 2, 3, 4])
     labels = np.array([1, 0, 1, 1])
     w = np.array([2.0, 0.5, 0.0, 1.0], np.float32)
     loss_value, _, _ = trainer._loss({**batch, "w": tf.constant(w)}, tf.constant(labels), training=False)
@@ -149,13 +149,13 @@ def test_uniform_negatives_score_catalog_items_in_training_only(spec):
     cfg = TrainerConfig(user_units=[8, 4], item_units=[8, 4], gamma=GAMMA, seed=3, loss="inbatch_softmax",
                         logq_correction=False, uniform_negatives=2)
     towers = build_towers(spec, {"topic_id": 6, "client_type": 4}, TABLE, cfg)
-    catalog = {"item_embed_xf": np.array([2]), "topic_id_xf": np.array([4]), "post_id_xf": np.array([11])}
+    catalog = {"item_embed_xf": np.array([2]), "topic_id_xf": np.array([4]), "post_id_item_index": np.array([11])}
     with pytest.raises(ValueError, match="needs the catalog"):
         TwoTowerTrainer(towers, spec, cfg)
     trainer = TwoTowerTrainer(towers, spec, cfg, catalog=catalog)
     trainer.compile(optimizer=tf.keras.optimizers.SGD(0.0))
     batch = {k: tf.constant(v) for k, v in _batch(n=4, seed=5).items()}
-    batch["post_id_xf"] = tf.constant([11, 12, 13, 14])  # row 0 clicked the catalog's item
+    batch["post_id_item_index"] = tf.constant([11, 12, 13, 14])  # row 0 clicked the catalog's item
     labels = np.array([1, 0, 1, 1])
     trained, _, _ = trainer._loss(batch, tf.constant(labels), training=True)
     evaluated, _, _ = trainer._loss(batch, tf.constant(labels), training=False)

@@ -25,15 +25,15 @@ EXPECTED = [
     {"act": 1, "topic_id_xf": 1, "client_type_xf": 1, "follow_topic_id_xf": _pad([1, 2], 20),
      "all_topic_fav_7_xf": _pad([2, 3], 5), "all_topic_fav_7_weight_xf": _pad([0.5, 0.25], 5),
      "item_embed_xf": 2, "client_embed_xf": _pad([1, 3], 50), "oov_count_topic_id": 0, "oov_count_client_type": 0,
-     "post_id_xf": 3},
+     "post_id_item_index": 3},
     {"act": 0, "topic_id_xf": 1, "client_type_xf": 2, "follow_topic_id_xf": _pad([], 20),
      "all_topic_fav_7_xf": _pad([], 5), "all_topic_fav_7_weight_xf": _pad([], 5),
      "item_embed_xf": 0, "client_embed_xf": _pad([0, 1], 50), "oov_count_topic_id": 0, "oov_count_client_type": 0,
-     "post_id_xf": 1},
+     "post_id_item_index": 1},
     {"act": 0, "topic_id_xf": 2, "client_type_xf": 1, "follow_topic_id_xf": _pad([3], 20),
      "all_topic_fav_7_xf": _pad([1], 5), "all_topic_fav_7_weight_xf": _pad([1.0], 5),
      "item_embed_xf": 3, "client_embed_xf": _pad([], 50), "oov_count_topic_id": 0, "oov_count_client_type": 0,
-     "post_id_xf": 2},
+     "post_id_item_index": 2},
 ]
 
 

@@ -3,7 +3,7 @@ import copy
 import pytest
 
 from schema.generate import read_schema, schema_from_spec
-from schema.spec import DEFAULT_SCHEMA_PATH, FeatureSpec, SpecError
+from schema.spec import DEFAULT_SCHEMA_PATH, FeatureSpec, SpecError, transformed_name
 
 
 def _base(spec):
@@ -57,3 +57,15 @@ def test_spec_errors_name_the_problem(spec, mutate, message):
 def test_committed_schema_matches_the_spec(spec):
     committed = read_schema(DEFAULT_SCHEMA_PATH)
     assert committed == schema_from_spec(spec), "regenerate with `python -m schema.generate`"
+
+
+def test_the_item_index_is_not_the_name_of_a_feature_that_embeds_the_item_id(spec):
+    d = _base(spec)
+    d["features"]["post_id"] = {"kind": "sparse", "tower": "item", "embed_dim": 4}
+    with_ids = FeatureSpec.from_dict(d)
+    assert with_ids.item_index == "post_id_item_index" != transformed_name("post_id")
+    d = _base(spec)
+    d["columns"] = d["columns"] + ["post_id_item_index"]
+    d["weight"] = "post_id_item_index"
+    with pytest.raises(SpecError, match="name of the transformed item index"):
+        FeatureSpec.from_dict(d)
