@@ -15,6 +15,8 @@ def _load(tmp_path, text):
     ("trainer:\n  train_steps: five hundred\n", "trainer.train_steps: expected an integer, got 'five hundred' (str)"),
     ("trainer:\n  train_steps: 5.5\n", "trainer.train_steps: expected an integer, got 5.5 (float)"),
     ("trainer:\n  loss: softmax\n", "trainer.loss: must be one of pointwise, inbatch_softmax, mixed, got 'softmax'"),
+    ("trainer:\n  uniform_negatives: -1\n", "trainer.uniform_negatives must be >= 0"),
+    ("trainer:\n  loss: pointwise\n  uniform_negatives: 8\n", "set trainer.uniform_negatives: 0"),
     ("trainer:\n  optimizer: lamb\n", "trainer.optimizer: must be one of adam, adagrad, sgd, got 'lamb'"),
     ("trainer:\n  batch_norm: 'yes'\n", "trainer.batch_norm: expected true or false, got 'yes' (str)"),
     ("trainer:\n  learning_rate: fast\n", "trainer.learning_rate: expected a number, got 'fast' (str)"),
