@@ -87,7 +87,8 @@ def _check(config: PipelineConfig) -> PipelineConfig:
     uniform = config.trainer.uniform_negatives
     if uniform < 0 or (uniform and config.trainer.loss == "pointwise"):
         raise ConfigError(f"trainer.uniform_negatives must be >= 0, and 0 with the pointwise loss (it has no "
-                          f"candidates), got {config.trainer.uniform_negatives} with loss {config.trainer.loss}")
+                          f"candidates; set trainer.uniform_negatives: 0), got {uniform} with loss "
+                          f"{config.trainer.loss}")
     if config.evaluation.min_eval_users < 0 or config.evaluation.bootstrap_samples < 100:
         raise ConfigError("evaluation.min_eval_users must be >= 0 and evaluation.bootstrap_samples >= 100")
     if not config.evaluation.ks or not all(isinstance(k, int) and k > 0 for k in config.evaluation.ks):

@@ -1,4 +1,6 @@
 """Config values are checked for type and allowed value when the config loads, before anything runs."""
+import re
+
 import pytest
 
 from model import config as component_config
@@ -15,8 +17,6 @@ def _load(tmp_path, text):
     ("trainer:\n  train_steps: five hundred\n", "trainer.train_steps: expected an integer, got 'five hundred' (str)"),
     ("trainer:\n  train_steps: 5.5\n", "trainer.train_steps: expected an integer, got 5.5 (float)"),
     ("trainer:\n  loss: softmax\n", "trainer.loss: must be one of pointwise, inbatch_softmax, mixed, got 'softmax'"),
-    ("trainer:\n  uniform_negatives: -1\n", "trainer.uniform_negatives must be >= 0"),
-    ("trainer:\n  loss: pointwise\n  uniform_negatives: 8\n", "set trainer.uniform_negatives: 0"),
     ("trainer:\n  optimizer: lamb\n", "trainer.optimizer: must be one of adam, adagrad, sgd, got 'lamb'"),
     ("trainer:\n  batch_norm: 'yes'\n", "trainer.batch_norm: expected true or false, got 'yes' (str)"),
     ("trainer:\n  learning_rate: fast\n", "trainer.learning_rate: expected a number, got 'fast' (str)"),
@@ -58,3 +58,15 @@ def test_the_milvus_settings_are_checked_when_the_config_loads(tmp_path):
         _load(tmp_path, "milvus:\n  index_type: HNSW\n")
     config, _ = _load(tmp_path, "milvus:\n  uri: http://milvus:19530\n  index_type: HNSW\n")
     assert config.milvus.index_type == "HNSW" and not config.milvus.is_lite
+
+
+@pytest.mark.parametrize("text,message", [
+    ("trainer:\n  uniform_negatives: -1\n", "trainer.uniform_negatives must be >= 0"),
+    ("trainer:\n  loss: pointwise\n  uniform_negatives: 8\n",
+     "set trainer.uniform_negatives: 0), got 8 with loss pointwise"),
+])
+def test_uniform_negatives_need_a_softmax_loss(tmp_path, text, message):
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(str(path))
