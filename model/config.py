@@ -28,7 +28,7 @@ class TrainerConfig:
     pos_weight: float = 1.2          # pointwise: weight of act=1 rows in the binary cross-entropy
     temperature: float = 0.1         # in-batch losses: softmax over cosine / temperature
     logq_correction: bool = True     # in-batch losses: subtract log of the item's click frequency
-    uniform_negatives: int = 0       # in-batch losses: items drawn uniformly per step from the training
+    uniform_negatives: int = 512     # in-batch losses: items drawn uniformly per step from the training
                                      # split's distinct items, extra negatives for every clicked row
     user_units: list[int] = field(default_factory=lambda: [256, 256, 128])  # the user tower's dense layers
     item_units: list[int] = field(default_factory=lambda: [256, 256, 128])  # the item tower's dense layers
@@ -36,7 +36,8 @@ class TrainerConfig:
     output_activation: str = "tanh"  # last layer, before L2 normalisation
     dropout: float = 0.0             # after each hidden layer
     batch_norm: bool = False         # after each hidden layer
-    embedding_stddev: float = 1.0    # init of the trainable tables (the original's 0.0 froze them at 0)
+    embedding_stddev: float = 0.01   # init of the trainable tables (the original's 0.0 froze them at 0;
+                                     # near zero, ids start as a small residual on the pretrained vectors)
     normalize: bool = True           # L2-normalise the tower outputs (cosine similarity)
     seed: int = 1024                 # initialisation and the order of the training rows
     # Validation-driven training: the eval split's loss every eval_every_steps steps (every epoch

@@ -35,7 +35,7 @@ def test_a_wrong_type_or_value_names_the_key(tmp_path, text, message):
 
 
 def test_ints_are_accepted_where_a_number_is_expected(tmp_path):
-    config, _ = _load(tmp_path, "trainer:\n  learning_rate: 1\n  loss: pointwise\n")
+    config, _ = _load(tmp_path, "trainer:\n  learning_rate: 1\n  loss: pointwise\n  uniform_negatives: 0\n")
     assert config.trainer.learning_rate == 1.0 and isinstance(config.trainer.learning_rate, float)
     assert config.trainer.loss == "pointwise"
 

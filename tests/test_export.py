@@ -115,7 +115,8 @@ def test_the_signatures_refuse_weights_the_log_parser_refuses(exported, weight, 
 
 def test_the_serving_contract_counts_every_padded_feature(exported):
     """Worked out by hand from the spec: user = client_type 8 + follow_topic_id 20 x 16 + all_topic_fav_7
-    5 x 16 + read_post_id 50 x 3 (TABLE's width) = 558; item = topic_id 16 + item_embed 3 = 19."""
+    5 x 16 + read_post_id 50 x 3 (client_embed: TABLE's width) + read_post_id 50 x 32 (its ids, in post_id's
+    table) = 2158; item = topic_id 16 + post_id 32 + item_embed 3 = 51."""
     import json
     import os
 
@@ -123,10 +124,10 @@ def test_the_serving_contract_counts_every_padded_feature(exported):
     with open(os.path.join(path, "assets.extra", "serving_contract.json")) as f:
         contract = json.load(f)
     rows = {k: v["floats_per_row"] for k, v in contract["signatures"].items()}
-    assert rows == {"user_embedding": 558, "user_embedding_raw": 558, "item_embedding": 19,
-                    "item_embedding_raw": 19, "serving_default": 577}
+    assert rows == {"user_embedding": 2158, "user_embedding_raw": 2158, "item_embedding": 51,
+                    "item_embedding_raw": 51, "serving_default": 2209}
     assert contract["minimum"] == {"all_topic_fav_7_weight": 0.0}
     with open(os.path.join(path + "-user", "assets.extra", "serving_contract.json")) as f:
         user = json.load(f)["signatures"]
     assert {k: v["floats_per_row"] for k, v in user.items()} == {
-        "serving_default": 558, "user_embedding": 558, "user_embedding_raw": 558}
+        "serving_default": 2158, "user_embedding": 2158, "user_embedding_raw": 2158}

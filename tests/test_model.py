@@ -8,12 +8,13 @@ from model.towers import MaskedPool, PositionPool, TwoTowerTrainer, build_towers
 
 GAMMA = 7.0
 TABLE = np.array([[0, 0, 0], [1, 0, 0], [0, 2, 0], [0, 0, 3]], np.float32)  # row 0 = unknown
+VOCAB = {"topic_id": 6, "client_type": 4, "post_id": 8}
 
 
 @pytest.fixture(scope="module")
 def towers(spec):
     cfg = TrainerConfig(user_units=[8, 4], item_units=[8, 4], gamma=GAMMA, seed=3)
-    return build_towers(spec, {"topic_id": 6, "client_type": 4}, TABLE, cfg)
+    return build_towers(spec, VOCAB, TABLE, cfg)
 
 
 def _batch(n=3, seed=0):
@@ -27,7 +28,11 @@ def _batch(n=3, seed=0):
     hist = np.zeros((n, 50), np.int64)
     hist[:, :2] = rng.integers(0, 4, size=(n, 2))
     hist[-1] = 0  # the last user has an empty history
+    read_ids = np.zeros((n, 50), np.int64)
+    read_ids[:, :2] = rng.integers(1, 8, size=(n, 2))
+    read_ids[-1] = 0
     return {"topic_id_xf": rng.integers(1, 6, size=n), "client_type_xf": rng.integers(1, 4, size=n),
+            "post_id_xf": rng.integers(1, 8, size=n), "read_post_id_xf": read_ids,
             "follow_topic_id_xf": follow, "all_topic_fav_7_xf": fav, "all_topic_fav_7_weight_xf": weights,
             "item_embed_xf": rng.integers(0, 4, size=n), "client_embed_xf": hist}
 
@@ -94,8 +99,8 @@ def test_pretrained_table_is_frozen_and_shared(towers):
 
 
 def test_one_training_step_leaves_the_pretrained_table_unchanged(spec):
-    cfg = TrainerConfig(user_units=[4], item_units=[4], seed=1)
-    t = build_towers(spec, {"topic_id": 6, "client_type": 4}, TABLE, cfg)
+    cfg = TrainerConfig(user_units=[4], item_units=[4], seed=1, uniform_negatives=0)
+    t = build_towers(spec, VOCAB, TABLE, cfg)
     trainer = TwoTowerTrainer(t, spec, cfg)
     trainer.compile(optimizer=tf.keras.optimizers.SGD(1.0))
     before = {w.name: w.numpy().copy() for w in t.scorer.trainable_weights}
@@ -113,8 +118,8 @@ def test_sample_weights_from_the_spec_weight_the_loss(spec, loss):
 
     weighted = dataclasses.replace(spec, weight="w")  # the trainer only reads the weight's name
     cfg = TrainerConfig(user_units=[8, 4], item_units=[8, 4], gamma=GAMMA, seed=3, loss=loss, pos_weight=2.0,
-                        logq_correction=False)
-    trainer = TwoTowerTrainer(build_towers(spec, {"topic_id": 6, "client_type": 4}, TABLE, cfg), weighted, cfg)
+                        logq_correction=False, uniform_negatives=0)
+    trainer = TwoTowerTrainer(build_towers(spec, VOCAB, TABLE, cfg), weighted, cfg)
     batch = {k: tf.constant(v) for k, v in _batch(n=4, seed=5).items()}
     batch["post_id_item_index"] = tf.constant([1, 2, 3, 4])
     labels = np.array([1, 0, 1, 1])
@@ -148,8 +153,9 @@ def test_uniform_negatives_score_catalog_items_in_training_only(spec):
     for every clicked row except the row that clicked it; the eval loss has no draws."""
     cfg = TrainerConfig(user_units=[8, 4], item_units=[8, 4], gamma=GAMMA, seed=3, loss="inbatch_softmax",
                         logq_correction=False, uniform_negatives=2)
-    towers = build_towers(spec, {"topic_id": 6, "client_type": 4}, TABLE, cfg)
-    catalog = {"item_embed_xf": np.array([2]), "topic_id_xf": np.array([4]), "post_id_item_index": np.array([11])}
+    towers = build_towers(spec, VOCAB, TABLE, cfg)
+    catalog = {"item_embed_xf": np.array([2]), "topic_id_xf": np.array([4]), "post_id_xf": np.array([5]),
+               "post_id_item_index": np.array([11])}
     with pytest.raises(ValueError, match="needs the catalog"):
         TwoTowerTrainer(towers, spec, cfg)
     trainer = TwoTowerTrainer(towers, spec, cfg, catalog=catalog)
@@ -161,7 +167,8 @@ def test_uniform_negatives_score_catalog_items_in_training_only(spec):
     evaluated, _, _ = trainer._loss(batch, tf.constant(labels), training=False)
 
     user, item = (t.numpy().astype(np.float64) for t in trainer(batch, training=False))
-    drawn = towers.item({"item_embed_xf": tf.constant([2]), "topic_id_xf": tf.constant([4])}).numpy()[0]
+    drawn = towers.item({"item_embed_xf": tf.constant([2]), "topic_id_xf": tf.constant([4]),
+                         "post_id_xf": tf.constant([5])}).numpy()[0]
     logits = user @ item.T / cfg.temperature
     rows = [0, 2, 3]
     plain, with_draws = [], []

@@ -21,19 +21,20 @@ def _pad(values, n):
 # Pretrained rows from the id file p1, p2, p3 -> 1, 2, 3; unknown -> 0.
 # Item index: p2, p9, p3 are seen once each; tf.Transform breaks frequency ties by descending value:
 # p9=1, p3=2, p2=3. Clicks per item (logQ): only p2, once.
+# post_id group vocabulary over post_id + read_post_id: p1, p3, p9 x2 each, p2 x1 -> p9=1, p3=2, p1=3, p2=4.
 EXPECTED = [
     {"act": 1, "topic_id_xf": 1, "client_type_xf": 1, "follow_topic_id_xf": _pad([1, 2], 20),
      "all_topic_fav_7_xf": _pad([2, 3], 5), "all_topic_fav_7_weight_xf": _pad([0.5, 0.25], 5),
      "item_embed_xf": 2, "client_embed_xf": _pad([1, 3], 50), "oov_count_topic_id": 0, "oov_count_client_type": 0,
-     "post_id_item_index": 3},
+     "post_id_item_index": 3, "post_id_xf": 4, "read_post_id_xf": _pad([3, 2], 50), "oov_count_post_id": 0},
     {"act": 0, "topic_id_xf": 1, "client_type_xf": 2, "follow_topic_id_xf": _pad([], 20),
      "all_topic_fav_7_xf": _pad([], 5), "all_topic_fav_7_weight_xf": _pad([], 5),
      "item_embed_xf": 0, "client_embed_xf": _pad([0, 1], 50), "oov_count_topic_id": 0, "oov_count_client_type": 0,
-     "post_id_item_index": 1},
+     "post_id_item_index": 1, "post_id_xf": 1, "read_post_id_xf": _pad([1, 3], 50), "oov_count_post_id": 0},
     {"act": 0, "topic_id_xf": 2, "client_type_xf": 1, "follow_topic_id_xf": _pad([3], 20),
      "all_topic_fav_7_xf": _pad([1], 5), "all_topic_fav_7_weight_xf": _pad([1.0], 5),
      "item_embed_xf": 3, "client_embed_xf": _pad([], 50), "oov_count_topic_id": 0, "oov_count_client_type": 0,
-     "post_id_item_index": 2},
+     "post_id_item_index": 2, "post_id_xf": 2, "read_post_id_xf": _pad([], 50), "oov_count_post_id": 0},
 ]
 
 
@@ -50,6 +51,7 @@ def test_shared_vocabulary_file(tiny_transform):
     _, output = tiny_transform
     assert output.vocabulary_by_name("vocab_topic_id") == [b"t1", b"t2", b"t3"]
     assert output.vocabulary_by_name("vocab_client_type") == [b"0", b"1"]
+    assert output.vocabulary_by_name("vocab_post_id") == [b"p9", b"p3", b"p1", b"p2"]
     assert output.vocabulary_by_name("vocab_item_id") == [b"p9", b"p3", b"p2"]
     with open(output.vocabulary_file_by_name("item_positive_counts"), "rb") as f:
         assert f.read() == b"1 p2\n"

@@ -110,7 +110,7 @@ def test_the_spec_refuses_an_encoder_it_cannot_build(spec, keys, message):
 
 def test_the_towers_take_the_same_inputs_and_give_the_same_outputs(spec):
     cfg = TrainerConfig(user_units=[8, 4], item_units=[8, 4], seed=3)
-    sizes = {"topic_id": 6, "client_type": 4}
+    sizes = {"topic_id": 6, "client_type": 4, "post_id": 8}
     pooled, encoded = build_towers(spec, sizes, TABLE, cfg), build_towers(_attention_spec(spec), sizes, TABLE, cfg)
     for tower in ("user", "item"):
         a, b = getattr(pooled, tower), getattr(encoded, tower)
@@ -127,7 +127,7 @@ def test_warm_start_carries_the_encoder_across_vocabularies(spec, tmp_path):
 
     def towers(topics, seed):
         cfg = TrainerConfig(user_units=[8, 4], item_units=[8, 4], seed=seed)
-        return build_towers(attention, {"topic_id": len(topics) + 2, "client_type": 4}, TABLE, cfg)
+        return build_towers(attention, {"topic_id": len(topics) + 2, "client_type": 4, "post_id": 4}, TABLE, cfg)
 
     old_topics, new_topics = [b"a", b"b", b"c"], [b"c", b"x", b"a", b"y"]
     files = {}
@@ -136,7 +136,9 @@ def test_warm_start_carries_the_encoder_across_vocabularies(spec, tmp_path):
         folder.mkdir()
         (folder / "topics.txt").write_bytes(b"\n".join(topics) + b"\n")
         (folder / "types.txt").write_bytes(b"1\n2\n")
-        files[name] = {"topic_id": str(folder / "topics.txt"), "client_type": str(folder / "types.txt")}
+        (folder / "posts.txt").write_bytes(b"p1\np2\n")
+        files[name] = {"topic_id": str(folder / "topics.txt"), "client_type": str(folder / "types.txt"),
+                       "post_id": str(folder / "posts.txt")}
     old, new = towers(old_topics, 1), towers(new_topics, 2)
     rng = np.random.default_rng(7)
     for v in old.scorer.variables:  # "trained": biases and norms off their initial 0 and 1 too

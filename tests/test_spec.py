@@ -15,10 +15,12 @@ def test_default_spec_expresses_the_original_features(spec):
     assert kinds == {
         "topic_id": ("sparse", "item"), "client_type": ("sparse", "user"),
         "follow_topic_id": ("varlen", "user"), "all_topic_fav_7": ("varlen", "user"),
+        "post_id": ("sparse", "item"), "read_post_id": ("varlen", "user"),
         "item_embed": ("pretrained", "item"), "client_embed": ("pretrained", "user")}
     groups = spec.vocab_groups()
     assert [f.name for f in groups["topic_id"]] == ["topic_id", "follow_topic_id", "all_topic_fav_7"]
     assert [f.name for f in groups["client_type"]] == ["client_type"]
+    assert [f.name for f in groups["post_id"]] == ["post_id", "read_post_id"]
     assert spec.raw_feature_names() == [
         "act", "client_id", "post_id", "client_type", "follow_topic_id", "all_topic_fav_7",
         "all_topic_fav_7_weight", "topic_id", "read_post_id"]
