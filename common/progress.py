@@ -45,11 +45,17 @@ class RateLog:
         elapsed = now - self._first[0]
         log(self.line(done, (done - self._first[1]) / elapsed if elapsed > 0 else 0.0, extra))
 
-    def line(self, done: float, rate: float, extra: str = "") -> str:
+    def finish(self, done: float, extra: str = "") -> None:
+        """The last line, always (a short job may end before the first interval): no time left."""
+        elapsed = time.monotonic() - self._first[0] if self._first else 0.0
+        rate = (done - self._first[1]) / elapsed if self._first and elapsed > 0 else 0.0
+        log(self.line(done, rate, extra, left=False))
+
+    def line(self, done: float, rate: float, extra: str = "", left: bool = True) -> str:
         text = f"{self.what}: {done:,.0f}"
         if self.total:
             text += f"/{self.total:,.0f} ({done / self.total:.0%})"
         text += f" {self.unit}, {rate:,.0f} {self.unit}/s"
-        if self.total and rate > 0 and done < self.total:
+        if left and self.total and rate > 0 and done < self.total:
             text += f", ~{duration((self.total - done) / rate)} left"
         return text + (f", {extra}" if extra else "")

@@ -262,6 +262,7 @@ class ProgressAndCurve(_StepCounter):
         self.every = max(1, (total_steps or 10_000) // 100)
         self.rate = RateLog("training", "steps", total=total_steps)
         self.curve: list[dict] = []
+        self.figures = ""  # the last step's "loss ..., AUC ..." for the final line
 
     def on_train_batch_end(self, batch, logs=None):
         before = self._advance(batch)
@@ -269,7 +270,11 @@ class ProgressAndCurve(_StepCounter):
         loss, auc = float(logs.get("loss", float("nan"))), float(logs.get("auc", float("nan")))
         if step // self.every > before // self.every or step == self.total:
             self.curve.append({"step": step, "loss": loss, "auc": auc})
-        self.rate.update(step, f"loss {loss:.3f}, AUC {auc:.3f}", force=step == self.total)
+        self.figures = f"loss {loss:.3f}, AUC {auc:.3f}"
+        self.rate.update(step, self.figures)
+
+    def on_train_end(self, logs=None):  # early stopping may end training before the first interval
+        self.rate.finish(self.steps, self.figures)
 
 
 class NonFiniteTrainingError(RuntimeError):

@@ -42,8 +42,8 @@ def test_summary_counts_and_quality(runs):
         assert split["read"] == split["written"] + split["rejected"]
         assert split["rejected"] == 0
     # Vocabularies come from the training split, so no training id is out of vocabulary.
-    assert first["oov_ids"]["train"] == {"topic_id": 0, "client_type": 0}
-    assert set(first["oov_ids"]["eval"]) == {"topic_id", "client_type"}
+    assert first["oov_ids"]["train"] == {"topic_id": 0, "client_type": 0, "post_id": 0}
+    assert set(first["oov_ids"]["eval"]) == {"topic_id", "client_type", "post_id"}
     training, planned = first["training"], TrainerConfig()
     # train_steps is an upper bound: early stopping ends sooner when the eval loss stops improving,
     # and the model kept is the one of best_step (the eval split's lowest loss).

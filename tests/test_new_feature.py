@@ -80,7 +80,7 @@ def test_a_new_multivalued_user_feature_flows_through(tmp_path):
     assert [float(d["w"]) for d in data] == [2.5, 1.0, 0.0]  # passed through for the trainer
 
     cfg = TrainerConfig(user_units=[8, 4], item_units=[8, 4])
-    towers = build_towers(spec, {"topic_id": 5, "client_type": 4}, np.zeros((4, 2), np.float32), cfg)
+    towers = build_towers(spec, {"topic_id": 5, "client_type": 4, "post_id": 5}, np.zeros((4, 2), np.float32), cfg)
     batch = {k: tf.constant(np.stack([d[k] for d in data])) for k in towers.user.input}
     assert "liked_topic_id_xf" in towers.user.input
     assert towers.user(batch).shape == (3, 4)

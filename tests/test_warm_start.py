@@ -14,6 +14,8 @@ TABLE = np.eye(4, 3, dtype=np.float32)  # the frozen pretrained table: not part 
 OLD_TOPICS = [b"a", b"b", b"c", b"d", b"e"]
 NEW_TOPICS = [b"c", b"x", b"b", b"e", b"y"]
 OLD_TYPES, NEW_TYPES = [b"1", b"2"], [b"2", b"1", b"3"]
+# the item ids (post_id and the read history's ids): p3 and p1 kept (moved), p2 dropped, p4 new
+OLD_POSTS, NEW_POSTS = [b"p1", b"p2", b"p3"], [b"p3", b"p4", b"p1"]
 
 
 def _files(tmp_path, name, topics, types):
@@ -21,12 +23,19 @@ def _files(tmp_path, name, topics, types):
     folder.mkdir()
     (folder / "topics.txt").write_bytes(b"\n".join(topics) + b"\n")
     (folder / "types.txt").write_bytes(b"\n".join(types) + b"\n")
-    return {"topic_id": str(folder / "topics.txt"), "client_type": str(folder / "types.txt")}
+    (folder / "posts.txt").write_bytes(b"\n".join(_posts(topics)) + b"\n")
+    return {"topic_id": str(folder / "topics.txt"), "client_type": str(folder / "types.txt"),
+            "post_id": str(folder / "posts.txt")}
+
+
+def _posts(topics):
+    return OLD_POSTS if topics == OLD_TOPICS else NEW_POSTS
 
 
 def _towers(spec, topics, types, seed, units=(8, 4), table=TABLE):
     cfg = TrainerConfig(user_units=list(units), item_units=list(units), seed=seed)
-    return build_towers(spec, {"topic_id": len(topics) + 2, "client_type": len(types) + 2}, table, cfg)
+    sizes = {"topic_id": len(topics) + 2, "client_type": len(types) + 2, "post_id": len(_posts(topics)) + 2}
+    return build_towers(spec, sizes, table, cfg)
 
 
 def test_row_mapping_by_hand():
@@ -44,7 +53,7 @@ def test_load_moves_each_row_to_its_new_index(spec, tmp_path):
     old_files = _files(tmp_path, "old", OLD_TOPICS, OLD_TYPES)
     new_files = _files(tmp_path, "new", NEW_TOPICS, NEW_TYPES)
     model_uri = tmp_path / "model"
-    (recency,) = [v for v in old.scorer.variables if "position_logits" in v.name]
+    (recency,) = [v for v in old.scorer.variables if v.name.startswith("pool_client_embed/position_logits")]
     recency.assign(np.linspace(2.0, -1.0, recency.shape[0]))  # yesterday's learned recency weights
     warm_start.save(str(model_uri), old.scorer, old_files, 1, span=4)
     before = {v.name: v.numpy().copy() for v in new.scorer.variables}
@@ -54,7 +63,8 @@ def test_load_moves_each_row_to_its_new_index(spec, tmp_path):
 
     assert done["from"] == str(model_uri) and done["span"] == 4
     assert done["groups"] == {"topic_id": {"kept": 3, "new": 2, "dropped": 2},
-                              "client_type": {"kept": 2, "new": 1, "dropped": 0}}
+                              "client_type": {"kept": 2, "new": 1, "dropped": 0},
+                              "post_id": {"kept": 2, "new": 1, "dropped": 1}}
     after = {v.name: v.numpy() for v in new.scorer.variables}
     topics_old, topics_new = old_values["embed_topic_id/embeddings:0"], after["embed_topic_id/embeddings:0"]
     fresh = before["embed_topic_id/embeddings:0"]
@@ -68,6 +78,10 @@ def test_load_moves_each_row_to_its_new_index(spec, tmp_path):
     np.testing.assert_array_equal(types_new[1], types_old[2])  # "2" was index 2, now 1
     np.testing.assert_array_equal(types_new[2], types_old[1])  # "1" was index 1, now 2
     np.testing.assert_array_equal(types_new[3], before["embed_client_type/embeddings:0"][3])  # "3" is new
+    posts_old, posts_new = old_values["embed_post_id/embeddings:0"], after["embed_post_id/embeddings:0"]
+    np.testing.assert_array_equal(posts_new[1], posts_old[3])  # p3 was index 3, now 1
+    np.testing.assert_array_equal(posts_new[3], posts_old[1])  # p1 was index 1, now 3
+    np.testing.assert_array_equal(posts_new[2], before["embed_post_id/embeddings:0"][2])  # p4 is new
     for name, value in after.items():
         if name.startswith(("user_dense", "item_dense", "pool_")):
             np.testing.assert_array_equal(value, old_values[name])  # the towers' layers, as trained
