@@ -2,7 +2,7 @@
 pipeline's user-tower variants.
 
     .venv/bin/python bench/movielens_quality.py [--source ../shared/data/ml-latest-small]
-        [--workdir /tmp/dssm_bench_movielens] [--configs position,attention,...] [--seeds 1024,7]
+        [--workdir /tmp/dssm_bench_movielens] [--configs default,content,...] [--seeds 1024,7]
         [--ease-only] [--sasrec-epochs 30]
 
 Converts MovieLens with datagen.movielens (per-user time split), then runs the whole pipeline once per
@@ -45,40 +45,46 @@ sys.path.insert(0, REPO)
 from schema.spec import DEFAULT_SPEC_PATH  # noqa: E402
 
 # name -> {"trainer": overrides of the trainer defaults, "features": overrides of the default feature
-# spec's features (written as a spec file of their own)}.
+# spec's features (written as a spec file of their own; None removes a feature)}.
 ATTENTION = {"reduce": "attention", "embed_dim": 64, "heads": 2, "blocks": 2, "dropout": 0.1}
-ITEM_IDS = {"post_id": {"kind": "sparse", "tower": "item", "embed_dim": 32},
-            "read_post_id": {"kind": "varlen", "tower": "user", "share_embed": "post_id", "maxlen": 50}}
-ITEM_IDS_POSITION = {**ITEM_IDS, "read_post_id": {**ITEM_IDS["read_post_id"], "reduce": "position"}}
+# The default until 2026-12-06: pretrained vectors only (no trainable item ids), tables started at 1.0,
+# in-batch negatives only.
+CONTENT = {"features": {"post_id": None, "read_post_id": None},
+           "trainer": {"embedding_stddev": 1.0, "uniform_negatives": 0}}
+
+
+def _content(features: dict | None = None, **trainer) -> dict:
+    return {"features": {**CONTENT["features"], **(features or {})}, "trainer": {**CONTENT["trainer"], **trainer}}
+
+
 CONFIGS = {
+    # the default spec: item ids beside the pretrained vectors (both histories position-pooled), 512
+    # uniform negatives, trainable tables started at 0.01 (item_ids_pos_uniform before 2026-12-06)
     "default": {},
-    "position": {"features": {"client_embed": {"reduce": "position"}}},  # learned weights per list position
-    "attention": {"features": {"client_embed": ATTENTION}},              # self-attention over the history
-    "history_mean": {"features": {"client_embed": {"reduce": "mean"}}},  # the default before position pooling
-    "pointwise": {"trainer": {"loss": "pointwise"}},                      # the original design
+    "no_uniform": {"trainer": {"uniform_negatives": 0}},                      # in-batch negatives only
+    "uniform_2048": {"trainer": {"uniform_negatives": 2048}},
+    "dropout": {"trainer": {"dropout": 0.2}},                                 # after each hidden layer
+    "content": _content(),                                                    # `position` before 2026-12-06
+    "content_uniform": _content(uniform_negatives=512),                       # `uniform` before 2026-12-06
+    "attention": _content({"client_embed": ATTENTION}),                       # self-attention over the history
+    "history_mean": _content({"client_embed": {"reduce": "mean"}}),           # the original design's mean
+    "pointwise": {"trainer": {"loss": "pointwise", "uniform_negatives": 0}},  # the original design's loss
     "inbatch_softmax": {"trainer": {"loss": "inbatch_softmax"}},
-    "inbatch_1000_steps": {"trainer": {"loss": "inbatch_softmax", "train_steps": 1000}},
-    # Collaborative item ids beside the pretrained vectors: a trainable post_id embedding in the item
-    # tower, shared with the read history's ids in the user tower, started near zero so that the model
-    # begins as the content model and learns a residual (a 1.0 init swamped the pretrained signal).
-    "item_ids": {"features": ITEM_IDS, "trainer": {"embedding_stddev": 0.01}},
-    "item_ids_pos": {"features": ITEM_IDS_POSITION, "trainer": {"embedding_stddev": 0.01}},
-    # Uniform negatives: 512 items drawn from the training split's items per step (mixed negative sampling)
-    "uniform": {"trainer": {"uniform_negatives": 512}},
-    "item_ids_uniform": {"features": ITEM_IDS, "trainer": {"embedding_stddev": 0.01, "uniform_negatives": 512}},
-    "item_ids_pos_uniform": {"features": ITEM_IDS_POSITION,
-                             "trainer": {"embedding_stddev": 0.01, "uniform_negatives": 512}},
 }
 COLUMNS = ["recall@10", "recall@50", "recall@100", "hit_rate@50", "ndcg@50"]
 LAMBDAS = [50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0]
 
 
 def _spec_variant(path: str, features: dict) -> str:
-    """The default feature spec with some features' keys replaced (or features added), written to path."""
+    """The default feature spec with some features' keys replaced (features added; None: removed), written
+    to path."""
     with open(DEFAULT_SPEC_PATH) as f:
         spec = yaml.safe_load(f)
     for name, keys in features.items():
-        spec["features"].setdefault(name, {}).update(keys)
+        if keys is None:
+            del spec["features"][name]
+        else:
+            spec["features"].setdefault(name, {}).update(keys)
     with open(path, "w") as f:
         yaml.safe_dump(spec, f, sort_keys=False)
     return path
@@ -345,7 +351,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--source", default=os.path.join(os.path.dirname(REPO), "shared", "data", "ml-latest-small"))
     p.add_argument("--workdir", default="/tmp/dssm_bench_movielens")
-    p.add_argument("--configs", default="position,attention", help=f"of {', '.join(CONFIGS)}")
+    p.add_argument("--configs", default="default,content", help=f"of {', '.join(CONFIGS)}")
     p.add_argument("--seeds", default="1024,7", help="trainer.seed of each run (and SASRec's seed)")
     p.add_argument("--sasrec-epochs", type=int, default=30)
     p.add_argument("--ease-only", action="store_true", help="only the EASE baseline (seconds, no training)")
