@@ -70,3 +70,14 @@ def test_uniform_negatives_need_a_softmax_loss(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(str(path))
+
+
+@pytest.mark.parametrize("name", ["original_design.yaml", "continuous.yaml"])
+def test_the_shipped_configs_load_with_todays_defaults(name):
+    """A shipped config must still load when a default changes (the pointwise loss with the default's
+    uniform negatives is refused: original_design.yaml has to say 0)."""
+    import os
+
+    config = load_config(os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", name))
+    if config.trainer.loss == "pointwise":
+        assert config.trainer.uniform_negatives == 0
