@@ -219,7 +219,7 @@ def _most_frequent_topics():
     return {p: min(c, key=lambda t: (-c[t], t)) for p, c in counts.items()}
 
 
-def test_item_index_recall_equals_brute_force_over_the_catalog(runs):
+def test_item_index_recall_equals_brute_force_over_the_catalog(runs, tmp_path_factory):
     from retrieval.milvus import IndexConfig, MilvusIndex
     from retrieval.recall import Recaller, SavedModelUserEncoder
     from schema.spec import load_spec
@@ -243,17 +243,25 @@ def test_item_index_recall_equals_brute_force_over_the_catalog(runs):
     read = set(USER["read_post_id"])
     expected = [catalog[i] for i in np.argsort(-scores, kind="stable") if catalog[i] not in read][:20]
 
-    searcher = MilvusIndex(IndexConfig(uri=os.path.join(workdir, "milvus.db")))
-    assert searcher.collection() == index["collection"]
-    recaller = Recaller(SavedModelUserEncoder(os.path.join(workdir, "serving", "dssm")), searcher, load_spec())
-    user_features = {"client_id": "u7", "client_type": 1, "follow_topic_id": ["3", "8"],
-                     "all_topic_fav_7": {"3": 0.7, "11": 0.3}, "read_post_id": ["p1", "p2"]}
-    (hits,) = recaller.recall([user_features], k=20)
-    assert [h["id"] for h in hits] == expected
-    np.testing.assert_allclose([h["score"] for h in hits], sorted(scores[[catalog.index(e) for e in expected]],
-                                                                  reverse=True), atol=1e-4)
-    (in_topic,) = recaller.recall([user_features], k=5, filters={"topic_id": ["3"]})
-    assert in_topic and all(topics.get(h["id"]) == "3" for h in in_topic)
+    # Milvus Lite opens a file in one process at a time: the other xdist worker's recall tests wait.
+    with holding_the_shared_run(tmp_path_factory):
+        searcher = MilvusIndex(IndexConfig(uri=os.path.join(workdir, "milvus.db")))
+        try:
+            assert searcher.collection() == index["collection"]
+            recaller = Recaller(SavedModelUserEncoder(os.path.join(workdir, "serving", "dssm")), searcher, load_spec())
+            user_features = {"client_id": "u7", "client_type": 1, "follow_topic_id": ["3", "8"],
+                             "all_topic_fav_7": {"3": 0.7, "11": 0.3}, "read_post_id": ["p1", "p2"]}
+            (hits,) = recaller.recall([user_features], k=20)
+            assert [h["id"] for h in hits] == expected
+            np.testing.assert_allclose([h["score"] for h in hits], sorted(scores[[catalog.index(e) for e in expected]],
+                                                                          reverse=True), atol=1e-4)
+            (in_topic,) = recaller.recall([user_features], k=5, filters={"topic_id": ["3"]})
+            assert in_topic and all(topics.get(h["id"]) == "3" for h in in_topic)
+        finally:  # closing the client leaves this process's Milvus Lite server holding the file: stop it
+            from milvus_lite.server_manager import server_manager_instance
+
+            searcher.close()
+            server_manager_instance.release_server(os.path.join(workdir, "milvus.db"))
 
 
 def test_retrieval_metrics_equal_a_numpy_ranking_of_the_whole_catalog(runs):

@@ -304,11 +304,11 @@ def test_recall_excludes_every_read_post_beyond_maxlen(tmp_path):
     client.close()
 
 
-def test_recall_cli_errors_are_one_line(runs):
+def test_recall_cli_errors_are_one_line(runs, tmp_path_factory):
     import subprocess
     import sys
 
-    from tests.conftest import REPO
+    from tests.conftest import REPO, holding_the_shared_run
 
     workdir = runs[0]
     base = [sys.executable, "-m", "retrieval.recall", "--milvus", f"{workdir}/milvus.db",
@@ -319,7 +319,8 @@ def test_recall_cli_errors_are_one_line(runs):
     for extra, message in [(["--features", user, "--filter", "embedding=3", "--k", "5"],
                             "error: cannot filter on ['embedding']"),
                            (["--features", "[]"], "error: --features takes a JSON object")]:
-        proc = subprocess.run(base + extra, cwd=REPO, capture_output=True, text=True, timeout=300)
+        with holding_the_shared_run(tmp_path_factory):  # the run's Milvus Lite file: one process at a time
+            proc = subprocess.run(base + extra, cwd=REPO, capture_output=True, text=True, timeout=300)
         assert proc.returncode != 0 and proc.stdout == ""
         assert proc.stderr.strip().splitlines()[-1].startswith(message), (extra, proc.stderr[-2000:])
         assert "Traceback" not in proc.stderr
