@@ -78,9 +78,9 @@ def test_the_next_span_starts_from_the_pushed_model_of_an_earlier_span(cycle):
     c = warm["continuous"]
     assert c["warm_started_from"] == first["model_uri"] and c["warm_start_note"] is None
     rows = c["warm_start_rows"]
-    assert set(rows) == {"topic_id", "client_type"}
-    # day 3's window (days 2-3) shares most topics with day 2's window (days 1-2)
-    assert rows["topic_id"]["kept"] > 0 and rows["client_type"]["kept"] > 0
+    assert set(rows) == {"topic_id", "client_type", "post_id"}
+    # day 3's window (days 2-3) shares most topics and posts with day 2's window (days 1-2)
+    assert rows["topic_id"]["kept"] > 0 and rows["client_type"]["kept"] > 0 and rows["post_id"]["kept"] > 0
     assert any(e["component"] == "warm_start_resolver" for e in warm["components"])
 
 
