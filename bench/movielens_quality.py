@@ -64,6 +64,8 @@ CONFIGS = {
     "no_uniform": {"trainer": {"uniform_negatives": 0}},                      # in-batch negatives only
     "uniform_2048": {"trainer": {"uniform_negatives": 2048}},
     "dropout": {"trainer": {"dropout": 0.2}},                                 # after each hidden layer
+    "temperature_0.05": {"trainer": {"temperature": 0.05}},                   # softmax over cosine / 0.05
+    "temperature_0.2": {"trainer": {"temperature": 0.2}},
     "content": _content(),                                                    # `position` before 2026-12-06
     "content_uniform": _content(uniform_negatives=512),                       # `uniform` before 2026-12-06
     "attention": _content({"client_embed": ATTENTION}),                       # self-attention over the history
