@@ -26,7 +26,7 @@ class TrainerConfig:
     loss: str = field(default="mixed", metadata={"choices": LOSSES})  # model/losses.py
     gamma: float = 10.0              # cosine x gamma (the original design's temperature trick)
     pos_weight: float = 1.2          # pointwise: weight of act=1 rows in the binary cross-entropy
-    temperature: float = 0.1         # in-batch losses: softmax over cosine / temperature
+    temperature: float = 0.2         # in-batch losses: softmax over cosine / temperature
     logq_correction: bool = True     # in-batch losses: subtract log of the item's click frequency
     uniform_negatives: int = 512     # in-batch losses: items drawn uniformly per step from the training
                                      # split's distinct items, extra negatives for every clicked row
