@@ -48,9 +48,9 @@ from schema.spec import DEFAULT_SPEC_PATH  # noqa: E402
 # spec's features (written as a spec file of their own; None removes a feature)}.
 ATTENTION = {"reduce": "attention", "embed_dim": 64, "heads": 2, "blocks": 2, "dropout": 0.1}
 # The default until 2026-12-06: pretrained vectors only (no trainable item ids), tables started at 1.0,
-# in-batch negatives only.
+# in-batch negatives only, temperature 0.1.
 CONTENT = {"features": {"post_id": None, "read_post_id": None},
-           "trainer": {"embedding_stddev": 1.0, "uniform_negatives": 0}}
+           "trainer": {"embedding_stddev": 1.0, "uniform_negatives": 0, "temperature": 0.1}}
 
 
 def _content(features: dict | None = None, **trainer) -> dict:
@@ -59,13 +59,13 @@ def _content(features: dict | None = None, **trainer) -> dict:
 
 CONFIGS = {
     # the default spec: item ids beside the pretrained vectors (both histories position-pooled), 512
-    # uniform negatives, trainable tables started at 0.01 (item_ids_pos_uniform before 2026-12-06)
+    # uniform negatives, trainable tables started at 0.01, temperature 0.2 (temperature_0.2 on 2026-12-06)
     "default": {},
+    "temperature_0.1": {"trainer": {"temperature": 0.1}},                     # item_ids_pos_uniform on 2026-12-06
     "no_uniform": {"trainer": {"uniform_negatives": 0}},                      # in-batch negatives only
     "uniform_2048": {"trainer": {"uniform_negatives": 2048}},
     "dropout": {"trainer": {"dropout": 0.2}},                                 # after each hidden layer
     "temperature_0.05": {"trainer": {"temperature": 0.05}},                   # softmax over cosine / 0.05
-    "temperature_0.2": {"trainer": {"temperature": 0.2}},
     "content": _content(),                                                    # `position` before 2026-12-06
     "content_uniform": _content(uniform_negatives=512),                       # `uniform` before 2026-12-06
     "attention": _content({"client_embed": ATTENTION}),                       # self-attention over the history

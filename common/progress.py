@@ -42,14 +42,16 @@ class RateLog:
         if not force and now - self._last < self.every:
             return
         self._last = now
-        elapsed = now - self._first[0]
-        log(self.line(done, (done - self._first[1]) / elapsed if elapsed > 0 else 0.0, extra))
+        log(self.line(done, self._rate(done, now), extra))
 
     def finish(self, done: float, extra: str = "") -> None:
         """The last line, always (a short job may end before the first interval): no time left."""
-        elapsed = time.monotonic() - self._first[0] if self._first else 0.0
-        rate = (done - self._first[1]) / elapsed if self._first and elapsed > 0 else 0.0
-        log(self.line(done, rate, extra, left=False))
+        log(self.line(done, self._rate(done, time.monotonic()), extra, left=False))
+
+    def _rate(self, done: float, now: float) -> float:
+        if self._first is None or now <= self._first[0]:
+            return 0.0
+        return (done - self._first[1]) / (now - self._first[0])
 
     def line(self, done: float, rate: float, extra: str = "", left: bool = True) -> str:
         text = f"{self.what}: {done:,.0f}"
