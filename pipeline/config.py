@@ -69,6 +69,8 @@ class PipelineConfig:
         return dataclasses.asdict(self)
 
 
+MAX_UNIFORM_NEGATIVES = 65_536
+
 def _check(config: PipelineConfig) -> PipelineConfig:
     import re
 
@@ -89,6 +91,9 @@ def _check(config: PipelineConfig) -> PipelineConfig:
         raise ConfigError(f"trainer.uniform_negatives must be >= 0, and 0 with the pointwise loss (it has no "
                           f"candidates; set trainer.uniform_negatives: 0), got {uniform} with loss "
                           f"{config.trainer.loss}")
+    if uniform > MAX_UNIFORM_NEGATIVES:  # each draw runs through the item tower at every step
+        raise ConfigError(f"trainer.uniform_negatives must be at most {MAX_UNIFORM_NEGATIVES:,} (each one is an "
+                          f"item-tower row at every training step), got {uniform:,}")
     if config.evaluation.min_eval_users < 0 or config.evaluation.bootstrap_samples < 100:
         raise ConfigError("evaluation.min_eval_users must be >= 0 and evaluation.bootstrap_samples >= 100")
     if not config.evaluation.ks or not all(isinstance(k, int) and k > 0 for k in config.evaluation.ks):

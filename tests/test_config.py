@@ -64,6 +64,9 @@ def test_the_milvus_settings_are_checked_when_the_config_loads(tmp_path):
     ("trainer:\n  uniform_negatives: -1\n", "trainer.uniform_negatives must be >= 0"),
     ("trainer:\n  loss: pointwise\n  uniform_negatives: 8\n",
      "set trainer.uniform_negatives: 0), got 8 with loss pointwise"),
+    ("trainer:\n  uniform_negatives: 9223372036854775807\n",  # int64's edge: refused before any tensor
+     "trainer.uniform_negatives must be at most 65,536 (each one is an item-tower row at every training step), "
+     "got 9,223,372,036,854,775,807"),
 ])
 def test_uniform_negatives_need_a_softmax_loss(tmp_path, text, message):
     path = tmp_path / "config.yaml"
