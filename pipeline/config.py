@@ -69,7 +69,8 @@ class PipelineConfig:
         return dataclasses.asdict(self)
 
 
-MAX_UNIFORM_NEGATIVES = 65_536
+MAX_UNIFORM_NEGATIVES = 65_536  # trainer.uniform_negatives: draws per step, each an item-tower row
+
 
 def _check(config: PipelineConfig) -> PipelineConfig:
     import re
