@@ -3,10 +3,13 @@
 - one embedding table per share_embed group (index 0 = padding, never counted);
 - varlen features combined by mean over non-padding ids (or a learned position-weighted mean,
   `reduce: position`), weighted ones by weighted sum;
-- a frozen pretrained item table: the item's own vector, and the mean, sum or learned position-weighted
-  mean (`reduce: position`) of the vectors of the user's history, over known items only (an empty
-  history gives zeros, not 0/0), or self-attention over the history read as a sequence
-  (`reduce: attention`: SequenceEncoder);
+- pretrained content vectors taken by value: the towers' inputs are the item's own vector [d] and the
+  vectors of the user's history [maxlen, d] (an all-zero row = no vector: padding or an unknown post),
+  combined by mean, sum or learned position-weighted mean (`reduce: position`) over the rows that hold
+  a vector (an empty history gives zeros, not 0/0), or self-attention over the history read as a
+  sequence (`reduce: attention`: SequenceEncoder). Training looks the vectors up in a frozen table
+  (the run's vector file, Transform's rows) in front of the towers (Towers.content); the exported
+  signatures take them in the request, so a post published after training is embedded by its content;
 - towers of Dense layers (hidden activation, optional batch norm and dropout, output activation),
   L2-normalised outputs, score logit = gamma * dot(user, item) = gamma * cosine.
 """
@@ -24,24 +27,41 @@ from schema.spec import Feature, FeatureSpec, transformed_name
 
 
 def model_input_names(spec: FeatureSpec, tower: str) -> list[str]:
+    """The tower model's inputs: Transform's outputs for ids and weights, the content vectors by
+    the pretrained feature's own name (item_embed [d], client_embed [maxlen, d])."""
     names = []
     for f in spec.tower_features(tower):
-        names.append(transformed_name(f.name))
+        names.append(f.name if f.kind == "pretrained" else transformed_name(f.name))
         if f.weight_name:
             names.append(transformed_name(f.weight_name))
     return names
 
 
-def _inputs(spec: FeatureSpec, tower: str) -> dict[str, tf.keras.Input]:
+def transformed_input_names(spec: FeatureSpec, tower: str) -> list[str]:
+    """The Transform outputs a tower's inputs are made from (pretrained: rows of the content table)."""
+    return [transformed_name(n) if n in {f.name for f in spec.features if f.kind == "pretrained"} else n
+            for n in model_input_names(spec, tower)]
+
+
+def _inputs(spec: FeatureSpec, tower: str, content_dim: int) -> dict[str, tf.keras.Input]:
     inputs = {}
     for f in spec.tower_features(tower):
         shape = (f.maxlen,) if f.is_list else ()
+        if f.kind == "pretrained":
+            inputs[f.name] = tf.keras.Input(shape=(*shape, content_dim), dtype=tf.float32, name=f.name)
+            continue
         name = transformed_name(f.name)
         inputs[name] = tf.keras.Input(shape=shape, dtype=tf.int64, name=name)
         if f.weight_name:
             wname = transformed_name(f.weight_name)
             inputs[wname] = tf.keras.Input(shape=shape, dtype=tf.float32, name=wname)
     return inputs
+
+
+def has_content(vectors: tf.Tensor) -> tf.Tensor:
+    """int64 [...]: 1 where a content vector [..., d] holds a value, 0 for an all-zero row (padding or
+    a post without a vector): the presence mask of the pooling layers, as id != 0 is for ids."""
+    return tf.cast(tf.reduce_any(tf.not_equal(vectors, 0), axis=-1), tf.int64)
 
 
 class MaskedPool(tf.keras.layers.Layer):
@@ -189,23 +209,37 @@ class ScaledDot(tf.keras.layers.Layer):
 
 @dataclass
 class Towers:
-    user: tf.keras.Model     # transformed user features -> embedding
-    item: tf.keras.Model     # transformed item features -> embedding
-    scorer: tf.keras.Model   # all transformed features -> logit (training model)
+    user: tf.keras.Model     # user tower inputs (ids, weights, history vectors) -> embedding
+    item: tf.keras.Model     # item tower inputs (ids, the item's vector) -> embedding
+    scorer: tf.keras.Model   # all transformed features -> logit (training model, content looked up)
+    content: FrozenTable | None  # the run's content vectors by Transform's row (training only)
+    spec: FeatureSpec
+
+    def tower_inputs(self, transformed: dict, tower: str) -> dict:
+        """A tower's inputs from Transform's outputs: content rows looked up in the frozen table."""
+        return tower_inputs(self.spec, self.content, transformed, tower)
 
 
-def _embed_feature(f: Feature, inputs, tables, pretrained, seed: int) -> tf.Tensor:
-    x = inputs[transformed_name(f.name)]
+def tower_inputs(spec: FeatureSpec, content, transformed: dict, tower: str) -> dict:
+    out = {}
+    for name, source in zip(model_input_names(spec, tower), transformed_input_names(spec, tower), strict=True):
+        out[name] = content(transformed[source]) if name != source else transformed[source]
+    return out
+
+
+def _embed_feature(f: Feature, inputs, tables, seed: int) -> tf.Tensor:
     if f.kind == "pretrained":
-        emb = pretrained(x)
+        emb = inputs[f.name]
+        present = has_content(emb)
         if f.reduce == "attention":
             return SequenceEncoder(f.maxlen, f.embed_dim, f.heads, f.blocks, f.dropout or 0.0, seed,
-                                   name=f"encode_{f.name}")(emb, x)
+                                   name=f"encode_{f.name}")(emb, present)
         if f.reduce == "position":
-            return PositionPool(f.maxlen, name=f"pool_{f.name}")(emb, x)
+            return PositionPool(f.maxlen, name=f"pool_{f.name}")(emb, present)
         if f.reduce:
-            return MaskedPool("mean" if f.reduce == "mean" else "sum", name=f"pool_{f.name}")(emb, x)
+            return MaskedPool("mean" if f.reduce == "mean" else "sum", name=f"pool_{f.name}")(emb, present)
         return emb
+    x = inputs[transformed_name(f.name)]
     emb = tables[f.group](x)
     if f.kind == "sparse":
         return emb
@@ -240,26 +274,44 @@ def build_towers(spec: FeatureSpec, vocab_sizes: dict[str, int], pretrained_tabl
             embeddings_initializer=tf.keras.initializers.RandomNormal(stddev=cfg.embedding_stddev, seed=cfg.seed))
         for group in spec.vocab_groups()
     }
-    pretrained = None
+    pretrained, dim = None, 0
     if pretrained_table is not None:
         pretrained = FrozenTable(*pretrained_table.shape, name="pretrained_items")
         pretrained.set_table(pretrained_table)
+        dim = pretrained.dim
 
     towers = {}
-    all_inputs = {}
     for tower in ("user", "item"):
-        inputs = _inputs(spec, tower)
-        all_inputs.update(inputs)
-        parts = [_embed_feature(f, inputs, tables, pretrained, cfg.seed) for f in spec.tower_features(tower)]
+        inputs = _inputs(spec, tower, dim)
+        parts = [_embed_feature(f, inputs, tables, cfg.seed) for f in spec.tower_features(tower)]
         x = parts[0] if len(parts) == 1 else tf.keras.layers.Concatenate(name=f"{tower}_concat")(parts)
         units = cfg.user_units if tower == "user" else cfg.item_units
         towers[tower] = tf.keras.Model(inputs, _tower(tower, x, units, cfg), name=f"{tower}_tower")
 
-    user_vec = towers["user"]({k: all_inputs[k] for k in towers["user"].input})
-    item_vec = towers["item"]({k: all_inputs[k] for k in towers["item"].input})
+    # The training model: Transform's outputs in, the content rows looked up in front of the towers.
+    transformed = {}
+    for tower in ("user", "item"):
+        for name, source in zip(model_input_names(spec, tower), transformed_input_names(spec, tower), strict=True):
+            keras_input = towers[tower].input[name]
+            transformed[source] = (tf.keras.Input(shape=keras_input.shape[1:-1], dtype=tf.int64, name=source)
+                                   if name != source else
+                                   tf.keras.Input(shape=keras_input.shape[1:], dtype=keras_input.dtype, name=source))
+    user_vec = towers["user"](tower_inputs(spec, pretrained, transformed, "user"))
+    item_vec = towers["item"](tower_inputs(spec, pretrained, transformed, "item"))
     logit = ScaledDot(cfg.gamma, name="score_logit")([user_vec, item_vec])
-    scorer = tf.keras.Model(all_inputs, logit, name="dssm")
-    return Towers(user=towers["user"], item=towers["item"], scorer=scorer)
+    scorer = tf.keras.Model(transformed, logit, name="dssm")
+    return Towers(user=towers["user"], item=towers["item"], scorer=scorer, content=pretrained, spec=spec)
+
+
+def hidden_id_features(spec: FeatureSpec, towers: Towers) -> list[tuple[str, int]]:
+    """(transformed feature, rows of its table) of the features that hold item ids: the item id's own
+    vocabulary group (post_id, read_post_id); none when the towers embed no item id."""
+    group = next((f.group for f in spec.features if f.kind != "pretrained" and f.column == spec.item_id), None)
+    if group is None:
+        return []
+    layers = [m for m in (towers.item, towers.user) for m in m.layers if m.name == f"embed_{group}"]
+    rows = int(layers[0].input_dim)
+    return [(transformed_name(f.name), rows) for f in spec.features if f.kind != "pretrained" and f.group == group]
 
 
 class TwoTowerTrainer(tf.keras.Model):
@@ -276,9 +328,11 @@ class TwoTowerTrainer(tf.keras.Model):
             raise ValueError(f"loss must be one of {', '.join(LOSS_FUNCTIONS)}, got '{cfg.loss}'")
         self.loss_fn = LOSS_FUNCTIONS[cfg.loss]
         self.user_tower, self.item_tower = towers.user, towers.item  # attributes: tracked variables
+        self.content = towers.content
+        self.spec = spec
         self.cfg = cfg
-        self.user_inputs = model_input_names(spec, "user")
-        self.item_inputs = model_input_names(spec, "item")
+        self.item_inputs = transformed_input_names(spec, "item")
+        self.hidden_ids = hidden_id_features(spec, towers) if cfg.id_dropout else []
         self.item_index = spec.item_index
         self.weight_key = spec.weight
         self.item_log_q = None if item_log_q is None else tf.constant(item_log_q, tf.float32)
@@ -294,11 +348,32 @@ class TwoTowerTrainer(tf.keras.Model):
         return [self.loss_tracker, self.auc]
 
     def call(self, inputs, training=False):
-        user = self.user_tower({k: inputs[k] for k in self.user_inputs}, training=training)
-        item = self.item_tower({k: inputs[k] for k in self.item_inputs}, training=training)
+        user = self.user_tower(tower_inputs(self.spec, self.content, inputs, "user"), training=training)
+        item = self.item_tower(tower_inputs(self.spec, self.content, inputs, "item"), training=training)
         return user, item
 
+    def _hide_ids(self, x: dict) -> dict:
+        """Cold start (trainer.id_dropout): each step a share of the item-id vocabulary is hidden,
+        the same ids in the clicked items, the candidates and the read histories (mapped to the first
+        out-of-vocabulary row, as a post unknown to the model is at serving time). The content path
+        learns to rank an item without its id, and the user tower sees how much of a history the
+        model does not know, so that readers of unknown posts can be pointed at unknown posts."""
+        if not self.hidden_ids:
+            return x
+        seed = tf.stack([tf.constant(self.cfg.seed + 1, tf.int64), tf.cast(self.optimizer.iterations, tf.int64)])
+        out = dict(x)
+        for name, rows in self.hidden_ids:
+            if name not in x:  # the drawn candidates carry the item tower's ids only
+                continue
+            ids = x[name]
+            hidden = tf.random.stateless_uniform([rows], seed) < self.cfg.id_dropout
+            hide = tf.logical_and(tf.gather(hidden, ids), tf.not_equal(ids, 0))  # padding stays padding
+            out[name] = tf.where(hide, tf.constant(rows - 1, ids.dtype), ids)  # rows - 1: the OOV row
+        return out
+
     def _loss(self, x, y, training):
+        if training:
+            x = self._hide_ids(x)
         user, item = self(x, training=training)
         cfg = self.cfg
         weight = x[self.weight_key] if self.weight_key else None
@@ -316,7 +391,8 @@ class TwoTowerTrainer(tf.keras.Model):
         size = int(self.catalog[self.item_index].shape[0])
         seed = tf.stack([tf.constant(cfg.seed, tf.int64), tf.cast(self.optimizer.iterations, tf.int64)])
         draw = tf.random.stateless_uniform([cfg.uniform_negatives], seed, minval=0, maxval=size, dtype=tf.int64)
-        item = self.item_tower({k: tf.gather(self.catalog[k], draw) for k in self.item_inputs}, training=True)
+        drawn = self._hide_ids({k: tf.gather(self.catalog[k], draw) for k in self.item_inputs})
+        item = self.item_tower(tower_inputs(self.spec, self.content, drawn, "item"), training=True)
         ids = tf.gather(self.catalog[self.item_index], draw)
         log_q = tf.gather(self.item_log_q, ids) if (cfg.logq_correction and self.item_log_q is not None) else None
         return UniformNegatives(item, ids, log_q, size)

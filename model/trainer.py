@@ -1,10 +1,12 @@
 """TFX Trainer run_fn: train the DSSM on Transform's output and export the serving signatures.
 
 Exported SavedModel (Format-Serving), each signature over serialized tf.Examples with the raw
-features ExampleGen emits (input `examples`, string [None]); the Transform graph is inside:
-  serving_default -> {"score": sigmoid(gamma * dot(user, item))}   float [None]
-  user_embedding  -> {"embedding": user tower output}               float [None, d]
-  item_embedding  -> {"embedding": item tower output}               float [None, d]
+features ExampleGen emits plus the content vectors by value (input `examples`, string [None]; see
+ServingModule); the Transform graph is inside:
+  serving_default      -> {"score": sigmoid(gamma * dot(user, item))}   float [None]
+  user_embedding       -> {"embedding": user tower output}               float [None, d]
+  item_embedding       -> {"embedding": item tower output}               float [None, d]
+  user_embedding_raw, item_embedding_raw: the same towers on named dense tensors (no parsing).
 Training metrics (loss, AUC on the eval split, steps) go to <model_run>/metrics.json and
 TensorBoard logs to <model_run>/. <model>/warm_start/ keeps what a later span's run starts from
 (model/warm_start.py).
@@ -29,7 +31,7 @@ from common.progress import RateLog, log
 from model import warm_start
 from model.config import TrainerConfig
 from model.preprocessing import ITEM_POSITIVE_COUNTS, ITEM_VOCAB, vocab_size_with_reserved
-from model.towers import FrozenTable, TwoTowerTrainer, build_towers, item_log_q, make_optimizer, model_input_names
+from model.towers import TwoTowerTrainer, build_towers, item_log_q, make_optimizer, model_input_names
 from model.trainer_input import item_catalog, split_input
 from schema import item_vectors
 from schema.spec import FeatureSpec, vocab_name
@@ -71,18 +73,34 @@ def tower_raw_features(spec: FeatureSpec, tower: str) -> list[str]:
 
 
 class ServingModule(tf.Module):
-    """The exported functions: the Transform layer and the towers behind tf.Example and raw inputs."""
+    """The exported functions: the Transform layer and the towers behind tf.Example and raw inputs.
+
+    The content vectors come in the request (by value), never from a table frozen at training time:
+    a tf.Example carries each pretrained feature as a float list under the feature's name
+    (item_embed: the post's d values; client_embed: d values per id of its source list, in the
+    list's order, all zero for a post without a vector), so any post with a vector can be embedded
+    and every read post shapes the user. The graph refuses a vector whose length does not fit."""
 
     def __init__(self, towers, tft_output, spec: FeatureSpec):
         super().__init__()
         # The Keras models are not tracked, their variables are: tracking a Keras model makes
         # tf.saved_model.save trace every layer's call again for Keras' own metadata (most of the
         # export's time), which nothing here loads; the signatures are all the SavedModel serves.
+        # The frozen content table of training is not among them: it is not exported.
         self._towers = towers  # a plain dataclass: not tracked
-        self.tower_variables = list(towers.scorer.variables)
+        seen, variables = set(), []
+        for v in towers.user.variables + towers.item.variables:
+            if id(v) not in seen:
+                seen.add(id(v))
+                variables.append(v)
+        self.tower_variables = variables
         self.tft_layer = tft_output.transform_features_layer()  # tracked: its assets are saved too
         self._spec = spec
-        self._parse_spec = spec.raw_feature_spec(include_label=False, serving=True)
+        self._dim = towers.content.dim if towers.content is not None else 0
+        self._gamma = next(layer.gamma for layer in towers.scorer.layers if layer.name == "score_logit")
+        self._content = {f.name: f for f in spec.features if f.kind == "pretrained"}
+        self._parse_spec = {**spec.raw_feature_spec(include_label=False, serving=True),
+                            **{name: tf.io.VarLenFeature(tf.float32) for name in self._content}}
         self._inputs = {t: model_input_names(spec, t) for t in ("user", "item")}
         examples = tf.TensorSpec([None], tf.string, name=EXAMPLES_INPUT)
         # autograph=False: no control flow on tensors here; converting Keras' code made export slow
@@ -112,38 +130,82 @@ class ServingModule(tf.Module):
                     tf.SparseTensor(raw[name].indices, tf.identity(values), raw[name].dense_shape)
         return checked
 
-    def _tower(self, tower, t):
+    def _content_from_example(self, name: str, raw) -> tf.Tensor:
+        """A pretrained feature's vectors from a parsed tf.Example's float list: [b, d] for the item's
+        own, [b, maxlen, d] for a list (d values per id of the source list; truncated as the ids are)."""
+        f, d = self._content[name], self._dim
+        values = raw[name]
+        batch = values.dense_shape[0]
+        per_row = tf.math.bincount(tf.cast(values.indices[:, 0], tf.int32), minlength=tf.cast(batch, tf.int32),
+                                   dtype=tf.int64)
+        finite = tf.debugging.assert_all_finite(values.values, f"{name}: a value is not a finite number")
+        if not f.reduce:
+            fits = tf.debugging.assert_equal(
+                tf.reduce_all(tf.logical_or(tf.equal(per_row, 0), tf.equal(per_row, d))), True,
+                message=f"{name}: {d} values per post are needed (or none)")
+            with tf.control_dependencies([finite, fits]):
+                return tf.sparse.to_dense(tf.SparseTensor(values.indices, tf.identity(values.values), [batch, d]))
+        ids = raw[f.source]
+        ids_per_row = tf.math.bincount(tf.cast(ids.indices[:, 0], tf.int32), minlength=tf.cast(batch, tf.int32),
+                                       dtype=tf.int64)
+        fits = tf.debugging.assert_equal(
+            per_row, ids_per_row * d,
+            message=f"{name}: {d} values per post of {f.source} are needed (zeros for a post without a vector)",
+            summarize=3)
+        position = values.indices[:, 1] // d
+        keep = position < f.maxlen
+        indices = tf.boolean_mask(tf.stack([values.indices[:, 0], position, values.indices[:, 1] % d], 1), keep)
+        with tf.control_dependencies([finite, fits]):
+            kept = tf.boolean_mask(tf.identity(values.values), keep)
+        return tf.sparse.to_dense(tf.SparseTensor(indices, kept, [batch, f.maxlen, d]))
+
+    def _tower(self, tower, t, content: dict):
         model = self._towers.user if tower == "user" else self._towers.item
-        return {"embedding": model({k: t[k] for k in self._inputs[tower]}, training=False)}
+        inputs = {k: content[k] if k in self._content else t[k] for k in self._inputs[tower]}
+        return {"embedding": model(inputs, training=False)}
+
+    def _from_examples(self, tower: str, examples):
+        raw = tf.io.parse_example(examples, self._parse_spec)
+        content = {name: self._content_from_example(name, raw) for name in self._content
+                   if name in self._inputs[tower]}
+        return self._tower(tower, self._transform({k: v for k, v in raw.items() if k not in self._content}), content)
 
     def _user_from_examples(self, examples):
-        return self._tower("user", self._transform(tf.io.parse_example(examples, self._parse_spec)))
+        return self._from_examples("user", examples)
 
     def _item_from_examples(self, examples):
-        return self._tower("item", self._transform(tf.io.parse_example(examples, self._parse_spec)))
+        return self._from_examples("item", examples)
 
     def _score_from_examples(self, examples):
-        t = self._transform(tf.io.parse_example(examples, self._parse_spec))
-        names = self._inputs["user"] + self._inputs["item"]
-        return {"score": tf.sigmoid(self._towers.scorer({k: t[k] for k in names}, training=False))}
+        user = self._from_examples("user", examples)["embedding"]
+        item = self._from_examples("item", examples)["embedding"]
+        return {"score": tf.sigmoid(self._gamma * tf.reduce_sum(user * item, axis=-1))}
 
     def _raw_function(self, tower: str):
-        """Named dense tensors in: scalars [None]; lists [None, None] padded with "" (weights with 0)."""
+        """Named dense tensors in: scalars [None]; lists [None, None] padded with "" (weights with 0);
+        content vectors [None, d] (the item's) or [None, None, d] (one per entry of the source list,
+        rows at padded entries ignored)."""
         names = tower_raw_features(self._spec, tower)
         specs = {}
         for name, feature in self._parse_spec.items():
-            if name not in names:
+            if name not in names or name in self._content:
                 continue
             if isinstance(feature, tf.io.VarLenFeature):
                 specs[name] = tf.TensorSpec([None, None], feature.dtype, name=name)
             else:
                 specs[name] = tf.TensorSpec([None], feature.dtype, name=name)
+        content_names = [n for n in self._content if n in self._inputs[tower]]
+        for name in content_names:
+            shape = [None, None, self._dim] if self._content[name].reduce else [None, self._dim]
+            specs[name] = tf.TensorSpec(shape, tf.float32, name=name)
         weight_of = {c.weight_name: c.name for c in self._spec.raw_columns.values() if c.weight_name}
 
         def fn(**inputs):
             batch = tf.shape(next(iter(inputs.values())))[0]
             raw = {}
             for name, feature in self._parse_spec.items():
+                if name in self._content:
+                    continue
                 if name in inputs and isinstance(feature, tf.io.VarLenFeature):
                     ids = inputs[weight_of.get(name, name)]  # "" in the id list marks padding of both
                     raw[name] = _keep_positions(inputs[name], tf.not_equal(ids, ""))
@@ -154,9 +216,26 @@ class ServingModule(tf.Module):
                                                 tf.stack([tf.cast(batch, tf.int64), tf.constant(0, tf.int64)]))
                 else:
                     raw[name] = tf.fill([batch], tf.constant(feature.default_value, feature.dtype))
-            return self._tower(tower, self._transform(raw))
+            content = {name: self._content_from_dense(name, inputs) for name in content_names}
+            return self._tower(tower, self._transform(raw), content)
 
         return tf.function(fn, input_signature=None, autograph=False).get_concrete_function(**specs)
+
+    def _content_from_dense(self, name: str, inputs: dict) -> tf.Tensor:
+        f = self._content[name]
+        vectors = inputs[name]
+        finite = tf.debugging.assert_all_finite(vectors, f"{name}: a value is not a finite number")
+        if not f.reduce:
+            with tf.control_dependencies([finite]):
+                return tf.identity(vectors)
+        ids = inputs[f.source]
+        fits = tf.debugging.assert_equal(tf.shape(vectors)[:2], tf.shape(ids),
+                                         message=f"{name}: one vector per entry of {f.source} is needed")
+        with tf.control_dependencies([finite, fits]):
+            vectors = vectors * tf.cast(tf.not_equal(ids, ""), vectors.dtype)[..., None]
+        width = tf.shape(vectors)[1]
+        vectors = tf.pad(vectors[:, :f.maxlen], [[0, 0], [0, tf.maximum(f.maxlen - width, 0)], [0, 0]])
+        return tf.reshape(vectors, [-1, f.maxlen, self._dim])
 
     def signatures(self, which: str = "all") -> dict:
         names = signature_names
@@ -180,8 +259,7 @@ def serving_contract(spec: FeatureSpec, towers, which: str, exported: list[str])
     floats one row takes once its lists are padded (maxlen x embedding width, summed over the tower's
     features) and which input holds serialized tf.Examples; the smallest value of each weight feature
     (the log parser's rule: >= 0). `exported`: the signature names of the SavedModel it goes with."""
-    tables = [m for m in towers.scorer.submodules if isinstance(m, FrozenTable)]  # inside the tower models
-    pretrained = tables[0].dim if tables else 0
+    pretrained = towers.content.dim if towers.content is not None else 0
 
     def floats(tower: str) -> int:
         return sum((f.maxlen or 1) * (pretrained if f.kind == "pretrained" else spec.group_embed_dim(f.group))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from model.towers import model_input_names
+from model.towers import transformed_input_names
 from schema.spec import FeatureSpec
 
 READ_BATCH = 16384       # rows per batch while a split is read into memory
@@ -31,7 +31,7 @@ def input_names(spec: FeatureSpec) -> list[str]:
     """The transformed features the trainer uses, each once: both towers' inputs, the item index
     (in-batch losses; also a tower input when the item tower embeds the item id) and the sample weight
     when the spec has one. Other transformed features (the OOV counts) are left out."""
-    return list(dict.fromkeys(model_input_names(spec, "user") + model_input_names(spec, "item")
+    return list(dict.fromkeys(transformed_input_names(spec, "user") + transformed_input_names(spec, "item")
                               + [spec.item_index] + ([spec.weight] if spec.weight else [])))
 
 
@@ -123,7 +123,7 @@ def item_catalog(files: list[str], feature_spec: dict, spec: FeatureSpec) -> dic
     """The split's distinct items (by item index, in index order): the item tower's inputs and the
     item index, one row per item, as the uniform negatives' catalog. A pass over the split's files
     that parses only these columns."""
-    names = model_input_names(spec, "item") + [spec.item_index]
+    names = list(dict.fromkeys(transformed_input_names(spec, "item") + [spec.item_index]))
     features, _ = read_whole_split(files, feature_spec, names, spec.label)
     index = features[spec.item_index].numpy().reshape(-1)
     _, first = np.unique(index, return_index=True)

@@ -95,6 +95,10 @@ def _check(config: PipelineConfig) -> PipelineConfig:
     if uniform > MAX_UNIFORM_NEGATIVES:  # each draw runs through the item tower at every step
         raise ConfigError(f"trainer.uniform_negatives must be at most {MAX_UNIFORM_NEGATIVES:,} (each one is an "
                           f"item-tower row at every training step), got {uniform:,}")
+    dropout = config.trainer.id_dropout
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ConfigError(f"trainer.id_dropout must be a number in [0, 1) (the share of item ids hidden per "
+                          f"step), got {dropout!r}")
     if config.evaluation.min_eval_users < 0 or config.evaluation.bootstrap_samples < 100:
         raise ConfigError("evaluation.min_eval_users must be >= 0 and evaluation.bootstrap_samples >= 100")
     if not config.evaluation.ks or not all(isinstance(k, int) and k > 0 for k in config.evaluation.ks):

@@ -280,6 +280,11 @@ def read_item_vectors(path: str, ids_path: str, expected_dim: int | None = None)
         read = _read_npy if path.endswith(".npy") else _read_jsonl
         matrix = read(path, ids, expected_dim)
     ids.check_repeats(ids_path)
+    zero = np.flatnonzero(~matrix.any(axis=1))
+    if len(zero):  # the towers read an all-zero vector as "no vector" (padding, an unknown post)
+        where = ids.lines[int(zero[0])]
+        raise ItemVectorError(f"{ids.source}:{where}: an all-zero vector ({len(zero):,} in the file): zeros mean "
+                              f"'no vector' to the model; leave the post out instead")
     return matrix
 
 
@@ -314,6 +319,27 @@ def prepare_item_vectors(path: str, out_root: str, expected_dim: int | None = No
     if expected_dim is not None and expected_dim != prepared.dim:
         raise _wrong_dim(path, expected_dim, prepared.dim, "")
     return prepared
+
+
+def load_ids(prepared_dir: str) -> list[str]:
+    """The prepared folder's ids in row order (id i is row i + 1 of the table)."""
+    with tf.io.gfile.GFile(os.path.join(prepared_dir, IDS_FILE), "r") as f:
+        return [line.rstrip("\n") for line in f]
+
+
+class VectorTable:
+    """The content vectors of a prepared folder by post id: what the training run knows of each post
+    (the evaluator and the item store's seed read it)."""
+
+    def __init__(self, prepared_dir: str):
+        self.matrix = load_table(prepared_dir)
+        self.dim = int(self.matrix.shape[1])
+        self.ids = load_ids(prepared_dir)
+        self._rows = {item: row for row, item in enumerate(self.ids, start=1)}
+
+    def vectors(self, ids: list[str]) -> np.ndarray:
+        """[len(ids), dim]: each id's vector, all zero for an id without one."""
+        return self.matrix[[self._rows.get(i, 0) for i in ids]]
 
 
 def load_table(prepared_dir: str) -> np.ndarray:

@@ -1,7 +1,10 @@
 """Serialized tf.Examples for the serving signatures, from raw feature values or from a log line.
 
-Both go through the ingest parser (schema/rows.py), so a request is checked,
-deduplicated and truncated exactly as training rows were.
+Both go through the ingest parser (schema/rows.py), so a request is checked, deduplicated and
+truncated exactly as training rows were. The towers take content by value (model/trainer.py,
+ServingModule): each pretrained feature's vectors are added under the feature's name from a content
+lookup (the item store, or the training run's vector table): d floats for the post itself, d per id
+of a history list in its order, zeros for a post without a vector.
 """
 from __future__ import annotations
 
@@ -38,10 +41,18 @@ def _as_text(column, value) -> str:
 
 
 class ExampleBuilder:
-    def __init__(self, spec: FeatureSpec):
+    """content: where the posts' vectors come from (an object with `dim` and `vectors(ids) -> [n, dim]`,
+    zeros for an id it does not know: retrieval.item_store.ItemStore, schema.item_vectors.VectorTable);
+    None only for a spec without pretrained features."""
+
+    def __init__(self, spec: FeatureSpec, content):
         self.spec = spec
         self._parser = RowParser(spec)
         self._inputs = [c for c in spec.columns if c != spec.label]
+        self._content_features = [f for f in spec.features if f.kind == "pretrained"]
+        if self._content_features and content is None:
+            raise ValueError("the towers take the posts' content vectors: give an item store or a vector table")
+        self.content = content
 
     def texts(self, features: Mapping) -> dict[str, str]:
         """The features as the log's column texts (lists comma-joined)."""
@@ -52,16 +63,42 @@ class ExampleBuilder:
             raise FeatureError(f"unknown feature(s) {unknown}; the feature spec's columns are {self._inputs}")
         return {k: _as_text(self.spec.raw_columns[k], v) for k, v in features.items()}
 
-    def from_features(self, features: Mapping) -> bytes:
+    def from_features(self, features: Mapping, item_vector=None) -> bytes:
+        """item_vector: the post's own vector when the caller has it (a new post), else the lookup's."""
         text = self.texts(features)
         try:
-            return self._parser.parse_fields(text).to_example_bytes()
+            row = self._parser.parse_fields(text)
         except Rejected as e:
             raise FeatureError(f"rejected ({e.reason}): {e.detail}") from None
+        return self._with_content(row.to_example(), item_vector).SerializeToString()
 
     def from_log_line(self, line: str | bytes) -> bytes:
         """A tab-separated line in the spec's column order (the label column is ignored)."""
         try:
-            return self._parser.parse(line if isinstance(line, bytes) else line.encode("utf-8")).to_example_bytes()
+            row = self._parser.parse(line if isinstance(line, bytes) else line.encode("utf-8"))
         except Rejected as e:
             raise FeatureError(f"rejected ({e.reason}): {e.detail}") from None
+        return self._with_content(row.to_example()).SerializeToString()
+
+    def with_content(self, serialized: bytes) -> bytes:
+        """A serialized tf.Example of the logs (ExampleGen's) with the content vectors added."""
+        from common import tf_protos
+
+        tf_protos.load()  # the message without TensorFlow's runtime
+        from tensorflow.core.example import example_pb2
+
+        return self._with_content(example_pb2.Example.FromString(serialized)).SerializeToString()
+
+    def _with_content(self, example, item_vector=None):
+        fmap = example.features.feature
+        for f in self._content_features:
+            ids = [v.decode("utf-8") for v in fmap[f.column].bytes_list.value] if f.column in fmap else []
+            if not f.reduce and item_vector is not None:
+                values = item_vector
+            elif ids:
+                values = self.content.vectors(ids).reshape(-1)
+            else:
+                continue
+            del fmap[f.name].float_list.value[:]
+            fmap[f.name].float_list.value.extend(values.tolist() if hasattr(values, "tolist") else values)
+        return example

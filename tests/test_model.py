@@ -38,7 +38,9 @@ def _batch(n=3, seed=0):
 
 
 def _split(batch, model):
-    return {k: tf.constant(batch[k]) for k in model.input}
+    """A tower's inputs from the transformed batch, the content vectors looked up in TABLE by hand."""
+    content = {"item_embed": TABLE[batch["item_embed_xf"]], "client_embed": TABLE[batch["client_embed_xf"]]}
+    return {k: tf.constant(content[k] if k in content else batch[k]) for k in model.input}
 
 
 def test_masked_mean_and_weighted_sum_ignore_padding():
@@ -167,7 +169,7 @@ def test_uniform_negatives_score_catalog_items_in_training_only(spec):
     evaluated, _, _ = trainer._loss(batch, tf.constant(labels), training=False)
 
     user, item = (t.numpy().astype(np.float64) for t in trainer(batch, training=False))
-    drawn = towers.item({"item_embed_xf": tf.constant([2]), "topic_id_xf": tf.constant([4]),
+    drawn = towers.item({"item_embed": tf.constant(TABLE[[2]]), "topic_id_xf": tf.constant([4]),
                          "post_id_xf": tf.constant([5])}).numpy()[0]
     logits = user @ item.T / cfg.temperature
     rows = [0, 2, 3]
@@ -181,3 +183,39 @@ def test_uniform_negatives_score_catalog_items_in_training_only(spec):
     assert float(evaluated) == pytest.approx(np.mean(plain), rel=1e-5)
     assert float(trained) == pytest.approx(np.mean(with_draws), rel=1e-5)
     assert float(trained) > float(evaluated)
+
+
+def test_id_dropout_hides_the_same_item_ids_everywhere_in_a_step(spec):
+    """Cold start: in one training step an item id is hidden (the OOV row, as an id unknown to the model
+    at serving time) in the clicked items and in every history alike, padding never; about id_dropout
+    of the ids are hidden; another step hides others; without id_dropout nothing changes."""
+    cfg = TrainerConfig(user_units=[8, 4], item_units=[8, 4], id_dropout=0.3, uniform_negatives=0)
+    sizes = {**VOCAB, "post_id": 1002}  # padding, 1,000 ids, the OOV row
+    towers = build_towers(spec, sizes, TABLE, cfg)
+    trainer = TwoTowerTrainer(towers, spec, cfg)
+    trainer.compile(optimizer=tf.keras.optimizers.SGD(0.0))
+    oov = sizes["post_id"] - 1
+    rng = np.random.default_rng(0)
+    n = 400
+    batch = _batch(n, seed=2)
+    batch["post_id_xf"] = rng.integers(1, oov, size=n)
+    batch["read_post_id_xf"] = np.where(np.arange(50) < 10, rng.integers(1, oov, size=(n, 50)), 0)
+    shown = trainer._hide_ids({k: tf.constant(v) for k, v in batch.items()})
+    for name in ("post_id_xf", "read_post_id_xf"):
+        before, after = batch[name].reshape(-1), shown[name].numpy().reshape(-1)
+        assert set(after[before == 0].tolist()) <= {0}  # padding stays padding
+        assert set(np.unique(after[after != before]).tolist()) <= {oov}
+    hidden = set(batch["post_id_xf"][shown["post_id_xf"].numpy() == oov].tolist())
+    read, read_after = batch["read_post_id_xf"], shown["read_post_id_xf"].numpy()
+    hidden_in_history = set(read[(read_after == oov) & (read != 0)].tolist())
+    kept_in_history = set(read[(read_after != oov) & (read != 0)].tolist())
+    assert hidden_in_history and not hidden_in_history & kept_in_history  # one decision per id
+    assert hidden & set(read.reshape(-1).tolist()) <= hidden_in_history
+    share = len(hidden_in_history) / len(hidden_in_history | kept_in_history)
+    assert 0.2 < share < 0.4
+    trainer.optimizer.iterations.assign(1)
+    again = trainer._hide_ids({k: tf.constant(v) for k, v in batch.items()})
+    assert not np.array_equal(again["read_post_id_xf"].numpy(), read_after)
+    plain = TwoTowerTrainer(towers, spec, TrainerConfig(user_units=[8, 4], item_units=[8, 4], uniform_negatives=0))
+    unchanged = plain._hide_ids({k: tf.constant(v) for k, v in batch.items()})
+    np.testing.assert_array_equal(unchanged["read_post_id_xf"].numpy(), read)

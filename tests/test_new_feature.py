@@ -16,7 +16,7 @@ from tensorflow_transform.tf_metadata import dataset_metadata
 
 from model.config import TrainerConfig
 from model.preprocessing import preprocessing_fn
-from model.towers import build_towers, model_input_names
+from model.towers import build_towers, model_input_names, transformed_input_names
 from schema.generate import schema_from_spec
 from schema.rows import Rejected, RowParser
 from schema.spec import DEFAULT_SPEC_PATH, STRING_LIST, FeatureSpec
@@ -81,6 +81,7 @@ def test_a_new_multivalued_user_feature_flows_through(tmp_path):
 
     cfg = TrainerConfig(user_units=[8, 4], item_units=[8, 4])
     towers = build_towers(spec, {"topic_id": 5, "client_type": 4, "post_id": 5}, np.zeros((4, 2), np.float32), cfg)
-    batch = {k: tf.constant(np.stack([d[k] for d in data])) for k in towers.user.input}
+    batch = towers.tower_inputs({k: tf.constant(np.stack([d[k] for d in data]))
+                                 for k in transformed_input_names(spec, "user")}, "user")
     assert "liked_topic_id_xf" in towers.user.input
     assert towers.user(batch).shape == (3, 4)
