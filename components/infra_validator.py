@@ -23,6 +23,7 @@ from tfx.utils import path_utils
 
 from common import signature_names
 from common.outputs import OutputReport
+from components.artifacts import ItemVectors
 
 REPORT_FILE = "infra_validation.json"
 REPORT_PROPERTY = "infra_validation"
@@ -155,6 +156,7 @@ def validate(model_dir: str, examples: list[bytes], model_name: str, out_dir: st
 def ServingInfraValidator(
     model: InputArtifact[Model],
     examples: InputArtifact[Examples],
+    item_vectors: InputArtifact[ItemVectors],
     blessing: OutputArtifact[InfraBlessing],
     model_name: Parameter[str],
     split: Parameter[str] = "eval",
@@ -164,14 +166,19 @@ def ServingInfraValidator(
 ) -> None:
     model_dir = path_utils.serving_model_path(model.uri, path_utils.is_old_model_artifact(model))
     tower_features = None
+    requests = read_examples(examples, split, num_examples)
     if feature_spec:
         from model.trainer import tower_raw_features
+        from schema.item_vectors import VectorTable
         from schema.spec import FeatureSpec
+        from serving.examples import ExampleBuilder
 
         spec = FeatureSpec.from_json(feature_spec)
         tower_features = {t: tower_raw_features(spec, t) for t in ("user", "item")}
-    report = validate(model_dir, read_examples(examples, split, num_examples), model_name, blessing.uri,
-                      timeout_seconds, tower_features)
+        # The requests carry the posts' content vectors, as every client's do (the run's vector file).
+        builder = ExampleBuilder(spec, VectorTable(item_vectors.uri))
+        requests = [builder.with_content(x) for x in requests]
+    report = validate(model_dir, requests, model_name, blessing.uri, timeout_seconds, tower_features)
     blessed = report["blessed"]
     with open(os.path.join(blessing.uri, "INFRA_BLESSED" if blessed else "INFRA_NOT_BLESSED"), "w"):
         pass

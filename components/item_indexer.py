@@ -1,14 +1,16 @@
-"""ItemIndexer: the blessed model's item tower over the item catalog, into Milvus behind an alias.
+"""ItemIndexer: the item store seeded from the run, then every stored post through the blessed model's
+item tower into a new Milvus generation behind the alias.
 
-A Beam pipeline (so it runs on the same runner as ExampleGen and Transform) builds the catalog and
-embeds it:
-  - the catalog: the item-vector file's ids (or the items seen in the logs, evaluation.catalog),
-  - each item's single-valued item-tower features (topic_id) from the logs: the most frequent value
-    across both splits (an item never logged gets none: the model's OOV row),
-  - item_embedding of the blessed SavedModel on a tf.Example per item, in batches,
-  - written as tf.Examples (id, features, embedding) to <artifact>/embeddings/*.tfrecord.gz.
-The executor then streams those shards into a new Milvus generation and moves the alias
-(retrieval/milvus.py). Nothing is indexed for a model that was not blessed (model and infra).
+1. A Beam pipeline (the runner of ExampleGen and Transform) finds each catalog item's single-valued
+   item-tower features (topic_id) in the logs: the most frequent value across both splits (an item
+   never logged gets none). The catalog: the item-vector file's ids, or the logged items that have a
+   vector (evaluation.catalog: logs). Written as tf.Examples to <artifact>/features/*.tfrecord.gz.
+2. The item store (retrieval/item_store.py) is seeded with those posts: id, features and the run's
+   content vector (an id already there is replaced: the run's file is the newer truth).
+3. Every post of the store, the seeded ones and those added since by retrieval.add_items, is embedded
+   by the pushed version's item tower (content by value) and written to a new generation; the alias
+   moves; then the posts the store got while the generation was written are added to it too.
+Nothing is indexed for a model that was not blessed (model and infra).
 """
 from __future__ import annotations
 
@@ -24,15 +26,15 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 from tfx.utils import path_utils
 
-from common import signature_names
 from common.outputs import OutputReport
+from common.progress import log
 from components.artifacts import ItemIndex, ItemVectors
-from schema.item_vectors import IDS_FILE
+from schema.item_vectors import IDS_FILE, VectorTable
 from schema.spec import STRING, FeatureSpec
 
-EMBEDDINGS_DIR = "embeddings"
-EMBEDDING_FEATURE = "embedding"
+FEATURES_DIR = "features"
 BATCH = 512
+CLOCK_MARGIN_MS = 60_000  # posts stamped this long before the store was scanned are added again after
 OUTPUT_REPORT = OutputReport(
     ItemIndex.TYPE_NAME, "item_index", uri_key="item_index_uri",
     read=lambda a, custom: custom(a, "milvus") or {"not_indexed_because": custom(a, "not_indexed_because")},
@@ -70,34 +72,18 @@ def _most_frequent(element):
     return item, best
 
 
-class _EmbedItems(beam.DoFn):
-    """Batches of (item, {column: value}) -> serialized tf.Examples with the item-tower vector."""
-
-    def __init__(self, model_dir: str, spec_json: str):
-        self._model_dir, self._spec_json = model_dir, spec_json
-
-    def setup(self):
-        from serving.examples import ExampleBuilder
-
-        spec = FeatureSpec.from_json(self._spec_json)
-        self._id = spec.item_id
-        self._builder = ExampleBuilder(spec)
-        self._embed = tf.saved_model.load(self._model_dir).signatures[signature_names.ITEM]
-
-    def process(self, batch):
-        examples = [self._builder.from_features({self._id: item, **values}) for item, values in batch]
-        vectors = self._embed(examples=tf.constant(examples))["embedding"].numpy()
-        for (item, values), vector in zip(batch, vectors, strict=True):
-            out = tf.train.Example()
-            out.features.feature[self._id].bytes_list.value.append(item.encode())
-            for c, v in values.items():
-                out.features.feature[c].bytes_list.value.append(v.encode())
-            out.features.feature[EMBEDDING_FEATURE].float_list.value.extend(vector.tolist())
-            yield out.SerializeToString()
+def _features_example(element, item_id: str) -> bytes:
+    item, values = element
+    out = tf.train.Example()
+    out.features.feature[item_id].bytes_list.value.append(item.encode())
+    for c, v in values.items():
+        out.features.feature[c].bytes_list.value.append(v.encode())
+    return out.SerializeToString()
 
 
-def embed_catalog(pipeline: beam.Pipeline, examples, item_vectors, catalog_source: str, model_dir: str,
-                  spec: FeatureSpec, out_prefix: str):
+def catalog_features(pipeline: beam.Pipeline, examples, item_vectors, catalog_source: str, spec: FeatureSpec,
+                     out_prefix: str):
+    """Writes (id, the item's most frequent logged features) of every catalog item that has a vector."""
     columns = item_scalar_columns(spec)
     files = [os.path.join(artifact_utils.get_split_uri([examples], s), "*")
              for s in artifact_utils.decode_split_names(examples.split_names)]
@@ -110,44 +96,40 @@ def embed_catalog(pipeline: beam.Pipeline, examples, item_vectors, catalog_sourc
         | "ByItem" >> beam.Map(lambda kv: (kv[0][0], ((kv[0][1], kv[0][2]), kv[1])))
         | "Group" >> beam.GroupByKey()
         | "MostFrequent" >> beam.Map(_most_frequent))
-    if catalog_source == "vectors":
-        catalog = (pipeline
+    with_vector = (pipeline
                    | "ReadIds" >> beam.io.ReadFromText(os.path.join(item_vectors.uri, IDS_FILE))
                    | "Key" >> beam.Map(lambda i: (i, None)))
-        items = (({"catalog": catalog, "logged": logged})
-                 | "Join" >> beam.CoGroupByKey()
-                 | "InCatalog" >> beam.FlatMap(lambda kv: [(kv[0], (kv[1]["logged"] or [{}])[0])]
-                                               if kv[1]["catalog"] else []))
-    else:
-        items = logged
+    keep_unlogged = catalog_source == "vectors"  # logs: only the logged items (that have a vector)
+    items = (({"vector": with_vector, "logged": logged})
+             | "Join" >> beam.CoGroupByKey()
+             | "InCatalog" >> beam.FlatMap(lambda kv: [(kv[0], (kv[1]["logged"] or [{}])[0])]
+                                           if kv[1]["vector"] and (keep_unlogged or kv[1]["logged"]) else []))
     return (items
-            | "Batch" >> beam.BatchElements(min_batch_size=BATCH, max_batch_size=BATCH)
-            | "Embed" >> beam.ParDo(_EmbedItems(model_dir, spec.to_json()))
+            | "Example" >> beam.Map(_features_example, spec.item_id)
             | "Write" >> beam.io.WriteToTFRecord(out_prefix, file_name_suffix=".tfrecord.gz"))
 
 
-def read_embeddings(pattern: str, spec: FeatureSpec, dim: int, batch: int = 4096):
-    """Streams the written shards as retrieval.milvus.Batch objects (never the whole catalog)."""
-    from retrieval.milvus import Batch
+def read_catalog(pattern: str, spec: FeatureSpec, table: VectorTable, batch: int = 4096):
+    """The written catalog as Batches of (ids, features, the run's content vectors)."""
+    from retrieval.index import Batch
 
     columns = item_scalar_columns(spec)
     parse = {spec.item_id: tf.io.FixedLenFeature([], tf.string),
-             EMBEDDING_FEATURE: tf.io.FixedLenFeature([dim], tf.float32),
              **{c: tf.io.FixedLenFeature([], tf.string, default_value="") for c in columns}}
     files = sorted(tf.io.gfile.glob(pattern))
     for records in tf.data.TFRecordDataset(files, compression_type="GZIP").batch(batch):
         parsed = tf.io.parse_example(records, parse)
-        yield Batch([i.decode() for i in parsed[spec.item_id].numpy()],
-                    {c: [v.decode() for v in parsed[c].numpy()] for c in columns},
-                    parsed[EMBEDDING_FEATURE].numpy())
+        ids = [i.decode() for i in parsed[spec.item_id].numpy()]
+        yield Batch(ids, {c: [v.decode() for v in parsed[c].numpy()] for c in columns}, table.vectors(ids))
 
 
-def _embedding_size(pattern: str) -> int:
-    """The item vectors' size, from the first written record."""
-    files = sorted(tf.io.gfile.glob(pattern))
-    for record in tf.data.TFRecordDataset(files, compression_type="GZIP").take(1):
-        return len(tf.train.Example.FromString(record.numpy()).features.feature[EMBEDDING_FEATURE].float_list.value)
-    raise RuntimeError(f"the item tower wrote no vectors ({pattern}): the catalog is empty")
+def embedded(store_batches, item_tower, builder, spec: FeatureSpec, version):
+    """The store's posts as Batches of item-tower vectors (what a generation holds)."""
+    from retrieval.add_items import embed_posts
+    from retrieval.index import Batch
+
+    for batch in store_batches:
+        yield Batch(batch.ids, batch.scalars, embed_posts(item_tower, builder, spec, batch, version))
 
 
 def _blessed(input_dict) -> list[str]:
@@ -174,38 +156,73 @@ def _pushed_version(input_dict) -> int | None:
 
 class Executor(base_beam_executor.BaseBeamExecutor):
     def Do(self, input_dict, output_dict, exec_properties) -> None:
-        from retrieval.backends import open_index
-        from retrieval.milvus import IndexConfig
-
         index = artifact_utils.get_single_instance(output_dict["index"])
         not_blessed = _blessed(input_dict)
         if not_blessed:
             index.set_int_custom_property("indexed", 0)
             index.set_string_custom_property("not_indexed_because", "; ".join(not_blessed))
             return
+        from retrieval.backends import open_index
+        from retrieval.item_store import ItemStore, now_ms
+        from retrieval.milvus import IndexConfig
+        from retrieval.recall import SavedModelUserEncoder
+        from serving.examples import ExampleBuilder
+
         spec = FeatureSpec.from_json(exec_properties["feature_spec"])
         model = artifact_utils.get_single_instance(input_dict["model"])
         model_dir = path_utils.serving_model_path(model.uri, path_utils.is_old_model_artifact(model))
         examples = artifact_utils.get_single_instance(input_dict["examples"])
         item_vectors = artifact_utils.get_single_instance(input_dict["item_vectors"])
-        out_dir = os.path.join(index.uri, EMBEDDINGS_DIR)
+        out_dir = os.path.join(index.uri, FEATURES_DIR)
         with self._make_beam_pipeline() as pipeline:
-            embed_catalog(pipeline, examples, item_vectors, exec_properties["catalog_source"], model_dir, spec,
-                          os.path.join(out_dir, "part"))
-        pattern = os.path.join(out_dir, "part*")
-        dim = _embedding_size(pattern)
+            catalog_features(pipeline, examples, item_vectors, exec_properties["catalog_source"], spec,
+                             os.path.join(out_dir, "part"))
+        table = VectorTable(item_vectors.uri)
         config = IndexConfig(**json.loads(exec_properties["index_config"]))
-        catalog_size = item_vectors.get_int_custom_property("count") if exec_properties["catalog_source"] == "vectors" \
-            else None
+        version = _pushed_version(input_dict)
+        item_tower = SavedModelUserEncoder(model_dir)
         with open_index(config) as item_index:
-            result = item_index.write_generation(read_embeddings(pattern, spec, dim), spec.item_id,
-                                                 item_scalar_columns(spec), dim, expected_count=catalog_size or None,
-                                                 model_version=_pushed_version(input_dict))
+            store = ItemStore(config, spec.item_id, client=item_index.client)
+            columns = item_scalar_columns(spec)
+            store.ensure(table.dim, columns)
+            seeded = sum(store.upsert(b) for b in read_catalog(os.path.join(out_dir, "part*"), spec, table))
+            stored = store.count()
+            log(f"item store {store.name}: {seeded:,} posts of this run's vector file written, {stored:,} in all "
+                f"(with {stored - seeded:,} added by add_items and earlier runs)")
+            builder = ExampleBuilder(spec, store)
+            scanned_from = now_ms()
+            dim = int(embed_dim(item_tower, builder, spec, store))
+            # The blessed model is the pushed version (recorded with the generation): add_items and
+            # recall ask for that version's towers by number.
+            result = item_index.write_generation(
+                embedded(store.scan(), item_tower.item, builder, spec, None), spec.item_id,
+                columns, dim, expected_count=stored or None, model_version=version)
+            late = 0
+            for batch in store.scan(since_ms=scanned_from - CLOCK_MARGIN_MS):
+                vectors = embed_posts_for(item_tower, builder, spec, batch)
+                late += item_index.upsert_items(result["collection"], vectors)
+            if late:
+                log(f"{late:,} posts stored while {result['collection']} was written (or just before) added to it")
+        result = {**result, "seeded": seeded, "added_during_write": late}
         index.set_int_custom_property("indexed", 1)
         index.set_string_custom_property("uri", config.uri)
         index.set_json_value_custom_property("milvus", result)
         index.set_int_custom_property("dim", dim)
         index.set_int_custom_property("count", result["count"])
+
+
+def embed_posts_for(item_tower, builder, spec: FeatureSpec, batch):
+    from retrieval.add_items import embed_posts
+    from retrieval.index import Batch
+
+    return Batch(batch.ids, batch.scalars, embed_posts(item_tower.item, builder, spec, batch, None))
+
+
+def embed_dim(item_tower, builder, spec: FeatureSpec, store) -> int:
+    """The item tower's output width, from one stored post."""
+    for batch in store.scan(batch=1):
+        return embed_posts_for(item_tower, builder, spec, batch).vectors.shape[1]
+    raise RuntimeError(f"{store.where} holds no post: the catalog is empty")
 
 
 class ItemIndexerSpec(ComponentSpec):

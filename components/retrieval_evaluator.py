@@ -39,8 +39,9 @@ from components.artifacts import ItemVectors
 from model.config import EvaluationConfig
 from model.trainer import EXAMPLES_INPUT, METRICS_FILE
 from retrieval.metrics import RunningTopK, bootstrap_interval, metrics_at_k, recall_per_query
-from schema.item_vectors import IDS_FILE
+from schema.item_vectors import IDS_FILE, VectorTable
 from schema.spec import FeatureSpec
+from serving.examples import ExampleBuilder
 
 EVALUATION_FILE = "metrics.json"
 PER_USER_FILE = "per_user.tsv"  # user id, then recall@k and hit_rate@k of each k: for paired comparisons
@@ -273,8 +274,13 @@ def evaluate(model_dir: str, items: IdTable, clicked_users: np.ndarray, examples
         else {bytes(u) for u in eval_users}
     queries = Queries(examples, spec, users, exclude_read)
     model = tf.saved_model.load(model_dir)
-    user_vectors = _embed(model.signatures[signature_names.USER], queries.raw)
+    # Content by value, from the run's vector file (what the item store is seeded with).
+    table = VectorTable(item_vectors.uri)
+    builder = ExampleBuilder(spec, table)
+    user_vectors = _embed(model.signatures[signature_names.USER], [builder.with_content(x) for x in queries.raw])
     item_tower = model.signatures[signature_names.ITEM + signature_names.RAW]
+    accepted = set(item_tower.structured_input_signature[1])  # a served version of an earlier format too
+    item_content = [f.name for f in spec.tower_features("item") if f.kind == "pretrained" and f.name in accepted]
     kmax, n = max(ks), len(queries.users)
     most_excluded = max((len(e) for e in queries.excluded), default=0)
     top_model, top_pop = RunningTopK(n, kmax), RunningTopK(1, kmax + most_excluded)
@@ -289,6 +295,8 @@ def evaluate(model_dir: str, items: IdTable, clicked_users: np.ndarray, examples
         # The raw-tensor signature: no tf.Example per item. An item the logs never showed gets ""
         # for its other features, as a tf.Example without them would.
         raw = {spec.item_id: ids, **{c: np.where(found, items.values[c][pos], b"") for c in item_cols}}
+        for name in item_content:
+            raw[name] = table.vectors([i.decode() for i in ids])
         vectors = item_tower(**{k: tf.constant(v) for k, v in raw.items()})["embedding"].numpy()
         scores = (user_vectors @ vectors.T).astype(np.float64)
         q, j = _in_chunk(ids, queries.excluded_pairs)

@@ -163,11 +163,15 @@ def serving_demo(config_path: str, config, eval_log: str, spec, index_config) ->
     from serving.model_config import read_config_file
     from serving.server import ModelServer
 
+    from retrieval.item_store import ItemStore
+
     model_name = config.model_name
     line = read_log_lines(eval_log, 1)[0]
+    searcher = open_index(index_config)
+    store = ItemStore(index_config, spec.item_id, client=searcher.client)
     with ModelServer(read_config_file(config_path), port=0, poll_seconds=0) as server, \
             ServingClient(server.target, model_name, timeout=30) as client:
-        towers = TowerClient(client, spec)
+        towers = TowerClient(client, spec, store)
         user, item = (towers.embeddings_from_log_lines(t, [line])[0] for t in ("user", "item"))
         print(f"\nserved {model_name} version {client.wait_until_available()} over gRPC at {server.target}")
         row = dict(zip(spec.columns, line.split("\t"), strict=False))
@@ -177,7 +181,6 @@ def serving_demo(config_path: str, config, eval_log: str, spec, index_config) ->
         print(f"user_embedding ({user.size}-d): {[round(float(x), 4) for x in user[:8]]} ...")
         print(f"item_embedding ({item.size}-d): {[round(float(x), 4) for x in item[:8]]} ...")
         print(f"user . item = {float(user @ item):.4f}")
-        searcher = open_index(index_config)
-        (top,) = Recaller(ServingUserEncoder(client), searcher, spec).recall_log_lines([line], k=10)
+        (top,) = Recaller(ServingUserEncoder(client), searcher, spec, store).recall_log_lines([line], k=10)
         print(f"recall (Milvus {searcher.generation()[0]}, read posts excluded): "
               + ", ".join(f"{h['id']} ({h['score']:.3f})" for h in top))

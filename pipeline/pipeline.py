@@ -161,7 +161,8 @@ def create_pipeline(pipeline_root: str, serving_dir: str, inputs: PipelineInputs
     # The candidate served over gRPC by the TF Serving-protocol server in its own process, both towers
     # queried with real eval examples (TFX's InfraValidator needs Docker or Kubernetes).
     infra_validator = ServingInfraValidator(
-        model=trainer.outputs["model"], examples=example_gen.outputs["examples"], model_name=config.model_name,
+        model=trainer.outputs["model"], examples=example_gen.outputs["examples"],
+        item_vectors=item_vectors.outputs["result"], model_name=config.model_name,
         feature_spec=inputs.feature_spec_json)
 
     # Where ItemIndexer writes; TowerPusher keeps every version a generation there was filled by.

@@ -72,6 +72,15 @@ class ItemIndex(abc.ABC):
         """Up to `limit` stored items: their id, scalar fields and stored (normalised) vector under "vector"."""
 
     @abc.abstractmethod
+    def upsert_items(self, generation: str, batch: Batch) -> int:
+        """Writes items (their item-tower vectors, normalised here) into a generation, replacing an id
+        already there; searchable by the next query. GenerationGone when it was dropped meanwhile."""
+
+    @abc.abstractmethod
+    def holds(self, generation: str, ids: list[str]) -> set[str]:
+        """Which of the ids the generation holds (read back, as a search would see them)."""
+
+    @abc.abstractmethod
     def versions_in_use(self) -> set[int]:
         """The model versions the kept generations were filled by: their towers must stay served."""
 

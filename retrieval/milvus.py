@@ -253,7 +253,8 @@ def _create_collection(client, name: str, id_field: str, scalar_fields: list[str
     for f in scalar_fields:
         schema.add_field(f, DataType.VARCHAR, max_length=MAX_VARCHAR)
     schema.add_field(VECTOR_FIELD, DataType.FLOAT_VECTOR, dim=dim)
-    client.create_collection(name, schema=schema)
+    # Strong: a post added to the serving generation (retrieval/add_items.py) is searched by the next query.
+    client.create_collection(name, schema=schema, consistency_level="Strong")
 
 
 def generation_version(client, name: str) -> int | None:
@@ -436,6 +437,34 @@ class MilvusIndex(ItemIndex):
 
     def versions_in_use(self) -> set[int]:
         return referenced_versions(self.client, self.config.alias)
+
+    def upsert_items(self, generation: str, batch: Batch) -> int:
+        fields = sorted(self.describe(generation).fields - {self._id_field(generation)})
+        id_field = self._id_field(generation)
+        vectors = normalise(batch.vectors).tolist()
+        rows = [{id_field: item, VECTOR_FIELD: vector, **{f: batch.scalars.get(f, [""] * len(batch.ids))[i]
+                                                          for f in fields}}
+                for i, (item, vector) in enumerate(zip(batch.ids, vectors, strict=True))]
+        try:
+            for start in range(0, len(rows), self.config.insert_batch):
+                self.client.upsert(generation, rows[start:start + self.config.insert_batch])
+        except self._milvus_error() as e:
+            if not self.client.has_collection(generation):
+                raise GenerationGone(f"{generation} at {self.config.uri}: dropped while posts were added") from None
+            raise self._error(f"cannot add items to {generation}", e) from None
+        return len(rows)
+
+    def holds(self, generation: str, ids: list[str]) -> set[str]:
+        id_field = self._id_field(generation)
+        try:
+            rows = self.client.get(generation, ids=list(ids), output_fields=[id_field])
+        except self._milvus_error() as e:
+            raise self._error(f"cannot read {generation}", e) from None
+        return {r[id_field] for r in rows}
+
+    def _id_field(self, generation: str) -> str:
+        described = self.client.describe_collection(generation)
+        return next(f["name"] for f in described["fields"] if f.get("is_primary"))
 
     def describe(self, generation: str) -> Generation:
         with self._lock:

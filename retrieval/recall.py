@@ -1,7 +1,9 @@
 """Recall: raw user features (or a log line) in, the top-K posts out.
 
 The user vector comes from the user tower, in-process (a pushed SavedModel) or from any TF Serving
-endpoint; the posts come from the Milvus generation behind the alias (retrieval/milvus.py).
+endpoint, with the read posts' content vectors from the item store (retrieval/item_store.py: the
+posts of the training run and those added since); the posts come from the Milvus generation behind
+the alias (retrieval/milvus.py).
 The user's read posts are excluded unless asked otherwise; filters keep items whose stored
 features (topic_id) take one of the given values. Before answering, the CLI checks that the index
 was filled by the model it queries (a few indexed items embedded again by the model's item tower).
@@ -28,6 +30,7 @@ import numpy as np  # noqa: E402
 from common import signature_names  # noqa: E402
 from retrieval.backends import open_index  # noqa: E402
 from retrieval.index import GenerationGone, ItemIndex, ItemIndexError, normalise  # noqa: E402
+from retrieval.item_store import ItemStore  # noqa: E402
 from retrieval.milvus import IndexConfig, check_lite_file  # noqa: E402
 from schema.spec import FeatureSpec, load_spec  # noqa: E402
 from serving.examples import ExampleBuilder  # noqa: E402
@@ -83,7 +86,7 @@ class ServingUserEncoder:
         return self.client.embeddings(signature_names.ITEM, examples, version)
 
 
-def check_index_matches_model(searcher: ItemIndex, item_tower, spec: FeatureSpec, sample: int = 8,
+def check_index_matches_model(searcher: ItemIndex, item_tower, spec: FeatureSpec, store, sample: int = 8,
                               tolerance: float = 1e-3) -> None:
     """ValueError unless a few indexed item vectors equal what this model's item tower (the version the
     generation records, when it does) gives the same items now, i.e. the index was filled by this
@@ -94,9 +97,9 @@ def check_index_matches_model(searcher: ItemIndex, item_tower, spec: FeatureSpec
     rows = searcher.stored_items(collection, spec.item_id, sample)
     if not rows:
         return
-    builder = ExampleBuilder(spec)
+    builder = ExampleBuilder(spec, store)
     examples = [builder.from_features({spec.item_id: r[spec.item_id], **{c: r[c] for c in scalars if r.get(c)}})
-                for r in rows]
+                for r in rows]  # each post's own vector from the item store
     stored = np.asarray([r["vector"] for r in rows], np.float32)
     now = normalise(np.asarray(item_tower(examples, version), np.float32))
     gap = float(np.abs(now - stored).max()) if now.shape == stored.shape else float("inf")
@@ -108,11 +111,12 @@ def check_index_matches_model(searcher: ItemIndex, item_tower, spec: FeatureSpec
 
 class Recaller:
     """User features -> top-K items. `encoder(examples, version)` gives the user vectors of serialized
-    tf.Examples from that model version (None: whichever the encoder has)."""
+    tf.Examples from that model version (None: whichever the encoder has); `store` the read posts'
+    content vectors (retrieval.item_store.ItemStore)."""
 
-    def __init__(self, encoder, searcher: ItemIndex, spec: FeatureSpec):
+    def __init__(self, encoder, searcher: ItemIndex, spec: FeatureSpec, store):
         self.encoder, self.searcher, self.spec = encoder, searcher, spec
-        self.examples = ExampleBuilder(spec)
+        self.examples = ExampleBuilder(spec, store)
         self.history = spec.history_columns()
 
     def _read(self, serialized: bytes) -> set[str]:
@@ -316,6 +320,7 @@ def main(argv=None) -> None:
         filters = _filters(args.filter)
         searcher = open_index(config)
         searcher.generation()  # the alias names a generation that exists, before a model loads
+        store = ItemStore(config, spec.item_id, client=searcher.client)
         searcher.check_request(args.k, filters)
         if args.features:
             users = json.loads(args.features)
@@ -335,8 +340,8 @@ def main(argv=None) -> None:
         else:
             encoder = SavedModelUserEncoder(args.model)
         if not args.skip_model_check:
-            check_index_matches_model(searcher, encoder.item, spec)
-        recaller = Recaller(encoder, searcher, spec)
+            check_index_matches_model(searcher, encoder.item, spec, store)
+        recaller = Recaller(encoder, searcher, spec, store)
         builder = recaller.examples
         queries = (queries_from_features(users, builder, recaller, spec) if args.features
                    else queries_from_lines(lines, builder, recaller, spec))

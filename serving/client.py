@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -129,14 +130,14 @@ class ServingClient:
 
 
 class TowerClient:
-    """User and item embeddings from raw feature values or log lines (built per the feature spec)."""
+    """User and item embeddings from raw feature values or log lines (built per the feature spec, the
+    posts' content vectors from `content`: the item store)."""
 
-    def __init__(self, client: ServingClient, spec=None):
-        from schema.spec import load_spec
+    def __init__(self, client: ServingClient, spec, content):
         from serving.examples import ExampleBuilder
 
         self.client = client
-        self.examples = ExampleBuilder(spec or load_spec())
+        self.examples = ExampleBuilder(spec, content)
 
     def user_embeddings(self, rows: list[dict]) -> np.ndarray:
         return self.client.embeddings(signature_names.USER, [self.examples.from_features(r) for r in rows])
@@ -165,6 +166,9 @@ def main(argv=None) -> None:
     p.add_argument("--timeout", type=float, default=5.0, help="deadline per call, seconds")
     p.add_argument("--retries", type=int, default=3, help="retries on UNAVAILABLE")
     p.add_argument("--spec", default=None, help="feature spec YAML (default: schema/feature_spec.yaml)")
+    p.add_argument("--workdir", default=os.path.join("runs", "demo"),
+                   help="the run whose item store gives the posts' content vectors (its milvus.db)")
+    p.add_argument("--milvus", default=None, help="the item store's Milvus Lite file or URI (default: WORKDIR/milvus.db)")
     p.add_argument("tower", choices=["user", "item"])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--features", help="JSON object of raw feature values, or a JSON list of them")
@@ -177,8 +181,22 @@ def main(argv=None) -> None:
     from schema.spec import load_spec
     from serving.examples import FeatureError
 
+    from retrieval.index import ItemIndexError
+    from retrieval.item_store import ItemStore
+    from retrieval.milvus import IndexConfig, check_lite_file
+
+    spec = load_spec(args.spec)
+    config = IndexConfig(uri=args.milvus or IndexConfig().at(args.workdir).uri)
+    try:
+        if config.is_lite:
+            check_lite_file(config.uri)
+        store = ItemStore(config, spec.item_id)
+        if not store.exists:
+            raise ValueError(f"no {store.where}: run the pipeline first, or give --milvus")
+    except (ValueError, ItemIndexError) as e:
+        raise SystemExit(f"error: {e}") from None
     with ServingClient(args.target, args.model, args.timeout, args.retries) as client:
-        towers = TowerClient(client, load_spec(args.spec))
+        towers = TowerClient(client, spec, store)
         try:
             if args.features:
                 rows = json.loads(args.features)
