@@ -185,7 +185,9 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             store = ItemStore(config, spec.item_id, client=item_index.client)
             columns = item_scalar_columns(spec)
             store.ensure(table.dim, columns)
-            seeded = sum(store.upsert(b) for b in read_catalog(os.path.join(out_dir, "part*"), spec, table))
+            seed_ms = now_ms()  # one stamp for the seed: the catch-up below leaves those rows out
+            seeded = sum(store.upsert(b, added_ms=seed_ms)
+                         for b in read_catalog(os.path.join(out_dir, "part*"), spec, table))
             stored = store.count()
             log(f"item store {store.name}: {seeded:,} posts of this run's vector file written, {stored:,} in all "
                 f"(with {stored - seeded:,} added by add_items and earlier runs)")
@@ -198,7 +200,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                 embedded(store.scan(), item_tower.item, builder, spec, None), spec.item_id,
                 columns, dim, expected_count=stored or None, model_version=version)
             late = 0
-            for batch in store.scan(since_ms=scanned_from - CLOCK_MARGIN_MS):
+            for batch in store.scan(since_ms=scanned_from - CLOCK_MARGIN_MS, but_ms=seed_ms):
                 vectors = embed_posts_for(item_tower, builder, spec, batch)
                 late += item_index.upsert_items(result["collection"], vectors)
             if late:

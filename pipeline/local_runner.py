@@ -158,12 +158,11 @@ def serving_demo(config_path: str, config, eval_log: str, spec, index_config) ->
     over gRPC, from the first line of the eval logs: what a client of TF Serving would do. Then the
     recall path: that user's vector (over gRPC) -> top 10 posts from Milvus."""
     from retrieval.backends import open_index
+    from retrieval.item_store import ItemStore
     from retrieval.recall import Recaller, ServingUserEncoder
     from serving.client import ServingClient, TowerClient, read_log_lines
     from serving.model_config import read_config_file
     from serving.server import ModelServer
-
-    from retrieval.item_store import ItemStore
 
     model_name = config.model_name
     line = read_log_lines(eval_log, 1)[0]

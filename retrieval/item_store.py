@@ -14,6 +14,7 @@ the next call, from any client.
 """
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 
@@ -26,6 +27,17 @@ CONTENT_FIELD = "content"
 ADDED_FIELD = "added_ms"
 SCAN_BATCH = 4096
 GET_BATCH = 4096  # ids per get request (Milvus caps an expression's size)
+
+
+class _NoLiteTimestampWarning(logging.Filter):
+    """Milvus Lite gives its query iterator no server timestamp; pymilvus warns at every scan that it
+    uses the client's clock instead, which is what a scan of one process's file needs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "failed to get mvccTs" not in record.getMessage()
+
+
+logging.getLogger("pymilvus.orm.iterator").addFilter(_NoLiteTimestampWarning())
 
 
 def store_name(config: IndexConfig) -> str:
@@ -162,11 +174,14 @@ class ItemStore:
             raise self._error("count failed", e) from None
         return int(row["count(*)"])
 
-    def scan(self, since_ms: int | None = None, batch: int = SCAN_BATCH) -> Iterator[Batch]:
-        """Every post (or those written at or after since_ms) as Batches of ids, columns and vectors."""
+    def scan(self, since_ms: int | None = None, batch: int = SCAN_BATCH, but_ms: int | None = None) -> Iterator[Batch]:
+        """Every post (or those written at or after since_ms, but not those stamped but_ms) as Batches
+        of ids, columns and vectors."""
         self._need()
         expr = (f"{ADDED_FIELD} >= {int(since_ms)}" if since_ms is not None
                 else f"{self.id_field} != {milvus_string('')}")
+        if but_ms is not None:
+            expr += f" and {ADDED_FIELD} != {int(but_ms)}"
         try:
             it = self.client.query_iterator(self.name, batch_size=batch, filter=expr,
                                             output_fields=[*self.columns, CONTENT_FIELD])

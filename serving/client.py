@@ -168,7 +168,8 @@ def main(argv=None) -> None:
     p.add_argument("--spec", default=None, help="feature spec YAML (default: schema/feature_spec.yaml)")
     p.add_argument("--workdir", default=os.path.join("runs", "demo"),
                    help="the run whose item store gives the posts' content vectors (its milvus.db)")
-    p.add_argument("--milvus", default=None, help="the item store's Milvus Lite file or URI (default: WORKDIR/milvus.db)")
+    p.add_argument("--milvus", default=None,
+                   help="the item store's Milvus Lite file or URI (default: WORKDIR/milvus.db)")
     p.add_argument("tower", choices=["user", "item"])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--features", help="JSON object of raw feature values, or a JSON list of them")
@@ -178,12 +179,11 @@ def main(argv=None) -> None:
     p.add_argument("--verbose", action="store_true", help="also third-party warnings")
     args = p.parse_args(argv)
 
-    from schema.spec import load_spec
-    from serving.examples import FeatureError
-
     from retrieval.index import ItemIndexError
     from retrieval.item_store import ItemStore
     from retrieval.milvus import IndexConfig, check_lite_file
+    from schema.spec import load_spec
+    from serving.examples import FeatureError
 
     spec = load_spec(args.spec)
     config = IndexConfig(uri=args.milvus or IndexConfig().at(args.workdir).uri)
