@@ -3,7 +3,18 @@ pipeline's user-tower variants.
 
     .venv/bin/python bench/movielens_quality.py [--source ../shared/data/ml-latest-small]
         [--workdir /tmp/dssm_bench_movielens] [--configs default,content,...] [--seeds 1024,7]
-        [--ease-only] [--sasrec-epochs 30]
+        [--ease-only] [--sasrec-epochs 30] [--fresh]
+
+--fresh: the freshness protocol (issue [fresh-items]). 20% of the movies (sha256 of the movieId mod 100
+< 20) are withheld from training: their rows leave the training split, their ids leave the training
+histories, their vectors leave the training vector file. After each run they are added with
+`retrieval.add_items` (their vectors and first genre), and every eval user is recalled through
+`retrieval.recall` (the product's own path; read posts excluded, k 50) from the user's first clicked
+eval row, whose history may hold withheld movies (read after their publication). HR@50 is split by
+target: a user whose eval clicks hold a withheld movie is a fresh-target user (a hit: a withheld movie
+clicked in the top 50), the others warm-target users (a hit: any eval click in the top 50). Beside it,
+a content kNN on the same vectors: the cosine of the mean of the user's last 20 read movies' vectors
+with every movie not in training (the withheld ones), read movies excluded.
 
 Converts MovieLens with datagen.movielens (per-user time split), then runs the whole pipeline once per
 configuration and seed (trainer.seed) in one work directory (ExampleGen, statistics and Transform are
@@ -31,6 +42,7 @@ itself: each user's last training click held out, HR@50 on those.
 import argparse
 import csv
 import gzip
+import hashlib
 import json
 import os
 import subprocess
@@ -73,6 +85,10 @@ CONFIGS = {
     "pointwise": {"trainer": {"loss": "pointwise", "uniform_negatives": 0}},  # the original design's loss
     "inbatch_softmax": {"trainer": {"loss": "inbatch_softmax"}},
 }
+# Cold start (trainer.id_dropout): a share of the item ids hidden each training step.
+for _rate in (0.1, 0.2, 0.3):
+    CONFIGS[f"id_dropout_{_rate}"] = {"trainer": {"id_dropout": _rate}}
+CONFIGS["no_id_dropout"] = {"trainer": {"id_dropout": 0.0}}
 COLUMNS = ["recall@10", "recall@50", "recall@100", "hit_rate@50", "ndcg@50"]
 LAMBDAS = [50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0]
 
@@ -331,22 +347,196 @@ def _mean_over_seeds(per_seed: list[dict[str, float]]) -> dict[str, float]:
     return {u: float(np.mean([d[u] for d in per_seed])) for u in per_seed[0]}
 
 
-def _run_config(a, name: str, seed: int, data: str) -> dict:
+def _run_config(a, name: str, seed: int, data: str | None, fresh: dict | None = None) -> dict:
     cfg = os.path.join(a.workdir, f"{name}-{seed}.yaml")
     config = {"trainer": {**CONFIGS[name].get("trainer", {}), "seed": seed}, "evaluation": {"catalog": "vectors"}}
     if "features" in CONFIGS[name]:
         config["feature_spec"] = _spec_variant(os.path.join(a.workdir, f"{name}.spec.yaml"), CONFIGS[name]["features"])
     with open(cfg, "w") as f:
         json.dump(config, f)  # JSON is YAML
-    run = subprocess.run([sys.executable, "run_pipeline.py", "local", "--workdir", os.path.join(a.workdir, "run"),
-                          "--config", cfg, "--train", os.path.join(data, "train.tsv"),
-                          "--eval", os.path.join(data, "eval.tsv"), "--allow-not-blessed", "--no-serving-demo",
-                          "--item-embeddings", os.path.join(a.source, "item_embeddings.jsonl.gz")],
+    train, evals = (fresh["train"], fresh["eval"]) if fresh else (os.path.join(data, "train.tsv"),
+                                                                  os.path.join(data, "eval.tsv"))
+    vectors = fresh["vectors"] if fresh else os.path.join(a.source, "item_embeddings.jsonl.gz")
+    run = subprocess.run([sys.executable, "run_pipeline.py", "local", "--workdir", _run_dir(a, fresh),
+                          "--config", cfg, "--train", train, "--eval", evals, "--allow-not-blessed",
+                          "--no-serving-demo", "--item-embeddings", vectors],
                          cwd=REPO, capture_output=True, text=True)
     if run.returncode != 0:
         raise SystemExit(f"{name} (seed {seed}) failed:\n{run.stderr[-3000:]}")
-    with open(os.path.join(a.workdir, "run", "run_summary.json")) as f:
+    with open(os.path.join(_run_dir(a, fresh), "run_summary.json")) as f:
         return json.load(f)
+
+
+def _run_dir(a, fresh: dict | None) -> str:
+    """The freshness protocol's runs have a work directory (and item store) of their own."""
+    return os.path.join(a.workdir, "run_fresh" if fresh else "run")
+
+
+FRESH_PERCENT = 20
+
+
+def withheld(movie: str) -> bool:
+    """The freshness protocol's fixed rule: a fifth of the movies, by a hash of the id."""
+    return int(hashlib.sha256(movie.encode()).hexdigest(), 16) % 100 < FRESH_PERCENT
+
+
+def _vectors(path: str) -> dict[str, list[float]]:
+    with gzip.open(path, "rt") if path.endswith(".gz") else open(path) as f:
+        return {(o := json.loads(line))["post_id"]: o["values"] for line in f if line.strip()}
+
+
+def fresh_data(data: str, source: str, out: str) -> dict:
+    """The withheld movies out of the training split, its histories and the training vector file;
+    the withheld movies as add_items input. Returns the paths and counts."""
+    os.makedirs(out, exist_ok=True)
+    vectors = _vectors(os.path.join(source, "item_embeddings.jsonl.gz"))
+    genres = {}
+    with open(os.path.join(source, "movies.csv"), newline="", encoding="utf-8") as f:
+        for r in csv.DictReader(f):
+            genres[r["movieId"]] = r["genres"].split("|")[0]
+    paths = {k: os.path.join(out, n) for k, n in (("train", "train.tsv"), ("eval", "eval.tsv"),
+                                                   ("vectors", "vectors.jsonl"), ("items", "fresh_items.jsonl"))}
+    counts = {"train_rows": 0, "train_rows_removed": 0, "withheld": 0, "kept": 0}
+    with open(os.path.join(data, "train.tsv")) as fin, open(paths["train"], "w") as fout:
+        header = fin.readline()
+        fout.write(header)
+        cols = header.rstrip("\n").split("\t")
+        post, read = cols.index("post_id"), cols.index("read_post_id")
+        for line in fin:
+            f = line.rstrip("\n").split("\t")
+            if withheld(f[post]):
+                counts["train_rows_removed"] += 1
+                continue
+            f[read] = ",".join(p for p in f[read].split(",") if p and not withheld(p))
+            fout.write("\t".join(f) + "\n")
+            counts["train_rows"] += 1
+    with open(os.path.join(data, "eval.tsv")) as fin, open(paths["eval"], "w") as fout:
+        fout.write(fin.read())
+    with open(paths["vectors"], "w") as fv, open(paths["items"], "w") as fi:
+        for movie, values in vectors.items():
+            if withheld(movie):
+                fi.write(json.dumps({"post_id": movie, "values": values, "topic_id": genres.get(movie, "")}) + "\n")
+                counts["withheld"] += 1
+            else:
+                fv.write(json.dumps({"post_id": movie, "values": values}) + "\n")
+                counts["kept"] += 1
+    return {**paths, **counts}
+
+
+class FreshQueries:
+    """Each eval user with a click: the first clicked eval row (its line, its read movies) and the eval
+    clicks; split into fresh-target users (an eval click on a withheld movie) and warm-target users."""
+
+    def __init__(self, eval_path: str):
+        with open(eval_path) as f:
+            self.header = f.readline()
+            cols = self.header.rstrip("\n").split("\t")
+            first, clicks = {}, {}
+            for line in f:
+                r = dict(zip(cols, line.rstrip("\n").split("\t"), strict=True))
+                if r["act"] != "1":
+                    continue
+                first.setdefault(r["client_id"], (line, [p for p in r["read_post_id"].split(",") if p]))
+                clicks.setdefault(r["client_id"], set()).add(r["post_id"])
+        self.users = sorted(clicks, key=int)
+        self.line = {u: first[u][0] for u in self.users}
+        self.read = {u: first[u][1] for u in self.users}
+        self.clicks = clicks
+        self.fresh = [u for u in self.users if any(withheld(p) for p in clicks[u])]
+        self.warm = [u for u in self.users if u not in set(self.fresh)]
+
+    def hit_rates(self, top: dict[str, list[str]]) -> dict:
+        fresh = [any(withheld(p) and p in self.clicks[u] for p in top[u][:50]) for u in self.fresh]
+        warm = [any(p in self.clicks[u] for p in top[u][:50]) for u in self.warm]
+        return {"fresh_hr@50": float(np.mean(fresh)), "warm_hr@50": float(np.mean(warm)),
+                "fresh_users": len(fresh), "warm_users": len(warm),
+                "_fresh": dict(zip(self.fresh, map(float, fresh), strict=True)),
+                "_warm": dict(zip(self.warm, map(float, warm), strict=True))}
+
+
+def content_knn(queries: FreshQueries, vectors: dict[str, list[float]], history: int = 20,
+                fresh_only: bool = True) -> dict[str, list[str]]:
+    """Top 50 movies per user by cosine with the mean of its last `history` read movies' vectors: among
+    the withheld movies (fresh_only: the baseline knows which are new), or among every movie."""
+    fresh_ids = sorted(m for m in vectors if withheld(m) or not fresh_only)
+    items = np.asarray([vectors[m] for m in fresh_ids], np.float64)
+    items /= np.linalg.norm(items, axis=1, keepdims=True)
+    top = {}
+    for u in queries.users:
+        read = [p for p in queries.read[u][:history] if p in vectors]
+        if not read:
+            top[u] = []
+            continue
+        mean = np.mean([vectors[p] for p in read], axis=0)
+        scores = items @ (mean / max(np.linalg.norm(mean), 1e-12))
+        excluded = set(queries.read[u])
+        order = np.argsort(-scores, kind="stable")
+        top[u] = [fresh_ids[i] for i in order if fresh_ids[i] not in excluded][:50]
+    return top
+
+
+def recall_through_product(workdir: str, queries: FreshQueries, items_path: str) -> tuple[dict, dict]:
+    """add_items with the withheld movies, then retrieval.recall for every eval user: {user: top 50}."""
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1"}
+    added = subprocess.run([sys.executable, "-m", "retrieval.add_items", "--workdir", workdir, "--items", items_path],
+                           cwd=REPO, capture_output=True, text=True, env=env)
+    if added.returncode != 0:
+        raise SystemExit(f"add_items failed:\n{added.stderr[-3000:]}")
+    info = json.loads(added.stdout.strip().splitlines()[-1])
+    lines = os.path.join(workdir, "fresh_queries.tsv")
+    with open(lines, "w") as f:
+        f.write(queries.header + "".join(queries.line[u] for u in queries.users))
+    run = subprocess.run([sys.executable, "-m", "retrieval.recall", "--workdir", workdir, "--log-file", lines,
+                          "--limit", str(len(queries.users)), "--k", "50"], cwd=REPO, capture_output=True, text=True,
+                         env=env)
+    if run.returncode != 0:
+        raise SystemExit(f"recall failed:\n{run.stderr[-3000:]}")
+    top = {}
+    for line in run.stdout.splitlines():
+        record = json.loads(line)
+        top[record["user"]["client_id"]] = [h["id"] for h in record["hits"]]
+    return top, info
+
+
+def fresh_main(a, seeds: list[int]) -> None:
+    data = os.path.join(a.workdir, "data")
+    fresh = fresh_data(data, a.source, os.path.join(a.workdir, "fresh_data"))
+    print("freshness protocol: " + json.dumps({k: v for k, v in fresh.items() if not isinstance(v, str)}), flush=True)
+    queries = FreshQueries(fresh["eval"])
+    all_vectors = _vectors(os.path.join(a.source, "item_embeddings.jsonl.gz"))
+    knn = queries.hit_rates(content_knn(queries, all_vectors))
+    knn_all = queries.hit_rates(content_knn(queries, all_vectors, fresh_only=False))
+    print(f"content kNN (last 20 read): fresh HR@50 {knn['fresh_hr@50']:.4f} ranking the withheld movies only, "
+          f"{knn_all['fresh_hr@50']:.4f} ranking every movie (warm HR@50 {knn_all['warm_hr@50']:.4f}); "
+          f"{knn['fresh_users']} fresh-target users, {knn['warm_users']} warm-target users", flush=True)
+    results: dict[str, list[dict]] = {}
+    for name in a.configs.split(","):
+        for seed in seeds:
+            summary = _run_config(a, name, seed, None, fresh)
+            top, info = recall_through_product(_run_dir(a, fresh), queries, fresh["items"])
+            r = queries.hit_rates(top)
+            results.setdefault(name, []).append(r)
+            print(f"{name} seed {seed}: fresh HR@50 {r['fresh_hr@50']:.4f} ({r['fresh_users']} users), warm HR@50 "
+                  f"{r['warm_hr@50']:.4f} ({r['warm_users']} users); evaluator HR@50 (warm catalog) "
+                  f"{summary['retrieval']['model']['hit_rate@50']:.4f}; add_items {info['added']} posts in "
+                  f"{info['seconds']} s", flush=True)
+    print(f"\nfreshness protocol, mean over seeds {seeds}, {os.cpu_count()} CPUs")
+    print(f"{'':<20}{'fresh HR@50':>12}{'x kNN':>8}{'warm HR@50':>12}{'fresh range':>20}{'warm range':>20}")
+    print(f"{'content kNN':<20}{knn['fresh_hr@50']:>12.4f}{1.0:>8.3f}   (withheld movies ranked only)")
+    print(f"{'content kNN, all':<20}{knn_all['fresh_hr@50']:>12.4f}"
+          f"{knn_all['fresh_hr@50'] / max(knn['fresh_hr@50'], 1e-12):>8.3f}{knn_all['warm_hr@50']:>12.4f}"
+          "   (every movie ranked, as the system does)")
+    for name, runs in results.items():
+        fr, wr = [r["fresh_hr@50"] for r in runs], [r["warm_hr@50"] for r in runs]
+        print(f"{name:<20}{np.mean(fr):>12.4f}{np.mean(fr) / max(knn['fresh_hr@50'], 1e-12):>8.3f}"
+              f"{np.mean(wr):>12.4f}{f'[{min(fr):.4f}, {max(fr):.4f}]':>20}{f'[{min(wr):.4f}, {max(wr):.4f}]':>20}")
+    names = list(results)
+    for name in names[1:]:
+        for kind in ("_fresh", "_warm"):
+            a_users = _mean_over_seeds([r[kind] for r in results[name]])
+            b_users = _mean_over_seeds([r[kind] for r in results[names[0]]])
+            diff, ci = paired_interval(a_users, b_users)
+            print(f"  {name} - {names[0]} ({kind[1:]} targets): {diff:+.4f} [{ci[0]:+.4f}, {ci[1]:+.4f}]")
 
 
 def main() -> None:
@@ -357,6 +547,7 @@ def main() -> None:
     p.add_argument("--seeds", default="1024,7", help="trainer.seed of each run (and SASRec's seed)")
     p.add_argument("--sasrec-epochs", type=int, default=30)
     p.add_argument("--ease-only", action="store_true", help="only the EASE baseline (seconds, no training)")
+    p.add_argument("--fresh", action="store_true", help="the freshness protocol (see the module's docstring)")
     p.add_argument("--skip-sasrec", action="store_true",
                    help="screening runs: no SASRec reference (its ~10 minutes per seed), no interval against it")
     a = p.parse_args()
@@ -365,6 +556,8 @@ def main() -> None:
     if not os.path.exists(os.path.join(data, "eval.tsv")):
         subprocess.run([sys.executable, "-m", "datagen.movielens", "--source", a.source, "--out", data],
                        cwd=REPO, check=True)
+    if a.fresh:
+        return fresh_main(a, seeds)
     vectors = os.path.join(a.source, "item_embeddings.jsonl.gz")
     ease, lam, tried, ease_users = ease_baseline(data, vectors)
     print(f"EASE: lambda {lam:g} chosen by HR@50 on each user's held-out last training click "

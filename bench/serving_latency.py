@@ -12,6 +12,7 @@ counts errors and wrong answers.
 """
 import argparse
 import base64
+import glob
 import http.client
 import json
 import os
@@ -28,6 +29,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc  # noqa: E402
 
+from schema.item_vectors import VectorTable  # noqa: E402
 from schema.spec import load_spec  # noqa: E402
 from serving.client import ServingClient, read_log_lines  # noqa: E402
 from serving.examples import ExampleBuilder  # noqa: E402
@@ -180,7 +182,10 @@ def main() -> None:
         raise SystemExit(f"no pushed model under {base}: run `make demo` first")
     model_dir = versions[max(versions)]
     line = read_log_lines(os.path.join(HERE, "data", "sample", "eval.tsv"), 1)[0]
-    example = ExampleBuilder(load_spec()).from_log_line(line)
+    vectors = glob.glob(os.path.join(os.path.dirname(os.path.abspath(args.serving_dir)), "item_vectors", "*"))
+    if not vectors:
+        raise SystemExit(f"no prepared item vectors beside {args.serving_dir}: the run's item_vectors/ folder")
+    example = ExampleBuilder(load_spec(), VectorTable.load(vectors[0])).from_log_line(line)
 
     floor, expected = in_process(model_dir, example, args.requests)
     request = predict_pb2.PredictRequest()

@@ -176,7 +176,7 @@ def ServingInfraValidator(
         spec = FeatureSpec.from_json(feature_spec)
         tower_features = {t: tower_raw_features(spec, t) for t in ("user", "item")}
         # The requests carry the posts' content vectors, as every client's do (the run's vector file).
-        builder = ExampleBuilder(spec, VectorTable(item_vectors.uri))
+        builder = ExampleBuilder(spec, VectorTable.load(item_vectors.uri))
         requests = [builder.with_content(x) for x in requests]
     report = validate(model_dir, requests, model_name, blessing.uri, timeout_seconds, tower_features)
     blessed = report["blessed"]

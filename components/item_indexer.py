@@ -34,7 +34,6 @@ from schema.spec import STRING, FeatureSpec
 
 FEATURES_DIR = "features"
 BATCH = 512
-CLOCK_MARGIN_MS = 60_000  # posts stamped this long before the store was scanned are added again after
 OUTPUT_REPORT = OutputReport(
     ItemIndex.TYPE_NAME, "item_index", uri_key="item_index_uri",
     read=lambda a, custom: custom(a, "milvus") or {"not_indexed_because": custom(a, "not_indexed_because")},
@@ -123,15 +122,6 @@ def read_catalog(pattern: str, spec: FeatureSpec, table: VectorTable, batch: int
         yield Batch(ids, {c: [v.decode() for v in parsed[c].numpy()] for c in columns}, table.vectors(ids))
 
 
-def embedded(store_batches, item_tower, builder, spec: FeatureSpec, version):
-    """The store's posts as Batches of item-tower vectors (what a generation holds)."""
-    from retrieval.add_items import embed_posts
-    from retrieval.index import Batch
-
-    for batch in store_batches:
-        yield Batch(batch.ids, batch.scalars, embed_posts(item_tower, builder, spec, batch, version))
-
-
 def _blessed(input_dict) -> list[str]:
     reasons = []
     for key, check in (("model_blessing", model_utils.is_model_blessed),
@@ -163,6 +153,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             index.set_string_custom_property("not_indexed_because", "; ".join(not_blessed))
             return
         from retrieval.backends import open_index
+        from retrieval.catalog import index_store
         from retrieval.item_store import ItemStore, now_ms
         from retrieval.milvus import IndexConfig
         from retrieval.recall import SavedModelUserEncoder
@@ -177,7 +168,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         with self._make_beam_pipeline() as pipeline:
             catalog_features(pipeline, examples, item_vectors, exec_properties["catalog_source"], spec,
                              os.path.join(out_dir, "part"))
-        table = VectorTable(item_vectors.uri)
+        table = VectorTable.load(item_vectors.uri)
         config = IndexConfig(**json.loads(exec_properties["index_config"]))
         version = _pushed_version(input_dict)
         item_tower = SavedModelUserEncoder(model_dir)
@@ -191,40 +182,18 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             stored = store.count()
             log(f"item store {store.name}: {seeded:,} posts of this run's vector file written, {stored:,} in all "
                 f"(with {stored - seeded:,} added by add_items and earlier runs)")
-            builder = ExampleBuilder(spec, store)
-            scanned_from = now_ms()
-            dim = int(embed_dim(item_tower, builder, spec, store))
-            # The blessed model is the pushed version (recorded with the generation): add_items and
-            # recall ask for that version's towers by number.
-            result = item_index.write_generation(
-                embedded(store.scan(), item_tower.item, builder, spec, None), spec.item_id,
-                columns, dim, expected_count=stored or None, model_version=version)
-            late = 0
-            for batch in store.scan(since_ms=scanned_from - CLOCK_MARGIN_MS, but_ms=seed_ms):
-                vectors = embed_posts_for(item_tower, builder, spec, batch)
-                late += item_index.upsert_items(result["collection"], vectors)
-            if late:
-                log(f"{late:,} posts stored while {result['collection']} was written (or just before) added to it")
-        result = {**result, "seeded": seeded, "added_during_write": late}
+            result = index_store(item_index, store, item_tower.item, ExampleBuilder(spec, store), spec, version,
+                                 but_ms=seed_ms)
+            if result["added_during_write"]:
+                log(f"{result['added_during_write']:,} posts stored while {result['collection']} was written added "
+                    "to it")
+        result = {**result, "seeded": seeded}
+        dim = result["dim"]
         index.set_int_custom_property("indexed", 1)
         index.set_string_custom_property("uri", config.uri)
         index.set_json_value_custom_property("milvus", result)
         index.set_int_custom_property("dim", dim)
         index.set_int_custom_property("count", result["count"])
-
-
-def embed_posts_for(item_tower, builder, spec: FeatureSpec, batch):
-    from retrieval.add_items import embed_posts
-    from retrieval.index import Batch
-
-    return Batch(batch.ids, batch.scalars, embed_posts(item_tower.item, builder, spec, batch, None))
-
-
-def embed_dim(item_tower, builder, spec: FeatureSpec, store) -> int:
-    """The item tower's output width, from one stored post."""
-    for batch in store.scan(batch=1):
-        return embed_posts_for(item_tower, builder, spec, batch).vectors.shape[1]
-    raise RuntimeError(f"{store.where} holds no post: the catalog is empty")
 
 
 class ItemIndexerSpec(ComponentSpec):

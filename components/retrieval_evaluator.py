@@ -275,7 +275,7 @@ def evaluate(model_dir: str, items: IdTable, clicked_users: np.ndarray, examples
     queries = Queries(examples, spec, users, exclude_read)
     model = tf.saved_model.load(model_dir)
     # Content by value, from the run's vector file (what the item store is seeded with).
-    table = VectorTable(item_vectors.uri)
+    table = VectorTable.load(item_vectors.uri)
     builder = ExampleBuilder(spec, table)
     user_vectors = _embed(model.signatures[signature_names.USER], [builder.with_content(x) for x in queries.raw])
     item_tower = model.signatures[signature_names.ITEM + signature_names.RAW]

@@ -24,17 +24,16 @@ import argparse  # noqa: E402
 import gzip  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from retrieval.index import Batch, GenerationGone, ItemIndex, ItemIndexError  # noqa: E402
+from retrieval.catalog import add_posts  # noqa: E402
+from retrieval.index import Batch, ItemIndexError  # noqa: E402
 from schema.numbers import NumberError, check_number  # noqa: E402
 from schema.spec import FeatureSpec  # noqa: E402
 
 MAX_LINE_BYTES = 16 << 20
-MAX_TRIES = 3  # generations followed while posts are added (each try is one alias move)
 
 
 @dataclass
@@ -140,56 +139,6 @@ def read_items_file(path: str):
                     yield lineno, ValueError(str(e))
     except (OSError, EOFError) as e:
         raise ValueError(f"{path}: cannot read the file ({e})") from None
-
-
-def item_examples(builder, spec: FeatureSpec, batch: Batch) -> list[bytes]:
-    """The item tower's tf.Examples of a batch of posts: id, item columns, the post's own vector."""
-    columns = list(batch.scalars)
-    return [builder.from_features({spec.item_id: item, **{c: batch.scalars[c][i] for c in columns
-                                                          if batch.scalars[c][i]}},
-                                  item_vector=batch.vectors[i])
-            for i, item in enumerate(batch.ids)]
-
-
-def embed_posts(item_tower, builder, spec: FeatureSpec, batch: Batch, version: int | None,
-                chunk: int = 512) -> np.ndarray:
-    """The posts' item-tower vectors from model `version` ([n, d], not normalised)."""
-    out = []
-    for s in range(0, len(batch.ids), chunk):
-        part = Batch(batch.ids[s:s + chunk], {c: v[s:s + chunk] for c, v in batch.scalars.items()},
-                     batch.vectors[s:s + chunk])
-        out.append(np.asarray(item_tower(item_examples(builder, spec, part), version), np.float32))
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
-
-
-def add_posts(index: ItemIndex, store, item_tower, builder, spec: FeatureSpec, batch: Batch) -> dict:
-    """Writes the posts to the item store, then embeds them with the item tower of the version that
-    filled the serving generation and upserts them there; follows the alias if it moves meanwhile.
-    Returns {"added", "generation", "model_version", "seconds"} once every post is searchable."""
-    started = time.perf_counter()
-    if not batch.ids:
-        return {"added": 0, "generation": None, "model_version": None, "seconds": 0.0}
-    store.upsert(batch)  # first: a generation being written picks the posts up from the store
-    done: set[str] = set()
-    for _ in range(MAX_TRIES):
-        generation, version = index.generation(refresh=True)
-        if generation in done:
-            break
-        vectors = embed_posts(item_tower, builder, spec, batch, version)
-        try:
-            index.upsert_items(generation, Batch(batch.ids, batch.scalars, vectors))
-        except GenerationGone:
-            continue  # dropped while written: the alias has moved on, follow it
-        missing = set(batch.ids) - index.holds(generation, batch.ids)
-        if missing:
-            raise ItemIndexError(f"{len(missing)} posts not found in {generation} after the upsert "
-                                 f"(e.g. {sorted(missing)[:3]})")
-        done.add(generation)
-        if index.generation(refresh=True)[0] == generation:
-            return {"added": len(batch.ids), "generation": generation, "model_version": version,
-                    "seconds": round(time.perf_counter() - started, 4)}
-    raise ItemIndexError(f"the alias moved {MAX_TRIES} times while {len(batch.ids)} posts were added: they are "
-                         "in the item store; the next generation includes them")
 
 
 def main(argv=None) -> int:

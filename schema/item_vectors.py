@@ -331,11 +331,17 @@ class VectorTable:
     """The content vectors of a prepared folder by post id: what the training run knows of each post
     (the evaluator and the item store's seed read it)."""
 
-    def __init__(self, prepared_dir: str):
-        self.matrix = load_table(prepared_dir)
-        self.dim = int(self.matrix.shape[1])
-        self.ids = load_ids(prepared_dir)
+    def __init__(self, ids: list[str], vectors: np.ndarray):
+        """ids[i]'s vector is vectors[i]."""
+        vectors = np.asarray(vectors, np.float32)
+        self.matrix = np.concatenate([np.zeros((1, vectors.shape[1]), np.float32), vectors])
+        self.dim = int(vectors.shape[1])
+        self.ids = list(ids)
         self._rows = {item: row for row, item in enumerate(self.ids, start=1)}
+
+    @classmethod
+    def load(cls, prepared_dir: str) -> VectorTable:
+        return cls(load_ids(prepared_dir), load_table(prepared_dir)[1:])
 
     def vectors(self, ids: list[str]) -> np.ndarray:
         """[len(ids), dim]: each id's vector, all zero for an id without one."""

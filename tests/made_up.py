@@ -19,7 +19,7 @@ from tfx.types import standard_artifacts
 
 from common import signature_names
 from components.artifacts import ItemVectors
-from schema.item_vectors import IDS_FILE
+from schema.item_vectors import IDS_FILE, VECTORS_FILE
 
 TOPICS = ("t1", "t2", "t3")
 WEIGHTS = {"p1": 5.0, "p2": 4.0, "p3": 3.0, "p4": 2.0, "p5": 1.0}
@@ -72,13 +72,25 @@ def examples_artifact(root, splits: dict[str, list[bytes]]):
 
 
 def item_vectors_artifact(root, ids):
+    """A prepared vector folder: the ids and a content vector each (the made-up towers read none)."""
     artifact = ItemVectors()
     artifact.uri = str(root)
     os.makedirs(root, exist_ok=True)
     with open(os.path.join(root, IDS_FILE), "w") as f:
         f.write("".join(f"{i}\n" for i in ids))
+    table = np.concatenate([np.zeros((1, DIM), np.float32), np.ones((len(ids), DIM), np.float32)])
+    np.save(os.path.join(root, VECTORS_FILE), table)
     artifact.set_int_custom_property("count", len(ids))
     return artifact
+
+
+class NoContent:
+    """The content lookup for the made-up towers, which read no vector: every post 'has none' (zeros)."""
+    dim = DIM
+
+    @staticmethod
+    def vectors(ids) -> np.ndarray:
+        return np.zeros((len(ids), DIM), np.float32)
 
 
 def output_artifact(cls, root):

@@ -299,7 +299,8 @@ def test_recall_never_mixes_model_versions_while_the_alias_moves(tmp_path):
     with ModelServer(served, port=0, poll_seconds=0) as server:
         def query():
             with ServingClient(server.target, "m") as client:
-                recaller = Recaller(ServingUserEncoder(client), MilvusIndex(config, refresh_seconds=0), SPEC)
+                recaller = Recaller(ServingUserEncoder(client), MilvusIndex(config, refresh_seconds=0), SPEC,
+                                    made_up.NoContent())
                 while not stop.is_set():
                     try:
                         answer = recaller.answer([user], 2, exclude_read=False)

@@ -71,8 +71,24 @@ def test_summary_counts_and_quality(runs):
     assert retrieval["model"]["recall@10"] <= retrieval["model"]["recall@50"] <= retrieval["model"]["recall@100"]
 
 
+def _sample_vectors() -> dict[str, list[float]]:
+    with open(os.path.join(REPO, "data", "sample", "item_vectors.jsonl")) as f:
+        return {(o := json.loads(line))["post_id"]: o["values"] for line in f if line.strip()}
+
+
+VECTORS = _sample_vectors()
+
+
 def _example(**features):
+    """A tf.Example as a client sends it: the features, and the posts' content vectors by value from
+    the sample's vector file (the post's own when known; one per read post, zeros when unknown)."""
     ex = tf.train.Example()
+    if features.get("post_id", [None])[0] in VECTORS:
+        ex.features.feature["item_embed"].float_list.value.extend(VECTORS[features["post_id"][0]])
+    if "read_post_id" in features:
+        dim = len(next(iter(VECTORS.values())))
+        ex.features.feature["client_embed"].float_list.value.extend(
+            v for p in features["read_post_id"] for v in VECTORS.get(p, [0.0] * dim))
     for key, values in features.items():
         f = ex.features.feature[key]
         if isinstance(values[0], int):
@@ -183,6 +199,8 @@ def test_infra_validation_blessed_and_the_demo_served_both_towers(runs):
 
 
 def test_towers_over_grpc_equal_the_saved_model_in_process(runs):
+    from schema.item_vectors import VectorTable
+    from schema.spec import load_spec
     from serving.client import ServingClient, TowerClient
     from serving.model_config import read_config_file
     from serving.server import ModelServer
@@ -200,7 +218,8 @@ def test_towers_over_grpc_equal_the_saved_model_in_process(runs):
     assert [c.name for c in config] == ["dssm", "dssm_user", "dssm_item"]
     assert all(c.policy == "latest" and c.num_versions == 2 for c in config)  # the indexed one and the newest
     with ModelServer(config, port=0, poll_seconds=0) as server, ServingClient(server.target, "dssm") as client:
-        towers = TowerClient(client)
+        (vectors,) = glob.glob(os.path.join(workdir, "item_vectors", "*"))
+        towers = TowerClient(client, load_spec(), VectorTable.load(vectors))
         np.testing.assert_allclose(towers.user_embeddings([user_features]), expected_user, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(towers.item_embeddings(item_features), expected_items, rtol=1e-5, atol=1e-6)
         assert client.wait_until_available() == int(os.path.basename(pushed["path"]))
@@ -220,6 +239,7 @@ def _most_frequent_topics():
 
 
 def test_item_index_recall_equals_brute_force_over_the_catalog(runs, tmp_path_factory):
+    from retrieval.item_store import ItemStore
     from retrieval.milvus import IndexConfig, MilvusIndex
     from retrieval.recall import Recaller, SavedModelUserEncoder
     from schema.spec import load_spec
@@ -248,7 +268,9 @@ def test_item_index_recall_equals_brute_force_over_the_catalog(runs, tmp_path_fa
         searcher = MilvusIndex(IndexConfig(uri=os.path.join(workdir, "milvus.db")))
         try:
             assert searcher.collection() == index["collection"]
-            recaller = Recaller(SavedModelUserEncoder(os.path.join(workdir, "serving", "dssm")), searcher, load_spec())
+            store = ItemStore(searcher.config, "post_id", client=searcher.client)
+            recaller = Recaller(SavedModelUserEncoder(os.path.join(workdir, "serving", "dssm")), searcher, load_spec(),
+                                store)
             user_features = {"client_id": "u7", "client_type": 1, "follow_topic_id": ["3", "8"],
                              "all_topic_fav_7": {"3": 0.7, "11": 0.3}, "read_post_id": ["p1", "p2"]}
             (hits,) = recaller.recall([user_features], k=20)

@@ -267,6 +267,7 @@ def test_infra_validation_counts_the_distinct_inputs_of_a_tower():
 def test_recall_excludes_every_read_post_beyond_maxlen(tmp_path):
     from retrieval.milvus import Batch, IndexConfig, MilvusIndex, connect, write_generation
     from retrieval.recall import Recaller
+    from tests.made_up import NoContent
 
     maxlen = next(f.maxlen for f in SPEC.features if f.column == "read_post_id")
     n, dim = 200, 8
@@ -284,7 +285,7 @@ def test_recall_excludes_every_read_post_beyond_maxlen(tmp_path):
     read = ranked[-maxlen:] + ranked[:10]
     recaller = Recaller(lambda examples, version=None: np.tile(query, (len(examples), 1)),
                         MilvusIndex(config, client=client),
-                        SPEC)
+                        SPEC, NoContent())
     user = {"client_type": 1, "follow_topic_id": "t1", "all_topic_fav_7": "t1:1", "read_post_id": read}
     (hits,) = recaller.recall([user], k=10)
     assert [h["id"] for h in hits] == ranked[10:20]

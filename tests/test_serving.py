@@ -380,17 +380,26 @@ def test_client_does_not_retry_other_errors_and_respects_the_deadline(server):
 def test_example_builder_checks_like_ingest(spec):
     import tensorflow as tf
 
+    from schema.item_vectors import VectorTable
     from serving.examples import ExampleBuilder, FeatureError
 
-    builder = ExampleBuilder(spec)
+    builder = ExampleBuilder(spec, VectorTable(["p1", "p2"], [[1.0, 2.0], [3.0, 4.0]]))
     ex = tf.train.Example.FromString(builder.from_features(
-        {"client_type": 1, "follow_topic_id": ["3", "8", "3"], "all_topic_fav_7": {"3": 0.75, "11": 0.25}}))
+        {"client_type": 1, "follow_topic_id": ["3", "8", "3"], "all_topic_fav_7": {"3": 0.75, "11": 0.25},
+         "read_post_id": ["p2", "new", "p1", "p2"]}))
     f = ex.features.feature
+    # The read posts' vectors by value, one per post kept (the repeat dropped), zeros for one unknown.
+    assert list(f["read_post_id"].bytes_list.value) == [b"p2", b"new", b"p1"]
+    assert list(f["client_embed"].float_list.value) == [3.0, 4.0, 0.0, 0.0, 1.0, 2.0]
+    item = tf.train.Example.FromString(builder.from_features({"post_id": "p1"})).features.feature
+    assert list(item["item_embed"].float_list.value) == [1.0, 2.0]
+    with pytest.raises(ValueError, match="content vectors"):
+        ExampleBuilder(spec, None)
     assert list(f["client_type"].int64_list.value) == [1]
     assert list(f["follow_topic_id"].bytes_list.value) == [b"3", b"8"]  # duplicate dropped, as in ingest
     assert list(f["all_topic_fav_7"].bytes_list.value) == [b"3", b"11"]
     assert list(f["all_topic_fav_7_weight"].float_list.value) == [0.75, 0.25]
-    assert "post_id" not in f and "act" not in f
+    assert "post_id" not in f and "act" not in f and "item_embed" not in f
     with pytest.raises(FeatureError, match="unknown feature"):
         builder.from_features({"clienttype": 1})
     with pytest.raises(FeatureError, match="bad_weight"):

@@ -1,0 +1,223 @@
+"""Issue [fresh-items]: posts published after training, embedded by their content, added to the item
+store and the serving generation without retraining; reads of new posts move the user.
+
+Real Milvus Lite (a copy of the shared sample run's file, so the shared run stays as it was) and the
+real pushed model; every expected ranking is worked out here with numpy over the model's own towers.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.conftest import REPO, holding_the_shared_run
+
+USER = {"client_id": "u7", "client_type": 1, "follow_topic_id": ["3", "8"], "read_post_id": ["p1", "p2", "p3"]}
+
+
+@pytest.fixture(scope="module")
+def fresh_run(runs, tmp_path_factory):
+    """(a work directory with the shared run's pushed model and a copy of its Milvus Lite file,
+    the pushed version)."""
+    workdir, first, _ = runs
+    tmp = tmp_path_factory.mktemp("fresh")
+    with holding_the_shared_run(tmp_path_factory):  # nobody holds the Lite file while it is copied
+        shutil.copy(os.path.join(workdir, "milvus.db"), tmp / "milvus.db")
+    os.symlink(os.path.join(workdir, "serving"), tmp / "serving")
+    return str(tmp), int(first["pushed_models"][0]["version"])
+
+
+@pytest.fixture()
+def parts(fresh_run):
+    """(index, store, in-process towers, example builder, spec) over the copied file; the Lite server
+    of this process is released after, so that a CLI test can open the file."""
+    from milvus_lite.server_manager import server_manager_instance
+
+    from retrieval.backends import open_index
+    from retrieval.item_store import ItemStore
+    from retrieval.milvus import IndexConfig
+    from retrieval.recall import SavedModelUserEncoder
+    from schema.spec import load_spec
+    from serving.examples import ExampleBuilder
+
+    workdir, _ = fresh_run
+    config = IndexConfig(uri=os.path.join(workdir, "milvus.db"))
+    spec = load_spec()
+    index = open_index(config)
+    store = ItemStore(config, spec.item_id, client=index.client)
+    towers = SavedModelUserEncoder(os.path.join(workdir, "serving", "dssm"))
+    yield index, store, towers, ExampleBuilder(spec, store), spec
+    index.close()
+    server_manager_instance.release_server(config.uri)
+
+
+def _batch(ids, topics, vectors):
+    from retrieval.index import Batch
+
+    return Batch(list(ids), {"topic_id": list(topics)}, np.asarray(vectors, np.float32))
+
+
+def _unit(x):
+    x = np.asarray(x, np.float64)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def test_a_fresh_post_close_to_the_reads_is_recalled_at_the_rank_numpy_gives(parts):
+    from retrieval.catalog import add_posts, item_examples
+    from retrieval.recall import Recaller
+
+    index, store, towers, builder, spec = parts
+    generation, version = index.generation(refresh=True)
+    reads = store.vectors(USER["read_post_id"])
+    assert reads.any(axis=1).all()  # the sample's posts are in the store, seeded by the run
+    near, far = reads.mean(axis=0), -reads.mean(axis=0)
+    added = add_posts(index, store, towers.item, builder, spec, _batch(["fresh-near", "fresh-far"], ["3", "3"],
+                                                                      [near, far]))
+    assert added["added"] == 2 and added["generation"] == generation and added["model_version"] == version
+
+    # By hand: every stored post through the item tower, the user through the user tower, cosine, reads out.
+    posts = [b for b in store.scan()]
+    ids = [i for b in posts for i in b.ids]
+    items = np.concatenate([towers.item(item_examples(builder, spec, b), version) for b in posts])
+    user = towers([builder.from_features(USER)], version)[0]
+    scores = _unit(items) @ _unit(user)
+    order = [ids[i] for i in np.argsort(-scores, kind="stable") if ids[i] not in USER["read_post_id"]]
+    expected = order[:20]
+    assert "fresh-near" in order[:50] and order.index("fresh-near") < order.index("fresh-far")
+
+    (hits,) = Recaller(towers, index, spec, store).recall([USER], k=20)
+    assert [h["id"] for h in hits] == expected
+    np.testing.assert_allclose([h["score"] for h in hits], [scores[ids.index(e)] for e in expected], atol=1e-4)
+
+
+def test_reads_of_fresh_posts_move_the_user(parts):
+    """Two users who read different new posts get different vectors, each the user tower's answer for
+    the read posts' vectors given by hand in the request."""
+    from retrieval.catalog import add_posts
+
+    index, store, towers, builder, spec = parts
+    _, version = index.generation(refresh=True)
+    a_vec, b_vec = store.vectors(["p5"])[0], store.vectors(["p9"])[0]
+    add_posts(index, store, towers.item, builder, spec, _batch(["fresh-a", "fresh-b"], ["3", "5"], [a_vec, b_vec]))
+    reader_a = towers([builder.from_features({"client_id": "x", "client_type": 0, "read_post_id": ["fresh-a"]})],
+                      version)[0]
+    reader_b = towers([builder.from_features({"client_id": "x", "client_type": 0, "read_post_id": ["fresh-b"]})],
+                      version)[0]
+    assert float(_unit(reader_a) @ _unit(reader_b)) < 0.999
+
+    by_hand = tf.train.Example()
+    by_hand.features.feature["client_id"].bytes_list.value.append(b"x")
+    by_hand.features.feature["client_type"].int64_list.value.append(0)
+    by_hand.features.feature["read_post_id"].bytes_list.value.append(b"fresh-a")
+    by_hand.features.feature["client_embed"].float_list.value.extend(a_vec.tolist())
+    np.testing.assert_allclose(reader_a, towers([by_hand.SerializeToString()], version)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_re_adding_a_post_replaces_its_row(parts):
+    from retrieval.catalog import add_posts, item_examples
+
+    index, store, towers, builder, spec = parts
+    generation, version = index.generation(refresh=True)
+    first, second = store.vectors(["p11"])[0], store.vectors(["p12"])[0]
+    add_posts(index, store, towers.item, builder, spec, _batch(["fresh-x"], ["3"], [first]))
+    count = store.count()
+    add_posts(index, store, towers.item, builder, spec, _batch(["fresh-x"], ["7"], [second]))
+    assert store.count() == count
+    rows = index.client.query(generation, filter='post_id == "fresh-x"', output_fields=["topic_id", "embedding"])
+    assert len(rows) == 1 and rows[0]["topic_id"] == "7"
+    want = towers.item(item_examples(builder, spec, _batch(["fresh-x"], ["7"], [second])), version)[0]
+    np.testing.assert_allclose(rows[0]["embedding"], _unit(want), atol=1e-5)
+    np.testing.assert_allclose(store.get(["fresh-x"])["fresh-x"]["vector"], second)
+
+
+def test_a_model_version_the_tower_cannot_give_is_refused_before_anything_is_written(parts, tmp_path):
+    """The generation was filled by version V: add_items with a model path that lacks V refuses, and
+    neither the store nor the generation gets the post (user and item vectors stay of one version)."""
+    from retrieval.catalog import add_posts
+    from retrieval.recall import SavedModelUserEncoder
+
+    index, store, towers, builder, spec = parts
+    generation, version = index.generation(refresh=True)
+    other = tmp_path / "dssm"
+    other.mkdir()
+    os.symlink(towers.path, other / str(version + 1))
+    with pytest.raises(ValueError, match=f"filled by model version {version}, which is not under"):
+        add_posts(index, store, SavedModelUserEncoder(str(other)).item, builder, spec,
+                  _batch(["fresh-refused"], ["3"], [store.vectors(["p1"])[0]]))
+    assert store.get(["fresh-refused"]) == {}
+    assert index.holds(generation, ["fresh-refused"]) == set()
+
+
+def test_a_post_added_while_a_new_generation_is_written_ends_up_in_it(parts):
+    """A new generation (ItemIndexer's path) reads the store, and while its vectors are computed a post
+    is added to the serving generation: once the new one is live, it holds the post too."""
+    from retrieval.catalog import add_posts, index_store
+
+    index, store, towers, builder, spec = parts
+    old, version = index.generation(refresh=True)
+    calls, scanned, added = [0], threading.Event(), threading.Event()
+
+    def slow_item_tower(examples, v):
+        calls[0] += 1
+        if calls[0] == 2:  # the generation's scan has read the store: add a post now
+            scanned.set()
+            assert added.wait(120)
+        return towers.item(examples, v)
+
+    result = {}
+    writer = threading.Thread(target=lambda: result.update(index_store(index, store, slow_item_tower, builder, spec,
+                                                                       version)))
+    writer.start()
+    assert scanned.wait(120)
+    during = add_posts(index, store, towers.item, builder, spec, _batch(["fresh-race"], ["3"],
+                                                                      [store.vectors(["p2"])[0]]))
+    added.set()
+    writer.join(300)
+    assert during["generation"] == old  # the alias had not moved yet
+    new = result["collection"]
+    assert index.generation(refresh=True)[0] == new != old
+    assert result["added_during_write"] >= 1
+    assert index.holds(new, ["fresh-race"]) == {"fresh-race"}
+    assert result["count"] == store.count() - 1  # the generation's scan did not see it: the catch-up added it
+
+
+def test_the_cli_adds_good_rows_and_reports_each_bad_row_with_its_line(fresh_run, tmp_path):
+    """add_items on a file with a good row, a vector of the wrong size, a line that is not JSON and an
+    unknown key: exit 2, each bad row named by its line, the good post searchable, nothing of the
+    bad ones written."""
+    workdir, _ = fresh_run
+    dim = 32
+    good = {"post_id": "fresh-cli", "values": [0.1] * dim, "topic_id": "3"}
+    lines = [json.dumps(good), json.dumps({"post_id": "bad-size", "values": [0.1] * 5}), "{not json",
+             json.dumps({"post_id": "bad-key", "values": [0.1] * dim, "colour": "red"}),
+             json.dumps({"post_id": "bad-zero", "values": [0.0] * dim})]
+    items = tmp_path / "posts.jsonl"
+    items.write_text("\n".join(lines) + "\n")
+    run = subprocess.run([sys.executable, "-m", "retrieval.add_items", "--workdir", workdir, "--items", str(items)],
+                         cwd=REPO, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "TF_USE_LEGACY_KERAS": "1"})
+    assert run.returncode == 2, run.stderr
+    for line, reason in ((2, "values must be a list of 32 numbers"), (3, "not JSON"), (4, "unknown key(s) ['colour']"),
+                         (5, "an all-zero vector")):
+        assert f"posts.jsonl:{line}: refused: {reason}" in run.stderr
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["added"] == 1 and result["refused"] == 4
+
+    from milvus_lite.server_manager import server_manager_instance
+
+    from retrieval.backends import open_index
+    from retrieval.item_store import ItemStore
+    from retrieval.milvus import IndexConfig
+
+    config = IndexConfig(uri=os.path.join(workdir, "milvus.db"))
+    with open_index(config) as index:
+        store = ItemStore(config, "post_id", client=index.client)
+        generation, _ = index.generation(refresh=True)
+        assert set(store.get(["fresh-cli", "bad-size", "bad-key", "bad-zero"])) == {"fresh-cli"}
+        assert index.holds(generation, ["fresh-cli", "bad-size", "bad-key", "bad-zero"]) == {"fresh-cli"}
+    server_manager_instance.release_server(config.uri)
