@@ -67,32 +67,45 @@ def _unit(x):
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def test_a_fresh_post_close_to_the_reads_is_recalled_at_the_rank_numpy_gives(parts):
-    from retrieval.catalog import add_posts, item_examples
+def _ranking(index, store, towers, builder, spec, user_features, version):
+    """By hand: every stored post through the item tower, the user through the user tower, cosine
+    (numpy), the user's read posts left out: (ids best first, {id: score})."""
+    from retrieval.catalog import item_examples
+
+    posts = list(store.scan())
+    ids = [i for b in posts for i in b.ids]
+    items = np.concatenate([towers.item(item_examples(builder, spec, b), version) for b in posts])
+    user = towers([builder.from_features(user_features)], version)[0]
+    scores = _unit(items) @ _unit(user)
+    read = set(user_features.get("read_post_id", []))
+    order = [ids[i] for i in np.argsort(-scores, kind="stable") if ids[i] not in read]
+    return order, dict(zip(ids, scores.tolist(), strict=True)), posts
+
+
+def test_a_fresh_post_like_what_the_user_likes_is_recalled_at_the_rank_numpy_gives(parts):
+    """Two posts the run never saw: one with the content and topic of the warm post the model ranks first
+    for the user, one with the opposite vector. The first is recalled among the top (its id is unknown,
+    its content is what the user likes), the second is not in the top 50; recall's answer equals the
+    numpy ranking of every stored post."""
+    from retrieval.catalog import add_posts
     from retrieval.recall import Recaller
 
     index, store, towers, builder, spec = parts
     generation, version = index.generation(refresh=True)
-    reads = store.vectors(USER["read_post_id"])
-    assert reads.any(axis=1).all()  # the sample's posts are in the store, seeded by the run
-    near, far = reads.mean(axis=0), -reads.mean(axis=0)
-    added = add_posts(index, store, towers.item, builder, spec, _batch(["fresh-near", "fresh-far"], ["3", "3"],
-                                                                      [near, far]))
+    assert store.vectors(USER["read_post_id"]).any(axis=1).all()  # the sample's posts: seeded by the run
+    order, _, posts = _ranking(index, store, towers, builder, spec, USER, version)
+    best = order[0]
+    content = {i: (v, t) for b in posts for i, v, t in zip(b.ids, b.vectors, b.scalars["topic_id"], strict=True)}
+    like, topic = content[best]
+    added = add_posts(index, store, towers.item, builder, spec, _batch(["fresh-like", "fresh-unlike"], [topic, topic],
+                                                                      [like, -like]))
     assert added["added"] == 2 and added["generation"] == generation and added["model_version"] == version
 
-    # By hand: every stored post through the item tower, the user through the user tower, cosine, reads out.
-    posts = [b for b in store.scan()]
-    ids = [i for b in posts for i in b.ids]
-    items = np.concatenate([towers.item(item_examples(builder, spec, b), version) for b in posts])
-    user = towers([builder.from_features(USER)], version)[0]
-    scores = _unit(items) @ _unit(user)
-    order = [ids[i] for i in np.argsort(-scores, kind="stable") if ids[i] not in USER["read_post_id"]]
-    expected = order[:20]
-    assert "fresh-near" in order[:50] and order.index("fresh-near") < order.index("fresh-far")
-
+    order, scores, _ = _ranking(index, store, towers, builder, spec, USER, version)
+    assert order.index("fresh-like") < 5 and "fresh-unlike" not in order[:50]
     (hits,) = Recaller(towers, index, spec, store).recall([USER], k=20)
-    assert [h["id"] for h in hits] == expected
-    np.testing.assert_allclose([h["score"] for h in hits], [scores[ids.index(e)] for e in expected], atol=1e-4)
+    assert [h["id"] for h in hits] == order[:20]
+    np.testing.assert_allclose([h["score"] for h in hits], [scores[i] for i in order[:20]], atol=1e-4)
 
 
 def test_reads_of_fresh_posts_move_the_user(parts):
