@@ -26,8 +26,16 @@ MODULES = (
 )
 
 
+_loaded = False
+
+
 def load() -> None:
-    """Imports MODULES; without TensorFlow's runtime unless it is loaded already."""
+    """Imports MODULES; without TensorFlow's runtime unless it is loaded already. Once per process:
+    the log parser calls it for every row."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
     if "tensorflow" in sys.modules or all(name in sys.modules for name in MODULES):
         for name in MODULES:
             importlib.import_module(name)
