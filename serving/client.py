@@ -150,6 +150,32 @@ class TowerClient:
         return self.client.embeddings(signature, [self.examples.from_log_line(line) for line in lines])
 
 
+class _Counted:
+    """A content lookup that counts the posts it has no vector for (sent as zeros)."""
+
+    def __init__(self, table):
+        self.table, self.dim, self.unknown = table, table.dim, 0
+
+    def vectors(self, ids):
+        out = self.table.vectors(ids)
+        self.unknown += int((~out.any(axis=1)).sum())
+        return out
+
+
+def run_vectors(workdir: str):
+    """The content vectors of a run's vector file (its newest prepared folder). The client is a tool of
+    the serving layer: posts added since the run (retrieval.add_items) are in the item store, which
+    retrieval.recall reads; here they have no vector, and the client says how many."""
+    import glob
+
+    from schema.item_vectors import META_FILE, VectorTable
+
+    prepared = sorted(glob.glob(os.path.join(workdir, "item_vectors", "*", META_FILE)), key=os.path.getmtime)
+    if not prepared:
+        raise ValueError(f"no prepared item vectors under {workdir}/item_vectors: give --workdir of a run")
+    return _Counted(VectorTable.load(os.path.dirname(prepared[-1])))
+
+
 def read_log_lines(path: str, limit: int) -> list[str]:
     """The first `limit` data lines of a log file (plain or .gz), read as ingest reads them."""
     import itertools
@@ -167,9 +193,7 @@ def main(argv=None) -> None:
     p.add_argument("--retries", type=int, default=3, help="retries on UNAVAILABLE")
     p.add_argument("--spec", default=None, help="feature spec YAML (default: schema/feature_spec.yaml)")
     p.add_argument("--workdir", default=os.path.join("runs", "demo"),
-                   help="the run whose item store gives the posts' content vectors (its milvus.db)")
-    p.add_argument("--milvus", default=None,
-                   help="the item store's Milvus Lite file or URI (default: WORKDIR/milvus.db)")
+                   help="the run whose vector file gives the posts' content vectors (WORKDIR/item_vectors/)")
     p.add_argument("tower", choices=["user", "item"])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--features", help="JSON object of raw feature values, or a JSON list of them")
@@ -179,24 +203,16 @@ def main(argv=None) -> None:
     p.add_argument("--verbose", action="store_true", help="also third-party warnings")
     args = p.parse_args(argv)
 
-    from retrieval.index import ItemIndexError
-    from retrieval.item_store import ItemStore
-    from retrieval.milvus import IndexConfig, check_lite_file
     from schema.spec import load_spec
     from serving.examples import FeatureError
 
     spec = load_spec(args.spec)
-    config = IndexConfig(uri=args.milvus or IndexConfig().at(args.workdir).uri)
     try:
-        if config.is_lite:
-            check_lite_file(config.uri)
-        store = ItemStore(config, spec.item_id)
-        if not store.exists:
-            raise ValueError(f"no {store.where}: run the pipeline first, or give --milvus")
-    except (ValueError, ItemIndexError) as e:
+        content = run_vectors(args.workdir)
+    except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     with ServingClient(args.target, args.model, args.timeout, args.retries) as client:
-        towers = TowerClient(client, spec, store)
+        towers = TowerClient(client, spec, content)
         try:
             if args.features:
                 rows = json.loads(args.features)
@@ -209,6 +225,9 @@ def main(argv=None) -> None:
             raise SystemExit(f"error: {e}") from None
         except grpc.RpcError as e:
             raise SystemExit(f"error: {e.code().name}: {e.details()}") from None
+    if content.unknown:
+        print(f"note: {content.unknown} post(s) have no vector in {args.workdir}'s vector file (added since the "
+              "run?): sent as zeros; retrieval.recall reads the item store", file=sys.stderr)
     for v in vectors:
         print(json.dumps([round(float(x), 6) for x in v]))
 

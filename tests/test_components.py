@@ -203,7 +203,8 @@ def test_the_pusher_pushes_nothing_unblessed(artifacts, tmp_path):
 def _validate(artifacts, tmp_path, model: str):
     blessing = made_up.output_artifact(standard_artifacts.InfraBlessing, tmp_path / model)
     ServingInfraValidator.EXECUTOR_SPEC.executor_class().Do(
-        {"model": [artifacts[model]], "examples": [artifacts["examples"]]}, {"blessing": [blessing]},
+        {"model": [artifacts[model]], "examples": [artifacts["examples"]], "item_vectors": [artifacts["item_vectors"]]},
+        {"blessing": [blessing]},
         {"model_name": "m", "split": "eval", "num_examples": 5, "timeout_seconds": 120,
          "feature_spec": SPEC.to_json()})
     with open(tmp_path / model / REPORT_FILE) as f:
@@ -246,6 +247,14 @@ def test_the_item_indexer_writes_the_item_tower_of_every_catalog_item(artifacts,
         np.testing.assert_allclose(r[VECTOR_FIELD], want / np.linalg.norm(want), atol=1e-6)
     # A user following t2 is closest to p3 and p4 (their topic; in cosine the weight cancels, so the
     # two tie), then the others.
+    # The item store: seeded with the catalog, its logged topics and the prepared vectors.
+    from retrieval.item_store import ItemStore
+
+    store = ItemStore(IndexConfig(**config), "post_id", client=searcher.client)
+    stored = store.get(CATALOG)
+    assert sorted(stored) == CATALOG and store.count() == 5
+    assert all(stored[p]["topic_id"] == made_up.ITEM_TOPIC[p] for p in CATALOG)
+    np.testing.assert_array_equal(store.vectors(CATALOG), np.ones((5, made_up.DIM), np.float32))
     (hits,) = searcher.search(made_up.user_vector(["t2"])[None, :], 3)
     assert {h["id"] for h in hits[:2]} == {"p3", "p4"}
     assert hits[0]["score"] == pytest.approx(hits[1]["score"], abs=1e-6) and hits[1]["score"] > hits[2]["score"] + 0.5
