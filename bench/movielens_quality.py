@@ -86,7 +86,7 @@ CONFIGS = {
     "inbatch_softmax": {"trainer": {"loss": "inbatch_softmax"}},
 }
 # Cold start (trainer.id_dropout): a share of the item ids hidden each training step.
-for _rate in (0.1, 0.2, 0.3):
+for _rate in (0.1, 0.2, 0.3, 0.5, 0.7):
     CONFIGS[f"id_dropout_{_rate}"] = {"trainer": {"id_dropout": _rate}}
 CONFIGS["no_id_dropout"] = {"trainer": {"id_dropout": 0.0}}
 COLUMNS = ["recall@10", "recall@50", "recall@100", "hit_rate@50", "ndcg@50"]
