@@ -247,12 +247,15 @@ def _examples_section(summary: dict, spec, milvus_uri: str, log_path: str | None
     if not pushed or not (summary.get("item_index") or {}).get("count") or not log_path:
         return "<p>No model was pushed and indexed in this run.</p>"
     from retrieval.backends import open_index
+    from retrieval.item_store import ItemStore
     from retrieval.milvus import IndexConfig
     from retrieval.recall import Recaller, SavedModelUserEncoder
 
     lines = example_log_lines(log_path, spec)
-    searcher = open_index(IndexConfig(uri=milvus_uri, alias=summary["item_index"]["alias"]))
-    recaller = Recaller(SavedModelUserEncoder(os.path.dirname(pushed[0]["path"])), searcher, spec)
+    config = IndexConfig(uri=milvus_uri, alias=summary["item_index"]["alias"])
+    searcher = open_index(config)
+    store = ItemStore(config, spec.item_id, client=searcher.client)  # the read posts' content vectors
+    recaller = Recaller(SavedModelUserEncoder(os.path.dirname(pushed[0]["path"])), searcher, spec, store)
     k = 10
     results = recaller.recall_log_lines(lines, k=k)
     topics = dict(zip(items[0], items[1], strict=True)) if items else {}

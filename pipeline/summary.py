@@ -254,8 +254,10 @@ def summary_lines(summary: dict, workdir: str) -> list[str]:
                                        else f"not blessed: {infra.get('error', 'unknown')}"))
     index = summary.get("item_index") or {}
     if index.get("collection"):
+        added = index["count"] - index["seeded"] if "seeded" in index else 0
         lines.append(f"item index: {index['count']:,} items in Milvus collection {index['collection']}"
-                     + (f" (filled by model version {index['model_version']})" if index.get("model_version") else ""))
+                     + (f" (filled by model version {index['model_version']})" if index.get("model_version") else "")
+                     + (f"; {added:,} of them added with add_items since an earlier run" if added > 0 else ""))
     elif index.get("not_indexed_because"):
         lines.append(f"item index: not indexed: {index['not_indexed_because']}")
     for pushed in summary.get("pushed_models") or []:
