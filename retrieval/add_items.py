@@ -1,6 +1,7 @@
 """New posts into the system without retraining: into the item store and the serving generation.
 
-    python -m retrieval.add_items --workdir RUN --items FILE [--milvus URI] [--model DIR | --target HOST:PORT]
+    python -m retrieval.add_items --workdir RUN (--items FILE | --watch DIR) [--milvus URI]
+                                  [--model DIR | --target HOST:PORT]
 
 FILE: JSON lines (plain or .gz), one post a line: {"post_id": "...", "values": [d floats], <the item
 tower's other features, e.g. "topic_id": "t3">}. Each post is embedded by the item tower of the model
@@ -10,6 +11,10 @@ prints the count and the seconds. Re-adding an id replaces its row. A bad row is
 line number and counted, and nothing of it is written; the other rows are added (exit code 2 when a
 row was refused). If a new generation goes live while posts are added, they are added to it as well
 (ItemIndexer also picks up every post the store got while it wrote a generation).
+
+--watch DIR is the streaming path on the same code: every *.jsonl[.gz] file renamed into DIR is added
+as --items adds one, then moved to DIR/added/ (or DIR/refused/, with <name>.refused.txt listing each
+refused line and why); a Milvus or model-server failure leaves the file to be tried again.
 """
 from __future__ import annotations
 
@@ -148,7 +153,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m retrieval.add_items", description=__doc__.splitlines()[0])
     p.add_argument("--workdir", default=os.path.join("runs", "demo"),
                    help="a run's work directory: its milvus.db and its pushed serving/MODEL_NAME (default: the demo's)")
-    p.add_argument("--items", required=True, help="JSON lines (or .jsonl.gz) of posts: post_id, values, item features")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--items", help="JSON lines (or .jsonl.gz) of posts: post_id, values, item features")
+    source.add_argument("--watch", metavar="DIR",
+                        help="add every *.jsonl[.gz] file that appears in DIR (write it elsewhere, then rename it in), "
+                             "then move it to DIR/added/ (or DIR/refused/ with the refused lines beside it); until "
+                             "Ctrl-C")
+    p.add_argument("--poll-seconds", type=float, default=1.0, help="with --watch: how often DIR is listed")
     p.add_argument("--milvus", default=None, help="Milvus Lite file or URI (default: WORKDIR/milvus.db)")
     p.add_argument("--token", default="")
     p.add_argument("--alias", default=defaults.alias)
@@ -159,31 +170,84 @@ def main(argv=None) -> int:
     p.add_argument("--spec", default=None)
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args(argv)
-    from retrieval.backends import open_index
-    from retrieval.item_store import ItemStore
-    from retrieval.milvus import check_lite_file
     from schema.spec import load_spec
-    from serving.examples import ExampleBuilder, FeatureError
+    from serving.examples import FeatureError
 
     spec = load_spec(args.spec)
     config = IndexConfig(uri=args.milvus or IndexConfig().at(args.workdir).uri, token=args.token, alias=args.alias)
     model = args.model or os.path.join(args.workdir, "serving", args.model_name)
     try:
-        if config.is_lite:
-            check_lite_file(config.uri)
-        index = open_index(config)
-        store = ItemStore(config, spec.item_id, client=getattr(index, "client", None))
-        if not store.exists:
-            raise ItemIndexError(f"no {store.where}: run the pipeline first (ItemIndexer seeds it)")
-        posts = check_posts(read_items_file(args.items), spec, store.dim, store.columns)
-        for r in posts.rejected:
-            print(f"{args.items}:{r.line}: refused: {r.reason}", file=sys.stderr)
-        encoder = _item_tower(args, model)
-        result = add_posts(index, store, encoder.item, ExampleBuilder(spec, store), spec, posts.batch())
+        adder = Adder(config, spec, _item_tower(args, model))
+        if args.watch:
+            return watch(adder, args.watch, args.poll_seconds)
+        result = adder.add_file(args.items)
     except (ItemIndexError, ValueError, FeatureError) as e:
         raise SystemExit(f"error: {e}") from None
-    print(json.dumps({**result, "refused": len(posts.rejected), "store_count": store.count()}))
-    return 2 if posts.rejected else 0
+    print(json.dumps({k: v for k, v in result.items() if k != "rejected"}))
+    return 2 if result["refused"] else 0
+
+
+class Adder:
+    """One open index, item store and item tower; files of posts added through retrieval.catalog."""
+
+    def __init__(self, config, spec: FeatureSpec, towers):
+        from retrieval.backends import open_index
+        from retrieval.item_store import ItemStore
+        from retrieval.milvus import check_lite_file
+        from serving.examples import ExampleBuilder
+
+        if config.is_lite:
+            check_lite_file(config.uri)
+        self.index = open_index(config)
+        self.store = ItemStore(config, spec.item_id, client=getattr(self.index, "client", None))
+        if not self.store.exists:
+            raise ItemIndexError(f"no {self.store.where}: run the pipeline first (ItemIndexer seeds it)")
+        self.spec, self.towers = spec, towers
+        self.builder = ExampleBuilder(spec, self.store)
+
+    def add_file(self, path: str) -> dict:
+        """Checks every row, reports each refused one on stderr (path:line: reason), adds the others."""
+        posts = check_posts(read_items_file(path), self.spec, self.store.dim, self.store.columns)
+        for r in posts.rejected:
+            print(f"{path}:{r.line}: refused: {r.reason}", file=sys.stderr)
+        result = add_posts(self.index, self.store, self.towers.item, self.builder, self.spec, posts.batch())
+        return {**result, "refused": len(posts.rejected), "store_count": self.store.count(),
+                "rejected": posts.rejected}
+
+
+def watch(adder: Adder, folder: str, poll_seconds: float) -> int:
+    """The streaming path: each new file of posts in `folder` added as --items adds one. A file is moved
+    to added/ or, when a row was refused, to refused/ with <name>.refused.txt (line: reason) beside it;
+    a Milvus or model failure leaves the file where it is, to be tried again at the next poll."""
+    import time
+
+    if not os.path.isdir(folder):
+        raise ValueError(f"{folder}: not a directory")
+    for sub in ("added", "refused"):
+        os.makedirs(os.path.join(folder, sub), exist_ok=True)
+    print(f"watching {folder} for *.jsonl / *.jsonl.gz files (Ctrl-C stops)", file=sys.stderr, flush=True)
+    try:
+        while True:
+            names = sorted(n for n in os.listdir(folder) if n.endswith((".jsonl", ".jsonl.gz"))
+                           and not n.startswith(".") and os.path.isfile(os.path.join(folder, n)))
+            for name in names:
+                path = os.path.join(folder, name)
+                try:
+                    result = adder.add_file(path)
+                except (ItemIndexError, OSError) as e:
+                    print(f"{path}: not added, tried again in {poll_seconds:g} s: {e}", file=sys.stderr, flush=True)
+                    continue
+                except ValueError as e:  # the file itself is unusable (unreadable .gz, ...): kept, with the reason
+                    result = {"added": 0, "refused": 1, "rejected": [Rejected(None, str(e))]}
+                done = "refused" if result["refused"] else "added"
+                if result["refused"]:
+                    with open(os.path.join(folder, done, f"{name}.refused.txt"), "w") as f:
+                        f.writelines(f"{r.line}: {r.reason}\n" for r in result["rejected"])
+                os.replace(path, os.path.join(folder, done, name))
+                print(json.dumps({"file": name, **{k: v for k, v in result.items() if k != "rejected"}}), flush=True)
+            time.sleep(poll_seconds)
+    except KeyboardInterrupt:
+        return 0
 
 
 def _item_tower(args, model: str):

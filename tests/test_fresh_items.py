@@ -234,3 +234,33 @@ def test_the_cli_adds_good_rows_and_reports_each_bad_row_with_its_line(fresh_run
         assert set(store.get(["fresh-cli", "bad-size", "bad-key", "bad-zero"])) == {"fresh-cli"}
         assert index.holds(generation, ["fresh-cli", "bad-size", "bad-key", "bad-zero"]) == {"fresh-cli"}
     server_manager_instance.release_server(config.uri)
+
+
+def test_the_watched_folder_adds_each_file_and_keeps_the_refused_lines(fresh_run, tmp_path):
+    """The streaming path: files renamed into the folder are added by the same code as --items; a file
+    with a refused row goes to refused/ with each refused line and why beside it."""
+    import time
+
+    workdir, _ = fresh_run
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "retrieval.add_items", "--workdir", workdir, "--watch", str(folder),
+                             "--poll-seconds", "0.2"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "TF_USE_LEGACY_KERAS": "1"})
+    try:
+        for name, rows in (("one.jsonl", [{"post_id": "w-1", "values": [0.2] * 32, "topic_id": "3"}]),
+                           ("two.jsonl", [{"post_id": "w-2", "values": [0.3] * 32}, {"post_id": "w-bad", "values": [1]}])):
+            (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+            os.replace(tmp_path / name, folder / name)
+        deadline = time.monotonic() + 240
+        while not (folder / "refused" / "two.jsonl").exists() and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.5)
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=60)
+    assert (folder / "added" / "one.jsonl").exists() and (folder / "refused" / "two.jsonl").exists(), err
+    assert (folder / "refused" / "two.jsonl.refused.txt").read_text() == (
+        "2: values must be a list of 32 numbers (the item store's vectors), got 1 values\n")
+    results = {r["file"]: r for r in map(json.loads, out.splitlines())}
+    assert (results["one.jsonl"]["added"], results["two.jsonl"]["added"], results["two.jsonl"]["refused"]) == (1, 1, 1)
