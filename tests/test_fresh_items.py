@@ -248,8 +248,9 @@ def test_the_watched_folder_adds_each_file_and_keeps_the_refused_lines(fresh_run
                              "--poll-seconds", "0.2"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "TF_USE_LEGACY_KERAS": "1"})
     try:
-        for name, rows in (("one.jsonl", [{"post_id": "w-1", "values": [0.2] * 32, "topic_id": "3"}]),
-                           ("two.jsonl", [{"post_id": "w-2", "values": [0.3] * 32}, {"post_id": "w-bad", "values": [1]}])):
+        files = (("one.jsonl", [{"post_id": "w-1", "values": [0.2] * 32, "topic_id": "3"}]),
+                 ("two.jsonl", [{"post_id": "w-2", "values": [0.3] * 32}, {"post_id": "w-bad", "values": [1]}]))
+        for name, rows in files:
             (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
             os.replace(tmp_path / name, folder / name)
         deadline = time.monotonic() + 240
