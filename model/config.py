@@ -30,9 +30,10 @@ class TrainerConfig:
     logq_correction: bool = True     # in-batch losses: subtract log of the item's click frequency
     uniform_negatives: int = 512     # in-batch losses: items drawn uniformly per step from the training
                                      # split's distinct items, extra negatives for every clicked row
-    id_dropout: float = 0.0          # cold start: the share of item ids hidden each step (the same ids in
+    id_dropout: float = 0.3          # cold start: the share of item ids hidden each step (the same ids in
                                      # targets, candidates and histories: the OOV row), so the content
-                                     # path ranks posts the model has no id for (model/towers.py)
+                                     # path ranks posts the model has no id for (model/towers.py); 0.3
+                                     # chosen on MovieLens's freshness protocol (docs/quality.md)
     user_units: list[int] = field(default_factory=lambda: [256, 256, 128])  # the user tower's dense layers
     item_units: list[int] = field(default_factory=lambda: [256, 256, 128])  # the item tower's dense layers
     activation: str = "relu"         # hidden layers
