@@ -154,7 +154,7 @@ def test_uniform_negatives_score_catalog_items_in_training_only(spec):
     """A catalog of one item: every draw is that item, so the loss is known by hand. It is a negative
     for every clicked row except the row that clicked it; the eval loss has no draws."""
     cfg = TrainerConfig(user_units=[8, 4], item_units=[8, 4], gamma=GAMMA, seed=3, loss="inbatch_softmax",
-                        logq_correction=False, uniform_negatives=2)
+                        logq_correction=False, uniform_negatives=2, id_dropout=0.0)  # the draws alone
     towers = build_towers(spec, VOCAB, TABLE, cfg)
     catalog = {"item_embed_xf": np.array([2]), "topic_id_xf": np.array([4]), "post_id_xf": np.array([5]),
                "post_id_item_index": np.array([11])}
