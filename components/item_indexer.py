@@ -176,14 +176,14 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             store = ItemStore(config, spec.item_id, client=item_index.client)
             columns = item_scalar_columns(spec)
             store.ensure(table.dim, columns)
-            seed_ms = now_ms()  # one stamp for the seed: the catch-up below leaves those rows out
-            seeded = sum(store.upsert(b, added_ms=seed_ms)
-                         for b in read_catalog(os.path.join(out_dir, "part*"), spec, table))
+            seed_ms = now_ms()  # one stamp for the seed: the store is then read for its other posts only
+            features = os.path.join(out_dir, "part*")
+            seeded = sum(store.upsert(b, added_ms=seed_ms) for b in read_catalog(features, spec, table))
             stored = store.count()
             log(f"item store {store.name}: {seeded:,} posts of this run's vector file written, {stored:,} in all "
                 f"(with {stored - seeded:,} added by add_items and earlier runs)")
             result = index_store(item_index, store, item_tower.item, ExampleBuilder(spec, store), spec, version,
-                                 but_ms=seed_ms)
+                                 seed=read_catalog(features, spec, table), seed_ms=seed_ms)
             if result["added_during_write"]:
                 log(f"{result['added_during_write']:,} posts stored while {result['collection']} was written added "
                     "to it")

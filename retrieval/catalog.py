@@ -9,6 +9,7 @@ over TF Serving's protocol).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -72,23 +73,29 @@ def add_posts(index: ItemIndex, store, item_tower, builder, spec: FeatureSpec, b
 
 
 def index_store(index: ItemIndex, store, item_tower, builder, spec: FeatureSpec, version: int | None,
-                but_ms: int | None = None) -> dict:
+                seed: Iterable[Batch] = (), seed_ms: int | None = None) -> dict:
     """Every post of the item store through `version`'s item tower into a new generation (the alias
     moves when it is complete), then the posts the store got while it was written (stamped since the
-    scan began, less CLOCK_MARGIN_MS for other machines' clocks; not those stamped but_ms, the seed
-    written just before). Returns write_generation's result with "added_during_write"."""
+    scan began, less CLOCK_MARGIN_MS for other machines' clocks). `seed`: posts just written to the
+    store with the stamp seed_ms, passed from memory; the store is then read only for its other posts.
+    Returns write_generation's result with "dim" and "added_during_write"."""
+    import itertools
+
     from retrieval.item_store import now_ms
 
     scanned_from = now_ms()
-    first = next(store.scan(batch=1), None)
+    posts = itertools.chain(seed, store.scan(but_ms=seed_ms))
+    first = next(posts, None)
     if first is None:
         raise ItemIndexError(f"{store.where} holds no post: the catalog is empty")
-    dim = embed_posts(item_tower, builder, spec, first, version).shape[1]
-    batches = (Batch(b.ids, b.scalars, embed_posts(item_tower, builder, spec, b, version)) for b in store.scan())
-    result = index.write_generation(batches, spec.item_id, list(store.columns), dim,
+    first_vectors = embed_posts(item_tower, builder, spec, first, version)
+    batches = itertools.chain([Batch(first.ids, first.scalars, first_vectors)],
+                              (Batch(b.ids, b.scalars, embed_posts(item_tower, builder, spec, b, version))
+                               for b in posts))
+    result = index.write_generation(batches, spec.item_id, list(store.columns), first_vectors.shape[1],
                                     expected_count=store.count() or None, model_version=version)
     late = 0
-    for batch in store.scan(since_ms=scanned_from - CLOCK_MARGIN_MS, but_ms=but_ms):
+    for batch in store.scan(since_ms=scanned_from - CLOCK_MARGIN_MS, but_ms=seed_ms):
         vectors = embed_posts(item_tower, builder, spec, batch, version)
         late += index.upsert_items(result["collection"], Batch(batch.ids, batch.scalars, vectors))
-    return {**result, "dim": int(dim), "added_during_write": late}
+    return {**result, "dim": int(first_vectors.shape[1]), "added_during_write": late}

@@ -25,8 +25,11 @@ from retrieval.milvus import MAX_VARCHAR, IndexConfig, connect, milvus_string
 
 CONTENT_FIELD = "content"
 ADDED_FIELD = "added_ms"
-SCAN_BATCH = 4096
-GET_BATCH = 4096  # ids per get request (Milvus caps an expression's size)
+# Rows per scan or get request. Milvus Lite 2.5's cost grows with the square of the ids in one request:
+# a get of 256 ids took 0.03 s, of 4,096 ids 76 s (768-d, 20k rows; a query iterator of 4,096-row
+# batches likewise), so requests stay small.
+SCAN_BATCH = 256
+GET_BATCH = 256
 
 
 class _NoLiteTimestampWarning(logging.Filter):
@@ -175,13 +178,15 @@ class ItemStore:
         return int(row["count(*)"])
 
     def scan(self, since_ms: int | None = None, batch: int = SCAN_BATCH, but_ms: int | None = None) -> Iterator[Batch]:
-        """Every post (or those written at or after since_ms, but not those stamped but_ms) as Batches
-        of ids, columns and vectors."""
+        """Every post (or those written at or after since_ms; not those stamped but_ms) as Batches of
+        ids, columns and vectors."""
         self._need()
-        expr = (f"{ADDED_FIELD} >= {int(since_ms)}" if since_ms is not None
-                else f"{self.id_field} != {milvus_string('')}")
+        terms = [f"{self.id_field} != {milvus_string('')}"]
+        if since_ms is not None:
+            terms.append(f"{ADDED_FIELD} >= {int(since_ms)}")
         if but_ms is not None:
-            expr += f" and {ADDED_FIELD} != {int(but_ms)}"
+            terms.append(f"{ADDED_FIELD} != {int(but_ms)}")
+        expr = " and ".join(terms)
         try:
             it = self.client.query_iterator(self.name, batch_size=batch, filter=expr,
                                             output_fields=[*self.columns, CONTENT_FIELD])
