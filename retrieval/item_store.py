@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from retrieval.index import Batch, ItemIndexError
-from retrieval.milvus import MAX_VARCHAR, IndexConfig, connect, milvus_string
+from retrieval.milvus import GET_BATCH, MAX_VARCHAR, IndexConfig, connect, milvus_string
 
 CONTENT_FIELD = "content"
 ADDED_FIELD = "added_ms"
@@ -29,7 +29,6 @@ ADDED_FIELD = "added_ms"
 # a get of 256 ids took 0.03 s, of 4,096 ids 76 s (768-d, 20k rows; a query iterator of 4,096-row
 # batches likewise), so requests stay small.
 SCAN_BATCH = 256
-GET_BATCH = 256
 
 
 class _NoLiteTimestampWarning(logging.Filter):
