@@ -33,6 +33,8 @@ from schema.item_vectors import IDS_FILE, VectorTable
 from schema.spec import STRING, FeatureSpec
 
 FEATURES_DIR = "features"
+EMBEDDINGS_DIR = "embeddings"  # the generation's item-tower vectors (the report's projector reads them)
+EMBEDDING_FEATURE = "embedding"
 BATCH = 512
 OUTPUT_REPORT = OutputReport(
     ItemIndex.TYPE_NAME, "item_index", uri_key="item_index_uri",
@@ -122,6 +124,50 @@ def read_catalog(pattern: str, spec: FeatureSpec, table: VectorTable, batch: int
         yield Batch(ids, {c: [v.decode() for v in parsed[c].numpy()] for c in columns}, table.vectors(ids))
 
 
+class EmbeddingsWriter:
+    """Writes each embedded Batch as tf.Examples (id, item columns, embedding) to <dir>/part-*.tfrecord.gz."""
+
+    def __init__(self, folder: str, spec: FeatureSpec, shard_rows: int = 100_000):
+        self.folder, self.spec, self.shard_rows = folder, spec, shard_rows
+        self.rows, self.writer = 0, None
+        tf.io.gfile.makedirs(folder)
+
+    def __call__(self, batch) -> None:
+        for i, item in enumerate(batch.ids):
+            if self.rows % self.shard_rows == 0:
+                self.close()
+                self.writer = tf.io.TFRecordWriter(
+                    os.path.join(self.folder, f"part-{self.rows // self.shard_rows:05d}.tfrecord.gz"), "GZIP")
+            out = tf.train.Example()
+            out.features.feature[self.spec.item_id].bytes_list.value.append(item.encode())
+            for c, values in batch.scalars.items():
+                out.features.feature[c].bytes_list.value.append(values[i].encode())
+            out.features.feature[EMBEDDING_FEATURE].float_list.value.extend(batch.vectors[i].tolist())
+            self.writer.write(out.SerializeToString())
+            self.rows += 1
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def read_embeddings(pattern: str, spec: FeatureSpec, dim: int, batch: int = 4096):
+    """Streams the written shards as retrieval.index.Batch objects (never the whole catalog)."""
+    from retrieval.index import Batch
+
+    columns = item_scalar_columns(spec)
+    parse = {spec.item_id: tf.io.FixedLenFeature([], tf.string),
+             EMBEDDING_FEATURE: tf.io.FixedLenFeature([dim], tf.float32),
+             **{c: tf.io.FixedLenFeature([], tf.string, default_value="") for c in columns}}
+    files = sorted(tf.io.gfile.glob(pattern))
+    for records in tf.data.TFRecordDataset(files, compression_type="GZIP").batch(batch):
+        parsed = tf.io.parse_example(records, parse)
+        yield Batch([i.decode() for i in parsed[spec.item_id].numpy()],
+                    {c: [v.decode() for v in parsed[c].numpy()] for c in columns},
+                    parsed[EMBEDDING_FEATURE].numpy())
+
+
 def _blessed(input_dict) -> list[str]:
     reasons = []
     for key, check in (("model_blessing", model_utils.is_model_blessed),
@@ -182,8 +228,12 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             stored = store.count()
             log(f"item store {store.name}: {seeded:,} posts of this run's vector file written, {stored:,} in all "
                 f"(with {stored - seeded:,} added by add_items and earlier runs)")
-            result = index_store(item_index, store, item_tower.item, ExampleBuilder(spec, store), spec, version,
-                                 seed=read_catalog(features, spec, table), seed_ms=seed_ms)
+            kept = EmbeddingsWriter(os.path.join(index.uri, EMBEDDINGS_DIR), spec)
+            try:
+                result = index_store(item_index, store, item_tower.item, ExampleBuilder(spec, store), spec, version,
+                                     seed=read_catalog(features, spec, table), seed_ms=seed_ms, keep=kept)
+            finally:
+                kept.close()
             if result["added_during_write"]:
                 log(f"{result['added_during_write']:,} posts stored while {result['collection']} was written added "
                     "to it")

@@ -88,12 +88,13 @@ def _tail(batch: Batch, n: int) -> Batch:
 
 
 def index_store(index: ItemIndex, store, item_tower, builder, spec: FeatureSpec, version: int | None,
-                seed: Iterable[Batch] = (), seed_ms: int | None = None) -> dict:
+                seed: Iterable[Batch] = (), seed_ms: int | None = None, keep=None) -> dict:
     """Every post of the item store through `version`'s item tower into a new generation (the alias
     moves when it is complete), then the posts the store got while it was written (stamped since the
     scan began, less CLOCK_MARGIN_MS for other machines' clocks). `seed`: posts just written to the
     store with the stamp seed_ms, passed from memory; the store is then read only for its other posts.
-    Returns write_generation's result with "dim" and "added_during_write"."""
+    keep: called with each embedded Batch written to the generation (ItemIndexer keeps them for the
+    report). Returns write_generation's result with "dim" and "added_during_write"."""
     import itertools
 
     from retrieval.item_store import now_ms
@@ -104,8 +105,13 @@ def index_store(index: ItemIndex, store, item_tower, builder, spec: FeatureSpec,
     if first is None:
         raise ItemIndexError(f"{store.where} holds no post: the catalog is empty")
     first_vectors = embed_posts(item_tower, builder, spec, first, version)
-    batches = itertools.chain([Batch(first.ids, first.scalars, first_vectors)],
-                              (Batch(b.ids, b.scalars, embed_posts(item_tower, builder, spec, b, version))
+    def kept(batch: Batch) -> Batch:
+        if keep is not None:
+            keep(batch)
+        return batch
+
+    batches = itertools.chain([kept(Batch(first.ids, first.scalars, first_vectors))],
+                              (kept(Batch(b.ids, b.scalars, embed_posts(item_tower, builder, spec, b, version)))
                                for b in posts))
     result = index.write_generation(batches, spec.item_id, list(store.columns), first_vectors.shape[1],
                                     expected_count=store.count() or None, model_version=version)

@@ -330,7 +330,16 @@ def test_retrieval_metrics_equal_a_numpy_ranking_of_the_whole_catalog(runs):
                                for i in range(0, len(serialized), 512)])
 
     items = embed("item_embedding", examples)
-    user_vectors = embed("user_embedding", [queries[u][0] for u in users])
+    # The logged rows with the read posts' vectors by value, from the sample's vector file, by hand.
+    dim = len(next(iter(VECTORS.values())))
+    with_content = []
+    for u in users:
+        ex = tf.train.Example.FromString(queries[u][0])
+        read = [p.decode() for p in ex.features.feature["read_post_id"].bytes_list.value]
+        ex.features.feature["client_embed"].float_list.value.extend(
+            v for p in read for v in VECTORS.get(p, [0.0] * dim))
+        with_content.append(ex.SerializeToString())
+    user_vectors = embed("user_embedding", with_content)
     popularity = np.array([clicks[p] for p in catalog], np.float64)
 
     def recall_at(scores_of, k):

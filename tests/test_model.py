@@ -216,6 +216,7 @@ def test_id_dropout_hides_the_same_item_ids_everywhere_in_a_step(spec):
     trainer.optimizer.iterations.assign(1)
     again = trainer._hide_ids({k: tf.constant(v) for k, v in batch.items()})
     assert not np.array_equal(again["read_post_id_xf"].numpy(), read_after)
-    plain = TwoTowerTrainer(towers, spec, TrainerConfig(user_units=[8, 4], item_units=[8, 4], uniform_negatives=0))
+    plain = TwoTowerTrainer(towers, spec, TrainerConfig(user_units=[8, 4], item_units=[8, 4], uniform_negatives=0,
+                                                        id_dropout=0.0))
     unchanged = plain._hide_ids({k: tf.constant(v) for k, v in batch.items()})
     np.testing.assert_array_equal(unchanged["read_post_id_xf"].numpy(), read)
