@@ -39,6 +39,7 @@ from schema.numbers import NumberError, check_number  # noqa: E402
 from schema.spec import FeatureSpec  # noqa: E402
 
 MAX_LINE_BYTES = 16 << 20
+BYTES_PER_VALUE = 32  # the longest float a line may spend per vector value ("-1.2345678901234567e-123, ")
 CHUNK_ROWS = 10_000  # posts checked and added at a time (768-d: about 30 MB of vectors)
 
 
@@ -107,7 +108,7 @@ def check_posts(rows, spec: FeatureSpec, dim: int, columns: list[str]) -> Posts:
     for line, obj in rows:
         try:
             if isinstance(obj, Exception):
-                raise ValueError(f"not JSON: {obj}")
+                raise ValueError(str(obj))
             item, scalars, vector = check_post(obj, spec, dim, columns)
         except ValueError as e:
             posts.rejected.append(Rejected(line, str(e)))
@@ -126,7 +127,14 @@ def check_posts(rows, spec: FeatureSpec, dim: int, columns: list[str]) -> Posts:
     return posts
 
 
-def read_items_file(path: str):
+def line_limit(dim: int) -> int:
+    """The longest line a post of `dim` values needs, with 64 KiB for its other fields: JSON is parsed
+    into Python objects at ~30x its bytes, so a line is refused unparsed when it could only hold a lie
+    (a 16 MiB line of 8M one-digit values would cost ~300 MB)."""
+    return min(MAX_LINE_BYTES, dim * BYTES_PER_VALUE + (64 << 10))
+
+
+def read_items_file(path: str, max_line: int = MAX_LINE_BYTES):
     """(line number, parsed JSON or the error) per non-empty line of a JSON-lines file (.gz too)."""
     if not os.path.isfile(path):
         raise ValueError(f"{path}: no such file")
@@ -134,15 +142,16 @@ def read_items_file(path: str):
     try:
         with opener(path, "rb") as f:
             for lineno, line in enumerate(f, start=1):
-                if len(line) > MAX_LINE_BYTES:
-                    yield lineno, ValueError(f"a line longer than {MAX_LINE_BYTES >> 20} MiB")
+                if len(line) > max_line:
+                    yield lineno, ValueError(f"a line of {len(line):,} bytes, longer than a post of the store's "
+                                             f"size needs ({max_line:,}): not read")
                     continue
                 if not line.strip():
                     continue
                 try:
                     yield lineno, json.loads(line)
                 except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                    yield lineno, ValueError(str(e))
+                    yield lineno, ValueError(f"not JSON: {e}")
     except (OSError, EOFError) as e:
         raise ValueError(f"{path}: cannot read the file ({e})") from None
 
@@ -214,7 +223,7 @@ class Adder:
         import time
 
         started = time.perf_counter()
-        rows, added, rejected, result = read_items_file(path), 0, [], {}
+        rows, added, rejected, result = read_items_file(path, line_limit(self.store.dim)), 0, [], {}
         while chunk := list(itertools.islice(rows, CHUNK_ROWS)):
             posts = check_posts(chunk, self.spec, self.store.dim, self.store.columns)
             for r in posts.rejected:

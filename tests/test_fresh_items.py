@@ -208,7 +208,8 @@ def test_the_cli_adds_good_rows_and_reports_each_bad_row_with_its_line(fresh_run
     good = {"post_id": "fresh-cli", "values": [0.1] * dim, "topic_id": "3"}
     lines = [json.dumps(good), json.dumps({"post_id": "bad-size", "values": [0.1] * 5}), "{not json",
              json.dumps({"post_id": "bad-key", "values": [0.1] * dim, "colour": "red"}),
-             json.dumps({"post_id": "bad-zero", "values": [0.0] * dim})]
+             json.dumps({"post_id": "bad-zero", "values": [0.0] * dim}),
+             json.dumps({"post_id": "bad-long", "values": [0] * 40_000})]  # 120 KB: over 32 x 32 + 64 KiB
     items = tmp_path / "posts.jsonl"
     items.write_text("\n".join(lines) + "\n")
     run = subprocess.run([sys.executable, "-m", "retrieval.add_items", "--workdir", workdir, "--items", str(items)],
@@ -216,10 +217,10 @@ def test_the_cli_adds_good_rows_and_reports_each_bad_row_with_its_line(fresh_run
                          env={**os.environ, "TF_USE_LEGACY_KERAS": "1"})
     assert run.returncode == 2, run.stderr
     for line, reason in ((2, "values must be a list of 32 numbers"), (3, "not JSON"), (4, "unknown key(s) ['colour']"),
-                         (5, "an all-zero vector")):
+                         (5, "an all-zero vector"), (6, "a line of 120,036 bytes, longer than a post of the store's size needs (66,560)")):
         assert f"posts.jsonl:{line}: refused: {reason}" in run.stderr
     result = json.loads(run.stdout.strip().splitlines()[-1])
-    assert result["added"] == 1 and result["refused"] == 4
+    assert result["added"] == 1 and result["refused"] == 5
 
     from milvus_lite.server_manager import server_manager_instance
 
@@ -231,7 +232,7 @@ def test_the_cli_adds_good_rows_and_reports_each_bad_row_with_its_line(fresh_run
     with open_index(config) as index:
         store = ItemStore(config, "post_id", client=index.client)
         generation, _ = index.generation(refresh=True)
-        assert set(store.get(["fresh-cli", "bad-size", "bad-key", "bad-zero"])) == {"fresh-cli"}
+        assert set(store.get(["fresh-cli", "bad-size", "bad-key", "bad-zero", "bad-long"])) == {"fresh-cli"}
         assert index.holds(generation, ["fresh-cli", "bad-size", "bad-key", "bad-zero"]) == {"fresh-cli"}
     server_manager_instance.release_server(config.uri)
 
