@@ -217,7 +217,8 @@ def test_the_cli_adds_good_rows_and_reports_each_bad_row_with_its_line(fresh_run
                          env={**os.environ, "TF_USE_LEGACY_KERAS": "1"})
     assert run.returncode == 2, run.stderr
     for line, reason in ((2, "values must be a list of 32 numbers"), (3, "not JSON"), (4, "unknown key(s) ['colour']"),
-                         (5, "an all-zero vector"), (6, "a line of 120,036 bytes, longer than a post of the store's size needs (66,560)")):
+                         (5, "an all-zero vector"),
+                         (6, "a line of 120,036 bytes, longer than a post of the store's size needs (66,560)")):
         assert f"posts.jsonl:{line}: refused: {reason}" in run.stderr
     result = json.loads(run.stdout.strip().splitlines()[-1])
     assert result["added"] == 1 and result["refused"] == 5
