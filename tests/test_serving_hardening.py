@@ -147,7 +147,7 @@ def test_the_413_survives_a_body_sent_in_full_and_the_rest_is_drained_then_close
     """The whole over-limit body in flight before the client reads: closing with it unread would make
     the kernel reset the connection and destroy the 413 (seen in CI). The server reads and drops the
     rest (lingering close), so the 413 arrives every time; a body beyond LINGER_BYTES is cut off."""
-    from serving.rest_api import LINGER_BYTES
+    from serving.http_transport import LINGER_BYTES
 
     body = b"1" * (256 * 1024)  # 4x the limit, well under LINGER_BYTES
     if framing == "chunked":
