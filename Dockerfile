@@ -24,7 +24,8 @@ COPY serving/ serving/
 COPY retrieval/ retrieval/
 COPY model/ model/
 COPY datagen/ datagen/
-RUN uv pip install --system --no-cache --no-deps .
+# the recall service's gRPC stubs, generated from its .proto as scripts/setup_venv.sh does
+RUN python -m retrieval.service.protos && uv pip install --system --no-cache --no-deps .
 
 # TFX's KubeflowV2DagRunner compiles each step to run
 #   python -m tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor ...

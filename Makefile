@@ -15,12 +15,12 @@ MILVUS_STAMP := $(MILVUS_VENV)/.installed
 MILVUS_PORT ?= 19530
 MILVUS_DIR ?= runs/milvus-server
 
-.PHONY: setup browser demo continuous-demo serve test test-slow lint lock sample movielens clean milvus-setup milvus-server
+.PHONY: setup browser demo continuous-demo serve recall-serve test test-slow lint lock sample movielens clean milvus-setup milvus-server
 
 setup: $(STAMP)
 
 # The script writes the stamp itself, last, once .venv imports the stack.
-$(STAMP): requirements.lock setup.py scripts/setup_venv.sh
+$(STAMP): requirements.lock setup.py scripts/setup_venv.sh retrieval/service/recall_service.proto
 	bash scripts/setup_venv.sh
 
 demo: $(STAMP)
@@ -29,6 +29,12 @@ demo: $(STAMP)
 # Serve the pushed models of a run (gRPC 8500, REST 8501) until Ctrl-C; new pushes load without a restart.
 serve: $(STAMP)
 	$(PY) -m serving.server --model_config_file $(WORKDIR)/serving/models.config --port 8500 --rest_api_port 8501
+
+# The recall service over a run (gRPC 8600, REST 8601; docs/retrieval.md), the towers asked of the model
+# server of `make serve` (MODEL_TARGET=): start that first.
+MODEL_TARGET ?= 127.0.0.1:8500
+recall-serve: $(STAMP)
+	$(PY) -m retrieval.service --workdir $(WORKDIR) --model_target $(MODEL_TARGET) --port 8600 --rest_api_port 8601
 
 # A Milvus standalone server (embedded build, its own virtualenv) on loopback, until Ctrl-C:
 # point milvus.uri at http://127.0.0.1:$(MILVUS_PORT).

@@ -13,7 +13,7 @@ setup(
     packages=find_packages(include=["common*", "schema*", "serving*", "retrieval*", "model*", "components*",
                                     "pipeline*", "datagen*"]),
     py_modules=["run_pipeline"],
-    package_data={"schema": ["*.yaml", "*.pbtxt"]},
+    package_data={"schema": ["*.yaml", "*.pbtxt"], "retrieval.service": ["*.proto"]},
     install_requires=[
         "tfx[kfp]==1.16.0",
         "tensorflow-serving-api==2.16.1",

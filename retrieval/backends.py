@@ -5,6 +5,7 @@ from retrieval.index import ItemIndex
 from retrieval.milvus import IndexConfig, MilvusIndex
 
 
-def open_index(config: IndexConfig, refresh_seconds: float = 1.0) -> ItemIndex:
+def open_index(config: IndexConfig, refresh_seconds: float = 1.0, timeout_seconds: float | None = None) -> ItemIndex:
+    """timeout_seconds: the deadline of each search (None: Milvus's own)."""
     config.validate()
-    return MilvusIndex(config, refresh_seconds=refresh_seconds)
+    return MilvusIndex(config, refresh_seconds=refresh_seconds, timeout_seconds=timeout_seconds)

@@ -81,6 +81,10 @@ class ItemIndex(abc.ABC):
         """Which of the ids the generation holds (read back, as a search would see them)."""
 
     @abc.abstractmethod
+    def count(self, generation: str) -> int:
+        """How many items the generation holds."""
+
+    @abc.abstractmethod
     def versions_in_use(self) -> set[int]:
         """The model versions the kept generations were filled by: their towers must stay served."""
 

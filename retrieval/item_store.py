@@ -54,11 +54,12 @@ class ItemStore:
     """A post's content and item features by id (a Milvus collection). `dim` and `columns` are read
     from the collection once it exists; ensure() creates it."""
 
-    def __init__(self, config: IndexConfig, id_field: str, client=None):
+    def __init__(self, config: IndexConfig, id_field: str, client=None, timeout_seconds: float | None = None):
+        """timeout_seconds: the deadline of each read by id (None: Milvus's own)."""
         from pymilvus.exceptions import MilvusException
 
         self._milvus_error = MilvusException
-        self.config, self.id_field = config, id_field
+        self.config, self.id_field, self.timeout_seconds = config, id_field, timeout_seconds
         self.name = store_name(config)
         try:
             self.client = client or connect(config)
@@ -165,7 +166,8 @@ class ItemStore:
         try:
             for start in range(0, len(unique), GET_BATCH):
                 for r in self.client.get(self.name, ids=unique[start:start + GET_BATCH],
-                                         output_fields=[*self.columns, CONTENT_FIELD]):
+                                         output_fields=[*self.columns, CONTENT_FIELD],
+                                         timeout=self.timeout_seconds):
                     found[r[self.id_field]] = {**{c: r.get(c, "") for c in self.columns},
                                                "vector": np.asarray(r[CONTENT_FIELD], np.float32)}
         except self._milvus_error as e:

@@ -413,8 +413,9 @@ class MilvusIndex(ItemIndex):
     `refresh_seconds`; exclusions are applied by over-fetching, so K results come back whenever K
     non-excluded items exist. Milvus's own errors come out as ItemIndexError."""
 
-    def __init__(self, config: IndexConfig, client=None, refresh_seconds: float = 1.0):
-        self.config = config
+    def __init__(self, config: IndexConfig, client=None, refresh_seconds: float = 1.0,
+                 timeout_seconds: float | None = None):
+        self.config, self.timeout_seconds = config, timeout_seconds
         try:
             self.client = client or connect(config)
         except self._milvus_error() as e:
@@ -465,6 +466,13 @@ class MilvusIndex(ItemIndex):
         except self._milvus_error() as e:
             raise self._error(f"cannot read {generation}", e) from None
         return found
+
+    def count(self, generation: str) -> int:
+        try:
+            (row,) = self.client.query(generation, filter="", output_fields=["count(*)"])
+        except self._milvus_error() as e:
+            raise self._error(f"cannot count {generation}", e) from None
+        return int(row["count(*)"])
 
     def _id_field(self, generation: str) -> str:
         described = self.client.describe_collection(generation)
@@ -545,7 +553,7 @@ class MilvusIndex(ItemIndex):
             try:
                 hits = self.client.search(generation or self.collection(refresh=attempt == 1), data=vectors.tolist(),
                                           limit=limit, filter=expr, search_params=params,
-                                          output_fields=output_fields or [])
+                                          output_fields=output_fields or [], timeout=self.timeout_seconds)
                 break
             except self._milvus_error() as e:
                 if generation:  # the generation asked for was dropped while it was read

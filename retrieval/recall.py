@@ -38,38 +38,56 @@ from serving.examples import ExampleBuilder  # noqa: E402
 
 class SavedModelUserEncoder:
     """The user tower in this process: a base path of versions (the asked version, else the latest) or
-    one version directory. `item(examples)` is the same model's item tower."""
+    one version directory. `item(examples)` is the same model's item tower. A version pushed after
+    the start is found when it is first asked for (the base path is listed again); the two versions
+    used last stay loaded."""
+
+    KEEP_LOADED = 2
 
     def __init__(self, path: str):
+        import threading
+
         import tensorflow as tf
 
         from serving.servables import versions_on_disk
 
         if not os.path.exists(path):
             raise ValueError(f"no model at {path}: give --workdir of a run that pushed one, or --model")
+        self._base, self._list = path, versions_on_disk
         self._versions = versions_on_disk(path)
         self.path = self._versions[max(self._versions)] if self._versions else path
         self._loaded: dict[str, tuple] = {}
+        self._lock = threading.Lock()
         self._tf = tf
 
     def _signatures(self, version: int | None):
+        if version is not None and self._versions and version not in self._versions:
+            self._versions = self._list(self._base)  # pushed since the start?
         if version is not None and self._versions:
             if version not in self._versions:
                 raise ValueError(f"the item index was filled by model version {version}, which is not under "
-                                 f"{os.path.dirname(self.path)} (versions {sorted(self._versions)})")
+                                 f"{self._base} (versions {sorted(self._versions)})")
             path = self._versions[version]
         else:
             path = self.path
-        if path not in self._loaded:
-            signatures = self._tf.saved_model.load(path).signatures
-            self._loaded[path] = (signatures[signature_names.USER], signatures[signature_names.ITEM])
-        return self._loaded[path]
+        with self._lock:
+            if path not in self._loaded:
+                signatures = self._tf.saved_model.load(path).signatures
+                self._loaded[path] = (signatures[signature_names.USER], signatures[signature_names.ITEM])
+                while len(self._loaded) > self.KEEP_LOADED:
+                    self._loaded.pop(next(iter(self._loaded)))
+            else:
+                self._loaded[path] = self._loaded.pop(path)  # most recently used last
+            return self._loaded[path]
 
     def __call__(self, examples: list[bytes], version: int | None = None) -> np.ndarray:
         return self._signatures(version)[0](examples=self._tf.constant(examples))["embedding"].numpy()
 
     def item(self, examples: list[bytes], version: int | None = None) -> np.ndarray:
         return self._signatures(version)[1](examples=self._tf.constant(examples))["embedding"].numpy()
+
+    def describe(self) -> str:
+        return f"in-process {self._base}"
 
 
 class ServingUserEncoder:
@@ -84,6 +102,9 @@ class ServingUserEncoder:
 
     def item(self, examples: list[bytes], version: int | None = None) -> np.ndarray:
         return self.client.embeddings(signature_names.ITEM, examples, version)
+
+    def describe(self) -> str:
+        return f"TF Serving {self.client.target} (model {self.client.model_name})"
 
 
 def check_index_matches_model(searcher: ItemIndex, item_tower, spec: FeatureSpec, store, sample: int = 8,
@@ -116,7 +137,7 @@ class Recaller:
 
     def __init__(self, encoder, searcher: ItemIndex, spec: FeatureSpec, store):
         self.encoder, self.searcher, self.spec = encoder, searcher, spec
-        self.examples = ExampleBuilder(spec, store)
+        self.examples = ExampleBuilder(spec, store, tower="user")
         self.history = spec.history_columns()
 
     def _read(self, serialized: bytes) -> set[str]:

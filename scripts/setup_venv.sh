@@ -70,4 +70,6 @@ for name in sys.argv[1:]:
         first = (str(e).splitlines() or [""])[0]
         sys.exit(f"error: .venv cannot import {name} ({type(e).__name__}: {first}); run 'make setup' again")
 EOF
+# The recall service's gRPC stubs, from retrieval/service/recall_service.proto (not committed).
+"$VENV/bin/python" -m retrieval.service.protos || die "could not generate the recall service's gRPC stubs"
 touch "$STAMP"

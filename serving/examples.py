@@ -45,11 +45,13 @@ class ExampleBuilder:
     zeros for an id it does not know: retrieval.item_store.ItemStore, schema.item_vectors.VectorTable);
     None only for a spec without pretrained features."""
 
-    def __init__(self, spec: FeatureSpec, content):
+    def __init__(self, spec: FeatureSpec, content, tower: str | None = None):
+        """tower: add only that tower's content vectors ("user": a user query needs no vector of the
+        logged post, which would cost a lookup)."""
         self.spec = spec
         self._parser = RowParser(spec)
         self._inputs = [c for c in spec.columns if c != spec.label]
-        self._content_features = [f for f in spec.features if f.kind == "pretrained"]
+        self._content_features = [f for f in spec.features if f.kind == "pretrained" and tower in (None, f.tower)]
         if self._content_features and content is None:
             raise ValueError("the towers take the posts' content vectors: give an item store or a vector table")
         self.content = content

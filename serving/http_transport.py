@@ -280,7 +280,8 @@ class _Request(httputil.HTTPMessageDelegate):
 
 
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 413: "Payload Too Large",
-            429: "Too Many Requests", 500: "Internal Server Error", 501: "Not Implemented", 504: "Gateway Timeout"}
+            429: "Too Many Requests", 500: "Internal Server Error", 501: "Not Implemented",
+            503: "Service Unavailable", 504: "Gateway Timeout"}
 
 
 class JsonApp(httputil.HTTPServerConnectionDelegate, abc.ABC):

@@ -1,6 +1,7 @@
 """The item index on a real Milvus server (standalone 2.3, started by the test), as users run it once
 they outgrow Milvus Lite: real aliases, HNSW and IVF with their search parameters, sealed segments.
 Expected rankings come from numpy brute force on the same vectors."""
+import json
 import threading
 import time
 
@@ -18,6 +19,7 @@ from retrieval.milvus import (
     normalise,
     write_generation,
 )
+from tests.conftest import REPO
 from tests.milvus_server import milvus_server, unavailable_reason
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(unavailable_reason() is not None, reason=str(unavailable_reason()))]
@@ -188,3 +190,41 @@ def test_the_pipeline_indexes_into_the_server(uri, runs, tmp_path, tmp_path_fact
     rows = client.query(index["collection"], filter='post_id in ["p5", "p50"]', output_fields=["post_id", "embedding"])
     assert len(rows) == 2 and all(np.allclose(r["embedding"], written[r["post_id"]], atol=1e-5) for r in rows)
     client.close()
+
+
+def test_two_recall_service_replicas_share_the_server(uri, runs, tmp_path):
+    """After the test above (the shared run indexed into the server under e2e_items): two replicas of
+    the recall service on the one server answer the same hits, and a post added through one is
+    recalled through the other at once. (Milvus Lite holds its file in one process; a server is how
+    replicas scale.)"""
+    import os
+
+    from serving.server import spawn
+    from tests.test_recall_service import USER, Service
+
+    workdir, _, _ = runs
+    model, port = spawn(["--model_name", "dssm", "--model_base_path", os.path.join(workdir, "serving", "dssm")],
+                        str(tmp_path / "model.log"), timeout=120)
+    flags = ["--milvus", uri, "--alias", "e2e_items", "--model_target", f"127.0.0.1:{port}"]
+    replicas = [Service(str(tmp_path), str(tmp_path / f"service-{n}.log"), *flags) for n in (1, 2)]
+    try:
+        answers = [r.rest("POST", "/v1/recall", {"features": USER, "k": 20}) for r in replicas]
+        assert [a[0] for a in answers] == [200, 200], answers
+        assert answers[0][1] == answers[1][1] and len(answers[0][1]["hits"]) == 20
+        _, status = replicas[0].rest("GET", "/v1/status")
+        assert status["item_store"]["count"] == 1477 and status["item_count"] == 1477
+        top = answers[0][1]["hits"][0]
+        vector = next(json.loads(line)["values"] for line in open(os.path.join(REPO, "data", "sample",
+                                                                              "item_vectors.jsonl"))
+                      if json.loads(line)["post_id"] == top["id"])
+        added = replicas[0].rest("POST", "/v1/items", [{"post_id": "replica-new", "values": vector,
+                                                        "topic_id": top["topic_id"]}])
+        assert added[0] == 200 and added[1]["added"] == 1, added
+        _, other = replicas[1].rest("POST", "/v1/recall", {"features": USER, "k": 2000})
+        assert "replica-new" in {h["id"] for h in other["hits"]}
+        assert replicas[1].rest("GET", "/v1/status")[1]["item_count"] == 1478
+    finally:
+        for r in replicas:
+            r.stop()
+        model.kill()
+        model.wait()
