@@ -10,7 +10,10 @@ Needs a run that pushed a model (make demo); the run's Milvus Lite file is copie
 model server (this project's, TF Serving's protocol) and the service run as processes of their own on
 loopback; the clients are threads of this process, one connection each (REST kept alive). Every
 answer of the service is compared with the parts' answer for the same user: wrong answers are counted.
-The service's cost is its p50 (p99) less the sum of the parts' p50s (p99s) at the same concurrency.
+The service's cost is its p50 (p99) less the sum of the parts' p50s (p99s) at the same concurrency;
+its throughput is shown against the slowest part alone and against the parts composed (1 / the sum of
+1 / each part's rate: what the three cost one after another when they share the same CPUs, as the
+model server, Milvus Lite and the service do on one machine).
 """
 import argparse
 import http.client
@@ -218,7 +221,7 @@ def service_load(svc: Service, lines: list[str], expected: list, clients: list[i
 def report(title: str, part_figures: dict, service_figures: dict, start_seconds: float) -> None:
     print(f"\n{title}  (service started and answering in {start_seconds:.1f} s)")
     print(f"{'clients':>7}  {'path':<18}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}{'wrong/failed':>13}"
-          f"{'+p50 ms':>9}{'+p99 ms':>9}{'x slowest part':>16}")
+          f"{'+p50 ms':>9}{'+p99 ms':>9}{'x slowest part':>16}{'x composed':>12}")
     for n in service_figures:
         p = part_figures[n]
         for name, (p50, p99, rate) in p.items():
@@ -226,10 +229,12 @@ def report(title: str, part_figures: dict, service_figures: dict, start_seconds:
         floor50 = sum(v[0] for v in p.values())
         floor99 = sum(v[1] for v in p.values())
         slowest = min(v[2] for v in p.values())
-        print(f"{n:>7}  {'parts, summed':<18}{floor50:>9.2f}{floor99:>9.2f}{slowest:>9.0f}")
+        composed = 1 / sum(1 / v[2] for v in p.values())  # the parts one after another on the same CPUs
+        print(f"{n:>7}  {'parts, summed':<18}{floor50:>9.2f}{floor99:>9.2f}{slowest:>9.0f}  (composed: "
+              f"{composed:.0f} req/s)")
         for name, (p50, p99, rate, bad) in service_figures[n].items():
             print(f"{n:>7}  {'service ' + name:<18}{p50:>9.2f}{p99:>9.2f}{rate:>9.0f}{bad:>13}"
-                  f"{p50 - floor50:>+9.2f}{p99 - floor99:>+9.2f}{rate / slowest:>16.2f}")
+                  f"{p50 - floor50:>+9.2f}{p99 - floor99:>+9.2f}{rate / slowest:>16.2f}{rate / composed:>12.2f}")
 
 
 def measure(workdir: str, target: str, spec, lines, clients, total, title: str, log_dir: str) -> None:
@@ -256,7 +261,7 @@ def main() -> None:
     base = os.path.join(args.workdir, "serving", "dssm")
     if not os.path.isdir(base) or not os.path.exists(os.path.join(args.workdir, "milvus.db")):
         raise SystemExit(f"no pushed model or milvus.db in {args.workdir}: run `make demo` first")
-    lines = [x.rstrip("\r\n") for x in read_log_lines(os.path.join(HERE, "data", "sample", "eval.tsv"), args.users)]
+    lines = read_log_lines(os.path.join(HERE, "data", "sample", "eval.tsv"), args.users, spec)
     with tempfile.TemporaryDirectory() as tmp:
         work = os.path.join(tmp, "run")
         os.makedirs(work)

@@ -181,7 +181,7 @@ def main() -> None:
     if not versions:
         raise SystemExit(f"no pushed model under {base}: run `make demo` first")
     model_dir = versions[max(versions)]
-    line = read_log_lines(os.path.join(HERE, "data", "sample", "eval.tsv"), 1)[0]
+    line = read_log_lines(os.path.join(HERE, "data", "sample", "eval.tsv"), 1, load_spec())[0]
     vectors = glob.glob(os.path.join(os.path.dirname(os.path.abspath(args.serving_dir)), "item_vectors", "*"))
     if not vectors:
         raise SystemExit(f"no prepared item vectors beside {args.serving_dir}: the run's item_vectors/ folder")

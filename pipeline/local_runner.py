@@ -165,7 +165,7 @@ def serving_demo(config_path: str, config, eval_log: str, spec, index_config) ->
     from serving.server import ModelServer
 
     model_name = config.model_name
-    line = read_log_lines(eval_log, 1)[0]
+    line = read_log_lines(eval_log, 1, spec)[0]
     searcher = open_index(index_config)
     store = ItemStore(index_config, spec.item_id, client=searcher.client)
     with ModelServer(read_config_file(config_path), port=0, poll_seconds=0) as server, \

@@ -227,18 +227,17 @@ def _projection_section(items, plt, out_dir: str) -> str:
 
 def example_log_lines(log_path: str, spec, users: int = 3) -> list[str]:
     """The first clicked line of each of the first `users` users with a reading history."""
+    from schema.logfiles import read_log
+
     out, seen = [], set()
-    with open(log_path, newline="") as f:
-        header = f.readline()
-        names = header.rstrip("\n").split("\t")
-        for line in f:
-            row = dict(zip(names, line.rstrip("\n").split("\t"), strict=False))
-            user = row.get(spec.user_id, "")
-            if row.get(spec.label) == "1" and user not in seen and any(row.get(c) for c in spec.history_columns()):
-                seen.add(user)
-                out.append(line.rstrip("\n"))
-                if len(out) == users:
-                    break
+    for _, line in read_log(log_path, spec):  # plain or .gz, the columns as its header says
+        row = dict(zip(spec.columns, line.split("\t"), strict=False))
+        user = row.get(spec.user_id, "")
+        if row.get(spec.label) == "1" and user not in seen and any(row.get(c) for c in spec.history_columns()):
+            seen.add(user)
+            out.append(line)
+            if len(out) == users:
+                break
     return out
 
 

@@ -236,14 +236,12 @@ def queries_from_lines(numbered: list[tuple[str, int | None, str]], builder: Exa
     return out
 
 
-def numbered_log_lines(path: str, limit: int) -> list[tuple[str, int, str]]:
-    """(path, line number in the file, line) of its first `limit` data lines."""
-    import itertools
+def numbered_log_lines(path: str, limit: int, spec: FeatureSpec) -> list[tuple[str, int, str]]:
+    """(path, line number in the file, line in the spec's column order) of its first `limit` data lines
+    (the header says where each column is: schema.logfiles.read_log)."""
+    from schema.logfiles import read_log
 
-    from schema.logfiles import read_lines
-
-    return [(path, lineno, raw.decode("utf-8").rstrip("\r\n"))
-            for _, lineno, raw in itertools.islice(read_lines(path), limit)]
+    return [(path, lineno, line) for lineno, line in read_log(path, spec, limit)]
 
 
 def recall_queries(recaller: Recaller, queries: list[Query], k: int, exclude_read: bool,
@@ -329,6 +327,7 @@ def main(argv=None) -> None:
     args.milvus = args.milvus or IndexConfig().at(args.workdir).uri
     args.model = args.model or os.path.join(args.workdir, "serving", args.model_name)
 
+    from schema.logfiles import LogFileError
     from serving.examples import FeatureError
 
     spec = load_spec(args.spec)
@@ -351,7 +350,7 @@ def main(argv=None) -> None:
                 raise ValueError("--features takes a JSON object of raw user features, or a non-empty list of them")
         else:
             lines = ([("--log-line", None, args.log_line)] if args.log_line
-                     else numbered_log_lines(args.log_file, args.limit))
+                     else numbered_log_lines(args.log_file, args.limit, spec))
             if not lines:
                 raise ValueError(f"{args.log_file} holds no data line after its header")
         if args.target:
@@ -367,7 +366,7 @@ def main(argv=None) -> None:
         queries = (queries_from_features(users, builder, recaller, spec) if args.features
                    else queries_from_lines(lines, builder, recaller, spec))
         records = recall_queries(recaller, queries, args.k, not args.keep_read, filters)
-    except (FeatureError, json.JSONDecodeError, ValueError, ItemIndexError) as e:
+    except (FeatureError, json.JSONDecodeError, ValueError, ItemIndexError, LogFileError) as e:
         raise SystemExit(f"error: {e}") from None
     except Exception as e:  # noqa: BLE001 - a gRPC error from the endpoint: its code and details, one line
         import grpc

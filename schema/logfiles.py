@@ -129,3 +129,31 @@ def read_lines(path: str, open_binary=lambda p: open(p, "rb"), size=os.path.gets
     except (EOFError, OSError, zlib.error) as e:
         raise LogFileError(f"{path}: unreadable after line {lineno} ({type(e).__name__}: {e}); the file is "
                            f"truncated or corrupt, so the run stops rather than train on part of it") from None
+
+
+def read_log(path: str, spec: FeatureSpec, limit: int | None = None):
+    """(line number, the line in the spec's column order) for the first `limit` data lines of a plain
+    or .gz log, for the tools that read a few users of a log (recall, the gRPC client, the report).
+    The header decides where each column is: a file whose columns are the spec's in another order gives
+    the same lines as the original; a header that is not the spec's columns (a headerless file, a
+    missing or unknown column) is a LogFileError, never a silently shifted row."""
+    import itertools
+
+    if not os.path.isfile(path):
+        raise LogFileError(f"{path}: no such file")
+    first = first_line(path, lambda p: open(p, "rb"))
+    if not first:
+        raise LogFileError(f"{path}: file is empty (expected a header row)")
+    header, expected = read_header(first), list(spec.columns)
+    if sorted(header) != sorted(expected):
+        check_header(header, spec, path)  # says which columns are missing or unexpected
+    order = None if header == expected else [header.index(c) for c in expected]
+    for _, lineno, raw in itertools.islice(read_lines(path), limit):
+        try:
+            text = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            raise LogFileError(f"{path}:{lineno}: the line is not UTF-8") from None
+        fields = text.split("\t")
+        if order is not None and len(fields) == len(order):
+            text = "\t".join(fields[i] for i in order)
+        yield lineno, text

@@ -176,13 +176,12 @@ def run_vectors(workdir: str):
     return _Counted(VectorTable.load(os.path.dirname(prepared[-1])))
 
 
-def read_log_lines(path: str, limit: int) -> list[str]:
-    """The first `limit` data lines of a log file (plain or .gz), read as ingest reads them."""
-    import itertools
+def read_log_lines(path: str, limit: int, spec) -> list[str]:
+    """The first `limit` data lines of a log file (plain or .gz), in the spec's column order whatever
+    the order of the file's header (schema.logfiles.read_log)."""
+    from schema.logfiles import read_log
 
-    from schema.logfiles import read_lines
-
-    return [line.decode("utf-8").rstrip("\r\n") for _, _, line in itertools.islice(read_lines(path), limit)]
+    return [line for _, line in read_log(path, spec, limit)]
 
 
 def main(argv=None) -> None:
@@ -208,8 +207,10 @@ def main(argv=None) -> None:
 
     spec = load_spec(args.spec)
     try:
+        # the log first: a file whose header is not the spec's is one line before the vectors load
+        lines = read_log_lines(args.log_file, args.limit, spec) if args.log_file else [args.log_line]
         content = run_vectors(args.workdir)
-    except ValueError as e:
+    except ValueError as e:  # LogFileError too
         raise SystemExit(f"error: {e}") from None
     with ServingClient(args.target, args.model, args.timeout, args.retries) as client:
         towers = TowerClient(client, spec, content)
@@ -219,7 +220,6 @@ def main(argv=None) -> None:
                 rows = rows if isinstance(rows, list) else [rows]
                 vectors = (towers.user_embeddings if args.tower == "user" else towers.item_embeddings)(rows)
             else:
-                lines = [args.log_line] if args.log_line else read_log_lines(args.log_file, args.limit)
                 vectors = towers.embeddings_from_log_lines(args.tower, lines)
         except (FeatureError, json.JSONDecodeError) as e:
             raise SystemExit(f"error: {e}") from None

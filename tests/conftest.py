@@ -119,6 +119,21 @@ def holding_the_shared_run(tmp_path_factory):
         yield
 
 
+def copy_pushed_run(runs, dest, tmp_path_factory) -> int:
+    """dest/milvus.db (a copy of the shared run's Lite file) and dest/serving/dssm/<version> (a copy of
+    the version its index was filled by): a model server or tool on dest sees exactly that version,
+    whatever another test pushes into the shared run meanwhile. Returns the version."""
+    import shutil
+
+    workdir, first, _ = runs
+    version = int(first["pushed_models"][0]["version"])
+    with holding_the_shared_run(tmp_path_factory):  # nobody holds the Lite file while it is copied
+        shutil.copy(os.path.join(workdir, "milvus.db"), os.path.join(dest, "milvus.db"))
+        shutil.copytree(os.path.join(workdir, "serving", "dssm", str(version)),
+                        os.path.join(dest, "serving", "dssm", str(version)))
+    return version
+
+
 class ReliabilityLog:
     """Every fault injected and bad input tried by the tests, with what happened.
 

@@ -6,7 +6,6 @@ every item vector of the generation read back from Milvus, cosine, the read post
 """
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -20,7 +19,7 @@ import grpc
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, free_port, holding_the_shared_run
+from tests.conftest import REPO, copy_pushed_run, free_port
 
 USER = {"client_id": "u7", "client_type": 1, "follow_topic_id": ["3", "8"], "read_post_id": ["p1", "p2", "p3"]}
 K = 10
@@ -40,12 +39,10 @@ def served_run(runs, tmp_path_factory):
 
     workdir, _, _ = runs
     tmp = tmp_path_factory.mktemp("service")
-    with holding_the_shared_run(tmp_path_factory):
-        shutil.copy(os.path.join(workdir, "milvus.db"), tmp / "milvus.db")
-    os.symlink(os.path.join(workdir, "serving"), tmp / "serving")
+    copy_pushed_run(runs, tmp, tmp_path_factory)
     port = free_port()
-    model, _ = spawn(["--port", str(port), "--model_name", "dssm", "--model_base_path",
-                      os.path.join(workdir, "serving", "dssm")], str(tmp / "model-server.log"), timeout=120)
+    model, _ = spawn(["--port", str(port), "--model_name", "dssm", "--model_base_path", str(tmp / "serving" / "dssm")],
+                     str(tmp / "model-server.log"), timeout=120)
     holder = {"proc": model}
     yield str(tmp), holder, f"127.0.0.1:{port}", port, workdir
     holder["proc"].kill()
@@ -338,7 +335,7 @@ def test_a_model_server_outage_is_unavailable_with_the_cause_and_the_service_rec
         _grpc_recall(svc.stub, features=USER)
     assert e.value.code() == grpc.StatusCode.UNAVAILABLE
     again, _ = spawn(["--port", str(port), "--model_name", "dssm", "--model_base_path",
-                      os.path.join(shared, "serving", "dssm")], os.path.join(workdir, "model-server-2.log"),
+                      os.path.join(workdir, "serving", "dssm")], os.path.join(workdir, "model-server-2.log"),
                      timeout=120)
     model["proc"] = again  # the fixture's teardown stops it
     status, body = svc.rest("POST", "/v1/recall", {"features": USER, "k": 3})
@@ -352,6 +349,106 @@ def test_a_milvus_lite_file_missing_or_held_is_one_error_line(served_run, tmp_pa
                              cwd=REPO, capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1 and missing.stderr.strip().count("\n") == 0, missing.stderr
     assert missing.stderr.startswith("error: ")
+
+
+# ---- load: valid and hostile requests at once ----
+
+LOAD_KINDS = {  # kind -> the status it must get (REST code, or gRPC code name)
+    "rest_valid": 200, "rest_deep": 400, "rest_nan": 400, "rest_k0": 400, "rest_unknown_feature": 400,
+    "rest_values_bomb": 400, "rest_bad_utf8": 400, "rest_too_large": 413, "rest_no_path": 404,
+    "grpc_valid": "OK", "grpc_k0": "INVALID_ARGUMENT", "grpc_many_users": "INVALID_ARGUMENT",
+    "grpc_oversized": "RESOURCE_EXHAUSTED", "grpc_garbage": "INTERNAL",
+}
+LOAD_MIX = ["rest_valid"] * 6 + ["grpc_valid"] * 6 + [k for k in LOAD_KINDS if not k.endswith("_valid")]
+
+
+def _load_request(kind, rest_port, stub, channel, pb2):
+    """(status, hit ids or None) of one request of the kind."""
+    import http.client
+
+    bodies = {
+        "rest_valid": json.dumps({"features": USER, "k": K}).encode(),
+        "rest_deep": b"[" * 40 + b"]" * 40,
+        "rest_nan": b'{"features": {}, "k": NaN}',
+        "rest_k0": json.dumps({"features": USER, "k": 0}).encode(),
+        "rest_unknown_feature": json.dumps({"features": {"x": 1}, "k": 3}).encode(),
+        "rest_values_bomb": b"[" + b"[]," * 1_050_000 + b"[]]",
+        "rest_bad_utf8": b'{"log_line": "\xff\xfe", "k": 3}',
+    }
+    if kind.startswith("rest_"):
+        conn = http.client.HTTPConnection("127.0.0.1", rest_port, timeout=60)
+        try:
+            if kind == "rest_too_large":
+                conn.putrequest("POST", "/v1/recall")
+                conn.putheader("Content-Length", str(32 << 20))
+                conn.endheaders()
+            else:
+                path = "/v1/nowhere" if kind == "rest_no_path" else ("/v1/items" if kind == "rest_values_bomb"
+                                                                     else "/v1/recall")
+                conn.request("POST", path, bodies.get(kind, b"{}"), {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            body = json.loads(response.read())
+            return response.status, [h["id"] for h in body["hits"]] if response.status == 200 else None
+        finally:
+            conn.close()
+    requests = {
+        "grpc_valid": lambda: _grpc_recall(stub, features=USER),
+        "grpc_k0": lambda: _grpc_recall(stub, k=0, features=USER),
+        "grpc_many_users": lambda: stub.Recall(pb2.RecallRequest(queries=[pb2.Query(log_line="x")] * 300, k=3),
+                                               timeout=30),
+        "grpc_oversized": lambda: stub.Recall(pb2.RecallRequest(queries=[pb2.Query(log_line="y" * (17 << 20))],
+                                                                k=3), timeout=30),
+        "grpc_garbage": lambda: channel.unary_unary("/dssm.recall.v1.RecallService/Recall")(
+            b"\x0a\xff\xff\xff\xff\x0f not a protobuf", timeout=30),
+    }
+    try:
+        answer = requests[kind]()
+    except grpc.RpcError as e:
+        return e.code().name, None
+    return "OK", [h.id for h in answer.answers[0].hits]
+
+
+def test_under_load_with_hostile_requests_every_answer_is_right_and_memory_stays_bounded(service):
+    """8 clients (threads, each its own connection and channel) cycle through valid and hostile
+    requests over REST and gRPC: every valid answer is the numpy ranking (a post added by another
+    test may enter it: fresh ids are left out before comparing), every hostile one its status; the
+    service's RSS is read before and after."""
+    from tests.load_driver import rss_bytes
+
+    svc, (_, _, expected, _, _) = service
+    pb2, pb2_grpc = _stubs()
+    want = [i for i, _ in expected]
+    rss = [rss_bytes(svc.proc.pid)]
+    results, lock = [], threading.Lock()
+
+    def client(n):
+        channel = grpc.insecure_channel(f"127.0.0.1:{svc.port}",
+                                        options=[("grpc.max_send_message_length", 64 << 20)])
+        stub = pb2_grpc.RecallServiceStub(channel)
+        for i in range(len(LOAD_MIX) * 8):
+            kind = LOAD_MIX[(i + n * 3) % len(LOAD_MIX)]
+            try:
+                got = _load_request(kind, svc.rest_port, stub, channel, pb2)
+            except Exception as e:  # noqa: BLE001 - a dropped connection is a failure like any other
+                got = (repr(e)[:200], None)
+            with lock:
+                results.append((kind, *got))
+        channel.close()
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    rss.append(rss_bytes(svc.proc.pid))
+    wrong_status = [(k, s) for k, s, _ in results if s != LOAD_KINDS[k]]
+    wrong_hits = [(k, ids) for k, s, ids in results if ids is not None
+                  and [i for i in ids if not i.startswith("fresh-")][:5] != want[:5]]
+    assert not wrong_status, f"{len(wrong_status)} of {len(results)}: {wrong_status[:5]}"
+    assert not wrong_hits, f"{len(wrong_hits)} wrong answers: {wrong_hits[:3]}"
+    assert sum(1 for k, _, _ in results if k.endswith("_valid")) >= 8 * 8 * 12
+    growth = (rss[1] - rss[0]) / 2**20
+    assert growth < 400, f"the service's RSS grew by {growth:.0f} MiB under {len(results)} requests"
 
 
 # ---- consistency: the alias moves between two model versions while clients recall ----
