@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 from tensorflow_serving.apis import (
@@ -14,6 +16,7 @@ from tensorflow_serving.apis import (
 )
 
 from serving import predict
+from serving.memory import Trimmer
 from serving.model_config import ConfigError, from_proto
 from serving.request_cost import RequestLimits
 from serving.servables import ServableManager
@@ -39,11 +42,15 @@ def _status_codes(method):
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, manager: ServableManager, limits: RequestLimits | None = None):
         self.manager, self.limits = manager, limits
+        self._trimmer = Trimmer()  # a large request's memory goes back to the system once freed
 
     @_status_codes
     def Predict(self, request, context):
-        servable = predict.resolve(self.manager, request.model_spec, request.HasField("model_spec"))
-        return predict.predict_request(servable, request, self.limits)
+        try:
+            servable = predict.resolve(self.manager, request.model_spec, request.HasField("model_spec"))
+            return predict.predict_request(servable, request, self.limits)
+        finally:
+            self._trimmer.after(request.ByteSize())
 
     @_status_codes
     def GetModelMetadata(self, request, context):
@@ -56,8 +63,14 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
+    """Reloads run one at a time on a worker of their own: a reload asked for while one runs is
+    ABORTED at once (not queued), so a storm of reloads holds at most one of the gRPC threads (the
+    one waiting for its reload) and never the poll lock on Predict's behalf."""
+
     def __init__(self, manager: ServableManager, allow_reload: bool = True):
         self.manager, self.allow_reload = manager, allow_reload
+        self._reloading = threading.Lock()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reload")
 
     @_status_codes
     def GetModelStatus(self, request, context):
@@ -82,9 +95,19 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
             raise ServingError(grpc.StatusCode.PERMISSION_DENIED,
                                "reloading the model config is switched off on this server (--allow_reload=false)")
         try:
-            self.manager.reload(from_proto(request.config))
+            configs = from_proto(request.config)
+            self.manager.check(configs)  # a refused config answers at once, even during another reload
         except ConfigError as e:
             raise invalid_argument(str(e)) from None
+        if not self._reloading.acquire(blocking=False):
+            raise ServingError(grpc.StatusCode.ABORTED, "another reload of the model config is in progress: "
+                                                        "try again once it has finished")
+        try:
+            self._worker.submit(self.manager.reload, configs).result()
+        except ConfigError as e:
+            raise invalid_argument(str(e)) from None
+        finally:
+            self._reloading.release()
         return model_management_pb2.ReloadConfigResponse()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import threading
 
 _M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 256 * 1024
@@ -33,3 +34,30 @@ def keep_large_blocks_mapped(threshold: int = MMAP_THRESHOLD_BYTES) -> bool:
 def return_freed_memory() -> None:
     if _LIBC:
         _LIBC.malloc_trim(0)
+
+
+class Trimmer:
+    """Trims the heap `delay` seconds after a large request, from a thread of its own: a gRPC
+    request's memory is freed only after its handler has returned. Requests that keep coming trim
+    at most once per `delay`."""
+
+    LARGE_BYTES = 1 << 20
+
+    def __init__(self, delay: float = 0.2):
+        self.delay = delay
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
+
+    def after(self, request_bytes: int) -> None:
+        if request_bytes < self.LARGE_BYTES or not _LIBC:
+            return
+        with self._lock:
+            if self._timer is None:
+                self._timer = threading.Timer(self.delay, self._trim)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def _trim(self) -> None:
+        with self._lock:
+            self._timer = None
+        return_freed_memory()

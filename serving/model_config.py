@@ -40,6 +40,8 @@ def check_under_roots(configs: list[ModelConfig], roots: list[str], allow_empty:
                           "(start the server with --allow_empty_config to permit that)")
     real_roots = [os.path.realpath(r) for r in roots]
     for c in configs:
+        if "\x00" in c.base_path:
+            raise ConfigError(f"model {c.name}: base_path holds a NUL byte")
         real = os.path.realpath(c.base_path)
         if not any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in real_roots):
             raise ConfigError(f"model {c.name}: base_path {c.base_path} is not under the model base path roots "

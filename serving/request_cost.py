@@ -102,24 +102,107 @@ def check_model_memory(cost: SignatureCost, rows: int, limits: RequestLimits) ->
 def check_examples(serialized, limits: RequestLimits, already: int) -> None:
     """Serialized tf.Examples: their entries (one per example, per feature and per value) join the
     request's count. Every entry takes at least one byte, so examples whose bytes fit in what is left
-    of the limit are not parsed; only larger ones are, to count exactly. Their values are the model's
-    to check (the Trainer's signatures refuse non-finite or negative weights in the graph)."""
+    of the limit are not read; larger ones are counted from their wire format (example_entries),
+    never parsed into messages: 14 MB of empty strings would be 7M objects. Their values are the
+    model's to check (the Trainer's signatures refuse non-finite or negative weights in the graph)."""
     if not limits.max_entries:
         return
-    total = already + len(serialized)
-    if total + sum(len(data) for data in serialized) <= limits.max_entries:
+    total = already
+    if total + len(serialized) + sum(len(data) for data in serialized) <= limits.max_entries:
         return
-    from tensorflow.core.example import example_pb2
-
     for i, data in enumerate(serialized):
         try:
-            example = example_pb2.Example.FromString(data)
-        except Exception:  # noqa: BLE001 - protobuf's DecodeError, whichever implementation
-            raise invalid_argument(f"example {i}: not a serialized tf.Example") from None
-        for feature in example.features.feature.values():
-            kind = feature.WhichOneof("kind")
-            total += max(len(getattr(feature, kind).value) if kind else 0, 1)
+            total += example_entries(data, limits.max_entries - total)
+        except ValueError as e:
+            raise invalid_argument(f"example {i}: not a serialized tf.Example ({e})") from None
         check_entries(total, limits)
+
+
+# ---- tf.Example's wire format (tensorflow/core/example/{example,feature}.proto) ----
+# Example{1: Features}; Features{1: map entry {1: key, 2: Feature}}; Feature{1: BytesList, 2: FloatList,
+# 3: Int64List}; each list {1: value} (bytes: one field per value; floats and ints packed or not).
+_VARINT, _FIXED64, _BYTES, _FIXED32 = 0, 1, 2, 5
+
+
+def _varint(buf, pos: int, end: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if pos >= end:
+            raise ValueError("a varint runs past its message")
+        b = buf[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("a varint longer than 10 bytes")
+
+
+def _fields(buf, pos: int, end: int):
+    """(field number, wire type, start, end) of each field of the message in buf[pos:end]; for a
+    length-delimited field start:end is its payload."""
+    while pos < end:
+        key, pos = _varint(buf, pos, end)
+        number, wire = key >> 3, key & 7
+        start = pos
+        if wire == _VARINT:
+            _, pos = _varint(buf, pos, end)
+        elif wire == _FIXED64:
+            pos += 8
+        elif wire == _FIXED32:
+            pos += 4
+        elif wire == _BYTES:
+            size, start = _varint(buf, pos, end)
+            pos = start + size
+        else:
+            raise ValueError(f"wire type {wire} (groups are not used by tf.Example)")
+        if number == 0 or pos > end:
+            raise ValueError("a field runs past its message")
+        yield number, wire, start, pos
+
+
+def _list_values(buf, kind: int, start: int, end: int, budget: int) -> int:
+    """Values of a BytesList (kind 1), FloatList (2) or Int64List (3); counting stops past `budget`."""
+    count = 0
+    for number, wire, s, e in _fields(buf, start, end):
+        if number != 1:
+            continue
+        if kind == 2 and wire == _BYTES:
+            if (e - s) % 4:
+                raise ValueError("packed floats of a length that is not a multiple of 4")
+            count += (e - s) // 4
+        elif kind == 3 and wire == _BYTES:  # packed varints: one ends at each byte below 0x80
+            count += int(np.count_nonzero(np.frombuffer(buf, np.uint8, e - s, s) < 0x80))
+        else:
+            count += 1
+        if count > budget:
+            break
+    return count
+
+
+def example_entries(data: bytes, stop: int) -> int:
+    """Entries of one serialized tf.Example (1 + per feature max(its values, 1)), read from the wire
+    format without building any message; counting stops once past `stop`. ValueError when the bytes
+    are not a well-formed message."""
+    buf = memoryview(data)
+    total = 1
+    for number, wire, s, e in _fields(buf, 0, len(buf)):
+        if number != 1 or wire != _BYTES:
+            continue
+        for entry_number, entry_wire, es, ee in _fields(buf, s, e):  # the feature map's entries
+            if entry_number != 1 or entry_wire != _BYTES:
+                continue
+            values = 0
+            for field_number, field_wire, fs, fe in _fields(buf, es, ee):  # key (1), Feature (2)
+                if field_number == 2 and field_wire == _BYTES:
+                    for kind, kind_wire, ks, ke in _fields(buf, fs, fe):
+                        if kind in (1, 2, 3) and kind_wire == _BYTES:
+                            values += _list_values(buf, kind, ks, ke, stop - total)
+            total += max(values, 1)
+            if total > stop:
+                return total
+    return total
 
 
 def check_floats(values: np.ndarray, name: str, minimum: float | None, where: str = "",

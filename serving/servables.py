@@ -10,8 +10,16 @@ base path lies under the operator's roots (model_config.check_under_roots).
 
 A version is loaded only once it is complete on disk (saved_model.pb, the variables index and every
 data shard it names), so a copy in progress is not tried. A version whose load fails stays in END
-with the error while the versions already loaded keep serving: the version policy counts only the
-versions that can load, and a failed version is tried again when its files change.
+with the error while the versions already loaded keep serving: a version is unloaded only once every
+version the policy wants in its place is AVAILABLE, so a failed load never takes the serving one down,
+whatever happens to the failed version's files during or after the load. A failed version is tried
+again when its files have changed and then stayed the same for settle_seconds, no sooner than its
+backoff (retry_seconds, doubled after each failure, at most MAX_RETRY_SECONDS).
+
+Nothing outside the roots is opened: before a version loads, its directory and every file and
+directory under it are resolved (symbolic links followed) and must lie under a root, and a base path
+is resolved again at every poll (one planted as a link after the reload is refused, and said so in
+the model's status).
 """
 from __future__ import annotations
 
@@ -20,6 +28,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,6 +46,7 @@ log = logging.getLogger("serving")
 
 START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UNLOADING", "END"
 SERVE_TAG = "serve"
+MAX_RETRY_SECONDS = 300.0
 
 
 @dataclass
@@ -45,6 +55,8 @@ class VersionState:
     error_code: grpc.StatusCode = grpc.StatusCode.OK
     error_message: str = ""
     files: tuple = ()  # a failed version's files (name, size, mtime) when it failed: retried once they change
+    failures: int = 0      # failed loads in a row (the backoff doubles with each)
+    retry_at: float = 0.0  # time.monotonic() before which a failed version is not tried again
 
     @property
     def failed(self) -> bool:
@@ -179,6 +191,24 @@ def version_files(path: str) -> tuple:
     return tuple(sorted(out))
 
 
+def under_roots(path: str, roots: list[str]) -> bool:
+    real = os.path.realpath(path)
+    return any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in map(os.path.realpath, roots))
+
+
+def outside_roots(path: str, roots: list[str]) -> str | None:
+    """The first of a version directory, or of the directories and files under it, that resolves to
+    a place outside the roots (None: all lie under them). Links are followed only once checked."""
+    if not under_roots(path, roots):
+        return path
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            full = os.path.join(root, name)
+            if not under_roots(full, roots):
+                return full
+    return None
+
+
 def versions_on_disk(base_path: str) -> dict[int, str]:
     """{version: path} of the complete versions under base_path (see version_is_complete)."""
     found = {}
@@ -197,9 +227,15 @@ class ServableManager:
     def __init__(self, configs: list[ModelConfig], poll_seconds: float = 1.0,
                  config_file: str | None = None, config_poll_seconds: float = 0,
                  warmup: Callable[[Servable], None] | None = None, roots: list[str] | None = None,
-                 allow_empty_config: bool = False, max_models: int = 0):
-        """roots: the only directories base paths may lie under (default: the first configs' base
-        paths themselves); max_models: the most models one config may name (0: no limit)."""
+                 allow_empty_config: bool = False, max_models: int = 0, settle_seconds: float = 1.0,
+                 retry_seconds: float = 1.0):
+        """roots: the only directories base paths (and every file a version is loaded from) may lie
+        under (default: the first configs' base paths themselves); max_models: the most models one
+        config may name (0: no limit); settle_seconds: how long a failed version's changed files must
+        stay the same before it is tried again; retry_seconds: its first backoff."""
+        self._settle_seconds, self._retry_seconds = settle_seconds, retry_seconds
+        self._seen: dict[tuple[str, int], tuple[tuple, float]] = {}  # a failed version's files, and since when
+        self._model_errors: dict[str, str] = {}  # why a model has no versions (a base path out of the roots)
         self._warmup = warmup  # replays a version's warmup requests before it serves (serving/predict.py)
         self.roots = list(roots) if roots is not None else [c.base_path for c in configs]
         self._allow_empty, self._max_models = allow_empty_config, max_models
@@ -279,24 +315,34 @@ class ServableManager:
                 self._sync_model(config)
 
     def _sync_model(self, config: ModelConfig) -> None:
-        on_disk = versions_on_disk(config.base_path)
         with self._lock:
             states = self._states.setdefault(config.name, {})
-        for version in config.aspired(self._loadable(states, on_disk)):
+        if not under_roots(config.base_path, self.roots):  # e.g. planted as a link after the reload
+            message = (f"base path {config.base_path} resolves to {os.path.realpath(config.base_path)}, outside the "
+                       f"model base path roots {self.roots}: nothing is read from it")
+            with self._lock:
+                self._model_errors[config.name] = message
+            log.error("model %s: %s", config.name, message)
+            on_disk = {}
+        else:
+            with self._lock:
+                self._model_errors.pop(config.name, None)
+            on_disk = self._within_roots(config.name, states, versions_on_disk(config.base_path))
+        for version in config.aspired(self._loadable(config.name, states, on_disk)):
             known = states.get(version)
             if known and known.state in (AVAILABLE, LOADING):
                 continue
             self._load(config, version, on_disk[version])
-        # The policy again, now over the versions that did not just fail: a failed load never
-        # unloads a version that serves.
-        aspired = config.aspired(self._loadable(states, on_disk))
+        # The policy again, now over the versions that did not just fail.
+        aspired = config.aspired(self._loadable(config.name, states, on_disk))
         unloaded = False
         with self._lock:
             if self._configs.get(config.name) is not config:
                 return  # reconfigured meanwhile
             available = self._available.get(config.name, {})
-            # Availability first: keep the old versions until every wanted one is up or has failed.
-            if any(states[v].state == LOADING for v in aspired if v in states):
+            # Availability first: the old versions stay until every wanted one serves. A wanted
+            # version that failed (or whose files changed after it failed) never unloads one that serves.
+            if any(v not in available for v in aspired):
                 return
             for version in list(available):
                 if version not in aspired:
@@ -305,11 +351,42 @@ class ServableManager:
         if unloaded:
             _release()
 
-    def _loadable(self, states: dict[int, VersionState], on_disk: dict[int, str]) -> list[int]:
-        """The versions on disk but those that failed and whose files have not changed since."""
+    def _within_roots(self, name: str, states: dict[int, VersionState], on_disk: dict[int, str]) -> dict[int, str]:
+        """on_disk less the versions whose directory or files resolve outside the roots: END, with why."""
+        kept = {}
+        for version, path in on_disk.items():
+            outside = outside_roots(path, self.roots)
+            if outside is None:
+                kept[version] = path
+                continue
+            message = (f"{outside} resolves to {os.path.realpath(outside)}, outside the model base path roots "
+                       f"{self.roots}: the version is not loaded")
+            with self._lock:
+                known = states.get(version)
+                if known is None or known.error_message != message:
+                    log.error("model %s version %d: %s", name, version, message)
+                states[version] = VersionState(END, grpc.StatusCode.PERMISSION_DENIED, message)
+        return kept
+
+    def _loadable(self, name: str, states: dict[int, VersionState], on_disk: dict[int, str]) -> list[int]:
+        """The versions on disk, but a failed one only once its files changed since it failed, have
+        stayed the same for settle_seconds, and its backoff has passed."""
         with self._lock:
-            failed = {v: s.files for v, s in states.items() if s.failed}
-        return [v for v, path in on_disk.items() if v not in failed or failed[v] != version_files(path)]
+            failed = {v: s for v, s in states.items() if s.failed}
+        now, out = time.monotonic(), []
+        for version, path in on_disk.items():
+            state = failed.get(version)
+            if state is None:
+                out.append(version)
+                continue
+            files = version_files(path)
+            seen, since = self._seen.get((name, version), ((), now))
+            if files != seen:
+                self._seen[(name, version)] = (files, now)
+                since = now
+            if files != state.files and now - since >= self._settle_seconds and now >= state.retry_at:
+                out.append(version)
+        return out
 
     def _load(self, config: ModelConfig, version: int, path: str) -> None:
         """Loads outside the lock (seconds); adds the version only if the config that asked for it is
@@ -318,17 +395,26 @@ class ServableManager:
         name = config.name
         with self._lock:
             states = self._states.setdefault(name, {})
+            failures = states[version].failures if version in states and states[version].failed else 0
             states[version] = VersionState(LOADING)
         log.info("loading %s version %d from %s", name, version, path)
         files = version_files(path)
         try:
+            outside = outside_roots(path, self.roots)  # again, just before the files are opened
+            if outside is not None:
+                raise PermissionError(f"{outside} resolves to {os.path.realpath(outside)}, outside the model "
+                                      f"base path roots {self.roots}")
             servable = Servable(name, version, path)
             if self._warmup is not None:
                 self._warmup(servable)
         except Exception as e:  # a broken version is reported in its status; the others keep serving
-            log.error("failed to load %s version %d: %s", name, version, e)
+            backoff = min(self._retry_seconds * 2 ** failures, MAX_RETRY_SECONDS)
+            log.error("failed to load %s version %d (tried again %g s after its files change and settle): %s",
+                      name, version, backoff, e)
             with self._lock:
-                states[version] = VersionState(END, grpc.StatusCode.UNKNOWN, f"{type(e).__name__}: {e}", files)
+                states[version] = VersionState(END, grpc.StatusCode.UNKNOWN, f"{type(e).__name__}: {e}", files,
+                                               failures + 1, time.monotonic() + backoff)
+                self._seen[(name, version)] = (files, time.monotonic())
             return
         with self._lock:
             if self._configs.get(name) != config:
@@ -376,7 +462,8 @@ class ServableManager:
                 raise not_found(f"Could not find version {version} of model {name}")
             return [(version, states[version])]
         if not states:
-            raise not_found(f"Could not find any versions of model {name}")
+            why = self._model_errors.get(name)
+            raise not_found(f"Could not find any versions of model {name}" + (f": {why}" if why else ""))
         return sorted(states.items(), reverse=True)
 
     def model_names(self) -> list[str]:
