@@ -90,7 +90,7 @@ def first_line(path: str, open_binary) -> bytes:
     try:
         with open_binary(path) as raw:
             f = gzip.GzipFile(fileobj=raw, mode="rb") if path.endswith(".gz") else raw
-            return f.readline()
+            return f.readline(64 << 10)  # a header is the spec's column names: 64 KiB bounds a bomb
     except (OSError, EOFError, zlib.error) as e:  # e.g. a .gz that is plain text
         raise LogFileError(f"{path}: cannot read the file ({type(e).__name__}: {e})") from None
 
@@ -114,14 +114,23 @@ def read_lines(path: str, open_binary=lambda p: open(p, "rb"), size=os.path.gets
     """(path, line number, raw bytes) for every data line of a plain or .gz log; line 1 is the header.
 
     Blank lines are yielded too: ingest rejects and counts them (field_count), never skips them. A
-    truncated or corrupt .gz is a LogFileError: a run stops rather than use part of a file.
+    line longer than rows.MAX_LINE_BYTES is yielded cut after MAX_LINE_BYTES + 1 bytes (ingest rejects
+    it: line_too_long) and the rest of it is read and dropped a MiB at a time, so a line that never
+    ends (a gzip bomb) costs bounded memory. A truncated or corrupt .gz is a LogFileError: a run stops
+    rather than use part of a file.
     """
+    from schema.rows import MAX_LINE_BYTES
+
     lineno = 0
     raw = open_binary(path)
     progress = RateLog(f"reading {os.path.basename(path)}", "MB", total=size(path) / 1e6)
     try:
         with gzip.GzipFile(fileobj=raw, mode="rb") if path.endswith(".gz") else raw as f:
-            for lineno, line in enumerate(f, start=1):
+            while line := f.readline(MAX_LINE_BYTES + 1):
+                lineno += 1
+                if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+                    while (rest := f.readline(1 << 20)) and not rest.endswith(b"\n"):
+                        pass
                 if lineno > 1:
                     yield path, lineno, line
                 if lineno % 20_000 == 0:  # the position in the (compressed) file measures progress

@@ -52,7 +52,16 @@ def float32_value(value: float) -> float:
 def parse_float32(text: str) -> float:
     if len(text) > MAX_NUMBER_CHARS or not _FLOAT.fullmatch(text):
         raise NumberError(f"{_show(text)} is not a number (ASCII digits, '.', an optional exponent)")
-    return float32_value(float(text))
+    return float32_value(nonzero_float(text))
+
+
+def nonzero_float(text: str) -> float:
+    """float(text), but a text with a nonzero digit before its exponent that reads as 0 (1e-400,
+    below float64's smallest) is a NumberError, not a silent 0."""
+    value = float(text)
+    if value == 0.0 and re.search(r"[1-9]", re.split(r"[eE]", text)[0]):
+        raise NumberError(f"{_show(text)} is too small to be stored: it would read as 0")
+    return value
 
 
 def check_number(value) -> float:

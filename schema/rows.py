@@ -4,7 +4,11 @@ The column layout and types come from the feature spec (schema/spec.py). A row i
 written (possibly after counted repairs) or rejected with exactly one reason; never dropped.
 
 Rejection reasons (stable codes, counted per split):
-  not_utf8, field_count, bad_label, bad_int:<col>, empty_id:<col>, bad_pair:<col>, bad_weight:<col>
+  line_too_long, not_utf8, field_count, nul_byte:<col>, bad_label, bad_int:<col>, empty_id:<col>,
+  bad_pair:<col>, bad_weight:<col>
+  (line_too_long: over MAX_LINE_BYTES; the reader hands over only its first MAX_LINE_BYTES + 1 bytes, so
+  a line that never ends, such as a gzip bomb's, costs bounded memory. nul_byte: a NUL in a column's
+  text, which no id or number holds.)
 Soft problems (the row is kept, repaired where needed; each kind is counted once per row):
   truncated:<col>   list longer than maxlen: the first maxlen entries are kept, because logs list
                     the most recent or most relevant entries first (as the original design's
@@ -23,6 +27,8 @@ from dataclasses import dataclass, field
 
 from schema.numbers import NumberError, parse_float32, parse_int64
 from schema.spec import FLOAT, INT, STRING, STRING_LIST, WEIGHTED_LIST, FeatureSpec
+
+MAX_LINE_BYTES = 1 << 20  # a log line: 50 ids of 1 KiB in each list column fit several times over
 
 
 @dataclass
@@ -111,6 +117,9 @@ class RowParser:
 
     def parse(self, line: bytes) -> ParsedRow:
         """Returns the parsed row or raises Rejected."""
+        if len(line.rstrip(b"\r\n")) > MAX_LINE_BYTES:
+            raise Rejected("line_too_long", f"longer than {MAX_LINE_BYTES:,} bytes (read up to there, the rest "
+                                            "skipped)")
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -125,6 +134,9 @@ class RowParser:
         """Parses the given columns' text, with the same checks and repairs as a log line; columns
         that are absent are left out (a serving request holds one tower's features only)."""
         row = ParsedRow()
+        nul = next((c for c, v in values.items() if "\x00" in v), None)
+        if nul is not None:
+            raise Rejected(f"nul_byte:{nul}", "a NUL byte in the column's text")
         item_id = values.get(self.spec.item_id, "").strip()
         for col in self.columns:
             if col.name not in values:

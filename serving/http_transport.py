@@ -5,7 +5,8 @@ in a pool of threads. The model server's REST API (serving/rest_api.py) and the 
 What a request may cost is bounded before it is read or decoded: max_request_bytes (413 from the
 headers, or as soon as a chunked body passes it; no 100 Continue before), timeout_seconds for a
 request's headers, its body and an idle kept-alive connection, max_connections open at once (at the
-cap the connection idle longest makes room; when every one is busy the new one is closed), and the
+cap the connection idle longest, else the one sending its request longest, makes room; when every
+one is waiting for its answer the new one is closed), and the
 app's own scan of a large body as it arrives (nesting, values). A client that half-closes after its
 request still gets the answer. Every response is written with its headers in one send on a
 TCP_NODELAY socket (no 40 ms Nagle stalls). Tornado's chunked-body reader is replaced when the first
@@ -96,6 +97,7 @@ class _HalfClosableStream(iostream.IOStream):
     answer_pending = False
     busy = False
     idle_since = 0.0
+    busy_since = 0.0  # when its request began
 
     def _handle_events(self, fd, events) -> None:
         if not (self.answer_pending and events & IOLoop.READ and self._read_future is None and self._peer_done()):
@@ -126,7 +128,17 @@ def no_constants(name: str):
     raise ValueError(f"{name} is not JSON (numbers are finite)")
 
 
-JSON_DECODER = json.JSONDecoder(parse_constant=no_constants)  # one decoder: json.loads(**kw) builds one a call
+def _json_float(text: str) -> float:
+    from schema.numbers import NumberError, nonzero_float
+
+    try:
+        return nonzero_float(text)
+    except NumberError as e:
+        raise ValueError(str(e)) from None
+
+
+# one decoder (json.loads(**kw) builds one a call); NaN and Infinity refused, 1e-400 too (not a silent 0)
+JSON_DECODER = json.JSONDecoder(parse_constant=no_constants, parse_float=_json_float)
 
 
 # Lingering close after an early 413: the rest of the body is read and dropped for this long, up to
@@ -179,6 +191,8 @@ class _Request(httputil.HTTPMessageDelegate):
     def _stream_state(self, busy: bool, answer_pending: bool = False) -> None:
         stream = getattr(self.connection, "stream", None)
         if isinstance(stream, _HalfClosableStream):
+            if busy and not stream.busy:
+                stream.busy_since = time.monotonic()
             stream.busy, stream.answer_pending = busy, answer_pending
             if not busy:
                 stream.idle_since = time.monotonic()
@@ -377,8 +391,9 @@ READ_CHUNK_BYTES = 1 << 20  # a body reaches _Request in pieces of up to 1 MiB (
 class _LimitedHTTPServer(HTTPServer):
     """Tornado's HTTP server with at most max_connections open. At the cap a new connection takes the
     place of the connection idle longest (no request in progress: kept alive, or headers not yet
-    complete), so idle sockets cannot lock new clients out; only when every connection is busy is
-    the new one closed. Each accepted socket gets TCP_NODELAY."""
+    complete) or, when none is idle, of the one that has been sending its request longest (a slow
+    body: slowloris), so neither idle nor slow sockets can lock new clients out; only when every
+    connection is waiting for its answer is the new one closed. Each accepted socket gets TCP_NODELAY."""
 
     def initialize(self, app: JsonApp, limits: HttpLimits):
         super().initialize(app, no_keep_alive=False, xheaders=False, chunk_size=READ_CHUNK_BYTES,
@@ -401,12 +416,16 @@ class _LimitedHTTPServer(HTTPServer):
 
     def _evict_idle(self) -> bool:
         idle = [s for s in self._streams if not s.busy]
-        if not idle:
-            return False
-        oldest = min(idle, key=lambda s: s.idle_since)
-        self._streams.pop(oldest, None)
-        oldest.close()
-        self._app.count("idle_evicted")
+        if idle:
+            victim, why = min(idle, key=lambda s: s.idle_since), "idle_evicted"
+        else:
+            sending = [s for s in self._streams if not s.answer_pending]
+            if not sending:
+                return False
+            victim, why = min(sending, key=lambda s: s.busy_since), "slow_evicted"
+        self._streams.pop(victim, None)
+        victim.close()
+        self._app.count(why)
         return True
 
     def on_close(self, server_conn):

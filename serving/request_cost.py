@@ -56,10 +56,20 @@ class Contract:
         if os.path.getsize(path) > MAX_CONTRACT_BYTES:
             raise ValueError(f"{path}: larger than {MAX_CONTRACT_BYTES} bytes")
         with open(path) as f:
-            d = json.load(f)
-        sigs = {name: SignatureCost(int(s.get("floats_per_row", 0)), s.get("examples_input"))
-                for name, s in d.get("signatures", {}).items()}
-        return cls(sigs, {k: float(v) for k, v in d.get("minimum", {}).items()})
+            d = json.load(f)  # NaN and Infinity decode here, and are refused below
+        sigs = {}
+        for name, sig in d.get("signatures", {}).items():
+            floats = sig.get("floats_per_row", 0)
+            if isinstance(floats, bool) or not isinstance(floats, int) or floats < 0:
+                raise ValueError(f"{path}: signatures.{name}.floats_per_row must be an integer >= 0, got {floats!r}")
+            sigs[name] = SignatureCost(floats, sig.get("examples_input"))
+        minimum = {}
+        for name, value in d.get("minimum", {}).items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+                raise ValueError(f"{path}: minimum.{name} must be a finite number, got {value!r} (a NaN minimum "
+                                 "would turn the check off)")
+            minimum[name] = float(value)
+        return cls(sigs, minimum)
 
     def cost(self, signature: str) -> SignatureCost:
         return self.signatures.get(signature, SignatureCost())

@@ -139,9 +139,18 @@ def _grpc_code(tf_code: int):
     return grpc.StatusCode.UNKNOWN.value
 
 
+MAX_SAVED_MODEL_PB_BYTES = 1 << 30  # protobuf's own limit is 2 GiB; a graph this size is not a tower
+
+
 def read_signature_defs(path: str) -> dict:
+    """The serve MetaGraph's SignatureDefs; a saved_model.pb over MAX_SAVED_MODEL_PB_BYTES is refused
+    from its size, before it is read (a 3 GiB sparse file cost 3 GB)."""
+    pb = os.path.join(path, "saved_model.pb")
+    size = os.path.getsize(pb)
+    if size > MAX_SAVED_MODEL_PB_BYTES:
+        raise ValueError(f"{pb}: {size:,} bytes, more than {MAX_SAVED_MODEL_PB_BYTES:,}: not read")
     proto = saved_model_pb2.SavedModel()
-    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+    with open(pb, "rb") as f:
         proto.ParseFromString(f.read())
     for meta_graph in proto.meta_graphs:
         if SERVE_TAG in meta_graph.meta_info_def.tags:

@@ -296,3 +296,87 @@ def test_1_sixteen_concurrent_bombs_cost_a_bounded_peak_and_leave_nothing_behind
     assert codes == ["INVALID_ARGUMENT"] * 16, codes
     assert (peak - idle) / 2**20 < 1024, f"peak {(peak - idle) / 2**20:.0f} MiB over idle"
     assert (after - idle) / 2**20 < 100, f"{(after - idle) / 2**20:.0f} MiB left behind"
+
+
+# ---- lower: ingest reads a line under a byte limit; NUL in ids ----
+
+def test_a_gz_line_that_inflates_without_end_costs_bounded_memory_and_is_rejected(tmp_path):
+    """A small .gz whose second line inflates to 64 MiB with no newline, then a good line: the reader
+    holds at most about a MiB of it (tracemalloc's peak), hands over its first MAX_LINE_BYTES + 1 bytes,
+    which the parser rejects (line_too_long), and the next line is read as usual."""
+    import gzip
+    import tracemalloc
+
+    from schema.logfiles import read_lines
+    from schema.rows import MAX_LINE_BYTES, Rejected, RowParser
+    from schema.spec import load_spec
+
+    spec = load_spec()
+    good = "1\tu1\tp1\t1\t3\t3:0.5\t3\tp2\n"
+    path = tmp_path / "bomb.tsv.gz"
+    with gzip.open(path, "wb") as f:
+        f.write(("\t".join(spec.columns) + "\n").encode())
+        for _ in range(64):
+            f.write(b"a" * (1 << 20))
+        f.write(b"\n" + good.encode())
+    assert path.stat().st_size < 200_000
+    tracemalloc.start()
+    lines = [(n, len(line), line[:20]) for _, n, line in read_lines(str(path))]
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert [(n, size) for n, size, _ in lines] == [(2, MAX_LINE_BYTES + 1), (3, len(good))]
+    assert peak < 8 << 20, f"peak {peak / 2**20:.1f} MiB"
+    parser = RowParser(spec)
+    with pytest.raises(Rejected) as e:
+        parser.parse(b"a" * (MAX_LINE_BYTES + 1))
+    assert e.value.reason == "line_too_long"
+    with pytest.raises(Rejected) as e:
+        parser.parse(good.replace("p1", "p\x001").encode())
+    assert e.value.reason == "nul_byte:post_id"
+    assert parser.parse(good.encode()).strings["post_id"] == [b"p1"]
+
+
+@pytest.mark.parametrize("text", ["1e-400", "-2.5e-999", "0.000001e-330"])
+def test_a_number_below_float64s_smallest_is_refused_not_read_as_zero(text):
+    """1e-400 read as 0.0 with no word; 0, 0.0 and 0e-400 are zero and stay accepted."""
+    from schema.numbers import NumberError, parse_float32
+    from serving.http_transport import JSON_DECODER
+
+    with pytest.raises(NumberError, match="too small"):
+        parse_float32(text)
+    with pytest.raises(ValueError, match="too small"):
+        JSON_DECODER.decode(f'{{"w": [{text}]}}')
+    for zero in ("0", "0.0", "0e-400", "-0.000"):
+        assert parse_float32(zero) == 0.0 and JSON_DECODER.decode(f"[{zero}]") == [0.0]
+
+
+def test_1_a_huge_saved_model_pb_and_a_lying_contract_are_refused_before_they_cost(tmp_path):
+    """A version whose saved_model.pb is a 3 GiB sparse file is refused from its size (nothing read);
+    one whose serving contract has a NaN minimum or a negative row cost is refused, not served with
+    the check off. The version before keeps serving."""
+    import json
+
+    from tests.serving_models import save_lists_version
+
+    save_lists_version(str(tmp_path / "m"), 1)
+    configs = parse_config_text(_config(m=tmp_path / "m"))
+    with ModelServer(configs, port=0, poll_seconds=0, roots=[str(tmp_path / "m")]) as server:
+        for version, damage in ((2, "sparse"), (3, "nan"), (4, "negative")):
+            shutil.copytree(tmp_path / "m" / "1", tmp_path / "m" / str(version))
+            contract = tmp_path / "m" / str(version) / "assets.extra" / "serving_contract.json"
+            if damage == "sparse":
+                with open(tmp_path / "m" / str(version) / "saved_model.pb", "r+b") as f:
+                    f.truncate(3 << 30)
+            else:
+                d = json.loads(contract.read_text())
+                if damage == "nan":
+                    d["minimum"] = {k: float("nan") for k in d.get("minimum", {})} or {"w": float("nan")}
+                else:
+                    d["signatures"] = {k: {**v, "floats_per_row": -1} for k, v in d["signatures"].items()}
+                contract.write_text(json.dumps(d))
+            server.manager.poll_once()
+            states = _states(server)
+            assert states[version].state == "END", damage
+            assert server.manager.resolve("m").version == 1
+        assert "not read" in states[2].error_message
+        assert "finite number" in states[3].error_message and "floats_per_row" in states[4].error_message
