@@ -131,9 +131,10 @@ def churn(tmp: str, checkout: str | None) -> dict:
 
         reader = threading.Thread(target=predict)
         reader.start()
-        for i in range(50):
-            with open(warmup, "wb") as f:
+        for i in range(50):  # replaced whole: never seen empty (an empty warmup file is valid)
+            with open(warmup + ".next", "wb") as f:
                 f.write(b"not a TFRecord file, try %d" % i)
+            os.replace(warmup + ".next", warmup)
             time.sleep(0.2)
         time.sleep(2)
         stop.set()

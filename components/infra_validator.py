@@ -130,8 +130,10 @@ def validate(model_dir: str, examples: list[bytes], model_name: str, out_dir: st
         started = time.monotonic()
         proc = None
         try:
-            proc, port = spawn(["--model_config_file", config_path, "--file_system_poll_wait_seconds", "0"],
-                               os.path.join(out_dir, "server.log"), timeout_seconds)
+            # the versions are links to the exported models: their folder is a root of the server too
+            roots = ",".join([tmp, os.path.dirname(os.path.abspath(model_dir))])
+            proc, port = spawn(["--model_config_file", config_path, "--file_system_poll_wait_seconds", "0",
+                                "--model_base_path_roots", roots], os.path.join(out_dir, "server.log"), timeout_seconds)
             report["load_seconds"] = round(time.monotonic() - started, 2)
             report["towers"] = check_towers(f"127.0.0.1:{port}", model_name, examples, timeout_seconds,
                                             tower_features)

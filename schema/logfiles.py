@@ -90,7 +90,7 @@ def first_line(path: str, open_binary) -> bytes:
     try:
         with open_binary(path) as raw:
             f = gzip.GzipFile(fileobj=raw, mode="rb") if path.endswith(".gz") else raw
-            return f.readline(64 << 10)  # a header is the spec's column names: 64 KiB bounds a bomb
+            return next(bounded_lines(f, 64 << 10, chunk=64 << 10), b"")  # a header: 64 KiB bounds a bomb
     except (OSError, EOFError, zlib.error) as e:  # e.g. a .gz that is plain text
         raise LogFileError(f"{path}: cannot read the file ({type(e).__name__}: {e})") from None
 
@@ -110,6 +110,30 @@ def expand_local(pattern: str) -> list[str]:
     return files
 
 
+def bounded_lines(f, limit: int, chunk: int = 1 << 20):
+    """The lines of a binary file object (anything with read(n): TFX's file objects take no size in
+    readline), read a chunk at a time: a line longer than `limit` is yielded cut after limit + 1 bytes
+    and the rest of it is dropped as it is read, so memory stays within limit + 2 chunks."""
+    pending, skipping = b"", False
+    while data := f.read(chunk):
+        pending += data
+        start = 0
+        while (end := pending.find(b"\n", start)) >= 0:
+            if skipping:
+                skipping = False
+            else:
+                yield pending[start:end + 1]
+            start = end + 1
+        pending = pending[start:]
+        if skipping:
+            pending = b""
+        elif len(pending) > limit:
+            yield pending[:limit + 1]
+            pending, skipping = b"", True
+    if pending and not skipping:
+        yield pending
+
+
 def read_lines(path: str, open_binary=lambda p: open(p, "rb"), size=os.path.getsize):
     """(path, line number, raw bytes) for every data line of a plain or .gz log; line 1 is the header.
 
@@ -126,11 +150,8 @@ def read_lines(path: str, open_binary=lambda p: open(p, "rb"), size=os.path.gets
     progress = RateLog(f"reading {os.path.basename(path)}", "MB", total=size(path) / 1e6)
     try:
         with gzip.GzipFile(fileobj=raw, mode="rb") if path.endswith(".gz") else raw as f:
-            while line := f.readline(MAX_LINE_BYTES + 1):
+            for line in bounded_lines(f, MAX_LINE_BYTES):
                 lineno += 1
-                if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
-                    while (rest := f.readline(1 << 20)) and not rest.endswith(b"\n"):
-                        pass
                 if lineno > 1:
                     yield path, lineno, line
                 if lineno % 20_000 == 0:  # the position in the (compressed) file measures progress

@@ -61,9 +61,10 @@ def test_2_a_broken_next_version_whose_files_churn_never_takes_the_serving_one_d
         os.rename(tmp_path / "m" / ".copy-2", tmp_path / "m" / "2")
         warmup = tmp_path / "m" / "2" / "assets.extra" / "tf_serving_warmup_requests"
 
-        def churn():
+        def churn():  # each write replaces the file whole: a reader never sees it empty (a valid, empty file)
             for i in range(20):
-                warmup.write_bytes(b"not a TFRecord file, try %d" % i)
+                (warmup.parent / "next").write_bytes(b"not a TFRecord file, try %d" % i)
+                os.replace(warmup.parent / "next", warmup)
                 time.sleep(0.2)
 
         def predict():
