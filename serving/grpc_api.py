@@ -18,7 +18,7 @@ from tensorflow_serving.apis import (
 from serving import predict
 from serving.memory import Trimmer
 from serving.model_config import ConfigError, from_proto
-from serving.request_cost import RequestLimits
+from serving.request_cost import GRPC_COPIES, InFlight, RequestLimits
 from serving.servables import ServableManager
 from serving.status import ServingError, invalid_argument
 
@@ -40,17 +40,22 @@ def _status_codes(method):
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, manager: ServableManager, limits: RequestLimits | None = None):
-        self.manager, self.limits = manager, limits
+    def __init__(self, manager: ServableManager, limits: RequestLimits | None = None,
+                 inflight: InFlight | None = None):
+        self.manager, self.limits, self.inflight = manager, limits, inflight
         self._trimmer = Trimmer()  # a large request's memory goes back to the system once freed
 
     @_status_codes
     def Predict(self, request, context):
+        size = request.ByteSize()
         try:
             servable = predict.resolve(self.manager, request.model_spec, request.HasField("model_spec"))
-            return predict.predict_request(servable, request, self.limits)
+            if self.inflight is None:
+                return predict.predict_request(servable, request, self.limits)
+            with self.inflight.hold(size * GRPC_COPIES):
+                return predict.predict_request(servable, request, self.limits)
         finally:
-            self._trimmer.after(request.ByteSize())
+            self._trimmer.after(size)
 
     @_status_codes
     def GetModelMetadata(self, request, context):
@@ -112,6 +117,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
 
 def add_services(server: grpc.Server, manager: ServableManager, limits: RequestLimits | None = None,
-                 allow_reload: bool = True) -> None:
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(manager, limits), server)
+                 allow_reload: bool = True, inflight: InFlight | None = None) -> None:
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        PredictionService(manager, limits, inflight), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(manager, allow_reload), server)

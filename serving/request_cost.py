@@ -34,6 +34,59 @@ class RequestLimits:
     max_entries: int = 262_144                # 0 = no limit
     max_model_bytes: int = 256 * 1024 * 1024  # 0 = no limit
     max_response_bytes: int = 16 * 1024 * 1024
+    max_inflight_bytes: int = 512 * 1024 * 1024  # what the requests being answered may hold together; 0 = no limit
+
+
+class InFlight:
+    """One memory budget shared by the requests being answered (gRPC and REST): a request takes its
+    cost (its bytes times the copies answering it makes) before it is decoded and gives it back when
+    answered. One that would pass the budget waits up to wait_seconds for others to finish, then is
+    RESOURCE_EXHAUSTED; one larger than the whole budget is refused at once."""
+
+    def __init__(self, budget: int, wait_seconds: float = 5.0):
+        import threading
+
+        self.budget, self.wait_seconds = budget, wait_seconds
+        self.used = self.peak = 0
+        self._cond = threading.Condition()
+
+    def hold(self, cost: int):
+        import contextlib
+        import time
+
+        import grpc
+
+        from serving.status import ServingError
+
+        @contextlib.contextmanager
+        def held():
+            if cost > self.budget:
+                raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                   f"the request would hold {cost:,} bytes while answered, more than the "
+                                   f"{self.budget:,} all requests may hold at once (--max_inflight_request_bytes)")
+            deadline = time.monotonic() + self.wait_seconds
+            with self._cond:
+                while self.used + cost > self.budget:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                           f"requests being answered hold {self.used:,} of the {self.budget:,} bytes "
+                                           f"they may hold at once (--max_inflight_request_bytes): try again")
+                    self._cond.wait(left)
+                self.used += cost
+                self.peak = max(self.peak, self.used)
+            try:
+                yield
+            finally:
+                with self._cond:
+                    self.used -= cost
+                    self._cond.notify_all()
+
+        return held()
+
+
+GRPC_COPIES = 3  # a gRPC request answered: its message, the arrays decoded from it, TensorFlow's tensors
+REST_COPIES = 4  # a REST body: the bytes, the decoded JSON (larger than its text), the arrays, the tensors
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from tensorflow_serving.apis import get_model_metadata_pb2
 from serving import predict, request_cost
 from serving.http_transport import JSON_DECODER, HttpLimits, HttpServer, JsonApp
 from serving.json_scan import json_scan
-from serving.request_cost import RequestLimits
+from serving.request_cost import REST_COPIES, InFlight, RequestLimits
 from serving.servables import Servable, ServableManager
 from serving.status import ServingError, code_name, invalid_argument
 from serving.tensors import INT64_MAX, array_to_json, json_to_array
@@ -147,12 +147,19 @@ def _parse_version(text: str | None) -> int | None:
 
 
 
+def _decode(body: bytes):
+    try:
+        return JSON_DECODER.decode(body.decode("utf-8"))
+    except (ValueError, RecursionError) as e:  # bad JSON, bad UTF-8, NaN, numbers of 5,000 digits
+        raise invalid_argument(f"JSON Parse error: {str(e)[:200]}") from None
+
+
 class RestApp(JsonApp):
     """TF Serving's /v1 routes over the ServableManager."""
 
-    def __init__(self, manager: ServableManager, limits: RestLimits):
+    def __init__(self, manager: ServableManager, limits: RestLimits, inflight: InFlight | None = None):
         super().__init__(limits)
-        self.manager = manager
+        self.manager, self.inflight = manager, inflight
 
     def refuse_from_headers(self, method: str, target: str) -> tuple[int, str] | None:
         m = _POST.fullmatch(target.split("?", 1)[0])
@@ -164,6 +171,9 @@ class RestApp(JsonApp):
             self.count("model_not_served")
             return e.http_status, e.message
         return None
+
+    def _predict(self, servable: Servable, body: bytes) -> dict:
+        return rest_predict(servable, _decode(body), self.limits.request)
 
     def scan_problem(self, deepest: int, values: int) -> str | None:
         problem = super().scan_problem(deepest, values)
@@ -211,11 +221,10 @@ class RestApp(JsonApp):
             problem = self.scan_problem(*(scanned or json_scan(body)))
             if problem:
                 raise invalid_argument(problem)
-            try:
-                parsed = JSON_DECODER.decode(body.decode("utf-8"))
-            except (ValueError, RecursionError) as e:  # bad JSON, bad UTF-8, NaN, numbers of 5,000 digits
-                raise invalid_argument(f"JSON Parse error: {str(e)[:200]}") from None
-            return 200, rest_predict(servable, parsed, self.limits.request)
+            if self.inflight is None:
+                return 200, self._predict(servable, body)
+            with self.inflight.hold(len(body) * REST_COPIES):
+                return 200, self._predict(servable, body)
         except ServingError as e:
             if e.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "--max_response_bytes" in e.message:
                 self.count("response_too_large")
@@ -224,6 +233,7 @@ class RestApp(JsonApp):
 
 
 
-def RestServer(manager: ServableManager, host: str, port: int, limits: RestLimits) -> HttpServer:  # noqa: N802
+def RestServer(manager: ServableManager, host: str, port: int, limits: RestLimits,  # noqa: N802
+               inflight: InFlight | None = None) -> HttpServer:
     """The /v1 API of `manager` on host:port (bound now; .start() serves)."""
-    return HttpServer(RestApp(manager, limits), host, port)
+    return HttpServer(RestApp(manager, limits, inflight), host, port)

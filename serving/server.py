@@ -41,7 +41,7 @@ from serving.model_config import (  # noqa: E402
     read_config_file,
     single_model,
 )
-from serving.request_cost import RequestLimits  # noqa: E402
+from serving.request_cost import InFlight, RequestLimits  # noqa: E402
 from serving.rest_api import RestLimits, RestServer  # noqa: E402
 from serving.servables import ServableManager  # noqa: E402
 
@@ -72,7 +72,9 @@ class ModelServer:
             options=[("grpc.max_receive_message_length", max_request_bytes),
                      ("grpc.max_send_message_length", -1),
                      ("grpc.so_reuseport", 0)])
-        add_services(self._grpc, self.manager, limits, allow_reload)
+        # one budget for what the requests being answered hold, over gRPC and REST together
+        self.inflight = InFlight(limits.max_inflight_bytes) if limits and limits.max_inflight_bytes else None
+        add_services(self._grpc, self.manager, limits, allow_reload, self.inflight)
         self.port = self._grpc.add_insecure_port(f"{_grpc_host(host)}:{port}")
         if self.port == 0:
             raise OSError(f"cannot bind the gRPC port {host}:{port}")
@@ -81,7 +83,7 @@ class ModelServer:
         if rest_api_port is not None:
             rest = rest_limits or RestLimits()
             rest = RestLimits(**{**rest.__dict__, "max_request_bytes": max_request_bytes, "request": limits})
-            self._rest = RestServer(self.manager, host, rest_api_port, rest)
+            self._rest = RestServer(self.manager, host, rest_api_port, rest, self.inflight)
             self.rest_port = self._rest.port
 
     def start(self) -> ModelServer:
@@ -173,6 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "assets.extra/serving_contract.json) x 4 bytes (INVALID_ARGUMENT / 400 above it; 0 = no limit)")
     p.add_argument("--max_response_bytes", type=int, default=RequestLimits.max_response_bytes,
                    help="largest answer (gRPC: RESOURCE_EXHAUSTED; REST: 413), checked before it is sent")
+    p.add_argument("--max_inflight_request_bytes", type=int, default=RequestLimits.max_inflight_bytes,
+                   help="what the requests being answered may hold at once, gRPC and REST together (a request's "
+                        "bytes x the copies answering it makes); one that would pass it waits up to 5 s, then "
+                        "RESOURCE_EXHAUSTED / 429 (0 = no limit)")
     p.add_argument("--model_base_path_roots", default="",
                    help="comma-separated directories every model base path must lie under, in the config "
                         "file and in reload requests (default: the config file's directory, or "
@@ -226,7 +232,8 @@ def main(argv=None) -> None:
             poll_seconds=args.file_system_poll_wait_seconds, config_file=args.model_config_file or None,
             config_poll_seconds=args.model_config_file_poll_wait_seconds,
             max_request_bytes=args.max_request_bytes, threads=args.threads,
-            limits=RequestLimits(args.max_request_elements, args.max_request_model_bytes, args.max_response_bytes),
+            limits=RequestLimits(args.max_request_elements, args.max_request_model_bytes, args.max_response_bytes,
+                                 args.max_inflight_request_bytes),
             rest_limits=RestLimits(max_json_depth=args.max_json_depth, threads=args.rest_api_num_threads,
                                    timeout_seconds=args.rest_api_timeout_in_ms / 1000,
                                    max_connections=args.rest_api_max_connections),

@@ -381,3 +381,55 @@ def test_1_a_huge_saved_model_pb_and_a_lying_contract_are_refused_before_they_co
             assert server.manager.resolve("m").version == 1
         assert "not read" in states[2].error_message
         assert "finite number" in states[3].error_message and "floats_per_row" in states[4].error_message
+
+
+def test_1_requests_in_flight_share_one_memory_budget(tmp_path):
+    """A budget that holds two 1 MB requests at a time: 8 sent at once all get their right answers
+    (the others wait their turn), the budget's high-water mark never passes it, and a request larger
+    than the whole budget is RESOURCE_EXHAUSTED over gRPC and 429 over REST, at once."""
+    import http.client
+    import json
+
+    from serving.request_cost import GRPC_COPIES, RequestLimits
+    from serving.tensors import array_to_proto
+
+    save_version(str(tmp_path / "m"), 1)
+    x = np.arange(250_000, dtype=np.float32)  # 1 MB of floats: 0.5 x + 2 by hand
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "m"
+    request.inputs["x"].CopyFrom(array_to_proto(x))
+    budget = 2 * GRPC_COPIES * request.ByteSize() + 1000
+    configs = parse_config_text(_config(m=tmp_path / "m"))
+    limits = RequestLimits(max_entries=0, max_inflight_bytes=budget, max_response_bytes=64 << 20)
+    with ModelServer(configs, port=0, rest_api_port=0, poll_seconds=0, roots=[str(tmp_path / "m")],
+                     limits=limits) as server:
+        answers, errors = [], []
+
+        def send():
+            with grpc.insecure_channel(server.target, options=[("grpc.max_receive_message_length", -1)]) as c:
+                try:
+                    y = prediction_service_pb2_grpc.PredictionServiceStub(c).Predict(request, timeout=60)
+                    answers.append(np.asarray(y.outputs["y"].float_val, np.float32))
+                except grpc.RpcError as e:
+                    errors.append(e.code().name)
+
+        threads = [threading.Thread(target=send) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors and len(answers) == 8
+        assert all(np.allclose(a, 0.5 * x + 2) for a in answers)
+        assert 0 < server.inflight.peak <= budget and server.inflight.used == 0
+        big = predict_pb2.PredictRequest()
+        big.model_spec.name = "m"
+        big.inputs["x"].CopyFrom(array_to_proto(np.zeros(1_000_000, np.float32)))
+        with grpc.insecure_channel(server.target) as c, pytest.raises(grpc.RpcError) as e:
+            prediction_service_pb2_grpc.PredictionServiceStub(c).Predict(big, timeout=30)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "--max_inflight_request_bytes" in e.value.details()
+        conn = http.client.HTTPConnection("127.0.0.1", server.rest_port, timeout=60)
+        conn.request("POST", "/v1/models/m:predict", json.dumps({"instances": [1.5] * 400_000}))
+        response = conn.getresponse()
+        assert response.status == 429 and "--max_inflight_request_bytes" in json.loads(response.read())["error"]
+        conn.close()
