@@ -74,7 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        shown = " ".join(extra[:3]) + (" ..." if len(extra) > 3 else "")
+        if all(os.path.exists(x) for x in extra):  # a glob the shell expanded: its second file onwards
+            raise SystemExit(f"error: unrecognized arguments: {shown}: these are files, so an unquoted glob was "
+                             "probably expanded by the shell; quote the pattern, e.g. --train 'logs/day*.tsv'")
+        parser.error(f"unrecognized arguments: {shown}")
     if args.command == "local":
         run_local(args, verbose=VERBOSE)
     elif args.command == "kubeflow":

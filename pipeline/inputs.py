@@ -135,6 +135,10 @@ def load(args):
         if vectors and not is_uri(vectors):
             if not os.path.isfile(vectors):
                 raise InputError(f"{vectors}: item-vector file not found")
+            ids = vectors[: -len(".npy")] + ".ids.txt"
+            if vectors.endswith(".npy") and not os.path.isfile(ids):
+                raise InputError(f"{vectors}: a .npy item-vector file needs its ids beside it in {ids} (one id "
+                                 "per line, in row order)")
             from pipeline.preflight import first_vector_dim
 
             dim = first_vector_dim(vectors)

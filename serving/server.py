@@ -16,16 +16,39 @@ authenticating TLS proxy in front of it. A reload can only name base paths under
 from __future__ import annotations
 
 import os
+import sys
 
 from common.quiet import quiet, quiet_loggers, verbose_requested
 
+
+def _fail_fast(argv: list[str]) -> None:
+    """Before TensorFlow loads (about 10 s): a --model_base_path that does not exist, or a port another
+    process listens on, is one line within a second. The full checks run again after."""
+    import argparse
+
+    from serving.grpc_bind import port_in_use
+
+    p = argparse.ArgumentParser(add_help=False)
+    for flag, default in (("--model_base_path", ""), ("--model_config_file", ""), ("--port", "8500"),
+                          ("--rest_api_port", "0"), ("--host", "127.0.0.1")):
+        p.add_argument(flag, default=default)
+    a, _ = p.parse_known_args(argv)
+    if a.model_base_path and not a.model_config_file and not os.path.isdir(a.model_base_path):
+        raise SystemExit(f"error: --model_base_path {a.model_base_path}: no such directory (it holds the model's "
+                         "versions, <base_path>/<version>/saved_model.pb)")
+    for flag, port in (("--port", a.port), ("--rest_api_port", a.rest_api_port)):
+        if port.isdigit() and 0 < int(port) < 65536 and port_in_use(a.host, int(port)):
+            raise SystemExit(f"error: cannot listen on {a.host}:{port} ({flag}): another process listens there; "
+                             f"stop it or pick another {flag}")
+
+
 if __name__ == "__main__":
     quiet(verbose_requested())  # before TensorFlow loads; --verbose brings its warnings back
+    _fail_fast(sys.argv[1:])
 
 import argparse  # noqa: E402
 import logging  # noqa: E402
 import signal  # noqa: E402
-import sys  # noqa: E402
 import threading  # noqa: E402
 from concurrent import futures  # noqa: E402
 
@@ -33,6 +56,7 @@ import grpc  # noqa: E402
 
 from serving import predict  # noqa: E402
 from serving.grpc_api import add_services  # noqa: E402
+from serving.grpc_bind import bind_grpc, grpc_host  # noqa: E402
 from serving.memory import keep_large_blocks_mapped  # noqa: E402
 from serving.model_config import (  # noqa: E402
     ConfigError,
@@ -75,9 +99,7 @@ class ModelServer:
         # one budget for what the requests being answered hold, over gRPC and REST together
         self.inflight = InFlight(limits.max_inflight_bytes) if limits and limits.max_inflight_bytes else None
         add_services(self._grpc, self.manager, limits, allow_reload, self.inflight)
-        self.port = self._grpc.add_insecure_port(f"{_grpc_host(host)}:{port}")
-        if self.port == 0:
-            raise OSError(f"cannot bind the gRPC port {host}:{port}")
+        self.port = bind_grpc(self._grpc, host, port)
         self._rest = None
         self.rest_port = None
         if rest_api_port is not None:
@@ -109,11 +131,7 @@ class ModelServer:
 
     @property
     def target(self) -> str:
-        return f"{_grpc_host(self.host)}:{self.port}"
-
-
-def _grpc_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
+        return f"{grpc_host(self.host)}:{self.port}"
 
 
 def spawn(flags: list[str], log_path: str, timeout: float, cwd: str | None = None) -> tuple:
@@ -222,6 +240,9 @@ def main(argv=None) -> None:
         if args.model_config_file:
             configs = read_config_file(args.model_config_file)
         elif args.model_base_path:
+            if not os.path.isdir(args.model_base_path):
+                raise ConfigError(f"--model_base_path {args.model_base_path}: no such directory (it holds the "
+                                  "model's versions, <base_path>/<version>/saved_model.pb)")
             configs = single_model(args.model_name, args.model_base_path)
         else:
             raise ConfigError("give --model_base_path (with --model_name) or --model_config_file")
@@ -239,7 +260,7 @@ def main(argv=None) -> None:
                                    max_connections=args.rest_api_max_connections),
             roots=roots, allow_reload=args.allow_reload, allow_empty_config=args.allow_empty_config,
             max_models=args.max_models).start()
-    except ConfigError as e:
+    except (ConfigError, OSError) as e:  # OSError: a port that cannot be bound
         raise SystemExit(f"error: {e}") from None
     if args.port_file:
         with open(args.port_file + ".tmp", "w") as f:

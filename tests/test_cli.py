@@ -39,6 +39,24 @@ def test_item_vectors_in_the_wrong_format(tmp_path):
     assert msg.startswith(f"error: {bad}:2: not a JSON object")
 
 
+def test_a_npy_without_its_ids_file_is_one_line_before_tensorflow(tmp_path):
+    """Issue [first-week] 5: an 18-line NotFoundError after 11.6 s before."""
+    import numpy as np
+
+    np.save(tmp_path / "vectors.npy", np.ones((3, 32), np.float32))
+    msg = _run(tmp_path, **{"item-embeddings": str(tmp_path / "vectors.npy")})
+    assert msg == (f"error: {tmp_path / 'vectors.npy'}: a .npy item-vector file needs its ids beside it in "
+                   f"{tmp_path / 'vectors.ids.txt'} (one id per line, in row order)")
+
+
+def test_an_unquoted_glob_the_shell_expanded_is_one_line_that_says_to_quote_it(tmp_path):
+    """Issue [first-week] 5: argparse's "unrecognized arguments" with no hint before."""
+    with pytest.raises(SystemExit) as e:
+        run_pipeline.main(["local", "--train", TRAIN, EVAL, VECTORS, "--workdir", str(tmp_path / "w")])
+    assert str(e.value) == (f"error: unrecognized arguments: {EVAL} {VECTORS}: these are files, so an unquoted glob "
+                            "was probably expanded by the shell; quote the pattern, e.g. --train 'logs/day*.tsv'")
+
+
 def test_header_that_does_not_match_the_spec(tmp_path):
     bad = tmp_path / "train.tsv"
     bad.write_text("act\tclient_id\tpost_id\n1\tu\tp\n")
@@ -139,3 +157,38 @@ def test_the_cache_key_covers_every_module_a_component_runs(tmp_path, monkeypatc
         assert inputs.code_fingerprint() != before, module
         path.write_bytes(original)
     assert inputs.code_fingerprint() == before
+
+
+@pytest.mark.parametrize("module", ["serving.server", "retrieval.service"])
+def test_a_port_another_process_listens_on_is_one_line(tmp_path, module):
+    """Issue [first-week] 5: the model server answered a port in use with 17 lines after 8.4 s."""
+    import socket
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        flags = (["--model_name", "m", "--model_base_path", str(tmp_path)] if module == "serving.server"
+                 else ["--workdir", str(tmp_path), "--model_target", "127.0.0.1:1"])
+        r = subprocess.run([sys.executable, "-m", module, "--port", str(port), *flags], cwd=REPO,
+                           capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port} (--port): another process listens there")
+
+
+def test_a_model_base_path_that_does_not_exist_is_one_line(tmp_path):
+    """Issue [first-week] 5: it was accepted, and every request answered 404."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    r = subprocess.run([sys.executable, "-m", "serving.server", "--port", "0", "--model_name", "m",
+                        "--model_base_path", str(tmp_path / "nope")], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 1 and r.stderr == (f"error: --model_base_path {tmp_path / 'nope'}: no such directory (it "
+                                              "holds the model's versions, <base_path>/<version>/saved_model.pb)\n")

@@ -84,6 +84,7 @@ class RecallServer:
 
         from retrieval.service.grpc_api import add_service
         from retrieval.service.rest import RecallRestApp
+        from serving.grpc_bind import bind_grpc
         from serving.http_transport import HttpLimits, HttpServer
 
         self.core, self.host = core, host
@@ -91,10 +92,7 @@ class RecallServer:
                                  options=[("grpc.max_receive_message_length", max_request_bytes),
                                           ("grpc.so_reuseport", 0)])
         add_service(self._grpc, core)
-        bind = f"[{host}]" if ":" in host else host
-        self.port = self._grpc.add_insecure_port(f"{bind}:{port}")
-        if self.port == 0:
-            raise OSError(f"cannot bind the gRPC port {host}:{port}")
+        self.port = bind_grpc(self._grpc, host, port)
         self._rest = None
         if rest_api_port is not None:
             limits = rest_limits or HttpLimits(threads=8)
@@ -151,8 +149,13 @@ def main(argv=None) -> None:
     import grpc
 
     from retrieval.index import ItemIndexError
+    from serving.grpc_bind import port_in_use
     from serving.http_transport import HttpLimits
 
+    for flag, port in (("--port", args.port), ("--rest_api_port", args.rest_api_port)):
+        if 0 < port < 65536 and port_in_use(args.host, port):  # in a second, before Milvus starts
+            raise SystemExit(f"error: cannot listen on {args.host}:{port} ({flag}): another process listens there; "
+                             f"stop it or pick another {flag}")
     try:
         core = open_core(args)
         status = core.status()
