@@ -353,6 +353,12 @@ def write_projector(items, log_dir: str) -> None:
     embedding.tensor_name = "item_vectors/.ATTRIBUTES/VARIABLE_VALUE"
     embedding.metadata_path = "metadata.tsv"
     projector.visualize_embeddings(log_dir, config)
+    # TensorBoard's projector looks only in runs, and a run is a folder with an event file: without one,
+    # `tensorboard --logdir WORKDIR/tensorboard` (the documented logdir) shows no projector.
+    writer = tf.summary.create_file_writer(log_dir)
+    with writer.as_default():
+        tf.summary.text("items", f"{len(ids):,} item-tower vectors: open the Projector tab", step=0)
+    writer.close()
 
 
 def _tensorboard(summary: dict, items, workdir: str) -> str:

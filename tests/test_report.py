@@ -149,6 +149,20 @@ def test_tensorboard_scalars_and_projector(runs):
     assert vectors.shape == (1477, 128)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-5)  # the towers' unit vectors
 
+    # Issue [first-week] 3: TensorBoard's own projector plugin finds the items from the documented
+    # logdir (`tensorboard --logdir WORKDIR/tensorboard`), not only from WORKDIR/tensorboard/items.
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.projector import projector_plugin
+
+    multiplexer = plugin_event_multiplexer.EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(root)
+    multiplexer.Reload()
+    plugin = projector_plugin.ProjectorPlugin(base_plugin.TBContext(
+        logdir=root, multiplexer=multiplexer, data_provider=data_provider.MultiplexerDataProvider(multiplexer, root)))
+    plugin._update_configs()
+    assert "items" in plugin._configs, sorted(plugin._configs)
+
 
 def test_pca_matches_the_covariance_eigenvectors():
     from pipeline.report import pca_2d
