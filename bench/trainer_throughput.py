@@ -33,8 +33,15 @@ from tfx_bsl.public import tfxio  # noqa: E402
 from model.config import TrainerConfig  # noqa: E402
 from model.preprocessing import vocab_size_with_reserved  # noqa: E402
 from model.towers import TwoTowerTrainer, build_towers, make_optimizer  # noqa: E402
-from model.trainer import count_records  # noqa: E402
-from model.trainer_input import in_memory_batches, input_names, read_whole_split, record_batches, split_input  # noqa: E402
+from model.trainer import count_records, item_log_q_of  # noqa: E402
+from model.trainer_input import (  # noqa: E402
+    in_memory_batches,
+    input_names,
+    item_catalog,
+    read_whole_split,
+    record_batches,
+    split_input,
+)
 from schema import item_vectors  # noqa: E402
 from schema.spec import load_spec, transformed_name, vocab_name  # noqa: E402
 
@@ -161,14 +168,20 @@ def main() -> None:
     rows = count_records(files)
     prepared = glob.glob(os.path.join(a.workdir, "item_vectors", "*"))[0]
     names = input_names(spec)
-    print(f"{rows:,} training rows; steps_per_execution {a.steps_per_execution}; {os.cpu_count()} CPUs")
+    # The default model as the Trainer builds it: the click counts' sampling correction and, with
+    # trainer.uniform_negatives, the training split's catalog to draw negatives from.
+    log_q = item_log_q_of(tft_output)
+    catalog = item_catalog([files], feature_spec, spec) if TrainerConfig().uniform_negatives else None
+    print(f"{rows:,} training rows; steps_per_execution {a.steps_per_execution}; {os.cpu_count()} CPUs; "
+          f"default model ({TrainerConfig().loss} loss, {TrainerConfig().uniform_negatives} uniform negatives)")
 
     for batch in (int(b) for b in a.batches.split(",")):
         cfg = TrainerConfig(batch_size=batch, steps_per_execution=a.steps_per_execution)
 
         def fresh_trainer(cfg=cfg):
             sizes = {g: vocab_size_with_reserved(tft_output, g, 1) for g in spec.vocab_groups()}
-            t = TwoTowerTrainer(build_towers(spec, sizes, item_vectors.load_table(prepared), cfg), spec, cfg)
+            t = TwoTowerTrainer(build_towers(spec, sizes, item_vectors.load_table(prepared), cfg), spec, cfg,
+                                log_q, catalog)
             t.compile(optimizer=make_optimizer(cfg), steps_per_execution=cfg.steps_per_execution)
             return t
 

@@ -5,7 +5,9 @@ indexed: count, rate and time left, at most every few seconds). Lines go to stde
 from __future__ import annotations
 
 import logging
+import os
 import sys
+import threading
 import time
 
 _log = logging.getLogger("progress")
@@ -17,8 +19,59 @@ if not _log.handlers:
     _log.propagate = False  # absl's root handler would print every line twice
 
 
+_last_line = time.monotonic()  # when the last progress line was written: Activity's heartbeat reads it
+
+
 def log(message: str) -> None:
+    global _last_line
     _log.info(message)
+    _last_line = time.monotonic()
+
+
+def seconds_since_last_line() -> float:
+    return time.monotonic() - _last_line
+
+
+def process_seconds() -> float:
+    """Seconds since this process started (its interpreter's start-up and imports included)."""
+    with open("/proc/self/stat") as f:  # field 22: start time in clock ticks after boot
+        started_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+    with open("/proc/uptime") as f:
+        uptime = float(f.read().split()[0])
+    return uptime - started_ticks / os.sysconf("SC_CLK_TCK")
+
+
+class Activity:
+    """`with Activity("loading the model"):` logs the step at once, then a line whenever `every_seconds`
+    pass with no progress line at all, so a slow step (importing TensorFlow, a silent library call)
+    never leaves the terminal quiet for longer than that."""
+
+    def __init__(self, what: str, every_seconds: float = 10.0):
+        self.what, self.every = what, every_seconds
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True, name="activity")
+
+    def start(self) -> Activity:
+        self._started = time.monotonic()
+        log(f"{self.what} ...")
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._done.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> Activity:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _beat(self) -> None:
+        while not self._done.wait(min(1.0, self.every / 4)):
+            if seconds_since_last_line() >= self.every:
+                log(f"… {self.what} ({duration(time.monotonic() - self._started)})")
 
 
 def duration(seconds: float) -> str:

@@ -38,7 +38,7 @@ from common.progress import RateLog
 from components.artifacts import ItemVectors
 from model.config import EvaluationConfig
 from model.trainer import EXAMPLES_INPUT, METRICS_FILE
-from retrieval.metrics import RunningTopK, bootstrap_interval, metrics_at_k, recall_per_query
+from retrieval.metrics import RunningTopK, bootstrap_interval, metrics_at_k, recall_per_query, sliced_recall
 from schema.item_vectors import IDS_FILE, VectorTable
 from schema.spec import FeatureSpec
 from serving.examples import ExampleBuilder
@@ -259,11 +259,63 @@ def catalog_chunks(item_vectors, source: str, items: IdTable, size: int):
         yield np.array(chunk, bytes)
 
 
+def slice_columns(spec: FeatureSpec) -> tuple[list[str], list[str]]:
+    """(user columns, item columns) that recall is sliced by: each tower's one-value features
+    (client_type; topic_id), not the ids."""
+    def one_value(tower: str, id_column: str) -> list[str]:
+        return [f.column for f in spec.tower_features(tower) if f.kind == "sparse" and f.column != id_column]
+    return one_value("user", spec.user_id), one_value("item", spec.item_id)
+
+
+def _first_value(serialized: bytes, column: str) -> str:
+    feature = tf.train.Example.FromString(serialized).features.feature[column]
+    values = list(feature.int64_list.value) or [v.decode("utf-8", "replace") for v in feature.bytes_list.value]
+    return str(values[0]) if values else "(none)"
+
+
+def recall_slices(queries: Queries, relevant_pos: list[dict[bytes, int]], tops: dict[str, np.ndarray], k: int,
+                  items: IdTable, spec: FeatureSpec, samples: int) -> dict:
+    """{"k", "by": {column: {"side": user|item, "groups": [{value, users, <top>, <top>_ci, ...}]}}}:
+    recall@k of each ranking in `tops` (model, popularity) per user slice (the query row's value)
+    and per item slice (the relevant item's value, from the logs)."""
+    pair_query, pair_item, pair_pos = [], [], []
+    for q, relevant in enumerate(queries.relevant):
+        for item in sorted(relevant):
+            pair_query.append(q)
+            pair_item.append(item)
+            pair_pos.append(relevant_pos[q].get(item, -1))  # -1: outside the catalog, never hit
+    pair_query = np.array(pair_query, np.int64)
+    in_top = {name: np.array([p >= 0 and p in row for p, row in zip(pair_pos, (sets[q] for q in pair_query),
+                                                                         strict=True)])
+              for name, sets in ((n, [set(r) for r in top[:, :k]]) for n, top in tops.items())}
+    user_cols, item_cols = slice_columns(spec)
+    groups = {c: ("user", np.array([_first_value(raw, c) for raw in queries.raw], object)[pair_query])
+              for c in user_cols}
+    pos, found = items.lookup(np.array(pair_item, bytes))
+    for c in item_cols:
+        if c in items.values:
+            values = np.array([v.decode("utf-8", "replace") for v in items.values[c][pos]], object)
+            groups[c] = ("item", np.where(found, values, "(not in the logs)"))
+    by = {}
+    for column, (side, group) in groups.items():
+        merged: dict[str, dict] = {}
+        for name, hits in in_top.items():
+            for entry in sliced_recall(pair_query, hits, group, samples):
+                row = merged.setdefault(entry["value"], {"value": entry["value"], "users": entry["users"]})
+                row[name], row[f"{name}_ci"] = entry["recall"], entry["ci"]
+                if "ci_note" in entry:
+                    row["ci_note"] = entry["ci_note"]
+        by[column] = {"side": side, "groups": list(merged.values())}
+    return {"k": k, "by": by}
+
+
 def evaluate(model_dir: str, items: IdTable, clicked_users: np.ndarray, examples, item_vectors,
              spec: FeatureSpec, ks: list[int], exclude_read: bool, catalog_source: str = "vectors",
-             max_users: int = 0) -> dict:
+             max_users: int = 0, slice_k: int | None = None, samples: int = 1000) -> dict:
     """Metrics of the model and of the popularity baseline (training clicks) on the same queries:
-    every eval user with a click, or the max_users of them with the smallest id hashes.
+    every eval user with a click, or the max_users of them with the smallest id hashes. Each metric's
+    95% bootstrap interval over the users (model_ci, popularity_ci); with slice_k, recall@slice_k
+    per slice (recall_slices).
 
     The catalog streams through in chunks: each chunk is embedded, scored against every query and
     folded into a running top-k, so memory holds the queries, not the catalog."""
@@ -285,6 +337,7 @@ def evaluate(model_dir: str, items: IdTable, clicked_users: np.ndarray, examples
     most_excluded = max((len(e) for e in queries.excluded), default=0)
     top_model, top_pop = RunningTopK(n, kmax), RunningTopK(1, kmax + most_excluded)
     relevant_index = [set() for _ in range(n)]
+    relevant_pos: list[dict[bytes, int]] = [{} for _ in range(n)]  # relevant item id -> catalog index
     excluded_index = [set() for _ in range(n)]
     item_cols = items.columns
     chunk_size = min(64 * _BATCH, max(_BATCH, _SCORE_BUDGET_BYTES // (8 * max(1, n))))
@@ -305,6 +358,7 @@ def evaluate(model_dir: str, items: IdTable, clicked_users: np.ndarray, examples
             excluded_index[qi].add(offset + int(ji))
         for qi, ji in zip(*_in_chunk(ids, queries.relevant_pairs), strict=True):
             relevant_index[qi].add(offset + int(ji))
+            relevant_pos[qi][bytes(ids[ji])] = offset + int(ji)
         top_model.add(scores, offset)
         top_pop.add(np.where(found, items.counts[pos], 0)[None, :], offset)
         offset += len(ids)
@@ -320,7 +374,12 @@ def evaluate(model_dir: str, items: IdTable, clicked_users: np.ndarray, examples
     # Recall is over all relevant items, also those outside the catalog (they can never be hit).
     sizes = [len(r) for r in queries.relevant]
     full = [rel | {-(j + 1) for j in range(size - len(rel))} for rel, size in zip(relevant_index, sizes, strict=True)]
+    tops = {"model": top_model.index, "popularity": popularity}
+    intervals = {f"{name}_ci": {f"recall@{k}": bootstrap_interval(recall_per_query(top, full, k), samples)
+                                for k in ks} for name, top in tops.items()}
+    slices = recall_slices(queries, relevant_pos, tops, slice_k, items, spec, samples) if slice_k else None
     return {"model": metrics_at_k(top_model.index, full, ks), "popularity": metrics_at_k(popularity, full, ks),
+            **intervals, **({"slices": slices} if slices else {}),
             "_per_user_recall": {k: recall_per_query(top_model.index, full, k) for k in ks},
             "_users": queries.users,
             "_per_user_lift": {k: recall_per_query(top_model.index, full, k) - recall_per_query(popularity, full, k)
@@ -417,7 +476,7 @@ def RetrievalEvaluator(
     k_list = sorted({int(k) for k in cfg.ks} | {cfg.bless_k})
     items, clicked_users = scan_logs(examples, spec)
     result = evaluate(path_utils.serving_model_path(model.uri), items, clicked_users, examples, item_vectors, spec,
-                      k_list, cfg.exclude_read, cfg.catalog, cfg.max_users)
+                      k_list, cfg.exclude_read, cfg.catalog, cfg.max_users, cfg.bless_k, cfg.bootstrap_samples)
     with fileio.open(os.path.join(model_run.uri, METRICS_FILE)) as f:
         eval_auc = json.load(f)["eval_auc"]  # None when undefined (one class only)
     key = f"recall@{cfg.bless_k}"

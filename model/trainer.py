@@ -290,7 +290,8 @@ def export(towers, tft_output, spec: FeatureSpec, serving_dir: str) -> None:
             json.dump(serving_contract(spec, towers, which, list(signatures)), f, indent=1, sort_keys=True)
 
 
-def _item_log_q(tft_output):
+def item_log_q_of(tft_output):
+    """log q(item) of each vocabulary item, from its clicks: the in-batch losses' sampling correction."""
     return item_log_q(clicks_in_vocab_order(tft_output.vocabulary_file_by_name(ITEM_VOCAB),
                                             tft_output.vocabulary_file_by_name(ITEM_POSITIVE_COUNTS)))
 
@@ -466,7 +467,7 @@ def run_fn(fn_args: FnArgs) -> None:
         if catalog is not None:
             log(f"uniform negatives: {cfg.uniform_negatives} per step from the training split's "
                 f"{len(next(iter(catalog.values()))):,} distinct items")
-        trainer = TwoTowerTrainer(towers, spec, cfg, _item_log_q(tft_output), catalog)
+        trainer = TwoTowerTrainer(towers, spec, cfg, item_log_q_of(tft_output), catalog)
         trainer.compile(optimizer=make_optimizer(cfg),
                         steps_per_execution=steps_per_execution(cfg, cfg.train_steps))
         # Step logs hold each replica's metric values; Keras would sum them across workers

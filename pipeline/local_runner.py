@@ -61,13 +61,17 @@ def preflight(args, config, spec, patterns: dict[str, str], spans) -> None:
 
 
 def run_local(args, verbose: bool = False) -> dict:
-    config, spec, patterns, spans = load(args)
-    preflight(args, config, spec, patterns, spans)
-    workdir = os.path.abspath(args.workdir)
-    os.makedirs(workdir, exist_ok=True)
-    vectors = prepare_vectors(args, spec, os.path.join(workdir, "item_vectors"))
+    from common.progress import Activity
 
-    from tfx import v1 as tfx
+    with Activity("checking the inputs"):
+        config, spec, patterns, spans = load(args)
+        preflight(args, config, spec, patterns, spans)
+        workdir = os.path.abspath(args.workdir)
+        os.makedirs(workdir, exist_ok=True)
+        vectors = prepare_vectors(args, spec, os.path.join(workdir, "item_vectors"))
+
+    with Activity("importing TFX and TensorFlow (about 20 s)"):
+        from tfx import v1 as tfx
 
     from common.quiet import quiet_loggers
     from pipeline.pipeline import create_pipeline
@@ -94,6 +98,12 @@ def run_local(args, verbose: bool = False) -> dict:
         if args.until not in known:
             raise SystemExit(f"error: --until {args.until}: no such component; the pipeline has {', '.join(known)}")
         run_options = RunOptions(to_nodes=[args.until])
+    # A partial run writes its summary and report under WORKDIR/partial/, so the face of the last
+    # whole run (run_summary.json, report/) still describes the model that is served.
+    face = os.path.join(workdir, "partial") if args.until else workdir
+    partial = {"partial_run": {"until": args.until, "whole_run_summary": os.path.join(workdir, "run_summary.json")}} \
+        if args.until else {}
+    os.makedirs(face, exist_ok=True)
     started = time.time()
     watcher = RunWatcher(metadata_path)
     watcher.start()
@@ -102,21 +112,26 @@ def run_local(args, verbose: bool = False) -> dict:
     except Exception as e:  # a component failed: say which and why, keep what is known
         watcher.stop()
         failure = f"{type(e).__name__}: {e}"
-        summary = write_run_summary(metadata_path, config.pipeline_name, workdir,
-                                    wall_seconds=time.time() - started, failure=failure,
-                                    **continuous_summary(spans))
-        report = write_report_page(workdir, summary, spec, config, eval_log, run_inputs(args, patterns, spans))
+        summary = write_run_summary(metadata_path, config.pipeline_name, workdir, face,
+                                    **timing(started), failure=failure, **partial, **continuous_summary(spans))
+        report = write_report_page(workdir, face, summary, spec, config, eval_log, run_inputs(args, patterns, spans))
         raise SystemExit(f"error: the pipeline stopped: {failure}\n"
-                         f"(details above; summary in {os.path.join(workdir, 'run_summary.json')}, "
+                         f"(details above; summary in {os.path.join(face, 'run_summary.json')}, "
                          f"report in {report})") from None
     watcher.stop()
-    summary = write_run_summary(metadata_path, config.pipeline_name, workdir,
-                                wall_seconds=time.time() - started, **continuous_summary(spans))
-    write_report_page(workdir, summary, spec, config, eval_log, run_inputs(args, patterns, spans))
+    with Activity("writing the run summary and the report"):
+        summary = write_run_summary(metadata_path, config.pipeline_name, workdir, face,
+                                    **timing(started), **partial, **continuous_summary(spans))
+        write_report_page(workdir, face, summary, spec, config, eval_log, run_inputs(args, patterns, spans))
     if verbose:
         shown = ("splits", "training", "retrieval", "infra_validation", "pushed_models", "not_pushed_because")
         print(json.dumps({k: summary[k] for k in shown if k in summary}, indent=2))
-    print("\n" + "\n".join(summary_lines(summary, workdir)))
+    print("\n" + "\n".join(summary_lines(summary, face)))
+    if args.until:
+        print(f"\na partial run (--until {args.until}): its summary and report are under {face}; "
+              f"{os.path.join(workdir, 'run_summary.json')} and {os.path.join(workdir, 'report')} still describe "
+              "the last whole run")
+        return summary
     if summary.get("pushed_models"):
         config_path = write_serving_config(os.path.join(workdir, "serving"), config.model_name)
         if args.serving_demo:
@@ -133,10 +148,18 @@ def run_local(args, verbose: bool = False) -> dict:
     return summary
 
 
-def write_report_page(workdir: str, summary: dict, spec, config, eval_log: str, run_inputs: dict) -> str:
+def timing(started: float) -> dict:
+    """wall_seconds: the components' run; process_seconds: from the command's start (importing TFX and
+    checking inputs included), both until the summary is written."""
+    from common.progress import process_seconds
+
+    return {"wall_seconds": time.time() - started, "process_seconds": process_seconds()}
+
+
+def write_report_page(workdir: str, face: str, summary: dict, spec, config, eval_log: str, run_inputs: dict) -> str:
     from pipeline.report import write_report
 
-    return write_report(workdir, summary, spec, config.milvus.at(workdir).uri,
+    return write_report(face, summary, spec, config.milvus.at(workdir).uri,
                         eval_log if os.path.isfile(eval_log) else None, run_inputs, config)
 
 
@@ -153,10 +176,20 @@ def write_serving_config(serving_dir: str, model_name: str) -> str:
     return path
 
 
+def read_posts_text(row: dict, spec) -> str:
+    """'20 read posts', or '20 read posts (21 listed: a post listed twice counts once)': recall counts
+    each read post once, so the demo says the same figure."""
+    listed = [p.strip() for c in spec.history_columns() for p in row.get(c, "").split(",") if p.strip()]
+    distinct = len(set(listed))
+    return f"{distinct} read posts" + (f" ({len(listed)} listed: a post listed twice counts once)"
+                                       if distinct != len(listed) else "")
+
+
 def serving_demo(config_path: str, config, eval_log: str, spec, index_config) -> None:
     """Serves the pushed models on a free loopback port and asks for one user and one item vector
     over gRPC, from the first line of the eval logs: what a client of TF Serving would do. Then the
     recall path: that user's vector (over gRPC) -> top 10 posts from Milvus."""
+    from common.progress import Activity
     from retrieval.backends import open_index
     from retrieval.item_store import ItemStore
     from retrieval.recall import Recaller, ServingUserEncoder
@@ -168,18 +201,19 @@ def serving_demo(config_path: str, config, eval_log: str, spec, index_config) ->
     line = read_log_lines(eval_log, 1, spec)[0]
     searcher = open_index(index_config)
     store = ItemStore(index_config, spec.item_id, client=searcher.client)
-    with ModelServer(read_config_file(config_path), port=0, poll_seconds=0) as server, \
+    activity = Activity("serving the pushed model for a demo query over gRPC")
+    with activity, ModelServer(read_config_file(config_path), port=0, poll_seconds=0) as server, \
             ServingClient(server.target, model_name, timeout=30) as client:
         towers = TowerClient(client, spec, store)
         user, item = (towers.embeddings_from_log_lines(t, [line])[0] for t in ("user", "item"))
         print(f"\nserved {model_name} version {client.wait_until_available()} over gRPC at {server.target}")
         row = dict(zip(spec.columns, line.split("\t"), strict=False))
-        read = [p for c in spec.history_columns() for p in row.get(c, "").split(",") if p.strip()]
         print(f"the first line of {eval_log}: user {row.get(spec.user_id)}, post {row.get(spec.item_id)} "
-              f"({spec.label} {row.get(spec.label)}), {len(read)} read posts")
+              f"({spec.label} {row.get(spec.label)}), {read_posts_text(row, spec)}")
         print(f"user_embedding ({user.size}-d): {[round(float(x), 4) for x in user[:8]]} ...")
         print(f"item_embedding ({item.size}-d): {[round(float(x), 4) for x in item[:8]]} ...")
-        print(f"user . item = {float(user @ item):.4f}")
+        print(f"user . item = {float(user @ item):.4f} (cosine: both towers end in an L2 normalization; "
+              "-1 to 1, higher is closer)")
         (top,) = Recaller(ServingUserEncoder(client), searcher, spec, store).recall_log_lines([line], k=10)
         print(f"recall (Milvus {searcher.generation()[0]}, read posts excluded): "
               + ", ".join(f"{h['id']} ({h['score']:.3f})" for h in top))

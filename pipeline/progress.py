@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 
-from common.progress import duration, log
+from common.progress import duration, log, seconds_since_last_line
 
 
 def figures(kind: str, artifact, component: str | None = None) -> str:
@@ -30,7 +30,7 @@ class RunWatcher(threading.Thread):
 
     START_AFTER_SECONDS = 3.0  # "started" only for an execution running this long (a quicker one says "done")
 
-    def __init__(self, metadata_path: str, poll_seconds: float = 1.0, heartbeat_seconds: float = 30.0):
+    def __init__(self, metadata_path: str, poll_seconds: float = 1.0, heartbeat_seconds: float = 10.0):
         super().__init__(daemon=True, name="run-watcher")
         self.metadata_path, self.poll_seconds, self.heartbeat = metadata_path, poll_seconds, heartbeat_seconds
         self._stopped = threading.Event()
@@ -96,7 +96,8 @@ class RunWatcher(threading.Thread):
         state = STATE_NAMES[e.last_known_state]
         name, logged = self._open.get(e.id) or (self._node_name(e.id), None)
         if logged == state:
-            if state == "RUNNING" and now - self._beat.get(e.id, now) >= self.heartbeat:
+            if (state == "RUNNING" and now - self._beat.get(e.id, now) >= self.heartbeat
+                    and seconds_since_last_line() >= self.heartbeat):  # quiet for that long: say what runs
                 self._beat[e.id] = now
                 log(f"… {name} running for {duration(now - e.create_time_since_epoch / 1000)}")
             return

@@ -84,11 +84,15 @@ def _data_section(summary: dict, plt, out_dir: str) -> str:
         coverage = feature_coverage(summary["statistics_uri"], "train")
         parts.append("<p>Feature coverage in the training split (StatisticsGen):</p>"
                      + _table(["feature", "rows with it", "share", "mean values per row"], coverage))
-        fig, ax = plt.subplots(figsize=(7, 0.35 * len(coverage) + 1))
-        ax.barh([c[0] for c in coverage], [c[2] for c in coverage], color="#4c72b0")
-        ax.set_xlim(0, 1)
-        ax.set_xlabel("share of training rows with the feature")
-        parts.append(_save(plt, fig, out_dir, "coverage.png"))
+        missing = [c for c in coverage if c[2] < 1.0]
+        if not missing:  # a chart of bars all at 1.0 says nothing the sentence does not
+            parts.append("<p>Every feature is in every training row.</p>")
+        else:
+            fig, ax = plt.subplots(figsize=(7, 0.35 * len(missing) + 1))
+            ax.barh([c[0] for c in missing], [c[2] for c in missing], color="#4c72b0")
+            ax.set_xlim(0, 1)
+            ax.set_xlabel("share of training rows with the feature (features in every row left out)")
+            parts.append(_save(plt, fig, out_dir, "coverage.png"))
     return "".join(parts)
 
 
@@ -154,13 +158,24 @@ def _recall_section(summary: dict, plt, out_dir: str) -> str:
     popular = [retrieval["popularity"][f"recall@{k}"] for k in ks]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     x = np.arange(len(ks))
-    ax.bar(x - 0.2, model, 0.4, label="two-tower model", color="#4c72b0")
-    ax.bar(x + 0.2, popular, 0.4, label="popularity baseline", color="#dd8452")
+    for shift, side, values, label, color in ((-0.2, "model", model, "two-tower model", "#4c72b0"),
+                                              (0.2, "popularity", popular, "popularity baseline", "#dd8452")):
+        ci = [(retrieval.get(f"{side}_ci") or {}).get(f"recall@{k}") for k in ks]
+        errors = (np.array([[v - c[0] for v, c in zip(values, ci, strict=True)],
+                            [c[1] - v for v, c in zip(values, ci, strict=True)]]) if all(ci) else None)
+        ax.bar(x + shift, values, 0.4, yerr=errors, capsize=4, label=label, color=color)
     ax.set_xticks(x, [f"Recall@{k}" for k in ks])
     ax.set_ylabel(f"over {retrieval['users']:,} eval users")
+    ax.set_title("bars: 95% bootstrap intervals over the users" if retrieval.get("model_ci") else "", fontsize=9)
     ax.legend()
     verdict = "blessed" if retrieval["blessed"] else "not blessed: " + "; ".join(retrieval["not_blessed_because"])
-    rows = [[f"recall@{k}", m, p] for k, m, p in zip(ks, model, popular, strict=True)]
+
+    def with_ci(side: str, k: int) -> str:
+        ci = (retrieval.get(f"{side}_ci") or {}).get(f"recall@{k}")
+        value = retrieval[side][f"recall@{k}"]
+        return f"{value:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else f"{value:.4f}"
+
+    rows = [[f"recall@{k}", with_ci("model", k), with_ci("popularity", k)] for k in ks]
     ci = retrieval.get("lift_ci")
     interval = (f" Lift over popularity {retrieval['lift']:+.4f}, 95% bootstrap interval over "
                 f"{retrieval['users']:,} eval users [{ci[0]:+.4f}, {ci[1]:+.4f}]." if ci else "")
@@ -171,10 +186,32 @@ def _recall_section(summary: dict, plt, out_dir: str) -> str:
                      f"{served['metrics'][retrieval['bless_key']]:.4f}, the candidate {served['difference']:+.4f}, "
                      f"95% interval [{sci[0]:+.4f}, {sci[1]:+.4f}] (refused when worse by more than "
                      f"{served['max_regression']} with 95% confidence).")
-    return (_table(["metric", "model", "popularity"], rows)
+    return (_table(["metric", "model [95% interval]", "popularity [95% interval]"], rows)
             + f"<p>Blessing on {html.escape(retrieval['bless_key'])}: {html.escape(verdict)}."
             + f"{html.escape(interval)}</p>"
-            + _save(plt, fig, out_dir, "recall.png"))
+            + _save(plt, fig, out_dir, "recall.png")
+            + _slices_section(retrieval.get("slices")))
+
+
+def _slices_section(slices: dict | None) -> str:
+    """Recall@k per slice (the evaluator's recall_slices): each user slice and each item slice."""
+    if not slices:
+        return "<p>No per-slice figures in this run's evaluation.</p>"
+    k = slices["k"]
+    parts = [f"<h3>Recall@{k} per slice</h3><p>A user slice holds the eval users whose query row has that "
+             f"value; an item slice, the users with a clicked post of that value, each scored on those posts "
+             f"alone. 95% bootstrap intervals over the slice's users; at most the 20 biggest slices.</p>"]
+
+    def figure(g: dict, side: str) -> str:
+        ci = g.get(f"{side}_ci")
+        return f"{g[side]:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else f"{g[side]:.4f} ({g.get('ci_note', '')})"
+
+    for column, by in slices["by"].items():
+        rows = [[g["value"], g["users"], figure(g, "model"), figure(g, "popularity")] for g in by["groups"]]
+        parts.append(f"<p>By {html.escape(column)} ({'the user' if by['side'] == 'user' else 'the clicked post'}"
+                     f"'s):</p>" + _table([column, "users", "model [95% interval]", "popularity [95% interval]"],
+                                         rows))
+    return "".join(parts)
 
 
 def item_sample(summary: dict, spec, limit: int = MAX_POINTS):
@@ -203,9 +240,11 @@ def pca_2d(vectors: np.ndarray) -> np.ndarray:
     return centred @ vt[:2].T
 
 
-def _projection_section(items, plt, out_dir: str) -> str:
+def _projection_section(items, plt, out_dir: str, summary: dict) -> str:
     if items is None:
-        return "<p>No item vectors were indexed in this run (see the item index above).</p>"
+        index = summary.get("item_index") or {}
+        why = index.get("not_indexed_because") or ("the ItemIndexer did not run" if not index else "none written")
+        return f"<p>No item vectors were indexed in this run: {html.escape(why)}.</p>"
     ids, topics, vectors = items
     xy = pca_2d(vectors)
     counts: dict[str, int] = {}
@@ -241,6 +280,9 @@ def example_log_lines(log_path: str, spec, users: int = 3) -> list[str]:
     return out
 
 
+EXAMPLE_CANDIDATES = 30  # users recalled for the examples; the first three are shown, plus the first hit
+
+
 def _examples_section(summary: dict, spec, milvus_uri: str, log_path: str | None, items) -> str:
     pushed = summary.get("pushed_models") or []
     if not pushed or not (summary.get("item_index") or {}).get("count") or not log_path:
@@ -250,7 +292,7 @@ def _examples_section(summary: dict, spec, milvus_uri: str, log_path: str | None
     from retrieval.milvus import IndexConfig
     from retrieval.recall import Recaller, SavedModelUserEncoder
 
-    lines = example_log_lines(log_path, spec)
+    lines = example_log_lines(log_path, spec, users=EXAMPLE_CANDIDATES)
     config = IndexConfig(uri=milvus_uri, alias=summary["item_index"]["alias"])
     searcher = open_index(config)
     store = ItemStore(config, spec.item_id, client=searcher.client)  # the read posts' content vectors
@@ -258,14 +300,26 @@ def _examples_section(summary: dict, spec, milvus_uri: str, log_path: str | None
     k = 10
     results = recaller.recall_log_lines(lines, k=k)
     topics = dict(zip(items[0], items[1], strict=True)) if items else {}
-    parts = [f"<p>The first users of {html.escape(log_path)} with a click and a reading history: the top {k} "
-             f"posts from Milvus for the user as this log line describes them (their read posts left out), "
-             f"and whether the post clicked in that line is among them.</p>"]
-    for line, hits in zip(lines, results, strict=True):
-        row = dict(zip(spec.columns, line.split("\t"), strict=False))
+    rows_of = [dict(zip(spec.columns, line.split("\t"), strict=False)) for line in lines]
+    ranks = [next((i + 1 for i, h in enumerate(hits) if h["id"] == row.get(spec.item_id, "")), None)
+             for row, hits in zip(rows_of, results, strict=True)]
+    # Honest and still informative: the first three users as the log has them, and when none of them
+    # is a hit, the first user who is (the page says so, with the hit count of all the candidates).
+    shown = list(range(min(3, len(lines))))
+    first_hit = next((i for i, r in enumerate(ranks) if r), None)
+    if first_hit is not None and first_hit not in shown:
+        shown.append(first_hit)
+    hit_count = sum(1 for r in ranks if r)
+    how = (f"the first {len(shown)}" if first_hit is None or first_hit < 3
+           else f"the first three, and the first hit (user number {first_hit + 1})")
+    parts = [f"<p>The first {len(lines)} users of {html.escape(log_path)} with a click and a reading history were "
+             f"recalled: the top {k} posts from Milvus for the user as the log line describes them (their read "
+             f"posts left out). The post clicked in that line is in the top {k} for {hit_count} of the "
+             f"{len(lines)}. Shown: {html.escape(how)}.</p>"]
+    for i in shown:
+        row, hits, rank = rows_of[i], results[i], ranks[i]
         history = [p.strip() for c in spec.history_columns() for p in row.get(c, "").split(",") if p.strip()]
         clicked = row.get(spec.item_id, "")
-        rank = next((i + 1 for i, h in enumerate(hits) if h["id"] == clicked), None)
         if rank:
             outcome = f"hit: the clicked post {clicked} is at rank {rank}"
         elif clicked in history:
@@ -277,26 +331,36 @@ def _examples_section(summary: dict, spec, milvus_uri: str, log_path: str | None
             topic = topics.get(post, "?")
             history_topics[topic] = history_topics.get(topic, 0) + 1
         topic_text = ", ".join(f"{t} ×{n}" for t, n in sorted(history_topics.items(), key=lambda x: (-x[1], x[0])))
-        rows = [[i + 1, h["id"], topics.get(h["id"], ""), round(h["score"], 4),
-                 "clicked in this log line" if h["id"] == clicked else ""] for i, h in enumerate(hits)]
+        rows = [[n + 1, h["id"], topics.get(h["id"], ""), round(h["score"], 4),
+                 "clicked in this log line" if h["id"] == clicked else ""] for n, h in enumerate(hits)]
         parts.append(f"<h3>user {html.escape(row.get(spec.user_id, '?'))}: {html.escape(outcome)}</h3>"
                      f"<p>history ({len(history)} posts): {html.escape(', '.join(history[:30]))}"
                      f"{' ...' if len(history) > 30 else ''}<br>history topics: {html.escape(topic_text or 'none')}"
                      f"<br>clicked: {html.escape(clicked)} (topic {html.escape(topics.get(clicked, '?'))})</p>"
-                     + _table(["rank", "post", "topic", "score", "note"], rows))
+                     + _table(["rank", "post", "topic", "score (cosine, -1 to 1)", "note"], rows))
     return "".join(parts)
 
 
 def _run_section(summary: dict, run_inputs: dict | None, config) -> str:
     pushed = ", ".join(p["path"] for p in summary.get("pushed_models", []))
+    partial = summary.get("partial_run")
+    status = (f"<p>A partial run (--until {html.escape(partial['until'])}): only that component and what it "
+              f"needs ran; the last whole run is described by {html.escape(partial['whole_run_summary'])}.</p>"
+              if partial else "")
     if summary.get("failure"):
-        status = f"<p class='failed'>The run stopped: {html.escape(summary['failure'])}</p>"
+        status += f"<p class='failed'>The run stopped: {html.escape(summary['failure'])}</p>"
     elif pushed:
-        status = f"<p>Pushed: {html.escape(pushed)}.</p>"
+        status += f"<p>Pushed: {html.escape(pushed)}.</p>"
+    elif summary.get("not_pushed_because"):
+        status += f"<p>Nothing pushed: {html.escape('; '.join(summary['not_pushed_because']))}.</p>"
     else:
-        status = f"<p>Nothing pushed: {html.escape('; '.join(summary.get('not_pushed_because', [])))}.</p>"
+        status += "<p>Nothing pushed: the Pusher did not run in this run.</p>"
     if summary.get("wall_seconds") is not None:
-        status += f"<p>The run took {summary['wall_seconds']:,.0f} s (wall clock).</p>"
+        status += f"<p>The components took {summary['wall_seconds']:,.0f} s (wall clock)"
+        if summary.get("process_seconds") is not None:
+            status += (f"; the command, {summary['process_seconds']:,.0f} s from its start to this summary "
+                       "(importing TFX and checking the inputs included)")
+        status += ".</p>"
     parts = [status]
     if run_inputs:
         parts.append("<p>Inputs:</p>" + _table(["input", "path"], [[k, v] for k, v in run_inputs.items()]))
@@ -405,7 +469,7 @@ def write_report(workdir: str, summary: dict, spec, milvus_uri: str, log_path: s
 
     def projection() -> str:
         items["sample"] = item_sample(summary, spec)
-        return _projection_section(items["sample"], plt, out_dir)
+        return _projection_section(items["sample"], plt, out_dir, summary)
 
     section("Data", lambda: _data_section(summary, plt, out_dir))
     section("Training", lambda: _training_section(summary, plt, out_dir))

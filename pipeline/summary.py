@@ -184,13 +184,15 @@ def _not_pushed_because(summary: dict) -> list[str]:
     return reasons or ["not blessed"]
 
 
-def write_run_summary(metadata_path: str, pipeline_name: str, workdir: str, **extra) -> dict:
-    """The summary of the latest run, with `extra` keys added (a mapping merged into the same key)."""
+def write_run_summary(metadata_path: str, pipeline_name: str, workdir: str, out_dir: str | None = None,
+                      **extra) -> dict:
+    """The summary of the latest run, with `extra` keys added (a mapping merged into the same key),
+    written to OUT_DIR/run_summary.json (default: the workdir's)."""
     summary = build_run_summary(metadata_path, pipeline_name, os.path.join(workdir, "pipeline"))
     for key, value in extra.items():
         summary[key] = {**summary[key], **value} if isinstance(summary.get(key), dict) and isinstance(value, dict) \
             else value
-    path = os.path.join(workdir, "run_summary.json")
+    path = os.path.join(out_dir or workdir, "run_summary.json")
     with open(path + ".tmp", "w") as f:
         json.dump(summary, f, indent=2, sort_keys=True)
     os.replace(path + ".tmp", path)

@@ -96,3 +96,32 @@ class RunningTopK:
         order = np.lexsort((index, -score), axis=1)[:, :self.k]
         self.index = np.take_along_axis(index, order, axis=1)
         self.score = np.take_along_axis(score, order, axis=1)
+
+
+MIN_SLICE_USERS = 2  # a bootstrap interval of one user is that user's value: no interval below this
+
+
+def sliced_recall(pair_query: np.ndarray, pair_hit: np.ndarray, pair_group: np.ndarray, samples: int = 1000,
+                  max_groups: int = 20) -> list[dict]:
+    """Recall@K per slice. One entry per (query, relevant item) pair: its query, whether the item is
+    in the query's top K, and its slice (the user's client type, or the item's topic). A query's
+    recall in a slice is the share of its relevant items of that slice that are hit; the slice's
+    recall is the mean over the queries with at least one such item, with a bootstrap interval over
+    those queries (None, with the reason, under MIN_SLICE_USERS). The `max_groups` slices with the
+    most queries, most first (ties by value)."""
+    pair_query, pair_hit, pair_group = (np.asarray(a) for a in (pair_query, pair_hit, pair_group))
+    out = []
+    for group in np.unique(pair_group):
+        mine = pair_group == group
+        queries, where = np.unique(pair_query[mine], return_inverse=True)
+        hits = np.bincount(where, weights=pair_hit[mine].astype(np.float64), minlength=len(queries))
+        per_query = hits / np.bincount(where, minlength=len(queries))
+        entry = {"value": group.decode("utf-8", "replace") if isinstance(group, bytes) else str(group),
+                 "users": int(len(queries)), "recall": float(per_query.mean())}
+        if len(queries) >= MIN_SLICE_USERS:
+            entry["ci"] = bootstrap_interval(per_query, samples)
+        else:
+            entry["ci"], entry["ci_note"] = None, f"fewer than {MIN_SLICE_USERS} users: no interval"
+        out.append(entry)
+    out.sort(key=lambda e: (-e["users"], e["value"]))
+    return out[:max_groups]

@@ -91,6 +91,30 @@ def connect(config: IndexConfig):
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 
+def why_no_index(workdir: str) -> str:
+    """What to do about a work directory without an item index, from its run summary when it has one:
+    a run that pushed nothing is not cured by running the pipeline 'first'."""
+    import json
+    import os
+
+    try:
+        with open(os.path.join(workdir, "run_summary.json")) as f:
+            summary = json.load(f)
+    except (OSError, ValueError):
+        if os.path.exists(os.path.join(workdir, "partial", "run_summary.json")):
+            return f"only a partial run (--until) ran in {workdir}: run the whole pipeline"
+        return "no pipeline run wrote this work directory: run the pipeline first (make demo), or give --milvus"
+    if summary.get("failure"):
+        return f"the last run in {workdir} stopped: {summary['failure']}"
+    if summary.get("not_pushed_because"):
+        return (f"the last run in {workdir} pushed no model, so nothing was indexed: "
+                + "; ".join(summary["not_pushed_because"]))
+    index = summary.get("item_index") or {}
+    if index.get("not_indexed_because"):
+        return f"the last run in {workdir} indexed nothing: {index['not_indexed_because']}"
+    return f"the last run in {workdir} did not reach the ItemIndexer (a partial run?); run the whole pipeline"
+
+
 def check_lite_file(path: str, check_lock: bool = True) -> None:
     """ItemIndexError, in a second and with the reason, for a Milvus Lite file that cannot be searched:
     missing, not a regular file, unreadable, not an SQLite database (what Milvus Lite stores), damaged
@@ -103,7 +127,7 @@ def check_lite_file(path: str, check_lock: bool = True) -> None:
     import sqlite3
 
     if not os.path.exists(path):
-        raise ItemIndexError(f"{path} does not exist: run the pipeline first (make demo), or give --milvus")
+        raise ItemIndexError(f"{path} does not exist: {why_no_index(os.path.dirname(path) or '.')}")
     if not os.path.isfile(path):
         raise ItemIndexError(f"{path} is not a file: give the Milvus Lite file (.db) itself")
     try:

@@ -214,15 +214,20 @@ def _filters(values: list[str]) -> dict[str, list[str]]:
 
 
 class Query:
-    """One user to recall for: who it is (for the output), its serialized example and its read posts."""
+    """One user to recall for: who it is (for the output), its serialized example, its read posts and
+    its raw feature texts."""
 
-    def __init__(self, who: dict, example: bytes, read: set[str]):
-        self.who, self.example, self.read = who, example, read
+    def __init__(self, who: dict, example: bytes, read: set[str], texts: dict[str, str]):
+        self.who, self.example, self.read, self.texts = who, example, read, texts
 
 
 def queries_from_features(users: list[dict], builder: ExampleBuilder, recaller: Recaller, spec: FeatureSpec):
-    return [Query({"features": n, spec.user_id: str(u.get(spec.user_id, "")) or None}, builder.from_features(u),
-                  recaller.read_posts(builder.texts(u))) for n, u in enumerate(users, start=1)]
+    out = []
+    for n, u in enumerate(users, start=1):
+        texts = builder.texts(u)
+        who = {"source": "--features", "index": n, spec.user_id: str(u.get(spec.user_id, "")) or None}
+        out.append(Query(who, builder.from_features(u), recaller.read_posts(texts), texts))
+    return out
 
 
 def queries_from_lines(numbered: list[tuple[str, int | None, str]], builder: ExampleBuilder, recaller: Recaller,
@@ -232,7 +237,33 @@ def queries_from_lines(numbered: list[tuple[str, int | None, str]], builder: Exa
     for source, lineno, line in numbered:
         columns = dict(zip(spec.columns, line.rstrip("\r\n").split("\t"), strict=False))
         who = {"source": source, "line": lineno, spec.user_id: columns.get(spec.user_id) or None}
-        out.append(Query(who, builder.from_log_line(line), recaller.read_posts(columns)))
+        out.append(Query(who, builder.from_log_line(line), recaller.read_posts(columns), columns))
+    return out
+
+
+SCORE_MEANING = ("cosine of the user and item vectors (both towers end in an L2 normalization): -1 to 1, "
+                 "higher is closer")
+
+
+def user_topics(texts: dict[str, str], spec: FeatureSpec, stored: list[str]) -> dict[str, list[str]]:
+    """The user's own values of each user-tower list that shares a vocabulary with a field the index
+    stores (follow_topic_id and all_topic_fav_7 share topic_id's): what the user says they like."""
+    history = set(spec.history_columns())
+    return {f.column: [v.strip() for v in texts.get(f.column, "").split(",") if v.strip()]
+            for f in spec.tower_features("user") if f.group in stored and f.column not in history}
+
+
+def history_fields(read: set[str], found: dict[str, dict], stored: list[str], top: int = 10) -> dict[str, dict]:
+    """{stored field: {value: read posts with it}} of the read posts the store holds, the `top` most
+    frequent values first: what the user actually read."""
+    out = {}
+    for field in stored:
+        counts: dict[str, int] = {}
+        for post in read:
+            if post in found:
+                value = str(found[post].get(field, ""))
+                counts[value] = counts.get(value, 0) + 1
+        out[field] = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:top])
     return out
 
 
@@ -245,16 +276,23 @@ def numbered_log_lines(path: str, limit: int, spec: FeatureSpec) -> list[tuple[s
 
 
 def recall_queries(recaller: Recaller, queries: list[Query], k: int, exclude_read: bool,
-                   filters: dict[str, list[str]]) -> list[dict]:
-    """One record per query: who, the model version and the generation searched, how much history the
-    model saw (a note when none), and the hits with every stored scalar field."""
+                   filters: dict[str, list[str]], store=None) -> list[dict]:
+    """One record per query: who, the model version and the generation searched, what the score means,
+    how much history the model saw (a note when none), the user's own topics and those of its reads
+    (from `store`, the item store, when given), and the hits with every stored scalar field."""
     answer = recaller.answer([q.example for q in queries], k, exclude_read, filters,
                              [q.read for q in queries] if exclude_read else None, stored_fields=True)
     history = ", ".join(recaller.history) or "history"
+    stored = list(store.columns) if store is not None else []
+    found = store.get(sorted(set().union(*(q.read for q in queries)))) if stored else {}
     records = []
     for query, hits in zip(queries, answer["hits"], strict=True):
         record = {"user": query.who, "model_version": answer["model_version"], "generation": answer["collection"],
-                  "history_length": len(query.read), "excluded_read": exclude_read}
+                  "history_length": len(query.read), "excluded_read": exclude_read, "score": SCORE_MEANING,
+                  "user_topics": user_topics(query.texts, recaller.spec, stored)}
+        if stored:  # the read posts the item store holds; a post without a vector is not there
+            record["history_topics"] = history_fields(query.read, found, stored)
+            record["history_posts_not_stored"] = sum(1 for p in query.read if p not in found)
         if not query.read:
             record["note"] = (f"empty history ({history}): the user vector comes from the user's other features "
                               f"alone, so these items are not chosen by what this user read")
@@ -264,21 +302,30 @@ def recall_queries(recaller: Recaller, queries: list[Query], k: int, exclude_rea
 
 
 def format_table(record: dict) -> str:
-    """A query's record as text: a heading line, the note, then rank / id / score / stored fields."""
+    """A query's record as text: a heading line, the user's topics, the note, what the score is, then
+    rank / id / score / stored fields."""
     who = record["user"]
-    where = (f"{who['source']} line {who['line']}" if "source" in who and who.get("line")
-             else "--log-line" if "source" in who else f"--features #{who['features']}")
-    user_id = next((v for k, v in who.items() if k not in ("source", "line", "features")), None)
+    where = (f"{who['source']} line {who['line']}" if who.get("line")
+             else f"--features #{who['index']}" if "index" in who else who.get("source", "?"))
+    user_id = next((v for k, v in who.items() if k not in ("source", "line", "index")), None)
     heading = (f"user {user_id or '(no id)'} ({where}) · model version {record['model_version']} · "
                f"generation {record['generation']} · {record['history_length']} read posts"
                + (" excluded" if record["excluded_read"] and record["history_length"] else ""))
     lines = [heading]
+    own = [f"{c} {','.join(v) or '-'}" for c, v in record.get("user_topics", {}).items()]
+    read = [f"read posts' {field} " + (", ".join(f"{v} ×{n}" for v, n in counts.items()) or "-")
+            for field, counts in record.get("history_topics", {}).items()]
+    if record.get("history_posts_not_stored"):
+        read.append(f"{record['history_posts_not_stored']} read posts not in the item store")
+    if own or read:
+        lines.append("  " + " · ".join([*own, *read]))
     if "note" in record:
         lines.append(f"  note: {record['note']}")
     hits = record["hits"]
     if not hits:
         lines.append("  (no items: the filters or exclusions left none)")
         return "\n".join(lines)
+    lines.append(f"  score: {record['score']}")
     fields = [f for f in hits[0] if f not in ("id", "score")]
     rows = [["rank", "id", "score", *fields]] + [[str(n), str(h["id"]), f"{h['score']:.4f}",
                                                    *(str(h.get(f, "")) for f in fields)]
@@ -327,21 +374,20 @@ def main(argv=None) -> None:
     args.milvus = args.milvus or IndexConfig().at(args.workdir).uri
     args.model = args.model or os.path.join(args.workdir, "serving", args.model_name)
 
+    from common.progress import Activity
     from schema.logfiles import LogFileError
     from serving.examples import FeatureError
 
     spec = load_spec(args.spec)
     config = IndexConfig(uri=args.milvus, token=args.token, alias=args.alias,
                          search_params={"nprobe": args.nprobe} if args.nprobe else {})
+    starting = None
     try:
         if config.is_lite:
             check_lite_file(args.milvus)  # in a second, before Milvus Lite starts on it
-        # The request is checked before the model loads: a wrong k or filter answers in seconds.
+        # The request is checked before the index opens and the model loads: a wrong k, filter or
+        # log file answers in seconds.
         filters = _filters(args.filter)
-        searcher = open_index(config)
-        searcher.generation()  # the alias names a generation that exists, before a model loads
-        store = ItemStore(config, spec.item_id, client=searcher.client)
-        searcher.check_request(args.k, filters)
         if args.features:
             users = json.loads(args.features)
             if isinstance(users, dict):
@@ -353,6 +399,13 @@ def main(argv=None) -> None:
                      else numbered_log_lines(args.log_file, args.limit, spec))
             if not lines:
                 raise ValueError(f"{args.log_file} holds no data line after its header")
+        starting = Activity("opening the item index and " + (f"asking {args.target} for the user vectors"
+                                                               if args.target else f"loading the model {args.model}"))
+        starting.start()
+        searcher = open_index(config)
+        searcher.generation()  # the alias names a generation that exists, before a model loads
+        store = ItemStore(config, spec.item_id, client=searcher.client)
+        searcher.check_request(args.k, filters)
         if args.target:
             from serving.client import ServingClient
 
@@ -365,7 +418,7 @@ def main(argv=None) -> None:
         builder = recaller.examples
         queries = (queries_from_features(users, builder, recaller, spec) if args.features
                    else queries_from_lines(lines, builder, recaller, spec))
-        records = recall_queries(recaller, queries, args.k, not args.keep_read, filters)
+        records = recall_queries(recaller, queries, args.k, not args.keep_read, filters, store)
     except (FeatureError, json.JSONDecodeError, ValueError, ItemIndexError, LogFileError) as e:
         raise SystemExit(f"error: {e}") from None
     except Exception as e:  # noqa: BLE001 - a gRPC error from the endpoint: its code and details, one line
@@ -374,6 +427,9 @@ def main(argv=None) -> None:
         if not isinstance(e, grpc.RpcError):
             raise
         raise SystemExit(f"error: {args.target}: {e.code().name}: {e.details()}") from None
+    finally:
+        if starting is not None:
+            starting.stop()
     for record in records:
         print(json.dumps(record) if args.format == "json" else format_table(record) + "\n")
 

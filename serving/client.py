@@ -4,6 +4,8 @@
     python -m serving.client item --log-line "$(sed -n 2p data/sample/eval.tsv)"
     python -m serving.client user --log-file data/sample/eval.tsv --limit 3
 
+One JSON line per user (or post): {"user": {"source", "line" or "index", "client_id"}, "embedding": [...]}.
+
 Each call has a deadline; UNAVAILABLE (server starting, restarting, a dropped connection) is retried
 with exponential backoff inside that deadline. Every other error is raised at once.
 """
@@ -202,13 +204,16 @@ def main(argv=None) -> None:
     p.add_argument("--verbose", action="store_true", help="also third-party warnings")
     args = p.parse_args(argv)
 
+    from schema.logfiles import read_log
     from schema.spec import load_spec
     from serving.examples import FeatureError
 
     spec = load_spec(args.spec)
+    id_column = spec.user_id if args.tower == "user" else spec.item_id
     try:
         # the log first: a file whose header is not the spec's is one line before the vectors load
-        lines = read_log_lines(args.log_file, args.limit, spec) if args.log_file else [args.log_line]
+        numbered = list(read_log(args.log_file, spec, args.limit)) if args.log_file else [(None, args.log_line)]
+        lines = [line for _, line in numbered]
         content = run_vectors(args.workdir)
     except ValueError as e:  # LogFileError too
         raise SystemExit(f"error: {e}") from None
@@ -219,8 +224,15 @@ def main(argv=None) -> None:
                 rows = json.loads(args.features)
                 rows = rows if isinstance(rows, list) else [rows]
                 vectors = (towers.user_embeddings if args.tower == "user" else towers.item_embeddings)(rows)
+                whose = [{"source": "--features", "index": n, id_column: str(r.get(id_column, "")) or None}
+                         if isinstance(r, dict) else {"source": "--features", "index": n}
+                         for n, r in enumerate(rows, start=1)]
             else:
                 vectors = towers.embeddings_from_log_lines(args.tower, lines)
+                whose = [{"source": args.log_file or "--log-line", **({"line": n} if n else {}),
+                          id_column: dict(zip(spec.columns, line.rstrip("\r\n").split("\t"),
+                                              strict=False)).get(id_column) or None}
+                         for n, line in numbered]
         except (FeatureError, json.JSONDecodeError) as e:
             raise SystemExit(f"error: {e}") from None
         except grpc.RpcError as e:
@@ -228,8 +240,8 @@ def main(argv=None) -> None:
     if content.unknown:
         print(f"note: {content.unknown} post(s) have no vector in {args.workdir}'s vector file (added since the "
               "run?): sent as zeros; retrieval.recall reads the item store", file=sys.stderr)
-    for v in vectors:
-        print(json.dumps([round(float(x), 6) for x in v]))
+    for who, v in zip(whose, vectors, strict=True):  # whose vector each is: a user or a post, and where from
+        print(json.dumps({args.tower: who, "embedding": [round(float(x), 6) for x in v]}))
 
 
 if __name__ == "__main__":

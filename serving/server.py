@@ -42,9 +42,13 @@ def _fail_fast(argv: list[str]) -> None:
                              f"stop it or pick another {flag}")
 
 
+STARTING = None  # the start-up's progress line and heartbeat, when run as a program
 if __name__ == "__main__":
     quiet(verbose_requested())  # before TensorFlow loads; --verbose brings its warnings back
     _fail_fast(sys.argv[1:])
+    from common.progress import Activity
+
+    STARTING = Activity("model server starting: importing TensorFlow, then loading the models").start()
 
 import argparse  # noqa: E402
 import logging  # noqa: E402
@@ -262,6 +266,9 @@ def main(argv=None) -> None:
             max_models=args.max_models).start()
     except (ConfigError, OSError) as e:  # OSError: a port that cannot be bound
         raise SystemExit(f"error: {e}") from None
+    finally:
+        if STARTING is not None:
+            STARTING.stop()
     if args.port_file:
         with open(args.port_file + ".tmp", "w") as f:
             f.write(f"{server.port} {server.rest_port or 0}\n")

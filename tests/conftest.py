@@ -17,7 +17,8 @@ RELIABILITY_SUMMARY = os.path.join(REPO, "runs", "reliability_summary.json")
 
 
 def run_local(workdir, *args, expect_ok=True, timeout=900, sample=True):
-    """`run_pipeline.py local` in a subprocess: the run summary (plus its stdout), or the process.
+    """`run_pipeline.py local` in a subprocess: the run summary (plus its stdout), or the process;
+    with --until, the partial run's summary (WORKDIR/partial/run_summary.json).
     With `sample`, --sample: the bundled sample gives the logs and vectors that `args` do not."""
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1")
     proc = subprocess.run([sys.executable, "run_pipeline.py", "local", "--workdir", str(workdir),
@@ -26,7 +27,8 @@ def run_local(workdir, *args, expect_ok=True, timeout=900, sample=True):
     if not expect_ok:
         return proc
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    with open(os.path.join(workdir, "run_summary.json")) as f:
+    face = os.path.join(workdir, "partial") if "--until" in args else workdir  # a partial run's own summary
+    with open(os.path.join(face, "run_summary.json")) as f:
         return {**json.load(f), "_stdout": proc.stdout, "_stderr": proc.stderr}
 
 

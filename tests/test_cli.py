@@ -192,3 +192,32 @@ def test_a_model_base_path_that_does_not_exist_is_one_line(tmp_path):
                        timeout=120)
     assert r.returncode == 1 and r.stderr == (f"error: --model_base_path {tmp_path / 'nope'}: no such directory (it "
                                               "holds the model's versions, <base_path>/<version>/saved_model.pb)\n")
+
+
+@pytest.mark.parametrize("summary, expected", [
+    (None, "no pipeline run wrote this work directory: run the pipeline first (make demo), or give --milvus"),
+    ({"not_pushed_because": ["recall@50 0.10 does not beat the popularity baseline"]},
+     "the last run in {w} pushed no model, so nothing was indexed: recall@50 0.10 does not beat the popularity "
+     "baseline"),
+    ({"failure": "RuntimeError: Trainer broke"}, "the last run in {w} stopped: RuntimeError: Trainer broke"),
+    ({"splits": {}}, "the last run in {w} did not reach the ItemIndexer"),
+    ("partial", "only a partial run (--until) ran in {w}: run the whole pipeline"),
+])
+def test_recall_on_a_run_without_an_index_says_why_from_its_summary(tmp_path, summary, expected):
+    """Issue [first-week] 6: recall on a run that pushed nothing said 'run the pipeline first'."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    if summary == "partial":  # a partial run writes its summary under partial/
+        (workdir / "partial").mkdir()
+        (workdir / "partial" / "run_summary.json").write_text(json.dumps({"partial_run": {"until": "Transform"}}))
+    elif summary is not None:
+        (workdir / "run_summary.json").write_text(json.dumps(summary))
+    r = subprocess.run([sys.executable, "-m", "retrieval.recall", "--workdir", str(workdir), "--log-line", "x"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith(f"error: {workdir / 'milvus.db'} does not exist: {expected.format(w=workdir)}")

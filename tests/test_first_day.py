@@ -1,6 +1,7 @@
 """What a new user meets on the first day: exit codes and one-line errors before anything heavy loads,
 tools that never import TensorFlow's runtime, recall output that says what happened, a report that
 shows why training stopped."""
+import collections
 import json
 import os
 import subprocess
@@ -206,6 +207,8 @@ def test_recall_over_a_served_model_says_who_which_version_and_generation_withou
     records = [json.loads(x) for x in lines.stdout.strip().splitlines()[:-1]]
     eval_lines = open(f"{SAMPLE_DIR}/eval.tsv").read().splitlines()
     topics = _topics_in_logs(spec)
+    with open(f"{SAMPLE_DIR}/item_vectors.jsonl") as f:
+        stored = {json.loads(line)["post_id"] for line in f}
     assert len(records) == 2
     for n, record in enumerate(records, start=2):  # line 1 is the header
         row = dict(zip(spec.columns, eval_lines[n - 1].split("\t"), strict=True))
@@ -219,16 +222,31 @@ def test_recall_over_a_served_model_says_who_which_version_and_generation_withou
             assert set(hit) == {"id", "score", "topic_id"}
             assert hit["topic_id"] == topics.get(hit["id"], hit["topic_id"])
         assert [h["score"] for h in record["hits"]] == sorted((h["score"] for h in record["hits"]), reverse=True)
+        assert record["score"].startswith("cosine of the user and item vectors") and "-1 to 1" in record["score"]
+        assert all(-1.0 <= h["score"] <= 1.0 for h in record["hits"])
+        assert record["user_topics"] == {c: [v for v in row[c].split(",") if v]
+                                         for c in ("follow_topic_id", "all_topic_fav_7")}
+        # The read posts' topics, of those the item store holds (the posts of the run's vector file).
+        assert all(p in topics for p in read), "every read post of these lines has a topic in the logs"
+        read_topics = collections.Counter(topics[p] for p in read if p in stored)
+        assert record["history_topics"] == {"topic_id": dict(sorted(read_topics.items(),
+                                                                    key=lambda kv: (-kv[1], kv[0]))[:10])}
+        assert record["history_posts_not_stored"] == len(read - stored)
     (lonely,) = [json.loads(x) for x in empty.stdout.strip().splitlines()[:-1]]
-    assert lonely["user"] == {"features": 1, spec.user_id: "new"} and lonely["history_length"] == 0
+    assert lonely["user"] == {"source": "--features", "index": 1, spec.user_id: "new"}
+    assert lonely["history_length"] == 0 and lonely["history_topics"] == {"topic_id": {}}
     assert lonely["note"].startswith("empty history (read_post_id)")
     text = table.stdout
     first_row = dict(zip(spec.columns, eval_lines[1].split("\t"), strict=True))
     assert text.startswith(f"user {first_row[spec.user_id]} ({SAMPLE_DIR}/eval.tsv line 2) · model version "
                            f"{pushed_version} · generation {first['item_index']['collection']}")
-    assert text.splitlines()[1].split() == ["rank", "id", "score", "topic_id"]
-    assert [r.split()[0] for r in text.splitlines()[2:7]] == ["1", "2", "3", "4", "5"]
-    assert [r.split()[1] for r in text.splitlines()[2:7]] == [h["id"] for h in records[0]["hits"]]
+    table_lines = text.splitlines()
+    assert table_lines[1].startswith(f"  follow_topic_id {first_row['follow_topic_id'] or '-'} · all_topic_fav_7 ")
+    assert "read posts' topic_id " in table_lines[1]
+    assert table_lines[2].startswith("  score: cosine of the user and item vectors")
+    assert table_lines[3].split() == ["rank", "id", "score", "topic_id"]
+    assert [r.split()[0] for r in table_lines[4:9]] == ["1", "2", "3", "4", "5"]
+    assert [r.split()[1] for r in table_lines[4:9]] == [h["id"] for h in records[0]["hits"]]
 
 
 # ---- the trainer's first evaluation ----

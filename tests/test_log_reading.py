@@ -119,7 +119,16 @@ def test_recall_and_the_client_answer_a_reordered_log_as_the_original(recall_run
 
     original_vectors = client(logs["original"])
     assert original_vectors.returncode == 0, original_vectors.stderr
-    assert client(logs["reordered"]).stdout == original_vectors.stdout
+    vectors = [json.loads(x) for x in original_vectors.stdout.splitlines()]
+    with open(logs["original"]) as f:
+        header, *rows = f.read().splitlines()
+    users = [dict(zip(header.split("\t"), row.split("\t"), strict=True))["client_id"] for row in rows[:2]]
+    assert [v["user"] for v in vectors] == [{"source": logs["original"], "line": n, "client_id": u}
+                                            for n, u in zip((2, 3), users, strict=True)]  # whose vector each is
+    assert all(len(v["embedding"]) == len(vectors[0]["embedding"]) > 0 for v in vectors)
+    reordered = [json.loads(x) for x in client(logs["reordered"]).stdout.splitlines()]
+    assert [({**r["user"], "source": None}, r["embedding"]) for r in reordered] == \
+        [({**v["user"], "source": None}, v["embedding"]) for v in vectors]
     headerless = client(logs["headerless"])
     assert headerless.returncode == 1 and "header does not match the feature spec" in headerless.stderr
     assert headerless.stderr.count("\n") == 1

@@ -57,3 +57,29 @@ def test_each_output_report_names_a_type_its_component_writes():
     for component, report in declared:
         written = {channel.type.TYPE_NAME for channel in component.SPEC_CLASS.OUTPUTS.values()}
         assert report.artifact_type in written, (component.__name__, report.artifact_type, written)
+
+
+def test_an_activity_says_what_it_does_at_once_and_again_whenever_nothing_else_was_said():
+    """Common/progress.Activity: its line at once, then one whenever every_seconds pass with no
+    progress line at all (a line of another step resets the wait)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = ("import time\n"
+            "from common.progress import Activity, log\n"
+            "with Activity('quiet step', every_seconds=0.4):\n"
+            "    time.sleep(1.5)\n"
+            "with Activity('busy step', every_seconds=0.4):\n"
+            "    for _ in range(6):\n"
+            "        log('a line of the work itself')\n"
+            "        time.sleep(0.2)\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = [line.split(" ", 1)[1] for line in r.stderr.splitlines()]
+    quiet = lines[:lines.index("busy step ...")]
+    assert quiet[0] == "quiet step ..." and 2 <= len(quiet) - 1 <= 4, lines  # ~1.5 s / 0.4 s of silence
+    assert all(line.startswith("… quiet step (") for line in quiet[1:]), lines
+    busy = lines[lines.index("busy step ..."):]
+    assert busy[1:] == ["a line of the work itself"] * 6, lines  # never quiet for 0.4 s: no heartbeat

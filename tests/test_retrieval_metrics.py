@@ -254,3 +254,26 @@ def test_each_users_query_is_its_earliest_click_whatever_the_row_order(tmp_path)
         assert chosen[1]["client_type"].int64_list.value == tie["client_type"], name
         assert q.excluded == [{b"p1"}, {tie["read_post_id"][0].encode()}], name
         assert q.relevant == [{b"p9", b"p5"}, {b"p7", b"p8"}], name
+
+
+def test_sliced_recall_by_hand():
+    """Three users. User 0: two relevant items of topic a (one hit) and one of b (hit); user 1: one of a
+    (missed); user 2: one of b (hit). Topic a: users 0 and 1, recall (1/2 + 0) / 2 = 0.25; topic b:
+    users 0 and 2, (1 + 1) / 2 = 1.0."""
+    from retrieval.metrics import sliced_recall
+
+    query = [0, 0, 0, 1, 2]
+    hit = [True, False, True, False, True]
+    group = np.array(["a", "a", "b", "a", "b"], object)
+    out = sliced_recall(np.array(query), np.array(hit), group, samples=200)
+    assert [(g["value"], g["users"], g["recall"]) for g in out] == [("a", 2, 0.25), ("b", 2, 1.0)]
+    # The bootstrap over users 0 and 1 of topic a: means of resamples of {0.5, 0.0}, so within [0, 0.5].
+    assert 0.0 <= out[0]["ci"][0] <= 0.25 <= out[0]["ci"][1] <= 0.5
+    assert out[1]["ci"] == [1.0, 1.0]
+    # A slice of one user has no interval, and says why; max_groups keeps the biggest slices (ties: by value).
+    lonely = sliced_recall(np.array([0, 1, 1, 2]), np.array([True, False, True, False]),
+                           np.array(["z", "y", "y", "y"], object), max_groups=1)
+    assert [(g["value"], g["users"], g["recall"]) for g in lonely] == [("y", 2, 0.25)]
+    lonely = sliced_recall(np.array([0, 1]), np.array([True, False]), np.array(["x", "y"], object))
+    assert [(g["value"], g["users"], g["recall"]) for g in lonely] == [("x", 1, 1.0), ("y", 1, 0.0)]
+    assert lonely[0]["ci"] is None and "fewer than 2 users" in lonely[0]["ci_note"]
