@@ -26,15 +26,21 @@ $(STAMP): requirements.lock setup.py scripts/setup_venv.sh retrieval/service/rec
 demo: $(STAMP)
 	$(PY) run_pipeline.py local --sample --workdir $(WORKDIR)
 
-# Serve the pushed models of a run (gRPC 8500, REST 8501) until Ctrl-C; new pushes load without a restart.
+# Serve the pushed models of a run (gRPC 8500, REST 8501: GRPC_PORT=, REST_PORT=) until Ctrl-C; new pushes
+# load without a restart.
+GRPC_PORT ?= 8500
+REST_PORT ?= 8501
 serve: $(STAMP)
-	$(PY) -m serving.server --model_config_file $(WORKDIR)/serving/models.config --port 8500 --rest_api_port 8501
+	$(PY) -m serving.server --model_config_file $(WORKDIR)/serving/models.config --port $(GRPC_PORT) --rest_api_port $(REST_PORT)
 
 # The recall service over a run (gRPC 8600, REST 8601; docs/retrieval.md), the towers asked of the model
 # server of `make serve` (MODEL_TARGET=): start that first.
-MODEL_TARGET ?= 127.0.0.1:8500
+MODEL_TARGET ?= 127.0.0.1:$(GRPC_PORT)
+RECALL_PORT ?= 8600
+RECALL_REST_PORT ?= 8601
 recall-serve: $(STAMP)
-	$(PY) -m retrieval.service --workdir $(WORKDIR) --model_target $(MODEL_TARGET) --port 8600 --rest_api_port 8601
+	$(PY) -m retrieval.service --workdir $(WORKDIR) --model_target $(MODEL_TARGET) --port $(RECALL_PORT) \
+	  --rest_api_port $(RECALL_REST_PORT)
 
 # A Milvus standalone server (embedded build, its own virtualenv) on loopback, until Ctrl-C:
 # point milvus.uri at http://127.0.0.1:$(MILVUS_PORT).

@@ -5,6 +5,8 @@
   recall-grpc  python -m retrieval.recall --target (the user vector from that server), to its exit
   recall-local python -m retrieval.recall (the pushed model run in the process), to its exit
   bad-workdir  python run_pipeline.py local --sample --workdir /proc/dssm (an unwritable path), to its exit
+  pipeline-1st python run_pipeline.py local --sample (a whole run), to its first stderr line
+  server-1st   python -m serving.server, to its first stderr line
 
 and the stderr lines each printed (TensorFlow's C++ log and third-party warnings count here).
 
@@ -18,10 +20,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -75,6 +79,20 @@ def _server_until_rest(checkout: str, workdir: str, model: str) -> tuple[float, 
     return seconds, lines, proc, grpc_port
 
 
+def _first_line(cmd: list[str], cwd: str) -> tuple[float, int, int]:
+    """(seconds to the first stderr line, 0, 1): how long a user waits for a word; then it is stopped."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    line = proc.stderr.readline()
+    seconds = time.perf_counter() - started
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    if not line:
+        raise RuntimeError(f"{' '.join(cmd)} printed nothing on stderr")
+    return seconds, 0, 1
+
+
 def one_round(checkout: str, workdir: str, model: str, log_line: str, eval_log: str) -> dict:
     workdir = os.path.abspath(workdir)
     out = {}
@@ -94,6 +112,11 @@ def one_round(checkout: str, workdir: str, model: str, log_line: str, eval_log: 
                                   eval_log, "--limit", "1", "--k", "10"], checkout)
     out["bad-workdir"] = _timed([sys.executable, "run_pipeline.py", "local", "--sample", "--workdir", "/proc/dssm"],
                                 checkout)
+    with tempfile.TemporaryDirectory() as tmp:  # a whole run, stopped at its first line
+        out["pipeline-1st"] = _first_line([sys.executable, "run_pipeline.py", "local", "--sample", "--workdir",
+                                           os.path.join(tmp, "run")], checkout)
+    out["server-1st"] = _first_line([sys.executable, "-m", "serving.server", "--port", "0", "--model_config_file",
+                                     os.path.join(workdir, "serving", "models.config")], checkout)
     return out
 
 

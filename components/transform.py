@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import time
+import uuid
 
 import apache_beam as beam
 from tfx.components.transform import component as tfx_transform_component
@@ -26,37 +28,66 @@ from common.progress import RateLog, log
 from components.tsv_example_gen import REPORT_PROPERTY
 
 
+class _SharedCount:
+    """The rows of one counting step in one process: Beam may run several instances of the DoFn in a
+    process (the threads of multi_threading mode); they add to one figure, logged once."""
+
+    def __init__(self, progress: RateLog):
+        self.progress, self.rows, self.instances, self.span = progress, 0, 0, None
+        self.lock = threading.Lock()
+
+
+_COUNTS: dict[tuple[int, str], _SharedCount] = {}
+_COUNTS_LOCK = threading.Lock()
+
+
 class CountRows(beam.DoFn):
     """Passes record batches through; logs the rows seen so far, their rate and the time left.
 
     The total and the time left hold when one process reads the whole split (Beam's default
-    in-process runner); a worker of a multi-process runner logs its own share without them."""
+    in-process runner); a worker of a multi-process runner logs its own share without them. The
+    instances in one process share one count (_SharedCount)."""
 
     def __init__(self, what: str, total: int | None, every_seconds: float = 10.0):
         self.what, self.total, self.every = what, total, every_seconds
         self._driver_pid = os.getpid()
-        self._rows, self._progress = 0, None
+        self._token = uuid.uuid4().hex  # this pipeline's step: a later pipeline in the process counts anew
+        self._count = None
 
     def setup(self):
         in_driver = os.getpid() == self._driver_pid
         what = self.what if in_driver else f"{self.what} (worker {os.getpid()})"
-        self._progress = RateLog(what, "rows", total=self.total if in_driver else None,
-                                 every_seconds=self.every)
-        self._rows, self._span = 0, None  # (time of the first batch, time of the last)
+        with _COUNTS_LOCK:
+            key = (os.getpid(), self._token)
+            if key not in _COUNTS:
+                _COUNTS[key] = _SharedCount(RateLog(what, "rows", total=self.total if in_driver else None,
+                                                    every_seconds=self.every))
+            self._count = _COUNTS[key]
+            self._count.instances += 1
 
     def process(self, batch):
         now = time.monotonic()
-        self._span = (self._span[0] if self._span else now, now)
-        self._rows += batch.num_rows
-        self._progress.update(self._rows)
+        count = self._count
+        with count.lock:
+            count.span = (count.span[0] if count.span else now, now)  # (first batch, last batch)
+            count.rows += batch.num_rows
+            count.progress.update(count.rows)
         yield batch
 
     def teardown(self):
-        # The last count; Beam calls teardown when the pipeline is over (best effort), so the rate is
-        # taken over the batches' own span, not up to now.
-        if self._rows and self._span:
-            elapsed = self._span[1] - self._span[0]
-            log(self._progress.line(self._rows, self._rows / elapsed if elapsed > 0 else 0.0))
+        # The last count, by the last instance of the process; Beam calls teardown when the pipeline is
+        # over (best effort), so the rate is taken over the batches' own span, not up to now.
+        count = self._count
+        if count is None:
+            return
+        with _COUNTS_LOCK, count.lock:
+            count.instances -= 1
+            if count.instances > 0:
+                return
+            _COUNTS.pop((os.getpid(), self._token), None)
+            if count.rows and count.span:
+                elapsed = count.span[1] - count.span[0]
+                log(count.progress.line(count.rows, count.rows / elapsed if elapsed > 0 else 0.0))
 
 
 class _ReadAndCount(beam.PTransform):

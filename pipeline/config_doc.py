@@ -26,7 +26,7 @@ HEADER = """# Configuration
 an error (it names the keys known there); a value of the wrong type or outside its choices is an error
 before anything runs. Below: every key with its default and what it does.
 
-This page is generated from the config dataclasses (`python -m pipeline.config_doc > docs/configuration.md`)
+This page is generated from the config dataclasses (`.venv/bin/python -m pipeline.config_doc > docs/configuration.md`)
 and `tests/test_docs.py` checks that it matches them. Examples: `configs/continuous.yaml` (daily
 runs), `configs/original_design.yaml` (the original write-up's pointwise setup).
 

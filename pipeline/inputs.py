@@ -105,7 +105,7 @@ def check_schema(schema_path: str, spec) -> None:
     if names != expected:
         raise InputError(f"{schema_path} does not match the feature spec: missing {sorted(expected - names)}, "
                          f"extra {sorted(names - expected)}; regenerate it with "
-                         f"`python -m schema.generate --spec SPEC --out {schema_path}`")
+                         f"`.venv/bin/python -m schema.generate --spec SPEC --out {schema_path}`")
 
 
 def is_uri(path: str) -> bool:

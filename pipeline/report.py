@@ -476,7 +476,7 @@ def write_report(workdir: str, summary: dict, spec, milvus_uri: str, log_path: s
     section("Recall against the popularity baseline", lambda: _recall_section(summary, plt, out_dir))
     section("Item vectors", projection)
     section("Example recalls", lambda: _examples_section(summary, spec, milvus_uri, log_path, items.get("sample")))
-    section("TensorBoard", lambda: "<p>Training scalars and the item projector: <code>tensorboard --logdir "
+    section("TensorBoard", lambda: "<p>Training scalars and the item projector: <code>.venv/bin/tensorboard --logdir "
             f"{html.escape(_tensorboard(summary, items.get('sample'), workdir))}</code></p>")
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>DSSM recall run "
             f"{html.escape(str(summary.get('run_id', '')))}</title><style>{STYLE}</style></head><body>"

@@ -77,7 +77,7 @@ def test_serving_latency(runs):
 def test_cli_startup(runs, tmp_path_factory):
     with holding_the_shared_run(tmp_path_factory):  # recall-local opens the run's Lite file
         out = bench("cli_startup", "--workdir", runs[0], "--rounds", "1")
-    for tool in ("server", "client", "recall-grpc", "recall-local", "bad-workdir"):
+    for tool in ("server", "client", "recall-grpc", "recall-local", "bad-workdir", "pipeline-1st", "server-1st"):
         assert re.search(rf"^\s+{tool}\s+[\d.]+ s", out, re.M), (tool, out)
 
 

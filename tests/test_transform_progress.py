@@ -45,3 +45,25 @@ def test_split_names_and_totals():
             return {"train": {"written": 8000.0, "rejected": 3}, "eval": {"written": 2000}, "files": {}}
 
     assert written_rows(Artifact()) == {"train": 8000, "eval": 2000}
+
+
+def test_the_threads_of_one_process_add_to_one_count():
+    """Issue [first-week] 4: with several workers in one process (multi_threading), each DoFn instance
+    logged its own share as the split's progress, so each figure came once per worker."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    sizes = [5] * 40  # 200 rows over many bundles
+    batches = [pa.RecordBatch.from_arrays([pa.array(list(range(n)))], ["x"]) for n in sizes]
+    handler = _Lines()
+    logging.getLogger("progress").addHandler(handler)
+    options = PipelineOptions(["--direct_running_mode=multi_threading", "--direct_num_workers=4"])
+    try:
+        with beam.Pipeline(options=options) as p:
+            _ = (p | beam.Create(batches) | beam.Reshuffle()
+                 | beam.ParDo(CountRows("Transform transforming eval", total=200, every_seconds=0)))
+    finally:
+        logging.getLogger("progress").removeHandler(handler)
+    counted = [int(line.split(": ")[1].split("/")[0].replace(",", "")) for line in handler.lines
+               if line.startswith("Transform transforming eval: ")]
+    assert counted and counted == sorted(counted), counted  # one figure, only growing
+    assert counted[-1] == 200 and counted.count(200) <= 2, counted  # the last update, and teardown's line
