@@ -85,8 +85,8 @@ def main() -> None:
 
     from retrieval.backends import open_index
     from retrieval.catalog import index_store
+    from retrieval.index import IndexConfig
     from retrieval.item_store import ItemStore
-    from retrieval.milvus import IndexConfig
     from retrieval.recall import SavedModelUserEncoder
     from schema.spec import load_spec
     from serving.examples import ExampleBuilder

@@ -23,7 +23,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from retrieval.milvus import Batch, IndexConfig, MilvusIndex, connect, normalise, write_generation  # noqa: E402
+from retrieval.index import IndexConfig  # noqa: E402
+from retrieval.milvus import Batch, MilvusIndex, connect, normalise, write_generation  # noqa: E402
 
 DIM, K, CENTRES = 128, 100, 2000
 

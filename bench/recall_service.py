@@ -35,8 +35,8 @@ sys.path.insert(0, HERE)
 
 from common import signature_names  # noqa: E402
 from retrieval.backends import open_index  # noqa: E402
+from retrieval.index import IndexConfig  # noqa: E402
 from retrieval.item_store import ItemStore  # noqa: E402
-from retrieval.milvus import IndexConfig  # noqa: E402
 from retrieval.recall import Recaller, ServingUserEncoder  # noqa: E402
 from retrieval.service import protos  # noqa: E402
 from schema.spec import load_spec  # noqa: E402

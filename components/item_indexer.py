@@ -200,8 +200,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             return
         from retrieval.backends import open_index
         from retrieval.catalog import index_store
+        from retrieval.index import IndexConfig
         from retrieval.item_store import ItemStore, now_ms
-        from retrieval.milvus import IndexConfig
         from retrieval.recall import SavedModelUserEncoder
         from serving.examples import ExampleBuilder
 

@@ -83,12 +83,12 @@ def indexed_versions(index_config: dict | None) -> set[int] | None:
     """The model versions the item index's generations were filled by; None if the index cannot be read."""
     if not index_config:
         return set()
-    from retrieval.backends import open_index
-    from retrieval.milvus import IndexConfig
+    from retrieval.backends import nothing_indexed_yet, open_index
+    from retrieval.index import IndexConfig
 
     config = IndexConfig(**index_config)
-    if config.is_lite and not os.path.exists(config.uri):
-        return set()  # nothing indexed yet
+    if nothing_indexed_yet(config):
+        return set()
     try:
         with open_index(config) as item_index:
             return item_index.versions_in_use()

@@ -13,7 +13,7 @@ import yaml
 
 from common import signature_names
 from model.config import EvaluationConfig, TrainerConfig
-from retrieval.milvus import IndexConfig
+from retrieval.index import IndexConfig
 from schema.spec import DEFAULT_SCHEMA_PATH, DEFAULT_SPEC_PATH
 
 
@@ -109,6 +109,9 @@ def _check(config: PipelineConfig) -> PipelineConfig:
         config.milvus.validate()
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if config.milvus.in_memory:  # the index would end with the run's process; recall comes later
+        raise ConfigError(f"milvus.uri {config.milvus.uri}: an in-process index does not outlive the run; "
+                          "give a Milvus Lite file (or '') or a server")
     if not 0 <= config.continuous.max_regression <= 1:
         raise ConfigError(f"continuous.max_regression must be in [0, 1], got {config.continuous.max_regression}")
     if config.continuous.window < 1:

@@ -31,9 +31,9 @@ def local_outputs(workdir: str, config) -> dict[str, str]:
                "item vector directory": os.path.join(workdir, "item_vectors"),
                "serving directory": os.path.join(workdir, "serving"), "report": os.path.join(workdir, "report"),
                "run summary": os.path.join(workdir, "run_summary.json")}
-    if config.milvus.at(workdir).is_lite:
-        outputs["Milvus Lite file"] = config.milvus.at(workdir).uri
-    return outputs
+    from retrieval.backends import local_files
+
+    return {**outputs, **local_files(config.milvus.at(workdir))}
 
 
 def preflight(args, config, spec, patterns: dict[str, str], spans) -> None:

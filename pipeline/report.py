@@ -288,8 +288,8 @@ def _examples_section(summary: dict, spec, milvus_uri: str, log_path: str | None
     if not pushed or not (summary.get("item_index") or {}).get("count") or not log_path:
         return "<p>No model was pushed and indexed in this run.</p>"
     from retrieval.backends import open_index
+    from retrieval.index import IndexConfig
     from retrieval.item_store import ItemStore
-    from retrieval.milvus import IndexConfig
     from retrieval.recall import Recaller, SavedModelUserEncoder
 
     lines = example_log_lines(log_path, spec, users=EXAMPLE_CANDIDATES)

@@ -157,7 +157,7 @@ def read_items_file(path: str, max_line: int = MAX_LINE_BYTES):
 
 
 def main(argv=None) -> int:
-    from retrieval.milvus import IndexConfig
+    from retrieval.index import IndexConfig
 
     defaults = IndexConfig()
     p = argparse.ArgumentParser(prog="python -m retrieval.add_items", description=__doc__.splitlines()[0])
@@ -201,13 +201,11 @@ class Adder:
     """One open index, item store and item tower; files of posts added through retrieval.catalog."""
 
     def __init__(self, config, spec: FeatureSpec, towers):
-        from retrieval.backends import open_index
+        from retrieval.backends import check_index, open_index
         from retrieval.item_store import ItemStore
-        from retrieval.milvus import check_lite_file
         from serving.examples import ExampleBuilder
 
-        if config.is_lite:
-            check_lite_file(config.uri)
+        check_index(config)
         self.index = open_index(config)
         self.store = ItemStore(config, spec.item_id, client=getattr(self.index, "client", None))
         if not self.store.exists:

@@ -3,8 +3,10 @@
 An index keeps its item vectors in generations: write_generation fills a new one and only then moves
 the alias to it, so readers never see a half-written index; search reads the generation the alias
 names (or one given); describe says what a generation holds and which model version's item tower
-filled it, so recall can ask for that version's user tower. retrieval/milvus.py (MilvusIndex) is
-the one implementation; retrieval/backends.py opens it from the config.
+filled it, so recall can ask for that version's user tower. retrieval/milvus.py (MilvusIndex: a
+Milvus Lite file or a server) and retrieval/numpy_index.py (NumpyIndex: exact, in one process, for
+tests) implement it; retrieval/backends.py opens the one the config's uri names and answers what
+callers outside retrieval/ ask about it (is there an index yet, which local files it writes).
 
 Adding a back end: subclass ItemIndex, raise ItemIndexError (GenerationGone for a generation dropped
 while it was read) instead of the back end's own errors, and register it in retrieval/backends.py.
@@ -12,10 +14,54 @@ while it was read) instead of the back end's own errors, and register it in retr
 from __future__ import annotations
 
 import abc
+import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
+
+LITE_FILE = "milvus.db"  # a run's Milvus Lite file in its work directory, when milvus.uri is ""
+LITE_INDEX_TYPES = ("FLAT", "IVF_FLAT", "AUTOINDEX")
+MEMORY_SCHEME = "memory://"  # an in-process exact index (retrieval/numpy_index.py): tests, one process
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """Where and how the item vectors are indexed: the pipeline config's `milvus:` key as well."""
+    uri: str = ""                              # a Milvus Lite file (*.db) or http(s)://host:port
+    token: str = ""                            # a Milvus server's token ("user:password" or an API key)
+    alias: str = "dssm_items"                  # queries go through it; each run writes a new collection
+    # FLAT (exact) by default. On Milvus Lite 2.5, IVF_FLAT / AUTOINDEX on a 100k-item collection
+    # return ~0.7 of the true top 100 whatever the parameters (interim index); at 1M items IVF_FLAT
+    # nlist 4000 is exact and 10x faster than FLAT (bench/milvus_search.py, docs/retrieval.md).
+    index_type: str = "FLAT"                   # FLAT | IVF_FLAT | AUTOINDEX on Milvus Lite; any type on a server
+    index_params: dict = field(default_factory=dict)   # e.g. {nlist: 4096}; IVF nlist is capped at items / 39
+    search_params: dict = field(default_factory=dict)  # e.g. {nprobe: 64}
+    keep_generations: int = 2                  # collections kept, the serving one included
+    insert_batch: int = 500                    # rows per insert request (500 x 8 in flight: fastest on Lite)
+    insert_threads: int = 8                    # insert requests in flight (Milvus works on them in parallel)
+
+    def at(self, workdir: str) -> IndexConfig:
+        """This config, an empty uri resolved to the run's Milvus Lite file <workdir>/milvus.db."""
+        return self if self.uri else replace(self, uri=os.path.join(workdir, LITE_FILE))
+
+    @property
+    def in_memory(self) -> bool:
+        return self.uri.startswith(MEMORY_SCHEME)
+
+    @property
+    def is_lite(self) -> bool:
+        """A Milvus Lite file: known inside retrieval/ only (retrieval/backends.py answers the callers)."""
+        return not self.in_memory and not self.uri.startswith(("http://", "https://", "tcp://", "unix:"))
+
+    def validate(self) -> None:
+        if self.keep_generations < 1:
+            raise ValueError("milvus.keep_generations must be >= 1 (the serving generation)")
+        if self.is_lite and self.index_type not in LITE_INDEX_TYPES:
+            raise ValueError(f"Milvus Lite builds {', '.join(LITE_INDEX_TYPES)} only, not {self.index_type}; "
+                             "use a Milvus server (milvus.uri: http://host:19530) for other index types")
+        if self.insert_batch < 1 or self.insert_threads < 1:
+            raise ValueError("milvus.insert_batch and milvus.insert_threads must be >= 1")
 
 
 class ItemIndexError(RuntimeError):

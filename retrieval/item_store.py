@@ -20,8 +20,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from retrieval.index import Batch, ItemIndexError
-from retrieval.milvus import GET_BATCH, MAX_VARCHAR, IndexConfig, connect, milvus_string
+from retrieval.index import Batch, IndexConfig, ItemIndexError
+from retrieval.milvus import GET_BATCH, MAX_VARCHAR, connect, milvus_string
 
 CONTENT_FIELD = "content"
 ADDED_FIELD = "added_ms"

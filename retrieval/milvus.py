@@ -26,12 +26,19 @@ import time
 import uuid
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from common.progress import RateLog
-from retrieval.index import Batch, Generation, GenerationGone, ItemIndex, ItemIndexError, normalise
+from retrieval.index import (
+    Batch,
+    Generation,
+    GenerationGone,
+    IndexConfig,
+    ItemIndex,
+    ItemIndexError,
+    normalise,
+)
 
 __all__ = ["Batch", "IndexConfig", "ItemIndexError", "MilvusIndex", "normalise"]
 
@@ -39,43 +46,7 @@ log = logging.getLogger("serving")
 
 VECTOR_FIELD = "embedding"
 MAX_VARCHAR = 1024
-LITE_FILE = "milvus.db"  # a run's Milvus Lite file in its work directory, when milvus.uri is ""
-LITE_INDEX_TYPES = ("FLAT", "IVF_FLAT", "AUTOINDEX")
 GET_BATCH = 256  # ids per get request: Milvus Lite 2.5 takes time in the square of them (4,096 ids: 76 s)
-
-
-@dataclass(frozen=True)
-class IndexConfig:
-    """Where and how the item vectors are indexed: the pipeline config's `milvus:` key as well."""
-    uri: str = ""                              # a Milvus Lite file (*.db) or http(s)://host:port
-    token: str = ""                            # a Milvus server's token ("user:password" or an API key)
-    alias: str = "dssm_items"                  # queries go through it; each run writes a new collection
-    # FLAT (exact) by default. On Milvus Lite 2.5, IVF_FLAT / AUTOINDEX on a 100k-item collection
-    # return ~0.7 of the true top 100 whatever the parameters (interim index); at 1M items IVF_FLAT
-    # nlist 4000 is exact and 10x faster than FLAT (bench/milvus_search.py, docs/retrieval.md).
-    index_type: str = "FLAT"                   # FLAT | IVF_FLAT | AUTOINDEX on Milvus Lite; any type on a server
-    index_params: dict = field(default_factory=dict)   # e.g. {nlist: 4096}; IVF nlist is capped at items / 39
-    search_params: dict = field(default_factory=dict)  # e.g. {nprobe: 64}
-    keep_generations: int = 2                  # collections kept, the serving one included
-    insert_batch: int = 500                    # rows per insert request (500 x 8 in flight: fastest on Lite)
-    insert_threads: int = 8                    # insert requests in flight (Milvus works on them in parallel)
-
-    def at(self, workdir: str) -> IndexConfig:
-        """This config, an empty uri resolved to the run's Milvus Lite file <workdir>/milvus.db."""
-        return self if self.uri else replace(self, uri=os.path.join(workdir, LITE_FILE))
-
-    @property
-    def is_lite(self) -> bool:
-        return not self.uri.startswith(("http://", "https://", "tcp://", "unix:"))
-
-    def validate(self) -> None:
-        if self.keep_generations < 1:
-            raise ValueError("milvus.keep_generations must be >= 1 (the serving generation)")
-        if self.is_lite and self.index_type not in LITE_INDEX_TYPES:
-            raise ValueError(f"Milvus Lite builds {', '.join(LITE_INDEX_TYPES)} only, not {self.index_type}; "
-                             "use a Milvus server (milvus.uri: http://host:19530) for other index types")
-        if self.insert_batch < 1 or self.insert_threads < 1:
-            raise ValueError("milvus.insert_batch and milvus.insert_threads must be >= 1")
 
 
 def connect(config: IndexConfig):
@@ -95,7 +66,6 @@ def why_no_index(workdir: str) -> str:
     """What to do about a work directory without an item index, from its run summary when it has one:
     a run that pushed nothing is not cured by running the pipeline 'first'."""
     import json
-    import os
 
     try:
         with open(os.path.join(workdir, "run_summary.json")) as f:
@@ -123,7 +93,6 @@ def check_lite_file(path: str, check_lock: bool = True) -> None:
 
     check_lock only in a process that holds no Milvus Lite server for the file: closing the probe's
     descriptor would drop a POSIX lock this process holds."""
-    import os
     import sqlite3
 
     if not os.path.exists(path):
@@ -154,7 +123,6 @@ def check_lite_file(path: str, check_lock: bool = True) -> None:
 
 def _check_not_locked(path: str) -> None:
     import fcntl
-    import os
 
     lock_path = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.lock")
     if not os.path.exists(lock_path):

@@ -28,10 +28,15 @@ import sys  # noqa: E402
 import numpy as np  # noqa: E402
 
 from common import signature_names  # noqa: E402
-from retrieval.backends import open_index  # noqa: E402
-from retrieval.index import GenerationGone, ItemIndex, ItemIndexError, normalise  # noqa: E402
+from retrieval.backends import check_index, open_index  # noqa: E402
+from retrieval.index import (  # noqa: E402
+    GenerationGone,
+    IndexConfig,  # noqa: E402
+    ItemIndex,
+    ItemIndexError,
+    normalise,
+)
 from retrieval.item_store import ItemStore  # noqa: E402
-from retrieval.milvus import IndexConfig, check_lite_file  # noqa: E402
 from schema.spec import FeatureSpec, load_spec  # noqa: E402
 from serving.examples import ExampleBuilder  # noqa: E402
 
@@ -383,8 +388,7 @@ def main(argv=None) -> None:
                          search_params={"nprobe": args.nprobe} if args.nprobe else {})
     starting = None
     try:
-        if config.is_lite:
-            check_lite_file(args.milvus)  # in a second, before Milvus Lite starts on it
+        check_index(config)  # in a second, before Milvus Lite starts on it
         # The request is checked before the index opens and the model loads: a wrong k, filter or
         # log file answers in seconds.
         filters = _filters(args.filter)

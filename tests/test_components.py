@@ -225,7 +225,8 @@ def test_the_infra_validator_serves_both_towers_and_refuses_a_collapsed_one(arti
 # ---- ItemIndexer ----
 
 def test_the_item_indexer_writes_the_item_tower_of_every_catalog_item(artifacts, tmp_path):
-    from retrieval.milvus import VECTOR_FIELD, IndexConfig, MilvusIndex
+    from retrieval.index import IndexConfig
+    from retrieval.milvus import VECTOR_FIELD, MilvusIndex
 
     index = made_up.output_artifact(ItemIndex, tmp_path / "index")
     config = {"uri": str(tmp_path / "milvus.db"), "alias": "items"}
@@ -284,7 +285,8 @@ def test_recall_never_mixes_model_versions_while_the_alias_moves(tmp_path):
     p1 and p2 (a mixed answer would rank another topic's items first)."""
     import threading
 
-    from retrieval.milvus import Batch, IndexConfig, MilvusIndex, write_generation
+    from retrieval.index import IndexConfig
+    from retrieval.milvus import Batch, MilvusIndex, write_generation
     from retrieval.recall import Recaller, ServingUserEncoder
     from serving.client import ServingClient
     from serving.model_config import config_text, parse_config_text

@@ -58,6 +58,8 @@ def test_the_milvus_settings_are_checked_when_the_config_loads(tmp_path):
         _load(tmp_path, "milvus:\n  index_type: HNSW\n")
     config, _ = _load(tmp_path, "milvus:\n  uri: http://milvus:19530\n  index_type: HNSW\n")
     assert config.milvus.index_type == "HNSW" and not config.milvus.is_lite
+    with pytest.raises(ConfigError, match="an in-process index does not outlive the run"):
+        _load(tmp_path, "milvus:\n  uri: memory://items\n")
 
 
 @pytest.mark.parametrize("text,message", [

@@ -173,13 +173,21 @@ def _start(command: str, root, log_path) -> subprocess.Popen:
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
+    """Stops the shell, make and the server it started, and waits until every one of them is gone (the
+    server frees its ports last: the next one must not find the old one answering)."""
+    deadline = time.monotonic() + 30
+    sig = signal.SIGTERM
+    while True:
+        proc.poll()  # reaps the shell: a zombie still counts as a member of the group
         try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+        if time.monotonic() > deadline + 10:
+            break  # only zombies left for init to reap: they hold no port
+        if time.monotonic() > deadline:
+            sig = signal.SIGKILL
 
 
 def _serve(command: str, ports: dict[int, int], root, log_path, running: dict) -> None:

@@ -279,8 +279,9 @@ def _most_frequent_topics():
 
 
 def test_item_index_recall_equals_brute_force_over_the_catalog(runs, tmp_path_factory):
+    from retrieval.index import IndexConfig
     from retrieval.item_store import ItemStore
-    from retrieval.milvus import IndexConfig, MilvusIndex
+    from retrieval.milvus import MilvusIndex
     from retrieval.recall import Recaller, SavedModelUserEncoder
     from schema.spec import load_spec
 

@@ -39,8 +39,8 @@ def parts(fresh_run):
     from milvus_lite.server_manager import server_manager_instance
 
     from retrieval.backends import open_index
+    from retrieval.index import IndexConfig
     from retrieval.item_store import ItemStore
-    from retrieval.milvus import IndexConfig
     from retrieval.recall import SavedModelUserEncoder
     from schema.spec import load_spec
     from serving.examples import ExampleBuilder
@@ -226,8 +226,8 @@ def test_the_cli_adds_good_rows_and_reports_each_bad_row_with_its_line(fresh_run
     from milvus_lite.server_manager import server_manager_instance
 
     from retrieval.backends import open_index
+    from retrieval.index import IndexConfig
     from retrieval.item_store import ItemStore
-    from retrieval.milvus import IndexConfig
 
     config = IndexConfig(uri=os.path.join(workdir, "milvus.db"))
     with open_index(config) as index:

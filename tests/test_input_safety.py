@@ -265,7 +265,8 @@ def test_infra_validation_counts_the_distinct_inputs_of_a_tower():
 # ---- recall ----
 
 def test_recall_excludes_every_read_post_beyond_maxlen(tmp_path):
-    from retrieval.milvus import Batch, IndexConfig, MilvusIndex, connect, write_generation
+    from retrieval.index import IndexConfig
+    from retrieval.milvus import Batch, MilvusIndex, connect, write_generation
     from retrieval.recall import Recaller
     from tests.made_up import NoContent
 

@@ -32,7 +32,8 @@ def test_a_version_an_index_generation_was_filled_by_is_never_pruned(tmp_path):
 
 
 def test_the_protected_versions_are_read_from_the_index_generations(tmp_path):
-    from retrieval.milvus import Batch, IndexConfig, write_generation
+    from retrieval.index import IndexConfig
+    from retrieval.milvus import Batch, write_generation
 
     config = IndexConfig(uri=str(tmp_path / "m.db"), alias="items", keep_generations=2)
     as_dict = {"uri": config.uri, "alias": config.alias}

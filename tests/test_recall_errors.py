@@ -11,7 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from retrieval.milvus import Batch, IndexConfig, MilvusIndex, connect, write_generation
+from retrieval.index import IndexConfig
+from retrieval.milvus import Batch, MilvusIndex, connect, write_generation
 from tests.conftest import REPO
 
 DIM = 8

@@ -55,8 +55,8 @@ def _expected(workdir, target, features, k, exclude):
 
     from common import signature_names
     from retrieval.backends import open_index
+    from retrieval.index import IndexConfig
     from retrieval.item_store import ItemStore
-    from retrieval.milvus import IndexConfig
     from schema.spec import load_spec
     from serving.client import ServingClient
     from serving.examples import ExampleBuilder
@@ -460,8 +460,9 @@ def test_no_answer_mixes_model_versions_while_generations_move(tmp_path):
     import tensorflow as tf
 
     from retrieval.backends import open_index
+    from retrieval.index import IndexConfig
     from retrieval.item_store import ItemStore
-    from retrieval.milvus import Batch, IndexConfig, write_generation
+    from retrieval.milvus import Batch, write_generation
     from retrieval.recall import ServingUserEncoder
     from retrieval.service.__main__ import RecallServer
     from retrieval.service.core import RecallCore

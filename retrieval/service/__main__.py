@@ -118,9 +118,9 @@ class RecallServer:
 
 def open_core(args):
     """RecallCore over the run's index and item store, with the towers the flags name."""
-    from retrieval.backends import open_index
+    from retrieval.backends import check_index, open_index
+    from retrieval.index import IndexConfig
     from retrieval.item_store import ItemStore
-    from retrieval.milvus import IndexConfig, check_lite_file
     from retrieval.recall import SavedModelUserEncoder, ServingUserEncoder
     from retrieval.service.core import RecallCore
     from schema.spec import load_spec
@@ -128,8 +128,7 @@ def open_core(args):
     spec = load_spec(args.spec)
     config = IndexConfig(uri=args.milvus or IndexConfig().at(args.workdir).uri, token=args.token,
                          **({"alias": args.alias} if args.alias else {}))
-    if config.is_lite:
-        check_lite_file(config.uri)  # in a second: missing, not Milvus, or held by another process
+    check_index(config)  # in a second: missing, not Milvus, or held by another process
     index = open_index(config, timeout_seconds=args.milvus_timeout_seconds)
     store = ItemStore(config, spec.item_id, client=index.client, timeout_seconds=args.milvus_timeout_seconds)
     if args.model_target:
