@@ -266,7 +266,7 @@ class ItemIndexer(base_beam_component.BaseBeamComponent):
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
 
     def __init__(self, model, examples, item_vectors, feature_spec: str, index_config: dict,
-                 catalog_source: str = "vectors", model_blessing=None, infra_blessing=None, code_fingerprint: str = "",
+                 catalog_source: str, model_blessing=None, infra_blessing=None, code_fingerprint: str = "",
                  pushed_model=None):
         super().__init__(ItemIndexerSpec(
             model=model, model_blessing=model_blessing, infra_blessing=infra_blessing, pushed_model=pushed_model,

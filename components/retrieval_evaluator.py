@@ -310,7 +310,7 @@ def recall_slices(queries: Queries, relevant_pos: list[dict[bytes, int]], tops: 
 
 
 def evaluate(model_dir: str, items: IdTable, clicked_users: np.ndarray, examples, item_vectors,
-             spec: FeatureSpec, ks: list[int], exclude_read: bool, catalog_source: str = "vectors",
+             spec: FeatureSpec, ks: list[int], exclude_read: bool, catalog_source: str,
              max_users: int = 0, slice_k: int | None = None, samples: int = 1000) -> dict:
     """Metrics of the model and of the popularity baseline (training clicks) on the same queries:
     every eval user with a click, or the max_users of them with the smallest id hashes. Each metric's
@@ -464,8 +464,8 @@ def RetrievalEvaluator(
     blessing: OutputArtifact[ModelBlessing],
     feature_spec: Parameter[str],
     evaluation_config: Parameter[str],
+    max_regression: Parameter[float],
     served_model_base: Parameter[str] = "",
-    max_regression: Parameter[float] = 0.0,
 ) -> None:
     """evaluation_config: the pipeline config's `evaluation:` (JSON of model.config.EvaluationConfig, the
     one place its defaults live). served_model_base: the pushed model's folder (<serving>/<model_name>);

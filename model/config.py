@@ -13,6 +13,9 @@ OPTIMIZERS = ("adam", "adagrad", "sgd")
 CATALOGS = ("vectors", "logs")
 
 
+MAX_UNIFORM_NEGATIVES = 65_536  # trainer.uniform_negatives: draws per step, each an item-tower row
+
+
 @dataclass
 class TrainerConfig:
     # Defaults: the best configuration found on MovieLens (bench/movielens_quality.py); the original
@@ -61,6 +64,26 @@ class TrainerConfig:
     cache_max_mb: int = 1024         # MB of transformed tensors a split may hold in memory
     steps_per_execution: int = 10    # training steps per call of the compiled step
 
+    def validate(self) -> None:
+        """ValueError naming the key, for a value no run can use."""
+        if self.epochs < 0 or self.train_steps <= 0:
+            raise ValueError("trainer.train_steps must be > 0 and trainer.epochs >= 0")
+        if self.eval_every_steps < 0 or self.patience <= 0:
+            raise ValueError("trainer.eval_every_steps must be >= 0 (0: every half pass) and trainer.patience > 0")
+        if self.steps_per_execution <= 0 or self.cache_max_mb < 0:
+            raise ValueError("trainer.steps_per_execution must be > 0 and trainer.cache_max_mb >= 0")
+        uniform = self.uniform_negatives
+        if uniform < 0 or (uniform and self.loss == "pointwise"):
+            raise ValueError(f"trainer.uniform_negatives must be >= 0, and 0 with the pointwise loss (it has no "
+                             f"candidates; set trainer.uniform_negatives: 0), got {uniform} with loss {self.loss}")
+        if uniform > MAX_UNIFORM_NEGATIVES:  # each draw runs through the item tower at every step
+            raise ValueError(f"trainer.uniform_negatives must be at most {MAX_UNIFORM_NEGATIVES:,} (each one is "
+                             f"an item-tower row at every training step), got {uniform:,}")
+        dropout = self.id_dropout
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise ValueError(f"trainer.id_dropout must be a number in [0, 1) (the share of item ids hidden per "
+                             f"step), got {dropout!r}")
+
 
 @dataclass
 class EvaluationConfig:
@@ -76,3 +99,10 @@ class EvaluationConfig:
     min_eval_users: int = 200        # fewer eval users than this: not blessed (the lift is too uncertain) ...
     allow_few_eval_users: bool = False  # ... unless this is set
     bootstrap_samples: int = 1000    # resamples of the eval users for the confidence interval of the lift
+
+    def validate(self) -> None:
+        """ValueError naming the key, for a value no evaluation can use."""
+        if self.min_eval_users < 0 or self.bootstrap_samples < 100:
+            raise ValueError("evaluation.min_eval_users must be >= 0 and evaluation.bootstrap_samples >= 100")
+        if not self.ks or not all(isinstance(k, int) and k > 0 for k in self.ks):
+            raise ValueError(f"evaluation.ks must be positive integers, got {self.ks}")

@@ -9,9 +9,8 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 
-import yaml
-
 from common import signature_names
+from common.yaml_files import read_yaml_mapping
 from model.config import EvaluationConfig, TrainerConfig
 from retrieval.index import IndexConfig
 from schema.spec import DEFAULT_SCHEMA_PATH, DEFAULT_SPEC_PATH
@@ -69,9 +68,6 @@ class PipelineConfig:
         return dataclasses.asdict(self)
 
 
-MAX_UNIFORM_NEGATIVES = 65_536  # trainer.uniform_negatives: draws per step, each an item-tower row
-
-
 def _check(config: PipelineConfig) -> PipelineConfig:
     import re
 
@@ -81,34 +77,13 @@ def _check(config: PipelineConfig) -> PipelineConfig:
     if set(config.split_buckets) != {"train", "eval"} or not all(
             isinstance(v, int) and v > 0 for v in config.split_buckets.values()):
         raise ConfigError(f"split_buckets must give positive integers for train and eval, got {config.split_buckets}")
-    if config.trainer.epochs < 0 or config.trainer.train_steps <= 0:
-        raise ConfigError("trainer.train_steps must be > 0 and trainer.epochs >= 0")
-    if config.trainer.eval_every_steps < 0 or config.trainer.patience <= 0:
-        raise ConfigError("trainer.eval_every_steps must be >= 0 (0: every half pass) and trainer.patience > 0")
-    if config.trainer.steps_per_execution <= 0 or config.trainer.cache_max_mb < 0:
-        raise ConfigError("trainer.steps_per_execution must be > 0 and trainer.cache_max_mb >= 0")
-    uniform = config.trainer.uniform_negatives
-    if uniform < 0 or (uniform and config.trainer.loss == "pointwise"):
-        raise ConfigError(f"trainer.uniform_negatives must be >= 0, and 0 with the pointwise loss (it has no "
-                          f"candidates; set trainer.uniform_negatives: 0), got {uniform} with loss "
-                          f"{config.trainer.loss}")
-    if uniform > MAX_UNIFORM_NEGATIVES:  # each draw runs through the item tower at every step
-        raise ConfigError(f"trainer.uniform_negatives must be at most {MAX_UNIFORM_NEGATIVES:,} (each one is an "
-                          f"item-tower row at every training step), got {uniform:,}")
-    dropout = config.trainer.id_dropout
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-        raise ConfigError(f"trainer.id_dropout must be a number in [0, 1) (the share of item ids hidden per "
-                          f"step), got {dropout!r}")
-    if config.evaluation.min_eval_users < 0 or config.evaluation.bootstrap_samples < 100:
-        raise ConfigError("evaluation.min_eval_users must be >= 0 and evaluation.bootstrap_samples >= 100")
-    if not config.evaluation.ks or not all(isinstance(k, int) and k > 0 for k in config.evaluation.ks):
-        raise ConfigError(f"evaluation.ks must be positive integers, got {config.evaluation.ks}")
-    if config.keep_pushed_versions < 0:
-        raise ConfigError("keep_pushed_versions must be >= 0 (0 keeps every pushed version)")
-    try:
-        config.milvus.validate()
+    try:  # each section checks itself, beside its defaults
+        for section in (config.trainer, config.evaluation, config.milvus):
+            section.validate()
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    if config.keep_pushed_versions < 0:
+        raise ConfigError("keep_pushed_versions must be >= 0 (0 keeps every pushed version)")
     if config.milvus.in_memory:  # the index would end with the run's process; recall comes later
         raise ConfigError(f"milvus.uri {config.milvus.uri}: an in-process index does not outlive the run; "
                           "give a Milvus Lite file (or '') or a server")
@@ -169,15 +144,7 @@ def _build(cls, data: dict, where: str, prefix: str = ""):
 def load_config(path: str | None = None, overrides: dict | None = None) -> PipelineConfig:
     data: dict = {}
     if path:
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = yaml.safe_load(f) or {}
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
+        data = read_yaml_mapping(path, "config", ConfigError, empty_is_ok=True)
     if overrides:
         overrides = dict(overrides)
         for key in ("trainer", "evaluation", "milvus", "kubeflow", "continuous"):

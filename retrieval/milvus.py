@@ -42,7 +42,7 @@ from retrieval.index import (
 
 __all__ = ["Batch", "IndexConfig", "ItemIndexError", "MilvusIndex", "normalise"]
 
-log = logging.getLogger("serving")
+log = logging.getLogger("retrieval")
 
 VECTOR_FIELD = "embedding"
 MAX_VARCHAR = 1024

@@ -28,6 +28,7 @@ import sys  # noqa: E402
 import numpy as np  # noqa: E402
 
 from common import signature_names  # noqa: E402
+from common.user_input_args import add_user_input_args, check_user_input_args  # noqa: E402
 from retrieval.backends import check_index, open_index  # noqa: E402
 from retrieval.index import (  # noqa: E402
     GenerationGone,
@@ -359,11 +360,7 @@ def main(argv=None) -> None:
                                         "(this process then never loads TensorFlow)")
     p.add_argument("--model-name", default=signature_names.MODEL_NAME, help="with --target: the served model name")
     p.add_argument("--spec", default=None)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--features", help="JSON object (or list of objects) of raw user features")
-    src.add_argument("--log-line", help="a tab-separated log line")
-    src.add_argument("--log-file", help="a log file with a header; its first --limit lines")
-    p.add_argument("--limit", type=int, default=3)
+    add_user_input_args(p)
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--filter", action="append", default=[], help="FIELD=V1,V2 (repeatable), e.g. topic_id=3,7")
     p.add_argument("--keep-read", action="store_true", help="do not exclude the user's read posts")
@@ -374,8 +371,7 @@ def main(argv=None) -> None:
                         "note, hits with every stored field); table: the same for reading")
     p.add_argument("--verbose", action="store_true", help="also TensorFlow's C++ log and third-party warnings")
     args = p.parse_args(argv)
-    if args.limit < 1:
-        raise SystemExit(f"error: --limit must be at least 1, got {args.limit}")
+    check_user_input_args(args)
     args.milvus = args.milvus or IndexConfig().at(args.workdir).uri
     args.model = args.model or os.path.join(args.workdir, "serving", args.model_name)
 

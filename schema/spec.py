@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 
-import yaml
+from common.yaml_files import read_yaml_mapping
 
 SPEC_DIR = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_SPEC_PATH = os.path.join(SPEC_DIR, "feature_spec.yaml")
@@ -140,15 +140,7 @@ class FeatureSpec:
 
     @classmethod
     def load(cls, path: str = DEFAULT_SPEC_PATH) -> FeatureSpec:
-        try:
-            with open(path, encoding="utf-8") as f:
-                d = yaml.safe_load(f)
-        except OSError as e:
-            raise SpecError(f"{path}: cannot read the feature spec ({e.strerror})") from None
-        except yaml.YAMLError as e:
-            raise SpecError(f"{path}: not valid YAML: {e}") from None
-        if not isinstance(d, dict):
-            raise SpecError(f"{path}: expected a mapping at the top level")
+        d = read_yaml_mapping(path, "the feature spec", SpecError)
         try:
             return cls.from_dict(d)
         except SpecError as e:

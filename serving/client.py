@@ -22,6 +22,7 @@ import numpy as np
 
 from common import tf_protos
 from common.quiet import quiet, verbose_requested
+from common.user_input_args import add_user_input_args, check_user_input_args
 
 if __name__ == "__main__":
     quiet(verbose_requested())
@@ -42,13 +43,17 @@ EXAMPLES_INPUT = "examples"
 
 class ServingClient:
     def __init__(self, target: str = "127.0.0.1:8500", model_name: str = signature_names.MODEL_NAME,
-                 timeout: float = 5.0, retries: int = 3, backoff_seconds: float = 0.1,
+                 timeout: float = 5.0, retries: int = 4, backoff_seconds: float = 0.1,
                  max_message_bytes: int = 64 * 1024 * 1024):
         self.target, self.model_name, self.timeout = target, model_name, timeout
         self.retries, self.backoff_seconds = retries, backoff_seconds
         self._channel = grpc.insecure_channel(target, options=[
             ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes)])
+            ("grpc.max_send_message_length", max_message_bytes),
+            # After an outage gRPC waits up to 120 s between connection attempts by default, so a server
+            # that is back would go unseen; 1 s at most, which the retries below (1.5 s in all) cover.
+            ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000)])
         self._predict = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
         self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
 
@@ -191,18 +196,15 @@ def main(argv=None) -> None:
     p.add_argument("--target", default="127.0.0.1:8500", help="host:port of the gRPC endpoint")
     p.add_argument("--model", default=signature_names.MODEL_NAME, help="model name as served")
     p.add_argument("--timeout", type=float, default=5.0, help="deadline per call, seconds")
-    p.add_argument("--retries", type=int, default=3, help="retries on UNAVAILABLE")
+    p.add_argument("--retries", type=int, default=4, help="retries on UNAVAILABLE (0.1 s, doubling each time)")
     p.add_argument("--spec", default=None, help="feature spec YAML (default: schema/feature_spec.yaml)")
     p.add_argument("--workdir", default=os.path.join("runs", "demo"),
                    help="the run whose vector file gives the posts' content vectors (WORKDIR/item_vectors/)")
     p.add_argument("tower", choices=["user", "item"])
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--features", help="JSON object of raw feature values, or a JSON list of them")
-    src.add_argument("--log-line", help="one tab-separated log line in the spec's column order")
-    src.add_argument("--log-file", help="a log file with a header; the first --limit lines are sent")
-    p.add_argument("--limit", type=int, default=5)
+    add_user_input_args(p)
     p.add_argument("--verbose", action="store_true", help="also third-party warnings")
     args = p.parse_args(argv)
+    check_user_input_args(args)
 
     from schema.logfiles import read_log
     from schema.spec import load_spec

@@ -1,7 +1,6 @@
 """gRPC front end: tensorflow.serving.PredictionService and ModelService over the ServableManager."""
 from __future__ import annotations
 
-import functools
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -20,23 +19,12 @@ from serving.memory import Trimmer
 from serving.model_config import ConfigError, from_proto
 from serving.request_cost import GRPC_COPIES, InFlight, RequestLimits
 from serving.servables import ServableManager
-from serving.status import ServingError, invalid_argument
+from serving.status import ServingError, grpc_status_codes, invalid_argument
 
 log = logging.getLogger("serving")
 
 
-def _status_codes(method):
-    """ServingError -> its status; anything unexpected -> INTERNAL. The server keeps running."""
-    @functools.wraps(method)
-    def wrapper(self, request, context):
-        try:
-            return method(self, request, context)
-        except ServingError as e:
-            context.abort(e.code, e.message)
-        except Exception as e:
-            log.exception("%s failed", method.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
-    return wrapper
+_status_codes = grpc_status_codes(log)
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):

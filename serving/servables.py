@@ -232,11 +232,14 @@ def versions_on_disk(base_path: str) -> dict[int, str]:
     return found
 
 
+DEFAULT_MAX_MODELS = 32  # the most models one config may name (each loaded model holds its graph in memory)
+
+
 class ServableManager:
     def __init__(self, configs: list[ModelConfig], poll_seconds: float = 1.0,
                  config_file: str | None = None, config_poll_seconds: float = 0,
                  warmup: Callable[[Servable], None] | None = None, roots: list[str] | None = None,
-                 allow_empty_config: bool = False, max_models: int = 0, settle_seconds: float = 1.0,
+                 allow_empty_config: bool = False, max_models: int = DEFAULT_MAX_MODELS, settle_seconds: float = 1.0,
                  retry_seconds: float = 1.0):
         """roots: the only directories base paths (and every file a version is loaded from) may lie
         under (default: the first configs' base paths themselves); max_models: the most models one

@@ -52,8 +52,6 @@ if __name__ == "__main__":
 
 import argparse  # noqa: E402
 import logging  # noqa: E402
-import signal  # noqa: E402
-import threading  # noqa: E402
 from concurrent import futures  # noqa: E402
 
 import grpc  # noqa: E402
@@ -61,6 +59,7 @@ import grpc  # noqa: E402
 from serving import predict  # noqa: E402
 from serving.grpc_api import add_services  # noqa: E402
 from serving.grpc_bind import bind_grpc, grpc_host  # noqa: E402
+from serving.lifecycle import serve_until_signalled  # noqa: E402
 from serving.memory import keep_large_blocks_mapped  # noqa: E402
 from serving.model_config import (  # noqa: E402
     ConfigError,
@@ -71,7 +70,7 @@ from serving.model_config import (  # noqa: E402
 )
 from serving.request_cost import InFlight, RequestLimits  # noqa: E402
 from serving.rest_api import RestLimits, RestServer  # noqa: E402
-from serving.servables import ServableManager  # noqa: E402
+from serving.servables import DEFAULT_MAX_MODELS, ServableManager  # noqa: E402
 
 log = logging.getLogger("serving")
 
@@ -89,7 +88,7 @@ class ModelServer:
                  config_poll_seconds: float = 0, max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
                  threads: int = 16, limits: RequestLimits | None = RequestLimits(),
                  rest_limits: RestLimits | None = None, roots: list[str] | None = None, allow_reload: bool = True,
-                 allow_empty_config: bool = False, max_models: int = 0):
+                 allow_empty_config: bool = False, max_models: int = DEFAULT_MAX_MODELS):
         keep_large_blocks_mapped()
         self.manager = ServableManager(configs, poll_seconds, config_file, config_poll_seconds,
                                        warmup=predict.run_warmup, roots=roots,
@@ -209,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accept HandleReloadConfigRequest (default true, as TF Serving); false: PERMISSION_DENIED")
     p.add_argument("--allow_empty_config", type=_bool, default=False, metavar="true|false",
                    help="accept a config (reload or polled file) that names no model, unloading every model")
-    p.add_argument("--max_models", type=int, default=32,
+    p.add_argument("--max_models", type=int, default=DEFAULT_MAX_MODELS,
                    help="most models one config may name (each loaded model holds its graph in memory; 0 = no limit)")
     p.add_argument("--max_json_depth", type=int, default=RestLimits.max_json_depth,
                    help="REST: deepest JSON nesting accepted (400 above it)")
@@ -269,15 +268,7 @@ def main(argv=None) -> None:
     finally:
         if STARTING is not None:
             STARTING.stop()
-    if args.port_file:
-        with open(args.port_file + ".tmp", "w") as f:
-            f.write(f"{server.port} {server.rest_port or 0}\n")
-        os.replace(args.port_file + ".tmp", args.port_file)
-    stopped = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stopped.set())
-    stopped.wait()
-    server.stop()
+    serve_until_signalled(server, args.port_file)
 
 
 if __name__ == "__main__":

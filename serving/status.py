@@ -1,6 +1,9 @@
 """ServingError: a gRPC status code and TF Serving's message, shared by the gRPC and REST front ends."""
 from __future__ import annotations
 
+import functools
+import logging
+
 import grpc
 
 MESSAGE_LIMIT = 1024  # TF Serving cuts longer messages and appends "...TRUNCATED"
@@ -48,3 +51,20 @@ def failed_precondition(message: str) -> ServingError:
 def code_name(code: grpc.StatusCode) -> str:
     """"OK", "NOT_FOUND", ... as in TF Serving's REST status bodies."""
     return code.name
+
+
+def grpc_status_codes(log: logging.Logger):
+    """A decorator for gRPC servicer methods: a ServingError becomes its status, anything unexpected
+    INTERNAL (logged to `log`); the server keeps running. One rule for every gRPC front end."""
+    def decorate(method):
+        @functools.wraps(method)
+        def wrapper(self, request, context):
+            try:
+                return method(self, request, context)
+            except ServingError as e:
+                context.abort(e.code, e.message)
+            except Exception as e:
+                log.exception("%s failed", method.__name__)
+                context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
+        return wrapper
+    return decorate

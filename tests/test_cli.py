@@ -221,3 +221,26 @@ def test_recall_on_a_run_without_an_index_says_why_from_its_summary(tmp_path, su
                        cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
     assert r.stderr.startswith(f"error: {workdir / 'milvus.db'} does not exist: {expected.format(w=workdir)}")
+
+
+def test_recall_and_the_client_read_users_from_the_same_flags():
+    """Issue [one-place]: the two tools declared --features/--log-line/--log-file/--limit each, with
+    --limit 3 in one and 5 in the other."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    helps = {m: subprocess.run([sys.executable, "-m", m, *(["user"] if m == "serving.client" else []), "--help"],
+                               cwd=REPO, capture_output=True, text=True, timeout=120)
+             for m in ("retrieval.recall", "serving.client")}
+    for module, proc in helps.items():
+        assert proc.returncode == 0, proc.stderr
+        text = " ".join(proc.stdout.split())
+        for flag in ("--features FEATURES", "--log-line LOG_LINE", "--log-file LOG_FILE",
+                     "--limit LIMIT with --log-file (default 3)"):
+            assert flag in text, (module, flag, text)
+    for module in helps:
+        r = subprocess.run([sys.executable, "-m", module, *(["user"] if module == "serving.client" else []),
+                            "--log-line", "x", "--limit", "0"], cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 1 and r.stderr == "error: --limit must be at least 1, got 0\n", (module, r.stderr)

@@ -60,7 +60,9 @@ def _evaluate(artifacts, tmp_path, model="model", **params):
     (tmp_path / "model_run" / METRICS_FILE).write_text(json.dumps({"eval_auc": None}))
     evaluation = made_up.output_artifact(standard_artifacts.ModelEvaluation, tmp_path / "evaluation")
     blessing = made_up.output_artifact(standard_artifacts.ModelBlessing, tmp_path / "blessing")
-    served = {k: params.pop(k) for k in ("served_model_base", "max_regression") if k in params}
+    # max_regression is the pipeline's continuous.max_regression, always given (no default of its own)
+    served = {"max_regression": 0.0, **{k: params.pop(k) for k in ("served_model_base", "max_regression")
+                                        if k in params}}
     evaluation_config = {"ks": [1, 2], "bless_k": 2, "max_users": 0, "bootstrap_samples": 200, **params}
     properties = {"feature_spec": SPEC.to_json(), "evaluation_config": json.dumps(evaluation_config), **served}
     RetrievalEvaluator.EXECUTOR_SPEC.executor_class().Do(

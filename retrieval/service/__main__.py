@@ -26,9 +26,7 @@ if __name__ == "__main__":
 
 import argparse  # noqa: E402
 import logging  # noqa: E402
-import signal  # noqa: E402
 import sys  # noqa: E402
-import threading  # noqa: E402
 import time  # noqa: E402
 
 log = logging.getLogger("retrieval.service")
@@ -150,6 +148,7 @@ def main(argv=None) -> None:
     from retrieval.index import ItemIndexError
     from serving.grpc_bind import port_in_use
     from serving.http_transport import HttpLimits
+    from serving.lifecycle import serve_until_signalled
 
     for flag, port in (("--port", args.port), ("--rest_api_port", args.rest_api_port)):
         if 0 < port < 65536 and port_in_use(args.host, port):  # in a second, before Milvus starts
@@ -175,15 +174,7 @@ def main(argv=None) -> None:
           + f" · generation {status['generation']} (model version {status['model_version']}, "
             f"{status['item_count']:,} posts) · user tower {status['user_tower']} · "
             f"started in {time.monotonic() - started:.1f} s", flush=True)
-    if args.port_file:
-        with open(args.port_file + ".tmp", "w") as f:
-            f.write(f"{server.port} {server.rest_port or 0}\n")
-        os.replace(args.port_file + ".tmp", args.port_file)
-    stopped = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stopped.set())
-    stopped.wait()
-    server.stop()
+    serve_until_signalled(server, args.port_file)
 
 
 if __name__ == "__main__":

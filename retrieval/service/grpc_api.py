@@ -2,31 +2,19 @@
 RecallCore. Messages become the plain values the core takes; a ServingError becomes its status."""
 from __future__ import annotations
 
-import functools
 import logging
 
 import grpc
 
 from retrieval.service import protos
 from retrieval.service.core import MAX_POSTS_PER_CALL, RecallCore
-from serving.status import ServingError, invalid_argument
+from serving.status import grpc_status_codes, invalid_argument
 
 pb2, pb2_grpc = protos.load()
 log = logging.getLogger("retrieval.service")
 
 
-def _status_codes(method):
-    """ServingError -> its status; anything unexpected -> INTERNAL, logged. The server keeps running."""
-    @functools.wraps(method)
-    def wrapper(self, request, context):
-        try:
-            return method(self, request, context)
-        except ServingError as e:
-            context.abort(e.code, e.message)
-        except Exception as e:
-            log.exception("%s failed", method.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
-    return wrapper
+_status_codes = grpc_status_codes(log)
 
 
 def _query(query) -> dict:
