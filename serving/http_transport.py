@@ -72,8 +72,6 @@ async def _read_chunked_body(self, delegate) -> None:
             raise httputil.HTTPInputError("a chunk does not end with CRLF")
 
 
-http1connection.HTTP1Connection._read_chunked_body = _read_chunked_body
-
 _installed = False
 
 
@@ -107,6 +105,21 @@ class _HalfClosableStream(iostream.IOStream):
         if not self.closed() and self._state is not None and self._state & IOLoop.READ:
             self._state &= ~IOLoop.READ  # until the answer is written: no busy loop on the readable end
             self.io_loop.update_handler(self.fileno(), self._state)
+
+    def _check_max_bytes(self, delimiter, size: int) -> None:
+        """Tornado closes the connection at once when a delimited read runs past its limit (the header
+        block, a chunk-size line); TF Serving answers first, and so does this: 431 for a header block
+        over --max_header_size-like limits, 400 for an overlong framing line. Then Tornado closes."""
+        try:
+            super()._check_max_bytes(delimiter, size)
+        except iostream.UnsatisfiableReadError:
+            headers = isinstance(delimiter, re.Pattern)  # the header read is the only regex read
+            status = b"431 Request Header Fields Too Large" if headers else b"400 Bad Request"
+            try:
+                self.socket.send(b"HTTP/1.1 " + status + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            except OSError:
+                pass  # the peer is gone: nothing to tell
+            raise
 
     def _peer_done(self) -> bool:
         try:

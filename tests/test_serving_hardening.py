@@ -374,3 +374,38 @@ def test_a_chunk_whose_length_lies_is_400_and_closed(server):
     smuggled = b"GET /v1/models/tiny HTTP/1.1\r\nHost: x\r\n\r\n"
     reply = _chunked_post(server, [(len(smuggled) + 2, smuggled)])  # the length lies by two
     assert reply.startswith(b"HTTP/1.1 400") and reply.count(b"HTTP/1.1 ") == 1, reply
+
+
+@pytest.mark.parametrize("what, request_bytes, status", [
+    ("a header block over Tornado's 64 KiB", b"GET /v1/models/tiny HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000
+     + b"\r\n\r\n", b"HTTP/1.1 431 "),
+    ("a chunk size of 2^60", b"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+     b"1000000000000000\r\n", b"HTTP/1.1 400 "),
+    ("a chunk-size line of 5,000 bytes", b"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: x\r\n"
+     b"Transfer-Encoding: chunked\r\n\r\n5;" + b"x" * 5000 + b"\r\n", b"HTTP/1.1 400 "),
+])
+def test_malformed_framing_gets_a_status_line_before_the_close(server, what, request_bytes, status):
+    """Issue [server-limits]: a 1 MB header line or a 2^60 chunk size got a TCP reset and no status
+    line; TF Serving answers 400 / 431."""
+    with _connect(server) as s:
+        s.sendall(request_bytes)
+        s.shutdown(socket.SHUT_WR)
+        reply = _read_responses(s, wait=2.0)
+    assert reply.startswith(status), (what, reply[:200])
+
+
+def test_importing_the_transport_leaves_tornado_as_it_was():
+    """The chunked reader is Tornado's own until a server starts (install_chunked_reader)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = ("from tornado import http1connection\n"
+            "before = http1connection.HTTP1Connection._read_chunked_body\n"
+            "import serving.http_transport as t\n"
+            "print(http1connection.HTTP1Connection._read_chunked_body is before)\n"
+            "t.install_chunked_reader()\n"
+            "print(http1connection.HTTP1Connection._read_chunked_body is t._read_chunked_body)\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.stdout.split() == ["True", "True"], r.stderr[-2000:]
