@@ -170,7 +170,7 @@ def ServingInfraValidator(
     tower_features = None
     requests = read_examples(examples, split, num_examples)
     if feature_spec:
-        from model.trainer import tower_raw_features
+        from model.export import tower_raw_features
         from schema.item_vectors import VectorTable
         from schema.spec import FeatureSpec
         from serving.examples import ExampleBuilder

@@ -37,7 +37,8 @@ from common.outputs import OutputReport
 from common.progress import RateLog
 from components.artifacts import ItemVectors
 from model.config import EvaluationConfig
-from model.trainer import EXAMPLES_INPUT, METRICS_FILE
+from model.export import EXAMPLES_INPUT
+from model.run_metrics import METRICS_FILE
 from retrieval.metrics import RunningTopK, bootstrap_interval, metrics_at_k, recall_per_query, sliced_recall
 from schema.item_vectors import IDS_FILE, VectorTable
 from schema.spec import FeatureSpec

@@ -16,7 +16,7 @@ from tfx.types import artifact_utils
 from common.outputs import OutputReport
 from components import infra_validator, item_indexer, retrieval_evaluator, tower_pusher, tsv_example_gen
 from components.tsv_example_gen import KEPT_DIR
-from model import trainer
+from model import run_metrics
 from model.preprocessing import OOV_COUNT_PREFIX
 from model.warm_start import rows_text
 
@@ -124,7 +124,7 @@ STOCK_OUTPUT_REPORTS = (
     OutputReport("TransformGraph", "transform_graph_uri", read=lambda a, custom: a.uri),
     OutputReport("Model", "model_uri", read=lambda a, custom: a.uri),
 )
-OUTPUT_REPORTS = (tsv_example_gen.OUTPUT_REPORT, trainer.OUTPUT_REPORT, retrieval_evaluator.OUTPUT_REPORT,
+OUTPUT_REPORTS = (tsv_example_gen.OUTPUT_REPORT, run_metrics.OUTPUT_REPORT, retrieval_evaluator.OUTPUT_REPORT,
                   infra_validator.OUTPUT_REPORT, tower_pusher.OUTPUT_REPORT, item_indexer.OUTPUT_REPORT,
                   *STOCK_OUTPUT_REPORTS)
 

@@ -19,7 +19,7 @@ from components.item_indexer import Executor as ItemIndexerExecutor
 from components.retrieval_evaluator import EVALUATION_FILE, RetrievalEvaluator
 from components.tower_pusher import TOWER_DESTINATIONS
 from components.tower_pusher import Executor as TowerPusherExecutor
-from model.trainer import METRICS_FILE
+from model.run_metrics import METRICS_FILE
 from schema.spec import load_spec
 from tests import made_up
 

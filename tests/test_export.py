@@ -4,9 +4,9 @@ import pytest
 import tensorflow as tf
 
 from model.config import TrainerConfig
+from model.export import export
 from model.preprocessing import vocab_size_with_reserved
 from model.towers import build_towers
-from model.trainer import export
 from tests.conftest import RAW
 
 TABLE = np.array([[0, 0, 0], [1, 0, 0], [0, 2, 0], [0, 0, 3]], np.float32)

@@ -220,7 +220,7 @@ def test_a_gz_that_is_plain_text_names_the_file(tmp_path):
 # ---- the training guard ----
 
 def test_training_stops_at_the_first_non_finite_weight_and_names_it():
-    from model.trainer import NonFiniteTrainingError, StopOnNonFinite
+    from model.callbacks import NonFiniteTrainingError, StopOnNonFinite
 
     model = tf.keras.Sequential([tf.keras.layers.Dense(1, input_shape=(2,), name="dense")])
     model.compile(optimizer="sgd", loss="mse")
@@ -234,7 +234,7 @@ def test_training_stops_at_the_first_non_finite_weight_and_names_it():
 
 
 def test_a_weight_that_becomes_inf_is_caught_by_the_periodic_check():
-    from model.trainer import NonFiniteTrainingError, StopOnNonFinite
+    from model.callbacks import NonFiniteTrainingError, StopOnNonFinite
 
     model = tf.keras.Sequential([tf.keras.layers.Dense(1, input_shape=(2,), name="dense"),
                                  tf.keras.layers.Dense(1, name="unused", trainable=True)])

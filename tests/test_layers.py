@@ -100,7 +100,7 @@ def test_the_checks_find_what_they_look_for():
     assert cycles(graph) == [["pipeline.b", "pipeline.c"]]
     real = import_graph()
     assert "common.progress" in real["retrieval.milvus"]  # `from common.progress import RateLog`
-    assert "common.signature_names" in real["model.trainer"]  # `from common import signature_names`
+    assert "common.signature_names" in real["model.export"]  # `from common import signature_names`
 
 
 def test_the_package_and_the_image_hold_every_layer():

@@ -46,10 +46,10 @@ def test_each_output_report_names_a_type_its_component_writes():
     from tfx.components import Trainer
 
     from components import infra_validator, item_indexer, retrieval_evaluator, tower_pusher, tsv_example_gen
-    from model import trainer
+    from model import run_metrics
 
     declared = [(tsv_example_gen.TsvExampleGen, tsv_example_gen.OUTPUT_REPORT),
-                (Trainer, trainer.OUTPUT_REPORT),
+                (Trainer, run_metrics.OUTPUT_REPORT),
                 (retrieval_evaluator.RetrievalEvaluator, retrieval_evaluator.OUTPUT_REPORT),
                 (infra_validator.ServingInfraValidator, infra_validator.OUTPUT_REPORT),
                 (tower_pusher.TowerPusher, tower_pusher.OUTPUT_REPORT),

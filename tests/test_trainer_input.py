@@ -165,7 +165,7 @@ def test_rows_that_changed_since_they_were_counted_are_an_error(split):
 def test_progress_counts_every_step_when_steps_run_several_per_call():
     """With steps_per_execution 4 the callbacks see every 4th step (and the epoch's last); the counts
     must still be the steps trained: 2 epochs x 10 steps = 20, and 3 epochs x 250 = 750 for the curve."""
-    from model.trainer import ProgressAndCurve, StopOnNonFinite
+    from model.callbacks import ProgressAndCurve, StopOnNonFinite
 
     x = np.random.default_rng(0).normal(size=(64, 3)).astype(np.float32)
     y = x.sum(axis=1, keepdims=True)
