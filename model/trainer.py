@@ -1,8 +1,8 @@
 """TFX Trainer run_fn: train the DSSM on Transform's output, then export it (model/export.py: five
-signatures, the Transform graph inside). Callbacks in model/callbacks.py; the metrics file and its
-report in model/run_metrics.py. Training metrics (loss, AUC on the eval split, steps) go to <model_run>/metrics.json and
-TensorBoard logs to <model_run>/. <model>/warm_start/ keeps what a later span's run starts from
-(model/warm_start.py).
+signatures, the Transform graph inside). Callbacks are in model/callbacks.py, the metrics file and
+its report in model/run_metrics.py. Training metrics (loss, AUC on the eval split, steps) go to
+<model_run>/metrics.json and TensorBoard logs to <model_run>/. <model>/warm_start/ keeps what a
+later span's run starts from (model/warm_start.py).
 """
 from __future__ import annotations
 
