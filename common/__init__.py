@@ -2,7 +2,7 @@
 
 The project's packages are layered, each importing only from those before it:
 common -> schema -> serving -> retrieval -> model -> components -> pipeline -> run_pipeline.py
-(datagen, bench and tests sit on top). tests/test_layers.py checks it.
+(datagen, bench and tests sit on top). tests/pipeline/test_layers.py checks it.
 """
 
 import os

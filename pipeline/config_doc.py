@@ -3,7 +3,7 @@ written beside it in the source (pipeline/config.py, model/config.py, retrieval/
 
     python -m pipeline.config_doc > docs/configuration.md
 
-tests/test_docs.py fails when the file and the dataclasses disagree.
+tests/pipeline/test_docs.py fails when the file and the dataclasses disagree.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ an error (it names the keys known there); a value of the wrong type or outside i
 before anything runs. Below: every key with its default and what it does.
 
 This page is generated from the config dataclasses (`.venv/bin/python -m pipeline.config_doc > docs/configuration.md`)
-and `tests/test_docs.py` checks that it matches them. Examples: `configs/continuous.yaml` (daily
+and `tests/pipeline/test_docs.py` checks that it matches them. Examples: `configs/continuous.yaml` (daily
 runs), `configs/original_design.yaml` (the original write-up's pointwise setup).
 
 ```yaml

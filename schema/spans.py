@@ -4,7 +4,7 @@
 TFX's driver picks the latest span, or the one a static RangeConfig names, and writes its number
 into the pattern (zero-padded to the width of {SPAN:width}); every split must have the same span.
 This module does the same for local files, light (no TFX, no TensorFlow), so that the command line
-can check a span's files and choose the training window before anything runs; tests/test_spans.py
+can check a span's files and choose the training window before anything runs; tests/pipeline/test_spans.py
 compares it with TFX's own resolution.
 
 A training window of W spans is [span - W + 1, span] (TFX's RollingRange), clipped to the spans that

@@ -1,4 +1,4 @@
-"""Tiny made-up artifacts for the executor tests (tests/test_components.py): a handful of tf.Examples,
+"""Tiny made-up artifacts for the executor tests (tests/components/test_components.py): a handful of tf.Examples,
 the item-vector folder, and a SavedModel with the Trainer's signatures whose vectors are known by
 hand, so each component's output can be checked against numbers worked out independently.
 

@@ -5,6 +5,7 @@ import pytest
 
 from model import config as component_config
 from pipeline.config import ConfigError, load_config
+from tests.conftest import REPO
 
 
 def _load(tmp_path, text):
@@ -83,6 +84,6 @@ def test_the_shipped_configs_load_with_todays_defaults(name):
     uniform negatives is refused: original_design.yaml has to say 0)."""
     import os
 
-    config = load_config(os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", name))
+    config = load_config(os.path.join(REPO, "configs", name))
     if config.trainer.loss == "pointwise":
         assert config.trainer.uniform_negatives == 0

@@ -130,7 +130,7 @@ def test_the_cache_key_covers_every_module_a_component_runs(tmp_path, monkeypatc
     from common import LAYERS
     from pipeline import inputs
     from tests.conftest import REPO
-    from tests.test_layers import import_graph
+    from tests.pipeline.test_layers import import_graph
 
     for package in LAYERS:
         shutil.copytree(os.path.join(REPO, package), tmp_path / package,

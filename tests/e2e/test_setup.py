@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import REPO
+
+ROOT = Path(REPO)
 
 REFUSING_PYTHON3 = """#!/bin/sh
 # The user's python3: a PEP 668 interpreter refuses to install packages with pip.

@@ -9,7 +9,7 @@ import yaml
 from pipeline import config_doc
 from pipeline.config import PipelineConfig
 from tests.conftest import REPO
-from tests.test_wiring import _span_pipeline
+from tests.pipeline.test_wiring import _span_pipeline
 
 
 def _read(path: str) -> str:

@@ -193,7 +193,7 @@ def _manager(base, num_versions: int = 1):
 
     policy = ModelConfig("m", str(base), num_versions=num_versions)
     # a failed version is tried at the first poll that sees its files changed: no settle time and no
-    # backoff here (tests/test_server_limits.py covers those with the server's defaults)
+    # backoff here (tests/serving/test_server_limits.py covers those with the server's defaults)
     return ServableManager([policy], poll_seconds=0, settle_seconds=0, retry_seconds=0)
 
 

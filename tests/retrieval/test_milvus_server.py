@@ -200,7 +200,7 @@ def test_two_recall_service_replicas_share_the_server(uri, runs, tmp_path):
     import os
 
     from serving.server import spawn
-    from tests.test_recall_service import USER, Service
+    from tests.retrieval.test_recall_service import USER, Service
 
     workdir, _, _ = runs
     model, port = spawn(["--model_name", "dssm", "--model_base_path", os.path.join(workdir, "serving", "dssm")],

@@ -33,19 +33,19 @@ PLACES = [
     (r"^make demo\b", "skip", "the README's first command; checked on a fresh clone before each submission, and "
                               "its pipeline run is tests/conftest.py's run_local (run_pipeline.py local --sample)"),
     (r"^make test\b", "skip", ".ci/run runs it"),
-    (r"^make continuous-demo\b", "skip", "tests/test_continuous.py runs spans through the pipeline as it does"),
+    (r"^make continuous-demo\b", "skip", "tests/e2e/test_continuous.py runs spans through the pipeline as it does"),
     (r"^make movielens\b", "skip", "needs ../shared/data/ml-latest-small; bench/movielens_quality.py and "
-                                   "tests/test_movielens.py use the same conversion"),
-    (r"^\.venv/bin/python bench/", "skip", "tests/test_benches.py runs every bench at tiny sizes"),
+                                   "tests/datagen/test_movielens.py use the same conversion"),
+    (r"^\.venv/bin/python bench/", "skip", "tests/e2e/test_benches.py runs every bench at tiny sizes"),
     (r"^docker ", "skip", "no Docker daemon here"),
     (r"^\.venv/bin/python run_pipeline\.py kubeflow .*gs://", "skip",
-     "needs a GCS bucket and a KFP endpoint; tests/test_kubeflow.py compiles, runs and submits on loopback"),
+     "needs a GCS bucket and a KFP endpoint; tests/e2e/test_kubeflow.py compiles, runs and submits on loopback"),
     (r"^\.venv/bin/python run_pipeline\.py local --train 'logs/", "skip",
      "a template for the user's own logs; the e2e tests run the same command on the sample"),
-    (r"^--beam-args ", "skip", "a flag of run_pipeline.py local, not a command; tests/test_portable.py runs "
+    (r"^--beam-args ", "skip", "a flag of run_pipeline.py local, not a command; tests/e2e/test_portable.py runs "
                                "the PortableRunner one"),
     (r"-m apache_beam\.runners\.(portability\.local_job_service_main|worker\.worker_pool_main)", "skip",
-     "Beam's job service and worker pool: tests/test_portable.py starts both"),
+     "Beam's job service and worker pool: tests/e2e/test_portable.py starts both"),
     (r"^make serve\b|-m serving\.server ", "serve", ""),
     (r"^make recall-serve\b|-m retrieval\.service ", "serve", ""),
     (r"^\.venv/bin/python -m (retrieval\.recall|retrieval\.add_items|serving\.client) ", "run", ""),

@@ -35,7 +35,7 @@ def _states(metadata_path):
 # The new-data run trains on 1,000 fewer rows and is worse than the version it would replace (recall@50
 # -0.046, 95% interval [-0.088, -0.003] in CI): the served-model gate refuses it, rightly. These tests
 # are about artifacts and versions, not quality, so the gate lets any candidate through here
-# (tests/test_continuous.py checks the refusal).
+# (tests/e2e/test_continuous.py checks the refusal).
 CHAIN_CONFIG = "trainer: {train_steps: 1000}\ncontinuous: {max_regression: 1.0}\n"
 
 
