@@ -98,23 +98,93 @@ def eval_interval(cfg: TrainerConfig, train_rows: int) -> int:
     return max(per_call, min(half_pass, AUTO_EVAL_MAX_STEPS) // per_call * per_call)
 
 
+def epoch_schedule(cfg: TrainerConfig, train_rows: int) -> tuple[int, int, int | None]:
+    """(Keras epochs, steps per epoch, steps to take from the training data or None): epochs of
+    eval_every_steps steps (whole passes with `epochs`), the eval split's loss after each, so that
+    EarlyStopping keeps the best weights; without early stopping one epoch, as before. The last
+    epoch of a train_steps run may be shorter: the data is then cut at train_steps."""
+    if cfg.epochs:
+        # steps counted from the rows: with steps_per_execution > 1 Keras needs every epoch's length
+        epochs = cfg.epochs if cfg.early_stopping else 1
+        return epochs, max(1, math.ceil(train_rows * (1 if cfg.early_stopping else cfg.epochs) / cfg.batch_size)), None
+    if cfg.early_stopping:
+        take = cfg.train_steps if cfg.train_steps % cfg.eval_every_steps else None
+        return math.ceil(cfg.train_steps / cfg.eval_every_steps), cfg.eval_every_steps, take
+    return 1, cfg.train_steps, None
+
+
 def run_fn(fn_args: FnArgs) -> None:
     custom = fn_args.custom_config
     spec = FeatureSpec.from_json(custom["feature_spec"])
-    cfg = TrainerConfig(**custom["trainer"])
     # Before any TensorFlow op runs: a multi-worker strategy's collective ops are configured at start-up.
     strategy, task = distribution()
     train_rows = count_records(fn_args.train_files)
+    cfg = TrainerConfig(**custom["trainer"])
     cfg = dataclasses.replace(cfg, eval_every_steps=eval_interval(cfg, train_rows))
     num_oov = int(custom.get("num_oov_buckets", 1))
     tf.keras.utils.set_random_seed(cfg.seed)
-
     tft_output = tft.TFTransformOutput(fn_args.transform_output)
+    built = _build(fn_args, spec, cfg, tft_output, strategy, num_oov)
+    train_in, eval_in, eval_steps = _split_inputs(fn_args, spec, cfg, tft_output, train_rows)
+    train_ds, eval_ds = train_in.dataset, eval_in.dataset
+    if strategy.num_replicas_in_sync > 1:  # a batch is split between the workers (files may be fewer)
+        train_ds, eval_ds = (_shard_by_data(d) for d in (train_ds, eval_ds))
+    log_dir = fn_args.model_run_dir if task is None else f"{fn_args.model_run_dir.rstrip('/')}-{task}"
+    progress, guard = ProgressAndCurve(None if cfg.epochs else cfg.train_steps), StopOnNonFinite()
+    callbacks = [tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq=50), progress, guard]
+    planned_passes = (cfg.epochs if cfg.epochs else cfg.train_steps * cfg.batch_size / max(train_rows, 1))
+    warnings = []
+    if planned_passes > cfg.warn_passes and not cfg.early_stopping:  # with it, only if it does not stop in time
+        warnings.append(_warn(f"{planned_passes:.0f} passes over {train_rows:,} training rows planned (more than "
+                              f"{cfg.warn_passes:g}): small data overfits; set trainer.early_stopping or fewer "
+                              "train_steps"))
+    epochs, steps_per_epoch, take_steps = epoch_schedule(cfg, train_rows)
+    stopper = None
+    if cfg.early_stopping:
+        stopper = tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, mode="min",
+                                                   restore_best_weights=True, verbose=0)
+        callbacks.append(stopper)
+    trainer = built["trainer"]
+    history = trainer.fit(train_ds.take(take_steps) if take_steps is not None else train_ds, epochs=epochs,
+                          steps_per_epoch=steps_per_epoch, verbose=0, callbacks=callbacks,
+                          validation_data=eval_ds if cfg.early_stopping else None, validation_steps=eval_steps)
+    guard.check_weights()
+    trained = _trained_figures(trainer, stopper, history)  # before evaluate resets the metrics
+    best = _keep_best(trainer, stopper, progress, epochs, steps_per_epoch, eval_ds, eval_steps)
+    passes = progress.steps * cfg.batch_size / max(train_rows, 1)
+    if cfg.early_stopping and passes > cfg.warn_passes:
+        warnings.append(_warn(f"{passes:.0f} passes over {train_rows:,} training rows made (more than "
+                              f"{cfg.warn_passes:g}) before early stopping ended training: the eval loss kept "
+                              f"improving slowly; the best weights (step {best['best_step']:,}) are kept"))
+    # Steps are counted by the callback: when an epoch-based run reaches the end of its data, Keras
+    # has already counted one more optimizer iteration for the call that found no batch.
+    metrics = {"loss_kind": cfg.loss, "train_steps": progress.steps,
+               "optimizer_iterations": int(trainer.optimizer.iterations.numpy()),
+               "best_step": int(best["best_step"]), "stopped_early": bool(best["stopped_early"]),
+               "train_rows": train_rows, "input": {split: {"source": got.source, "bytes": got.bytes}
+                                                   for split, got in (("train", train_in), ("eval", eval_in))},
+               "planned_passes": round(planned_passes, 2), "passes": round(passes, 2), "warnings": warnings,
+               "eval_every_steps": cfg.eval_every_steps, "train_loss": trained["loss"], "train_auc": trained["auc"],
+               "eval_loss": best["eval_loss"], "eval_auc": best["eval_auc"], "eval_auc_note": best["auc_note"],
+               "vocab_sizes": built["vocab_sizes"], "curve": progress.curve,
+               "eval_curve": eval_curve(history, steps_per_epoch, progress.steps), "weight_sums": weight_sums(trainer),
+               "warm_start": built["warm"]}
+    _save(fn_args, custom, spec, tft_output, built, metrics, log_dir, chief=task is None, num_oov=num_oov)
+
+
+def _warn(message: str) -> str:
+    log(f"warning: {message}")
+    return message
+
+
+def _build(fn_args: FnArgs, spec: FeatureSpec, cfg: TrainerConfig, tft_output, strategy, num_oov: int) -> dict:
+    """The towers and the compiled TwoTowerTrainer, every variable (tables, optimizer slots) created
+    under the strategy; warm-started when a base model was resolved."""
+    custom = fn_args.custom_config
     vocab_sizes = {g: vocab_size_with_reserved(tft_output, g, num_oov) for g in spec.vocab_groups()}
     table = item_vectors.load_table(custom["item_vectors_dir"]) if any(
         f.kind == "pretrained" for f in spec.features) else None
-    chief = task is None
-    with strategy.scope():  # every variable (tables, optimizer slots) is created under the strategy
+    with strategy.scope():
         towers = build_towers(spec, vocab_sizes, table, cfg)
         vocab_files = {g: tft_output.vocabulary_file_by_name(vocab_name(g)) for g in spec.vocab_groups()}
         warm = _warm_start(fn_args.base_model, custom, towers.scorer, vocab_files, num_oov)
@@ -128,14 +198,18 @@ def run_fn(fn_args: FnArgs) -> None:
                         steps_per_execution=steps_per_execution(cfg, cfg.train_steps))
         # Step logs hold each replica's metric values; Keras would sum them across workers
         # (loss and AUC x workers). The progress lines show the first worker's; the figures kept
-        # below are read from the metrics themselves, which aggregate every worker.
+        # are read from the metrics themselves, which aggregate every worker.
         trainer.distribute_reduction_method = "first"
+    return {"towers": towers, "trainer": trainer, "warm": warm, "vocab_files": vocab_files,
+            "vocab_sizes": vocab_sizes}
 
-    # With early stopping each of the `epochs` passes is a Keras epoch (validated after it); without,
-    # the dataset repeats them and Keras runs one epoch over it.
+
+def _split_inputs(fn_args: FnArgs, spec: FeatureSpec, cfg: TrainerConfig, tft_output, train_rows: int):
+    """(training input, eval input, eval steps): each split held in memory when it fits the budget
+    (the training split first), else read from the files every pass (model/trainer_input.py). With
+    early stopping each of the `epochs` passes is a Keras epoch; without, the dataset repeats them."""
     budget = cfg.cache_max_mb * 2**20
     feature_spec = tft_output.transformed_feature_spec()
-
     train_in = split_input(fn_args.train_files, feature_spec, spec, train_rows, budget, cfg.batch_size, cfg.seed,
                            True, (1 if cfg.early_stopping else cfg.epochs) if cfg.epochs else None)
     eval_rows = count_records(fn_args.eval_files)
@@ -146,94 +220,52 @@ def run_fn(fn_args: FnArgs) -> None:
     for split, got in (("training", train_in), ("eval", eval_in)):
         log(f"{split} split: {got.rows:,} rows "
             f"{'held in memory' if got.source == 'memory' else 'read from the files every pass'} ({got.reason})")
-    train_ds, eval_ds = train_in.dataset, eval_in.dataset
-    if strategy.num_replicas_in_sync > 1:  # a batch is split between the workers (files may be fewer)
-        train_ds, eval_ds = (_shard_by_data(d) for d in (train_ds, eval_ds))
-    log_dir = fn_args.model_run_dir if chief else f"{fn_args.model_run_dir.rstrip('/')}-{task}"
-    progress = ProgressAndCurve(None if cfg.epochs else cfg.train_steps)
-    guard = StopOnNonFinite()
-    callbacks = [tf.keras.callbacks.TensorBoard(log_dir=log_dir, update_freq=50), progress, guard]
-    planned_passes = (cfg.epochs if cfg.epochs else cfg.train_steps * cfg.batch_size / max(train_rows, 1))
-    warnings = []
-    if planned_passes > cfg.warn_passes and not cfg.early_stopping:  # with it, only if it does not stop in time
-        warnings.append(f"{planned_passes:.0f} passes over {train_rows:,} training rows planned "
-                        f"(more than {cfg.warn_passes:g}): small data overfits; set trainer.early_stopping "
-                        f"or fewer train_steps")
-        log(f"warning: {warnings[-1]}")
-    # Keras epochs of eval_every_steps steps (or whole passes with `epochs`), the eval split's loss
-    # after each: EarlyStopping keeps the best weights. Without early stopping: one epoch, as before.
-    if cfg.epochs:
-        # steps counted from the rows: with steps_per_execution > 1 Keras needs every epoch's length
-        epochs = cfg.epochs if cfg.early_stopping else 1
-        steps_per_epoch = max(1, math.ceil(train_rows * (1 if cfg.early_stopping else cfg.epochs) / cfg.batch_size))
-    elif cfg.early_stopping:
-        epochs = math.ceil(cfg.train_steps / cfg.eval_every_steps)
-        steps_per_epoch = cfg.eval_every_steps
-    else:
-        epochs, steps_per_epoch = 1, cfg.train_steps
-    stopper = None
-    if cfg.early_stopping:
-        stopper = tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, mode="min",
-                                                   restore_best_weights=True, verbose=0)
-        callbacks.append(stopper)
-    if cfg.early_stopping and not cfg.epochs and cfg.train_steps % cfg.eval_every_steps:
-        train_ds = train_ds.take(cfg.train_steps)  # the last epoch is shorter: stop at train_steps
-    history = trainer.fit(train_ds, epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=0, callbacks=callbacks,
-                          validation_data=eval_ds if cfg.early_stopping else None,
-                          validation_steps=eval_steps)
-    guard.check_weights()
-    if stopper is None:  # the metrics of the one epoch, aggregated over every worker
-        trained = {k: float(v) for k, v in trainer.get_metrics_result().items()}  # before evaluate resets them
-    else:  # the validation ran last: the training figures of the best epoch come from the history
-        best = stopper.best_epoch if stopper.best_epoch is not None else -1
-        trained = {k: float(history.history[k][best]) for k in ("loss", "auc")}
-    results = trainer.evaluate(eval_ds, steps=eval_steps, return_dict=True, verbose=0)
-    eval_auc, auc_note = defined_auc(trainer.auc, float(results["auc"]), "eval")
-    if auc_note:
-        log(f"note: {auc_note}")
+    return train_in, eval_in, eval_steps
+
+
+def _trained_figures(trainer, stopper, history) -> dict[str, float]:
+    """Training loss and AUC: of the one epoch (the metrics, aggregated over every worker), or with
+    early stopping of the best epoch (the validation ran last, so from the history)."""
+    if stopper is None:
+        return {k: float(v) for k, v in trainer.get_metrics_result().items()}
+    best = stopper.best_epoch if stopper.best_epoch is not None else -1
+    return {k: float(history.history[k][best]) for k in ("loss", "auc")}
+
+
+def _keep_best(trainer, stopper, progress, epochs: int, steps_per_epoch: int, eval_ds, eval_steps: int) -> dict:
+    """The best weights seen set on the model (EarlyStopping restores them only when it stops; at the
+    end of the planned epochs it keeps the last ones), then the eval split's figures of those:
+    {best_step, stopped_early, eval_loss, eval_auc, auc_note}."""
     best_step, stopped_early = progress.steps, False
     if stopper is not None and stopper.best_epoch is not None and stopper.best_weights is not None:
-        # EarlyStopping restores the best weights only when it stops; at the end of the planned epochs
-        # it keeps the last ones. Either way the model exported is the best one seen.
         trainer.set_weights(stopper.best_weights)
         per_epoch = steps_per_epoch or math.ceil(progress.steps / max(epochs, 1))
         best_step = min(progress.steps, (stopper.best_epoch + 1) * per_epoch)
         stopped_early = stopper.stopped_epoch > 0
-        results = trainer.evaluate(eval_ds, steps=eval_steps, return_dict=True, verbose=0)
-        eval_auc, auc_note = defined_auc(trainer.auc, float(results["auc"]), "eval")
-    passes = progress.steps * cfg.batch_size / max(train_rows, 1)
-    if cfg.early_stopping and passes > cfg.warn_passes:
-        warnings.append(f"{passes:.0f} passes over {train_rows:,} training rows made (more than {cfg.warn_passes:g}) "
-                        f"before early stopping ended training: the eval loss kept improving slowly; the best "
-                        f"weights (step {best_step:,}) are kept")
-        log(f"warning: {warnings[-1]}")
-    # Steps are counted by the callback: when an epoch-based run reaches the end of its data, Keras
-    # has already counted one more optimizer iteration for the call that found no batch.
-    metrics = {"loss_kind": cfg.loss, "train_steps": progress.steps,
-               "optimizer_iterations": int(trainer.optimizer.iterations.numpy()),
-               "best_step": int(best_step), "stopped_early": bool(stopped_early),
-               "train_rows": train_rows, "input": {split: {"source": got.source, "bytes": got.bytes}
-                                                   for split, got in (("train", train_in), ("eval", eval_in))},
-               "planned_passes": round(planned_passes, 2), "passes": round(passes, 2), "warnings": warnings,
-               "eval_every_steps": cfg.eval_every_steps,
-               "train_loss": trained["loss"], "train_auc": trained["auc"],
-               "eval_loss": float(results["loss"]), "eval_auc": eval_auc, "eval_auc_note": auc_note,
-               "vocab_sizes": vocab_sizes, "curve": progress.curve,
-               "eval_curve": eval_curve(history, steps_per_epoch, progress.steps), "weight_sums": weight_sums(trainer),
-               "warm_start": warm}
+    results = trainer.evaluate(eval_ds, steps=eval_steps, return_dict=True, verbose=0)
+    eval_auc, auc_note = defined_auc(trainer.auc, float(results["auc"]), "eval")
+    if auc_note:
+        log(f"note: {auc_note}")
+    return {"best_step": best_step, "stopped_early": stopped_early, "eval_loss": float(results["loss"]),
+            "eval_auc": eval_auc, "auc_note": auc_note}
+
+
+def _save(fn_args: FnArgs, custom: dict, spec: FeatureSpec, tft_output, built: dict, metrics: dict, log_dir: str,
+          chief: bool, num_oov: int) -> None:
+    """metrics.json, then the export. Every worker saves (saving reads distributed variables
+    collectively); only the chief's counts. A worker's logs stay beside the chief's
+    (<model_run>-worker-<i>): its metrics.json records the same weight sums as the chief's when the
+    strategy kept the replicas in step."""
     tf.io.gfile.makedirs(log_dir)
     with tf.io.gfile.GFile(os.path.join(log_dir, METRICS_FILE), "w") as f:
         json.dump(metrics, f, indent=2)
-    # Every worker saves (saving reads distributed variables collectively); only the chief's counts.
-    # A worker's logs stay beside the chief's (<model_run>-worker-<i>): its metrics.json records
-    # the same weight sums as the chief's when the strategy kept the replicas in step.
     if chief:
-        export(towers, tft_output, spec, fn_args.serving_model_dir)
-        warm_start.save(os.path.dirname(fn_args.serving_model_dir.rstrip("/")), towers.scorer, vocab_files, num_oov,
-                        custom.get("span"))
+        export(built["towers"], tft_output, spec, fn_args.serving_model_dir)
+        warm_start.save(os.path.dirname(fn_args.serving_model_dir.rstrip("/")), built["towers"].scorer,
+                        built["vocab_files"], num_oov, custom.get("span"))
     else:
         scratch = tempfile.mkdtemp(prefix="worker-export-")
-        export(towers, tft_output, spec, os.path.join(scratch, "model"))
+        export(built["towers"], tft_output, spec, os.path.join(scratch, "model"))
         shutil.rmtree(scratch)
 
 

@@ -203,6 +203,26 @@ def test_the_last_short_epoch_of_early_stopping_ends_at_the_end_of_a_call():
     assert steps_per_execution(TrainerConfig(epochs=2), 16) == 10
 
 
+@pytest.mark.parametrize("settings, rows, expected", [
+    # early stopping on train_steps: epochs of eval_every_steps, the last one cut at train_steps
+    ({"train_steps": 3000, "eval_every_steps": 250}, 8000, (12, 250, None)),   # 3000 / 250 = 12 whole
+    ({"train_steps": 1003, "eval_every_steps": 250}, 8000, (5, 250, 1003)),    # ceil(1003 / 250) = 5, cut
+    ({"train_steps": 16, "eval_every_steps": 250}, 8000, (1, 250, 16)),        # one short epoch
+    # without early stopping: one epoch of every step
+    ({"train_steps": 700, "early_stopping": False}, 8000, (1, 700, None)),
+    # epochs: with early stopping one Keras epoch per pass of ceil(rows / batch) steps; without, one
+    # epoch of all the passes' steps
+    ({"epochs": 3, "batch_size": 128}, 8000, (3, 63, None)),                   # ceil(8000 / 128) = 63
+    ({"epochs": 3, "batch_size": 128, "early_stopping": False}, 8000, (1, 188, None)),  # ceil(24000 / 128)
+    ({"epochs": 2, "batch_size": 128}, 50, (2, 1, None)),                       # at least one step
+])
+def test_the_epoch_schedule_by_hand(settings, rows, expected):
+    from model.config import TrainerConfig
+    from model.trainer import epoch_schedule
+
+    assert epoch_schedule(TrainerConfig(**settings), rows) == expected
+
+
 def _spec_with_item_ids():
     """The default spec plus a trainable embedding of the item id in the item tower: its transformed
     feature is the item index itself (the bench's item_ids configuration)."""
