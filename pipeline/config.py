@@ -58,7 +58,7 @@ class PipelineConfig:
     enable_cache: bool = True                # reuse finished components with identical inputs and code
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
-    # Where ItemIndexer writes the item vectors (retrieval/milvus.py): uri "" = a Milvus Lite file
+    # Where ItemIndexer writes the item vectors (retrieval/index.py): uri "" = a Milvus Lite file
     # <workdir>/milvus.db, or a server, http://host:19530 (with token).
     milvus: IndexConfig = field(default_factory=IndexConfig)
     kubeflow: KubeflowConfig = field(default_factory=KubeflowConfig)
@@ -77,9 +77,11 @@ def _check(config: PipelineConfig) -> PipelineConfig:
     if set(config.split_buckets) != {"train", "eval"} or not all(
             isinstance(v, int) and v > 0 for v in config.split_buckets.values()):
         raise ConfigError(f"split_buckets must give positive integers for train and eval, got {config.split_buckets}")
-    try:  # each section checks itself, beside its defaults
-        for section in (config.trainer, config.evaluation, config.milvus):
-            section.validate()
+    try:  # each section that has checks runs them itself, beside its defaults
+        for key in sections():
+            section = getattr(config, key)
+            if hasattr(section, "validate"):
+                section.validate()
     except ValueError as e:
         raise ConfigError(str(e)) from None
     if config.keep_pushed_versions < 0:
@@ -126,10 +128,9 @@ def _build(cls, data: dict, where: str, prefix: str = ""):
     hints = typing.get_type_hints(cls)
     choices = {f.name: f.metadata.get("choices") for f in dataclasses.fields(cls)}
     kwargs = {}
-    nested = {"trainer": TrainerConfig, "evaluation": EvaluationConfig, "milvus": IndexConfig,
-              "kubeflow": KubeflowConfig, "continuous": ContinuousConfig}
+    nested = sections() if cls is PipelineConfig else {}
     for key, value in data.items():
-        if key in nested and cls is PipelineConfig:
+        if key in nested:
             if value is not None and not isinstance(value, dict):
                 raise ConfigError(f"{where}: {key} must be a mapping, got {value!r}")
             kwargs[key] = _build(nested[key], value or {}, where, f"{key}.")
@@ -141,13 +142,21 @@ def _build(cls, data: dict, where: str, prefix: str = ""):
     return cls(**kwargs)
 
 
+def sections() -> dict[str, type]:
+    """{key: dataclass} of PipelineConfig's sections (trainer:, evaluation:, ...), read off its fields:
+    the one list of them."""
+    hints = typing.get_type_hints(PipelineConfig)
+    return {f.name: hints[f.name] for f in dataclasses.fields(PipelineConfig)
+            if dataclasses.is_dataclass(hints[f.name])}
+
+
 def load_config(path: str | None = None, overrides: dict | None = None) -> PipelineConfig:
     data: dict = {}
     if path:
         data = read_yaml_mapping(path, "config", ConfigError, empty_is_ok=True)
     if overrides:
         overrides = dict(overrides)
-        for key in ("trainer", "evaluation", "milvus", "kubeflow", "continuous"):
+        for key in sections():
             if key in overrides:
                 overrides[key] = {**data.get(key, {}), **overrides[key]}
         data = {**data, **overrides}
