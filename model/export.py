@@ -2,7 +2,8 @@
 tensors (ServingModule), the serving contract the model server checks requests against, and
 export() of the two towers and their pair score.
 
-  serving_default      -> {"score": sigmoid(gamma * dot(user, item))}   float [None]
+  serving_default      -> {"score": sigmoid(gamma * dot(user, item))}   float [None]: a probability
+                          only under the pointwise loss; a ranking score under the softmax losses
   user_embedding       -> {"embedding": user tower output}               float [None, d]
   item_embedding       -> {"embedding": item tower output}               float [None, d]
   user_embedding_raw, item_embedding_raw: the same towers on named dense tensors (no parsing).

@@ -7,10 +7,12 @@
                    (logQ correction: popular items are sampled into batches more often), and an item
                    that appears in another row of the batch is masked out for the row (an accidental
                    hit is not a negative)
-  mixed            inbatch_softmax plus the items of the batch's act=0 rows as extra negatives for
-                   every clicked row (logged hard negatives; they were not sampled, so no logQ)
+  mixed            inbatch_softmax plus the items of the batch's act=0 rows (impressions shown and not
+                   clicked: "impression negatives"; logged, not sampled, so no logQ) as extra negatives
+                   for every clicked row. The name is the config's; it is not "mixed negative sampling"
 Both softmax losses take, with trainer.uniform_negatives, that many items drawn uniformly from the
-training split's items as extra candidates for every clicked row (mixed negative sampling).
+training split's items as extra candidates for every clicked row: that is mixed negative sampling
+(Yang et al. 2020), whichever of the two losses it is added to.
 Every similarity is reduced per row (over the embedding axis), never over the batch.
 """
 from __future__ import annotations
@@ -49,9 +51,9 @@ class UniformNegatives:
     catalog_size: int
 
 
-def softmax_loss(user, item, labels, item_ids, temperature: float, log_q=None, hard_negatives: bool = False,
+def softmax_loss(user, item, labels, item_ids, temperature: float, log_q=None, impression_negatives: bool = False,
                  sample_weight=None, uniform: UniformNegatives | None = None) -> tf.Tensor:
-    """In-batch softmax over the clicked rows (and, with hard_negatives, the act=0 rows' items, and
+    """In-batch softmax over the clicked rows (and, with impression_negatives, the act=0 rows' items, and
     with uniform, items drawn uniformly from the catalog).
 
     user, item: [B, d]; labels: [B] 0/1; item_ids: [B] ints identifying items (for accidental hits);
@@ -73,7 +75,7 @@ def softmax_loss(user, item, labels, item_ids, temperature: float, log_q=None, h
 
     if log_q is not None:  # correct only the sampled candidates (the clicked rows' items)
         logits = tf.where(labels[None, :], corrected(logits, log_q), logits)
-    candidate = labels if not hard_negatives else tf.ones_like(labels)
+    candidate = labels if not impression_negatives else tf.ones_like(labels)
     size = tf.shape(labels)[0]
     diagonal = tf.eye(size, dtype=tf.bool)
     same_item = tf.equal(item_ids[:, None], item_ids[None, :])
@@ -104,7 +106,7 @@ def _inbatch_softmax(user, item, labels, item_ids, log_q, weight, cfg, uniform=N
 
 
 def _mixed(user, item, labels, item_ids, log_q, weight, cfg, uniform=None):
-    return softmax_loss(user, item, labels, item_ids, cfg.temperature, log_q, hard_negatives=True,
+    return softmax_loss(user, item, labels, item_ids, cfg.temperature, log_q, impression_negatives=True,
                         sample_weight=weight, uniform=uniform)
 
 

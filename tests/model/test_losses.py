@@ -35,7 +35,7 @@ def test_pointwise_is_weighted_bce():
     np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
-def _softmax_by_hand(use_log_q: bool, hard_negatives: bool) -> float:
+def _softmax_by_hand(use_log_q: bool, impression_negatives: bool) -> float:
     losses = []
     for i in range(4):
         if not LABELS[i]:
@@ -44,7 +44,7 @@ def _softmax_by_hand(use_log_q: bool, hard_negatives: bool) -> float:
         for j in range(4):
             if j != i and ITEMS[j] == ITEMS[i]:
                 continue                               # accidental hit: masked
-            if not LABELS[j] and not hard_negatives:
+            if not LABELS[j] and not impression_negatives:
                 continue                               # not a candidate
             z = float(U[i] @ V[j]) / T
             if use_log_q and LABELS[j]:
@@ -56,11 +56,11 @@ def _softmax_by_hand(use_log_q: bool, hard_negatives: bool) -> float:
 
 
 @pytest.mark.parametrize("use_log_q", [False, True])
-@pytest.mark.parametrize("hard_negatives", [False, True])
-def test_softmax_losses_match_hand_computation(use_log_q, hard_negatives):
+@pytest.mark.parametrize("impression_negatives", [False, True])
+def test_softmax_losses_match_hand_computation(use_log_q, impression_negatives):
     got = softmax_loss(tf.constant(U), tf.constant(V), tf.constant(LABELS), tf.constant(ITEMS), T,
-                       tf.constant(LOG_Q) if use_log_q else None, hard_negatives=hard_negatives).numpy()
-    np.testing.assert_allclose(got, _softmax_by_hand(use_log_q, hard_negatives), rtol=1e-5)
+                       tf.constant(LOG_Q) if use_log_q else None, impression_negatives=impression_negatives).numpy()
+    np.testing.assert_allclose(got, _softmax_by_hand(use_log_q, impression_negatives), rtol=1e-5)
 
 
 W = rng.normal(size=(3, 3)).astype(np.float32)       # three items drawn uniformly from a catalog of 10
@@ -69,14 +69,14 @@ W_LOG_Q = np.log(np.array([0.2, 0.05, 0.5], np.float32))
 
 
 @pytest.mark.parametrize("use_log_q", [False, True])
-@pytest.mark.parametrize("hard_negatives", [False, True])
-def test_uniform_negatives_are_extra_candidates_of_every_clicked_row(use_log_q, hard_negatives):
+@pytest.mark.parametrize("impression_negatives", [False, True])
+def test_uniform_negatives_are_extra_candidates_of_every_clicked_row(use_log_q, impression_negatives):
     share = 3 / (10 * 3)  # M draws / (catalog size x clicked rows): each draw's expected share per row
     losses = []
     for i in np.flatnonzero(LABELS):
         logits, target = [], None
         for j in range(4):
-            if (j != i and ITEMS[j] == ITEMS[i]) or (not LABELS[j] and not hard_negatives):
+            if (j != i and ITEMS[j] == ITEMS[i]) or (not LABELS[j] and not impression_negatives):
                 continue
             z = float(U[i] @ V[j]) / T
             if use_log_q and LABELS[j]:
@@ -90,7 +90,7 @@ def test_uniform_negatives_are_extra_candidates_of_every_clicked_row(use_log_q, 
         losses.append(-_log_softmax_at(np.array(logits), target))
     uniform = UniformNegatives(tf.constant(W), tf.constant(W_ITEMS), tf.constant(W_LOG_Q) if use_log_q else None, 10)
     got = softmax_loss(tf.constant(U), tf.constant(V), tf.constant(LABELS), tf.constant(ITEMS), T,
-                       tf.constant(LOG_Q) if use_log_q else None, hard_negatives=hard_negatives,
+                       tf.constant(LOG_Q) if use_log_q else None, impression_negatives=impression_negatives,
                        uniform=uniform).numpy()
     np.testing.assert_allclose(got, np.mean(losses), rtol=1e-5)
 
