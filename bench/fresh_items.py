@@ -87,7 +87,7 @@ def main() -> None:
     from retrieval.catalog import index_store
     from retrieval.index import IndexConfig
     from retrieval.item_store import ItemStore
-    from retrieval.recall import SavedModelUserEncoder
+    from retrieval.recall import SavedModelTowers
     from schema.spec import load_spec
     from serving.examples import ExampleBuilder
 
@@ -100,7 +100,7 @@ def main() -> None:
         lite = IndexConfig(uri=os.path.join(tmp, "milvus.db"))
         index = open_index(lite)
         store = ItemStore(lite, spec.item_id, client=index.client)
-        towers = SavedModelUserEncoder(os.path.join(args.workdir, "serving", "dssm"))
+        towers = SavedModelTowers(os.path.join(args.workdir, "serving", "dssm"))
         _, version = index.generation()
         print(f"{os.cpu_count()} CPUs; {args.workdir}: {store.count():,} stored posts of {store.dim} values, "
               f"model version {version}", flush=True)

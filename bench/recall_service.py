@@ -37,7 +37,7 @@ from common import signature_names  # noqa: E402
 from retrieval.backends import open_index  # noqa: E402
 from retrieval.index import IndexConfig  # noqa: E402
 from retrieval.item_store import ItemStore  # noqa: E402
-from retrieval.recall import Recaller, ServingUserEncoder  # noqa: E402
+from retrieval.recall import Recaller, ServingTowers  # noqa: E402
 from retrieval.service import protos  # noqa: E402
 from schema.spec import load_spec  # noqa: E402
 from serving.client import ServingClient, read_log_lines  # noqa: E402
@@ -114,7 +114,7 @@ def grow_catalog(db: str, target: str, spec, size: int, seed: int = 7) -> dict:
                            rng.normal(size=(n, store.dim)).astype(np.float32)))
     _, version = index.generation()
     with ServingClient(target, "dssm", timeout=60) as client:
-        result = index_store(index, store, ServingUserEncoder(client).item, ExampleBuilder(spec, store), spec, version)
+        result = index_store(index, store, ServingTowers(client).item, ExampleBuilder(spec, store), spec, version)
     index.close()
     return result
 
@@ -128,7 +128,7 @@ def parts(db: str, target: str, spec, lines: list[str], clients: list[int], tota
     index = open_index(config)
     store = ItemStore(config, spec.item_id, client=index.client)
     client = ServingClient(target, "dssm", timeout=30)
-    recaller = Recaller(ServingUserEncoder(client), index, spec, store)
+    recaller = Recaller(ServingTowers(client), index, spec, store)
     generation, version = index.generation()
     fields = sorted(index.describe(generation).fields - {spec.item_id})
     texts = [dict(zip(spec.columns, line.split("\t"), strict=False)) for line in lines]

@@ -202,7 +202,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         from retrieval.catalog import index_store
         from retrieval.index import IndexConfig
         from retrieval.item_store import ItemStore, now_ms
-        from retrieval.recall import SavedModelUserEncoder
+        from retrieval.recall import SavedModelTowers
         from serving.examples import ExampleBuilder
 
         spec = FeatureSpec.from_json(exec_properties["feature_spec"])
@@ -217,7 +217,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         table = VectorTable.load(item_vectors.uri)
         config = IndexConfig(**json.loads(exec_properties["index_config"]))
         version = _pushed_version(input_dict)
-        item_tower = SavedModelUserEncoder(model_dir)
+        item_tower = SavedModelTowers(model_dir)
         with open_index(config) as item_index:
             store = ItemStore(config, spec.item_id, client=item_index.client)
             columns = item_scalar_columns(spec)

@@ -192,7 +192,7 @@ def serving_demo(config_path: str, config, eval_log: str, spec, index_config) ->
     from common.progress import Activity
     from retrieval.backends import open_index
     from retrieval.item_store import ItemStore
-    from retrieval.recall import Recaller, ServingUserEncoder
+    from retrieval.recall import Recaller, ServingTowers
     from serving.client import ServingClient, TowerClient, read_log_lines
     from serving.model_config import read_config_file
     from serving.server import ModelServer
@@ -214,6 +214,6 @@ def serving_demo(config_path: str, config, eval_log: str, spec, index_config) ->
         print(f"item_embedding ({item.size}-d): {[round(float(x), 4) for x in item[:8]]} ...")
         print(f"user . item = {float(user @ item):.4f} (cosine: both towers end in an L2 normalization; "
               "-1 to 1, higher is closer)")
-        (top,) = Recaller(ServingUserEncoder(client), searcher, spec, store).recall_log_lines([line], k=10)
+        (top,) = Recaller(ServingTowers(client), searcher, spec, store).recall_log_lines([line], k=10)
         print(f"recall (Milvus {searcher.generation()[0]}, read posts excluded): "
               + ", ".join(f"{h['id']} ({h['score']:.3f})" for h in top))

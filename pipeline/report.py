@@ -290,13 +290,13 @@ def _examples_section(summary: dict, spec, milvus_uri: str, log_path: str | None
     from retrieval.backends import open_index
     from retrieval.index import IndexConfig
     from retrieval.item_store import ItemStore
-    from retrieval.recall import Recaller, SavedModelUserEncoder
+    from retrieval.recall import Recaller, SavedModelTowers
 
     lines = example_log_lines(log_path, spec, users=EXAMPLE_CANDIDATES)
     config = IndexConfig(uri=milvus_uri, alias=summary["item_index"]["alias"])
     searcher = open_index(config)
     store = ItemStore(config, spec.item_id, client=searcher.client)  # the read posts' content vectors
-    recaller = Recaller(SavedModelUserEncoder(os.path.dirname(pushed[0]["path"])), searcher, spec, store)
+    recaller = Recaller(SavedModelTowers(os.path.dirname(pushed[0]["path"])), searcher, spec, store)
     k = 10
     results = recaller.recall_log_lines(lines, k=k)
     topics = dict(zip(items[0], items[1], strict=True)) if items else {}

@@ -271,13 +271,13 @@ def watch(adder: Adder, folder: str, poll_seconds: float) -> int:
 
 
 def _item_tower(args, model: str):
-    from retrieval.recall import SavedModelUserEncoder, ServingUserEncoder
+    from retrieval.recall import SavedModelTowers, ServingTowers
 
     if args.target:
         from serving.client import ServingClient
 
-        return ServingUserEncoder(ServingClient(args.target, args.model_name))
-    return SavedModelUserEncoder(model)
+        return ServingTowers(ServingClient(args.target, args.model_name))
+    return SavedModelTowers(model)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ into the index, shared by retrieval.add_items (new posts, one generation) and It
 stored post, a new generation, then the posts stored while it was written).
 
 `item_tower(examples, version)` gives the item-tower vectors of serialized tf.Examples from that
-model version (retrieval.recall's SavedModelUserEncoder.item in-process, ServingUserEncoder.item
+model version (retrieval.recall's SavedModelTowers.item in-process, ServingTowers.item
 over TF Serving's protocol).
 """
 from __future__ import annotations

@@ -42,11 +42,11 @@ from schema.spec import FeatureSpec, load_spec  # noqa: E402
 from serving.examples import ExampleBuilder  # noqa: E402
 
 
-class SavedModelUserEncoder:
-    """The user tower in this process: a base path of versions (the asked version, else the latest) or
-    one version directory. `item(examples)` is the same model's item tower. A version pushed after
-    the start is found when it is first asked for (the base path is listed again); the two versions
-    used last stay loaded."""
+class SavedModelTowers:
+    """A pushed model's towers in this process: called, the user tower; `item(examples)`, the item
+    tower of the same model. A base path of versions (the asked version, else the latest) or one
+    version directory. A version pushed after the start is found when it is first asked for (the
+    base path is listed again); the two versions used last stay loaded."""
 
     KEEP_LOADED = 2
 
@@ -96,8 +96,9 @@ class SavedModelUserEncoder:
         return f"in-process {self._base}"
 
 
-class ServingUserEncoder:
-    """The user tower behind a TF Serving endpoint (deadline and retries from ServingClient); with a
+class ServingTowers:
+    """A pushed model's towers behind a TF Serving endpoint, called for the user tower (and `item` for
+    the item tower) (deadline and retries from ServingClient); with a
     version, exactly that version (ModelSpec.version), never whatever the server loaded last."""
 
     def __init__(self, client):
@@ -409,9 +410,9 @@ def main(argv=None) -> None:
         if args.target:
             from serving.client import ServingClient
 
-            encoder = ServingUserEncoder(ServingClient(args.target, args.model_name))
+            encoder = ServingTowers(ServingClient(args.target, args.model_name))
         else:
-            encoder = SavedModelUserEncoder(args.model)
+            encoder = SavedModelTowers(args.model)
         if not args.skip_model_check:
             check_index_matches_model(searcher, encoder.item, spec, store)
         recaller = Recaller(encoder, searcher, spec, store)

@@ -119,7 +119,7 @@ def open_core(args):
     from retrieval.backends import check_index, open_index
     from retrieval.index import IndexConfig
     from retrieval.item_store import ItemStore
-    from retrieval.recall import SavedModelUserEncoder, ServingUserEncoder
+    from retrieval.recall import SavedModelTowers, ServingTowers
     from retrieval.service.core import RecallCore
     from schema.spec import load_spec
 
@@ -132,10 +132,10 @@ def open_core(args):
     if args.model_target:
         from serving.client import ServingClient
 
-        encoder = ServingUserEncoder(ServingClient(args.model_target, args.model_name,
+        encoder = ServingTowers(ServingClient(args.model_target, args.model_name,
                                                    timeout=args.model_timeout_seconds))
     else:
-        encoder = SavedModelUserEncoder(args.model or os.path.join(args.workdir, "serving", args.model_name))
+        encoder = SavedModelTowers(args.model or os.path.join(args.workdir, "serving", args.model_name))
     return RecallCore(index, store, encoder, spec, check_model=not args.skip_model_check)
 
 

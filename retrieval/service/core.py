@@ -80,7 +80,7 @@ def check_filters(filters) -> dict[str, list[str]]:
 
 class RecallCore:
     """index: the open ItemIndex (its client shared with `store`); encoder: the user and item towers
-    (retrieval.recall.SavedModelUserEncoder or ServingUserEncoder)."""
+    (retrieval.recall.SavedModelTowers or ServingTowers)."""
 
     def __init__(self, index, store, encoder, spec, check_model: bool = True):
         self.index, self.store, self.encoder, self.spec = index, store, encoder, spec

@@ -289,7 +289,7 @@ def test_recall_never_mixes_model_versions_while_the_alias_moves(tmp_path):
 
     from retrieval.index import IndexConfig
     from retrieval.milvus import Batch, MilvusIndex, write_generation
-    from retrieval.recall import Recaller, ServingUserEncoder
+    from retrieval.recall import Recaller, ServingTowers
     from serving.client import ServingClient
     from serving.model_config import config_text, parse_config_text
     from serving.server import ModelServer
@@ -312,7 +312,7 @@ def test_recall_never_mixes_model_versions_while_the_alias_moves(tmp_path):
     with ModelServer(served, port=0, poll_seconds=0) as server:
         def query():
             with ServingClient(server.target, "m") as client:
-                recaller = Recaller(ServingUserEncoder(client), MilvusIndex(config, refresh_seconds=0), SPEC,
+                recaller = Recaller(ServingTowers(client), MilvusIndex(config, refresh_seconds=0), SPEC,
                                     made_up.NoContent())
                 while not stop.is_set():
                     try:

@@ -282,7 +282,7 @@ def test_item_index_recall_equals_brute_force_over_the_catalog(runs, tmp_path_fa
     from retrieval.index import IndexConfig
     from retrieval.item_store import ItemStore
     from retrieval.milvus import MilvusIndex
-    from retrieval.recall import Recaller, SavedModelUserEncoder
+    from retrieval.recall import Recaller, SavedModelTowers
     from schema.spec import load_spec
 
     workdir, first, second = runs
@@ -310,7 +310,7 @@ def test_item_index_recall_equals_brute_force_over_the_catalog(runs, tmp_path_fa
         try:
             assert searcher.collection() == index["collection"]
             store = ItemStore(searcher.config, "post_id", client=searcher.client)
-            recaller = Recaller(SavedModelUserEncoder(os.path.join(workdir, "serving", "dssm")), searcher, load_spec(),
+            recaller = Recaller(SavedModelTowers(os.path.join(workdir, "serving", "dssm")), searcher, load_spec(),
                                 store)
             user_features = {"client_id": "u7", "client_type": 1, "follow_topic_id": ["3", "8"],
                              "all_topic_fav_7": {"3": 0.7, "11": 0.3}, "read_post_id": ["p1", "p2"]}

@@ -41,7 +41,7 @@ def parts(fresh_run):
     from retrieval.backends import open_index
     from retrieval.index import IndexConfig
     from retrieval.item_store import ItemStore
-    from retrieval.recall import SavedModelUserEncoder
+    from retrieval.recall import SavedModelTowers
     from schema.spec import load_spec
     from serving.examples import ExampleBuilder
 
@@ -50,7 +50,7 @@ def parts(fresh_run):
     spec = load_spec()
     index = open_index(config)
     store = ItemStore(config, spec.item_id, client=index.client)
-    towers = SavedModelUserEncoder(os.path.join(workdir, "serving", "dssm"))
+    towers = SavedModelTowers(os.path.join(workdir, "serving", "dssm"))
     yield index, store, towers, ExampleBuilder(spec, store), spec
     index.close()
     server_manager_instance.release_server(config.uri)
@@ -152,7 +152,7 @@ def test_a_model_version_the_tower_cannot_give_is_refused_before_anything_is_wri
     """The generation was filled by version V: add_items with a model path that lacks V refuses, and
     neither the store nor the generation gets the post (user and item vectors stay of one version)."""
     from retrieval.catalog import add_posts
-    from retrieval.recall import SavedModelUserEncoder
+    from retrieval.recall import SavedModelTowers
 
     index, store, towers, builder, spec = parts
     generation, version = index.generation(refresh=True)
@@ -160,7 +160,7 @@ def test_a_model_version_the_tower_cannot_give_is_refused_before_anything_is_wri
     other.mkdir()
     os.symlink(towers.path, other / str(version + 1))
     with pytest.raises(ValueError, match=f"filled by model version {version}, which is not under"):
-        add_posts(index, store, SavedModelUserEncoder(str(other)).item, builder, spec,
+        add_posts(index, store, SavedModelTowers(str(other)).item, builder, spec,
                   _batch(["fresh-refused"], ["3"], [store.vectors(["p1"])[0]]))
     assert store.get(["fresh-refused"]) == {}
     assert index.holds(generation, ["fresh-refused"]) == set()

@@ -463,7 +463,7 @@ def test_no_answer_mixes_model_versions_while_generations_move(tmp_path):
     from retrieval.index import IndexConfig
     from retrieval.item_store import ItemStore
     from retrieval.milvus import Batch, write_generation
-    from retrieval.recall import ServingUserEncoder
+    from retrieval.recall import ServingTowers
     from retrieval.service.__main__ import RecallServer
     from retrieval.service.core import RecallCore
     from schema.spec import load_spec
@@ -493,7 +493,7 @@ def test_no_answer_mixes_model_versions_while_generations_move(tmp_path):
     pb2, pb2_grpc = _stubs()
     user = {"client_id": "u1", "follow_topic_id": ["t1"]}
     with ModelServer(served, port=0, poll_seconds=0) as model, ServingClient(model.target, "m") as client:
-        core = RecallCore(searcher, store, ServingUserEncoder(client), spec, check_model=False)
+        core = RecallCore(searcher, store, ServingTowers(client), spec, check_model=False)
         server = RecallServer(core).start()
 
         def over_grpc():
