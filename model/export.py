@@ -16,6 +16,7 @@ import os
 import tensorflow as tf
 
 from common import signature_names
+from model.losses import pair_logits
 from model.towers import model_input_names
 from schema.spec import FeatureSpec
 from serving.request_cost import CONTRACT_FILE
@@ -138,7 +139,7 @@ class ServingModule(tf.Module):
     def _score_from_examples(self, examples):
         user = self._from_examples("user", examples)["embedding"]
         item = self._from_examples("item", examples)["embedding"]
-        return {"score": tf.sigmoid(self._gamma * tf.reduce_sum(user * item, axis=-1))}
+        return {"score": tf.sigmoid(pair_logits(user, item, self._gamma))}
 
     def _raw_function(self, tower: str):
         """Named dense tensors in: scalars [None]; lists [None, None] padded with "" (weights with 0);

@@ -201,7 +201,7 @@ class ScaledDot(tf.keras.layers.Layer):
 
     def call(self, inputs):
         user, item = inputs
-        return self.gamma * tf.reduce_sum(user * item, axis=-1)
+        return pair_logits(user, item, self.gamma)
 
     def get_config(self):
         return {**super().get_config(), "gamma": self.gamma}

@@ -129,12 +129,10 @@ def first_vector_dim(path: str) -> int | None:
 
     try:
         if path.endswith(".npy"):
-            import numpy as np
+            from schema.npy_files import read_npy_header
 
             with open(path, "rb") as f:
-                version = np.lib.format.read_magic(f)
-                shape = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                         else np.lib.format.read_array_header_2_0)(f)[0]
+                shape = read_npy_header(f)[0]
             return int(shape[1]) if len(shape) == 2 else None
         with (gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")) as f:
             for line in f:

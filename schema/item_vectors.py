@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import tensorflow as tf
 
+from schema.npy_files import read_npy_header
 from schema.numbers import FLOAT32_MAX, MAX_NUMBER_CHARS, NumberError, check_number
 
 IDS_FILE = "item_ids.txt"
@@ -230,12 +231,7 @@ def _load_npy_matrix(path: str) -> np.ndarray:
     size = tf.io.gfile.stat(path).length
     with tf.io.gfile.GFile(path, "rb") as f:
         try:
-            version = np.lib.format.read_magic(f)
-            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
-                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-            if read_header is None:
-                raise ValueError(f".npy format version {version} is not supported")
-            shape, fortran, dtype = read_header(f)
+            shape, fortran, dtype = read_npy_header(f)
         except (ValueError, SyntaxError, TypeError, OverflowError, EOFError) as e:
             raise ItemVectorError(f"{path}: not a .npy array ({e})") from None
         if dtype.hasobject or dtype.fields is not None or dtype.kind not in "iuf":
