@@ -38,6 +38,7 @@ from tfx.utils import proto_utils
 
 from common.outputs import OutputReport
 from schema import logfiles
+from schema.files import is_uri
 from schema.rows import Rejected, RowParser
 from schema.spec import FeatureSpec
 
@@ -69,10 +70,6 @@ class IngestError(RuntimeError):
     """The input cannot be ingested (bad header, no files, too many rejected rows)."""
 
 
-def _is_uri(path: str) -> bool:
-    return "://" in path
-
-
 def check_headers(files: list[str], spec: FeatureSpec) -> None:
     try:
         logfiles.check_headers(files, spec, lambda p: fileio.open(p, "rb"))
@@ -85,7 +82,7 @@ def expand_pattern(pattern: str) -> list[str]:
     tf.io.gfile.glob matches), remote ones with TFX's filesystem; a match that is a directory or
     cannot be opened (a broken link, a symlink loop, no permission) is an IngestError naming it."""
     try:
-        if not _is_uri(pattern):
+        if not is_uri(pattern):
             return logfiles.expand_local(pattern)
         files = sorted(fileio.glob(pattern))
         logfiles.check_matches(pattern, files, fileio.isdir, lambda p: fileio.open(p, "rb"))

@@ -9,6 +9,8 @@ import glob
 import os
 import sys
 
+from schema.files import is_uri
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE_DIR = os.path.join(REPO, "data", "sample")
 
@@ -106,10 +108,6 @@ def check_schema(schema_path: str, spec) -> None:
         raise InputError(f"{schema_path} does not match the feature spec: missing {sorted(expected - names)}, "
                          f"extra {sorted(names - expected)}; regenerate it with "
                          f"`.venv/bin/python -m schema.generate --spec SPEC --out {schema_path}`")
-
-
-def is_uri(path: str) -> bool:
-    return "://" in path
 
 
 def load(args):

@@ -22,8 +22,9 @@ from array import array
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import tensorflow as tf
 
+from schema import files
+from schema.files import open_file
 from schema.npy_files import read_npy_header
 from schema.numbers import FLOAT32_MAX, MAX_NUMBER_CHARS, NumberError, check_number
 
@@ -52,7 +53,7 @@ class PreparedVectors:
 def _sha256(paths: list[str]) -> str:
     h = hashlib.sha256()
     for p in paths:
-        with tf.io.gfile.GFile(p, "rb") as f:
+        with open_file(p, "rb") as f:
             while chunk := f.read(1 << 22):
                 h.update(chunk)
     return h.hexdigest()
@@ -89,7 +90,7 @@ class _Ids:
         pairs = sorted(zip(order[1:][same].tolist(), order[:-1][same].tolist(), strict=True))  # (later, earlier)
         wanted = {i for pair in pairs for i in pair}
         ids = {}
-        with tf.io.gfile.GFile(written_path, "r") as f:
+        with open_file(written_path, "r") as f:
             for row, line in enumerate(f):
                 if row in wanted:
                     ids[row] = line.rstrip("\n")
@@ -147,7 +148,7 @@ def _wrong_dim(path: str, expected_dim: int, got: int, where: str) -> ItemVector
 def _read_jsonl(path: str, ids: _Ids, expected_dim: int | None = None) -> np.ndarray:
     rows = _Rows()
     dim = None
-    raw = tf.io.gfile.GFile(path, "rb")
+    raw = open_file(path, "rb")
     f = gzip.GzipFile(fileobj=raw, mode="rb") if path.endswith(".gz") else raw
     try:
         for lineno, line in enumerate(_lines(f), start=1):
@@ -228,8 +229,8 @@ def _ids_file_for(npy_path: str) -> str:
 def _load_npy_matrix(path: str) -> np.ndarray:
     """The [items, dim] matrix of a .npy file as float32. Its header is read first and checked against
     the file's size, so a 192-byte file that claims (10^6, 10^5) allocates nothing; never unpickles."""
-    size = tf.io.gfile.stat(path).length
-    with tf.io.gfile.GFile(path, "rb") as f:
+    size = files.size(path)
+    with open_file(path, "rb") as f:
         try:
             shape, fortran, dtype = read_npy_header(f)
         except (ValueError, SyntaxError, TypeError, OverflowError, EOFError) as e:
@@ -253,12 +254,12 @@ def _load_npy_matrix(path: str) -> np.ndarray:
 
 def _read_npy(path: str, ids: _Ids, expected_dim: int | None = None) -> np.ndarray:
     ids_path = _ids_file_for(path)
-    if not tf.io.gfile.exists(ids_path):
+    if not files.exists(ids_path):
         raise ItemVectorError(f"{path}: a .npy item-vector file needs its ids in {ids_path} (one per line)")
     matrix = _load_npy_matrix(path)
     if expected_dim is not None and matrix.shape[1] != expected_dim:
         raise _wrong_dim(path, expected_dim, matrix.shape[1], "")
-    with tf.io.gfile.GFile(ids_path, "r") as f:
+    with open_file(ids_path, "r") as f:
         for i, line in enumerate(f, start=1):
             ids.add(line.rstrip("\n"), i)
     if len(ids) != matrix.shape[0]:
@@ -269,9 +270,9 @@ def _read_npy(path: str, ids: _Ids, expected_dim: int | None = None) -> np.ndarr
 def read_item_vectors(path: str, ids_path: str, expected_dim: int | None = None) -> np.ndarray:
     """Reads and validates an item-vector file: writes its ids, in row order, to ids_path and
     returns the matrix [n, dim] (of expected_dim columns when given)."""
-    if not tf.io.gfile.exists(path):
+    if not files.exists(path):
         raise ItemVectorError(f"{path}: item-vector file not found")
-    with tf.io.gfile.GFile(ids_path, "w") as out:
+    with open_file(ids_path, "w") as out:
         ids = _Ids(_ids_file_for(path) if path.endswith(".npy") else path, out)  # the file errors name
         read = _read_npy if path.endswith(".npy") else _read_jsonl
         matrix = read(path, ids, expected_dim)
@@ -290,27 +291,27 @@ def source_files(path: str) -> list[str]:
 
 def prepare_item_vectors(path: str, out_root: str, expected_dim: int | None = None) -> PreparedVectors:
     """Validates `path` and writes its prepared form under out_root/<sha256 prefix>/ (reused if there)."""
-    if not tf.io.gfile.exists(path):
+    if not files.exists(path):
         raise ItemVectorError(f"{path}: item-vector file not found")
     digest = _sha256(source_files(path))
     out_dir = os.path.join(out_root, digest[:16])
     meta_path = os.path.join(out_dir, META_FILE)
-    if tf.io.gfile.exists(meta_path):
-        with tf.io.gfile.GFile(meta_path) as f:
+    if files.exists(meta_path):
+        with open_file(meta_path) as f:
             prepared = PreparedVectors(**json.load(f))
     else:
-        tf.io.gfile.makedirs(out_dir)
+        files.makedirs(out_dir)
         try:
             matrix = read_item_vectors(path, os.path.join(out_dir, IDS_FILE), expected_dim)
             table = np.concatenate([np.zeros((1, matrix.shape[1]), np.float32), matrix])
-            with tf.io.gfile.GFile(os.path.join(out_dir, VECTORS_FILE), "wb") as f:
+            with open_file(os.path.join(out_dir, VECTORS_FILE), "wb") as f:
                 np.save(f, table, allow_pickle=False)
         except BaseException:  # a rejected or interrupted file leaves no half-written folder behind
-            tf.io.gfile.rmtree(out_dir)
+            files.rmtree(out_dir)
             raise
         prepared = PreparedVectors(dir=out_dir, dim=int(matrix.shape[1]), count=int(matrix.shape[0]), sha256=digest,
                                    source=path)
-        with tf.io.gfile.GFile(meta_path, "w") as f:  # written last: marks the folder complete
+        with open_file(meta_path, "w") as f:  # written last: marks the folder complete
             json.dump(asdict(prepared), f)
     if expected_dim is not None and expected_dim != prepared.dim:
         raise _wrong_dim(path, expected_dim, prepared.dim, "")
@@ -319,7 +320,7 @@ def prepare_item_vectors(path: str, out_root: str, expected_dim: int | None = No
 
 def load_ids(prepared_dir: str) -> list[str]:
     """The prepared folder's ids in row order (id i is row i + 1 of the table)."""
-    with tf.io.gfile.GFile(os.path.join(prepared_dir, IDS_FILE), "r") as f:
+    with open_file(os.path.join(prepared_dir, IDS_FILE), "r") as f:
         return [line.rstrip("\n") for line in f]
 
 
@@ -346,5 +347,5 @@ class VectorTable:
 
 def load_table(prepared_dir: str) -> np.ndarray:
     """The frozen table [n + 1, dim] (row 0 = zeros) of a prepared folder."""
-    with tf.io.gfile.GFile(os.path.join(prepared_dir, VECTORS_FILE), "rb") as f:
+    with open_file(os.path.join(prepared_dir, VECTORS_FILE), "rb") as f:
         return np.load(f, allow_pickle=False)

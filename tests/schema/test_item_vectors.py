@@ -70,3 +70,28 @@ def test_prepare_writes_zero_row_and_is_reused(tmp_path):
     assert prepare_item_vectors(path, str(tmp_path / "out")) == prepared
     with pytest.raises(ItemVectorError, match="pretrained_dim 768, the file's vectors have 2"):
         prepare_item_vectors(path, str(tmp_path / "out"), expected_dim=768)
+
+
+def test_local_vector_files_are_prepared_and_read_without_tensorflow(tmp_path):
+    """The serving client reads the run's prepared vectors; it took 7 s because reading them imported
+    TensorFlow (for tf.io.gfile). Local paths now use Python's own file calls: the table read back
+    equals the file's numbers, and TensorFlow's runtime was never imported."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    rows = [{"post_id": "a", "values": [0.5, -1.25]}, {"post_id": "b", "values": [3.0, 0.125]}]
+    src = tmp_path / "v.jsonl.gz"
+    with gzip.open(src, "wt") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    code = ("import sys, json\n"
+            "from schema.item_vectors import VectorTable, prepare_item_vectors\n"
+            f"prepared = prepare_item_vectors({str(src)!r}, {str(tmp_path / 'out')!r})\n"
+            "table = VectorTable.load(prepared.dir)\n"
+            "print(json.dumps({'ids': table.ids, 'b': table.vectors(['b', 'nope']).tolist(),\n"
+            "                  'tf': 'tensorflow.python' in sys.modules}))\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout)
+    assert out == {"ids": ["a", "b"], "b": [[3.0, 0.125], [0.0, 0.0]], "tf": False}
