@@ -207,7 +207,8 @@ def _slices_section(slices: dict | None) -> str:
         return f"{g[side]:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else f"{g[side]:.4f} ({g.get('ci_note', '')})"
 
     for column, by in slices["by"].items():
-        rows = [[g["value"], g["users"], figure(g, "model"), figure(g, "popularity")] for g in by["groups"]]
+        # int(): MLMD keeps the summary's numbers as doubles (34.0 users)
+        rows = [[g["value"], int(g["users"]), figure(g, "model"), figure(g, "popularity")] for g in by["groups"]]
         parts.append(f"<p>By {html.escape(column)} ({'the user' if by['side'] == 'user' else 'the clicked post'}"
                      f"'s):</p>" + _table([column, "users", "model [95% interval]", "popularity [95% interval]"],
                                          rows))

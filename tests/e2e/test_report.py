@@ -135,6 +135,9 @@ def test_the_report_shows_why_training_stopped_what_ran_and_whether_the_examples
     assert "Recall@50 per slice" in text and "By client_type (the user's):" in text
     assert "By topic_id (the clicked post's):" in text
     assert re.search(r"recall@50 [\d.]+ \[[\d.]+, [\d.]+\] [\d.]+ \[[\d.]+, [\d.]+\]", text), text[:5000]
+    slices = first["retrieval"]["slices"]["by"]["client_type"]["groups"]
+    for g in slices:  # a user count is a whole number on the page
+        assert f" {g['value']} {int(g['users'])} {g['model']:.4f} [" in text, (g, text[-6000:])
     assert "wall_seconds" not in text
     took = re.search(r"The components took ([\d,]+) s \(wall clock\); the command, ([\d,]+) s from its start", text)
     assert took and int(took[2].replace(",", "")) > int(took[1].replace(",", "")), text[:3000]
