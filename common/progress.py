@@ -32,12 +32,16 @@ def seconds_since_last_line() -> float:
     return time.monotonic() - _last_line
 
 
-def process_seconds() -> float:
-    """Seconds since this process started (its interpreter's start-up and imports included)."""
-    with open("/proc/self/stat") as f:  # field 22: start time in clock ticks after boot
-        started_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
-    with open("/proc/uptime") as f:
-        uptime = float(f.read().split()[0])
+def process_seconds() -> float | None:
+    """Seconds since this process started (its interpreter's start-up and imports included); None
+    where the system has no /proc (macOS): the report then gives the components' seconds alone."""
+    try:
+        with open("/proc/self/stat") as f:  # field 22: start time in clock ticks after boot
+            started_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
     return uptime - started_ticks / os.sysconf("SC_CLK_TCK")
 
 
