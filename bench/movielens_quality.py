@@ -3,7 +3,7 @@ pipeline's user-tower variants.
 
     .venv/bin/python bench/movielens_quality.py [--source ../shared/data/ml-latest-small]
         [--workdir /tmp/dssm_bench_movielens] [--configs default,content,...] [--seeds 1024,7]
-        [--ease-only] [--sasrec-epochs 30] [--fresh]
+        [--ease-only] [--sasrec-epochs 30] [--fresh [--slots-curve]]
 
 --fresh: the freshness protocol (issue [fresh-items]). 20% of the movies (sha256 of the movieId mod 100
 < 20) are withheld from training: their rows leave the training split, their ids leave the training
@@ -498,6 +498,66 @@ def recall_through_product(workdir: str, queries: FreshQueries, items_path: str)
     return top, info
 
 
+def fresh_slots_curve(workdir: str, queries: FreshQueries) -> list[dict]:
+    """What giving new movies more room would buy, on the run's own model, store and index (in this
+    process, after recall_through_product added them): every post of the store through the served
+    version's item tower, every eval user through its user tower from the same query line, read posts
+    excluded; then HR@50 split by target when (a) `quota` of the 50 places go to the best-scored posts
+    the model does not know (the withheld movies), or (b) `bonus` is added to their cosine. `share` is
+    the withheld movies' mean share of a top 50 (their share of the catalog: 19.5%)."""
+    sys.path.insert(0, REPO)
+    from retrieval.backends import open_index
+    from retrieval.catalog import embed_posts
+    from retrieval.index import IndexConfig, normalise
+    from retrieval.item_store import ItemStore
+    from retrieval.recall import SavedModelTowers
+    from schema.spec import load_spec
+    from serving.examples import ExampleBuilder
+
+    spec = load_spec()
+    config = IndexConfig(uri=os.path.join(workdir, "milvus.db"))
+    index = open_index(config)
+    store = ItemStore(config, spec.item_id, client=index.client)
+    try:
+        towers = SavedModelTowers(os.path.join(workdir, "serving", "dssm"))
+        _, version = index.generation()
+        items, parts = [], []
+        builder = ExampleBuilder(spec, store)
+        for batch in store.scan():
+            items += batch.ids
+            parts.append(embed_posts(towers.item, builder, spec, batch, version))
+        users = ExampleBuilder(spec, store, tower="user")
+        lines = [users.from_log_line(queries.line[u]) for u in queries.users]
+        user_vectors = np.concatenate([towers(lines[s:s + 256], version) for s in range(0, len(lines), 256)])
+    finally:
+        store.close()
+        index.close()
+    scores = normalise(user_vectors) @ normalise(np.concatenate(parts)).T
+    row = {p: i for i, p in enumerate(items)}
+    for j, u in enumerate(queries.users):
+        scores[j, [row[p] for p in queries.read[u] if p in row]] = -np.inf
+    new = np.asarray([withheld(p) for p in items])
+    ids = np.asarray(items)
+    curve = []
+    for kind, values in (("quota", (0, 5, 10, 15, 20)), ("bonus", (0.05, 0.1, 0.15, 0.2))):
+        for value in values:
+            top, share = {}, []
+            for j, u in enumerate(queries.users):
+                if kind == "quota":
+                    order = np.argsort(-scores[j])
+                    reserved = order[new[order]][:value]
+                    rest = order[~np.isin(order, reserved)][:50 - len(reserved)]
+                    chosen = np.concatenate([reserved, rest])
+                else:
+                    chosen = np.argsort(-(scores[j] + value * new))[:50]
+                top[u] = list(ids[chosen])
+                share.append(new[chosen].mean())
+            r = queries.hit_rates(top)
+            curve.append({"kind": kind, "value": value, "fresh_hr@50": r["fresh_hr@50"],
+                          "warm_hr@50": r["warm_hr@50"], "share": float(np.mean(share))})
+    return curve
+
+
 def fresh_main(a, seeds: list[int]) -> None:
     data = os.path.join(a.workdir, "data")
     fresh = fresh_data(data, a.source, os.path.join(a.workdir, "fresh_data"))
@@ -516,6 +576,12 @@ def fresh_main(a, seeds: list[int]) -> None:
             top, info = recall_through_product(_run_dir(a, fresh), queries, fresh["items"])
             r = queries.hit_rates(top)
             results.setdefault(name, []).append(r)
+            if a.slots_curve:
+                for c in fresh_slots_curve(_run_dir(a, fresh), queries):
+                    print(f"  {name} seed {seed}, new movies given {c['kind']} {c['value']}: fresh HR@50 "
+                          f"{c['fresh_hr@50']:.4f} ({c['fresh_hr@50'] / max(knn_all['fresh_hr@50'], 1e-12):.2f}x "
+                          f"the kNN over every movie), warm HR@50 {c['warm_hr@50']:.4f}, their share of a top 50 "
+                          f"{c['share']:.3f}", flush=True)
             print(f"{name} seed {seed}: fresh HR@50 {r['fresh_hr@50']:.4f} ({r['fresh_users']} users), warm HR@50 "
                   f"{r['warm_hr@50']:.4f} ({r['warm_users']} users); evaluator HR@50 (warm catalog) "
                   f"{summary['retrieval']['model']['hit_rate@50']:.4f}; add_items {info['added']} posts in "
@@ -548,6 +614,9 @@ def main() -> None:
     p.add_argument("--sasrec-epochs", type=int, default=30)
     p.add_argument("--ease-only", action="store_true", help="only the EASE baseline (seconds, no training)")
     p.add_argument("--fresh", action="store_true", help="the freshness protocol (see the module's docstring)")
+    p.add_argument("--slots-curve", action="store_true",
+                   help="with --fresh: HR@50 split by target when new movies get a quota of the 50 places or "
+                        "a bonus on their score (the run's model, in this process)")
     p.add_argument("--skip-sasrec", action="store_true",
                    help="screening runs: no SASRec reference (its ~10 minutes per seed), no interval against it")
     a = p.parse_args()

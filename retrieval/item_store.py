@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from retrieval.index import Batch, IndexConfig, ItemIndexError
-from retrieval.milvus import GET_BATCH, MAX_VARCHAR, connect, milvus_string
+from retrieval.milvus import GET_BATCH, MAX_VARCHAR, ColumnWriter, connect, milvus_string
 
 CONTENT_FIELD = "content"
 ADDED_FIELD = "added_ms"
@@ -66,7 +66,7 @@ class ItemStore:
         except MilvusException as e:
             raise self._error("cannot connect", e) from None
         self._own_client = client is None
-        self._orm = None
+        self._columns = ColumnWriter(config)
         self.dim: int | None = None
         self.columns: list[str] = []
         self._describe()
@@ -137,26 +137,10 @@ class ItemStore:
                    CONTENT_FIELD: np.asarray(batch.vectors, np.float32).tolist(),
                    **{c: list(batch.scalars.get(c, [""] * n)) for c in self.columns}}
         try:
-            collection = self._columns_writer()
-            order = [f.name for f in collection.schema.fields]
-            for start in range(0, n, self.config.insert_batch):
-                collection.upsert([columns[f][start:start + self.config.insert_batch] for f in order])
+            self._columns.upsert(self.name, columns)
         except self._milvus_error as e:
             raise self._error("upsert failed", e) from None
         return n
-
-    def _columns_writer(self):
-        """pymilvus's ORM collection on a connection of its own: it writes column by column, a third
-        faster than the client's row dicts at 768-d."""
-        if self._orm is None:
-            import uuid
-
-            from pymilvus import Collection, connections
-
-            alias = f"item-store-{uuid.uuid4().hex[:8]}"
-            connections.connect(alias=alias, uri=self.config.uri, token=self.config.token)
-            self._orm = (alias, Collection(self.name, using=alias))
-        return self._orm[1]
 
     def get(self, ids: list[str]) -> dict[str, dict]:
         """{id: {column: value, "vector": np.ndarray}} of the ids the store holds."""
@@ -218,11 +202,7 @@ class ItemStore:
             raise self._error("scan failed", e) from None
 
     def close(self) -> None:
-        if self._orm is not None:
-            from pymilvus import connections
-
-            connections.disconnect(self._orm[0])
-            self._orm = None
+        self._columns.close()
         if self._own_client:
             self.client.close()
 
