@@ -40,7 +40,7 @@ def _posts(rng, n: int, dim: int, topics: list[str], tag: str):
                  rng.normal(size=(n, dim)).astype(np.float32))
 
 
-def measure(index, store, towers, spec, args, where: str) -> dict:
+def measure(index, store, towers, vocabulary, spec, args, where: str) -> dict:
     from retrieval.catalog import add_posts, embed_posts
     from retrieval.index import Batch
     from serving.examples import ExampleBuilder
@@ -48,17 +48,17 @@ def measure(index, store, towers, spec, args, where: str) -> dict:
     builder = ExampleBuilder(spec, store)
     rng = np.random.default_rng(0)
     topics = sorted({t for b in store.scan() for t in b.scalars["topic_id"] if t}) or [""]
-    add_posts(index, store, towers.item, builder, spec, _posts(rng, 1, store.dim, topics, "warmup"))
+    add_posts(index, store, towers.item, vocabulary, builder, spec, _posts(rng, 1, store.dim, topics, "warmup"))
     started = time.perf_counter()
     for start in range(0, args.posts, args.batch):
-        add_posts(index, store, towers.item, builder, spec,
+        add_posts(index, store, towers.item, vocabulary, builder, spec,
                   _posts(rng, min(args.batch, args.posts - start), store.dim, topics, f"t{start}"))
     seconds = time.perf_counter() - started
     latencies = []
     for i in range(args.latency_posts):
         post = _posts(rng, 1, store.dim, topics, f"l{i}")
         t0 = time.perf_counter()
-        result = add_posts(index, store, towers.item, builder, spec, post)
+        result = add_posts(index, store, towers.item, vocabulary, builder, spec, post)
         vector = embed_posts(towers.item, builder, spec, Batch(post.ids, post.scalars, post.vectors),
                              result["model_version"])
         while not index.search(vector, 1, filters={spec.item_id: post.ids}, generation=result["generation"])[0]:
@@ -84,7 +84,7 @@ def main() -> None:
     args = p.parse_args()
 
     from retrieval.backends import open_index
-    from retrieval.catalog import index_store
+    from retrieval.catalog import ModelVocabulary, index_store
     from retrieval.index import IndexConfig
     from retrieval.item_store import ItemStore
     from retrieval.recall import SavedModelTowers
@@ -100,11 +100,13 @@ def main() -> None:
         lite = IndexConfig(uri=os.path.join(tmp, "milvus.db"))
         index = open_index(lite)
         store = ItemStore(lite, spec.item_id, client=index.client)
-        towers = SavedModelTowers(os.path.join(args.workdir, "serving", "dssm"))
+        model = os.path.join(args.workdir, "serving", "dssm")
+        towers = SavedModelTowers(model)
         _, version = index.generation()
         print(f"{os.cpu_count()} CPUs; {args.workdir}: {store.count():,} stored posts of {store.dim} values, "
               f"model version {version}", flush=True)
-        results = [measure(index, store, towers, spec, args, "Milvus Lite")]
+        vocabulary = ModelVocabulary(model, spec)
+        results = [measure(index, store, towers, vocabulary, spec, args, "Milvus Lite")]
         if args.milvus_uri:
             server = IndexConfig(uri=args.milvus_uri, alias="bench_fresh")
             remote = open_index(server)
@@ -115,8 +117,10 @@ def main() -> None:
             remote_store.ensure(store.dim, store.columns)
             for batch in store.scan():
                 remote_store.upsert(batch)
-            index_store(remote, remote_store, towers.item, ExampleBuilder(spec, remote_store), spec, version)
-            results.append(measure(remote, remote_store, towers, spec, args, f"Milvus server {args.milvus_uri}"))
+            index_store(remote, remote_store, towers.item, vocabulary, ExampleBuilder(spec, remote_store), spec,
+                        version)
+            results.append(measure(remote, remote_store, towers, vocabulary, spec, args,
+                                   f"Milvus server {args.milvus_uri}"))
         for r in results:
             hit = r["first_hit_ms"]
             print(f"{r['where']}: {r['posts_per_second']:,} posts/s ({r['dim']}-d, calls of {r['batch']}); add to "

@@ -40,12 +40,12 @@ def batches(vectors: np.ndarray, size: int = 20000):
         yield Batch(ids, {"topic_id": ["t"] * len(ids)}, vectors[s:s + size])
 
 
-def timed_searches(searcher: MilvusIndex, queries: np.ndarray) -> tuple[list[float], list[list[int]]]:
+def timed_searches(item_index: MilvusIndex, queries: np.ndarray) -> tuple[list[float], list[list[int]]]:
     times, found = [], []
-    searcher.search(queries[:1], K)  # warm
+    item_index.search(queries[:1], K)  # warm
     for q in queries:
         t = time.perf_counter()
-        (hits,) = searcher.search(q[None, :], K)
+        (hits,) = item_index.search(q[None, :], K)
         times.append(time.perf_counter() - t)
         found.append([int(h["id"][1:]) for h in hits])
     return times, found
@@ -105,8 +105,8 @@ def main():
                       f"s of this client's CPU; index built in {done['index_seconds']:.1f} s", flush=True)
                 build = done["index_seconds"]  # on a server: until every row is indexed
                 for search in searches:
-                    searcher = MilvusIndex(IndexConfig(**{**config.__dict__, "search_params": search}), client=client)
-                    times, found = timed_searches(searcher, queries)
+                    item_index = MilvusIndex(IndexConfig(**{**config.__dict__, "search_params": search}), client=client)
+                    times, found = timed_searches(item_index, queries)
                     recall = np.mean([len(set(f) & set(e)) / K for f, e in zip(found, exact, strict=True)])
                     shown = ",".join(f"{k}={v}" for k, v in {**done["index_params"], **search}.items()) or "-"
                     print(f"{n:>9} {index_type:<9} {shown:<22} {done['items_per_second']:>9} {build:>8.1f} "

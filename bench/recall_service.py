@@ -97,7 +97,7 @@ def grow_catalog(db: str, target: str, spec, size: int, seed: int = 7) -> dict:
     """Adds synthetic posts (random content vectors, the catalog's topics) to the item store of the
     Lite file until it holds `size`, then writes a new generation of every stored post through the
     served item tower (ItemIndexer's path, retrieval.catalog.index_store)."""
-    from retrieval.catalog import index_store
+    from retrieval.catalog import ModelVocabulary, index_store
     from retrieval.index import Batch
     from serving.examples import ExampleBuilder
 
@@ -114,7 +114,9 @@ def grow_catalog(db: str, target: str, spec, size: int, seed: int = 7) -> dict:
                            rng.normal(size=(n, store.dim)).astype(np.float32)))
     _, version = index.generation()
     with ServingClient(target, "dssm", timeout=60) as client:
-        result = index_store(index, store, ServingTowers(client).item, ExampleBuilder(spec, store), spec, version)
+        vocabulary = ModelVocabulary(os.path.join(os.path.dirname(db), "serving", "dssm"), spec)
+        result = index_store(index, store, ServingTowers(client).item, vocabulary, ExampleBuilder(spec, store), spec,
+                             version)
     index.close()
     return result
 
@@ -130,7 +132,7 @@ def parts(db: str, target: str, spec, lines: list[str], clients: list[int], tota
     client = ServingClient(target, "dssm", timeout=30)
     recaller = Recaller(ServingTowers(client), index, spec, store)
     generation, version = index.generation()
-    fields = sorted(index.describe(generation).fields - {spec.item_id})
+    fields = sorted(index.describe(generation).fields - {spec.item_id})  # as the service: every stored field
     texts = [dict(zip(spec.columns, line.split("\t"), strict=False)) for line in lines]
     examples = [recaller.examples.from_log_line(line) for line in lines]
     read = [recaller.read_posts(t) for t in texts]

@@ -199,7 +199,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             index.set_string_custom_property("not_indexed_because", "; ".join(not_blessed))
             return
         from retrieval.backends import open_index
-        from retrieval.catalog import index_store
+        from retrieval.catalog import ModelVocabulary, index_store
         from retrieval.index import IndexConfig
         from retrieval.item_store import ItemStore, now_ms
         from retrieval.recall import SavedModelTowers
@@ -230,7 +230,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                 f"(with {stored - seeded:,} added by add_items and earlier runs)")
             kept = EmbeddingsWriter(os.path.join(index.uri, EMBEDDINGS_DIR), spec)
             try:
-                result = index_store(item_index, store, item_tower.item, ExampleBuilder(spec, store), spec, version,
+                result = index_store(item_index, store, item_tower.item, ModelVocabulary(model_dir, spec),
+                                     ExampleBuilder(spec, store), spec, version,
                                      seed=read_catalog(features, spec, table), seed_ms=seed_ms, keep=kept)
             finally:
                 kept.close()

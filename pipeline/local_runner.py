@@ -199,8 +199,8 @@ def serving_demo(config_path: str, config, eval_log: str, spec, index_config) ->
 
     model_name = config.model_name
     line = read_log_lines(eval_log, 1, spec)[0]
-    searcher = open_index(index_config)
-    store = ItemStore(index_config, spec.item_id, client=searcher.client)
+    item_index = open_index(index_config)
+    store = ItemStore(index_config, spec.item_id, client=item_index.client)
     activity = Activity("serving the pushed model for a demo query over gRPC")
     with activity, ModelServer(read_config_file(config_path), port=0, poll_seconds=0) as server, \
             ServingClient(server.target, model_name, timeout=30) as client:
@@ -214,6 +214,6 @@ def serving_demo(config_path: str, config, eval_log: str, spec, index_config) ->
         print(f"item_embedding ({item.size}-d): {[round(float(x), 4) for x in item[:8]]} ...")
         print(f"user . item = {float(user @ item):.4f} (cosine: both towers end in an L2 normalization; "
               "-1 to 1, higher is closer)")
-        (top,) = Recaller(ServingTowers(client), searcher, spec, store).recall_log_lines([line], k=10)
-        print(f"recall (Milvus {searcher.generation()[0]}, read posts excluded): "
+        (top,) = Recaller(ServingTowers(client), item_index, spec, store).recall_log_lines([line], k=10)
+        print(f"recall (Milvus {item_index.generation()[0]}, read posts excluded): "
               + ", ".join(f"{h['id']} ({h['score']:.3f})" for h in top))

@@ -295,9 +295,9 @@ def _examples_section(summary: dict, spec, milvus_uri: str, log_path: str | None
 
     lines = example_log_lines(log_path, spec, users=EXAMPLE_CANDIDATES)
     config = IndexConfig(uri=milvus_uri, alias=summary["item_index"]["alias"])
-    searcher = open_index(config)
-    store = ItemStore(config, spec.item_id, client=searcher.client)  # the read posts' content vectors
-    recaller = Recaller(SavedModelTowers(os.path.dirname(pushed[0]["path"])), searcher, spec, store)
+    item_index = open_index(config)
+    store = ItemStore(config, spec.item_id, client=item_index.client)  # the read posts' content vectors
+    recaller = Recaller(SavedModelTowers(os.path.dirname(pushed[0]["path"])), item_index, spec, store)
     k = 10
     results = recaller.recall_log_lines(lines, k=k)
     topics = dict(zip(items[0], items[1], strict=True)) if items else {}

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from retrieval.catalog import add_posts  # noqa: E402
+from retrieval.catalog import ModelVocabulary, add_posts  # noqa: E402
 from retrieval.index import Batch, ItemIndexError  # noqa: E402
 from schema.numbers import NumberError, check_number  # noqa: E402
 from schema.spec import FeatureSpec  # noqa: E402
@@ -187,7 +187,7 @@ def main(argv=None) -> int:
     config = IndexConfig(uri=args.milvus or IndexConfig().at(args.workdir).uri, token=args.token, alias=args.alias)
     model = args.model or os.path.join(args.workdir, "serving", args.model_name)
     try:
-        adder = Adder(config, spec, _item_tower(args, model))
+        adder = Adder(config, spec, _item_tower(args, model), ModelVocabulary(model, spec))
         if args.watch:
             return watch(adder, args.watch, args.poll_seconds)
         result = adder.add_file(args.items)
@@ -200,7 +200,8 @@ def main(argv=None) -> int:
 class Adder:
     """One open index, item store and item tower; files of posts added through retrieval.catalog."""
 
-    def __init__(self, config, spec: FeatureSpec, towers):
+    def __init__(self, config, spec: FeatureSpec, towers, vocabulary):
+        """vocabulary: retrieval.catalog.ModelVocabulary of the pushed model's versions."""
         from retrieval.backends import check_index, open_index
         from retrieval.item_store import ItemStore
         from serving.examples import ExampleBuilder
@@ -210,7 +211,7 @@ class Adder:
         self.store = ItemStore(config, spec.item_id, client=getattr(self.index, "client", None))
         if not self.store.exists:
             raise ItemIndexError(f"no {self.store.where}: run the pipeline first (ItemIndexer seeds it)")
-        self.spec, self.towers = spec, towers
+        self.spec, self.towers, self.vocabulary = spec, towers, vocabulary
         self.builder = ExampleBuilder(spec, self.store)
 
     def add_file(self, path: str) -> dict:
@@ -228,7 +229,8 @@ class Adder:
                 print(f"{path}:{r.line}: refused: {r.reason}", file=sys.stderr)
             rejected += posts.rejected
             if posts.ids:
-                result = add_posts(self.index, self.store, self.towers.item, self.builder, self.spec, posts.batch())
+                result = add_posts(self.index, self.store, self.towers.item, self.vocabulary, self.builder, self.spec,
+                                   posts.batch())
                 added += result["added"]
         return {"added": added, "generation": result.get("generation"), "model_version": result.get("model_version"),
                 "seconds": round(time.perf_counter() - started, 4), "refused": len(rejected),

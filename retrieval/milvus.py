@@ -541,7 +541,8 @@ class MilvusIndex(ItemIndex):
                 self._described[generation] = known
         return known
 
-    def collection(self, refresh: bool = False) -> str:
+    def _alias_target(self, refresh: bool = False) -> str:
+        """The generation the alias names (checked again every refresh_seconds)."""
         with self._lock:
             if refresh or self._target is None or time.monotonic() - self._checked > self._refresh_seconds:
                 # The concrete generation, on a server too: a proxy's alias cache can lag behind
@@ -575,7 +576,7 @@ class MilvusIndex(ItemIndex):
                                  f"which holds no {VECTOR_FIELD!r} field: not an item index")
 
     def generation(self, refresh: bool = False) -> tuple[str, int | None]:
-        name = self.collection(refresh)
+        name = self._alias_target(refresh)
         return name, self.describe(name).model_version
 
     def stored_items(self, generation: str, id_field: str, limit: int) -> list[dict]:
@@ -600,7 +601,7 @@ class MilvusIndex(ItemIndex):
         params = {"metric_type": "IP", "params": self.config.search_params}
         for attempt in (0, 1):
             try:
-                hits = self.client.search(generation or self.collection(refresh=attempt == 1), data=vectors.tolist(),
+                hits = self.client.search(generation or self._alias_target(refresh=attempt == 1), data=vectors.tolist(),
                                           limit=limit, filter=expr, search_params=params,
                                           output_fields=output_fields or [], timeout=self.timeout_seconds)
                 break

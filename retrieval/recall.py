@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 from common import signature_names  # noqa: E402
 from common.user_input_args import add_user_input_args, check_user_input_args  # noqa: E402
 from retrieval.backends import check_index, open_index  # noqa: E402
+from retrieval.catalog import KNOWN_FIELD  # noqa: E402
 from retrieval.index import (  # noqa: E402
     GenerationGone,
     IndexConfig,  # noqa: E402
@@ -114,15 +115,15 @@ class ServingTowers:
         return f"TF Serving {self.client.target} (model {self.client.model_name})"
 
 
-def check_index_matches_model(searcher: ItemIndex, item_tower, spec: FeatureSpec, store, sample: int = 8,
+def check_index_matches_model(item_index: ItemIndex, item_tower, spec: FeatureSpec, store, sample: int = 8,
                               tolerance: float = 1e-3) -> None:
     """ValueError unless a few indexed item vectors equal what this model's item tower (the version the
     generation records, when it does) gives the same items now, i.e. the index was filled by this
     model. A user vector of one model searched against the item vectors of another gives scores that
     mean nothing, with nothing to tell."""
-    collection, version = searcher.generation()
-    scalars = sorted(searcher.describe(collection).fields - {spec.item_id})
-    rows = searcher.stored_items(collection, spec.item_id, sample)
+    collection, version = item_index.generation()
+    scalars = sorted(item_index.describe(collection).fields - {spec.item_id, KNOWN_FIELD})
+    rows = item_index.stored_items(collection, spec.item_id, sample)
     if not rows:
         return
     builder = ExampleBuilder(spec, store)
@@ -132,7 +133,7 @@ def check_index_matches_model(searcher: ItemIndex, item_tower, spec: FeatureSpec
     now = normalise(np.asarray(item_tower(examples, version), np.float32))
     gap = float(np.abs(now - stored).max()) if now.shape == stored.shape else float("inf")
     if gap > tolerance:
-        raise ValueError(f"the item index {collection} ({searcher.where}) was not filled by this model "
+        raise ValueError(f"the item index {collection} ({item_index.where}) was not filled by this model "
                          f"(its item vectors differ from the model's item tower by up to {gap:.3g}): use the model "
                          f"and the index of one run (--workdir), or --skip-model-check")
 
@@ -142,8 +143,8 @@ class Recaller:
     tf.Examples from that model version (None: whichever the encoder has); `store` the read posts'
     content vectors (retrieval.item_store.ItemStore)."""
 
-    def __init__(self, encoder, searcher: ItemIndex, spec: FeatureSpec, store):
-        self.encoder, self.searcher, self.spec = encoder, searcher, spec
+    def __init__(self, encoder, item_index: ItemIndex, spec: FeatureSpec, store):
+        self.encoder, self.item_index, self.spec = encoder, item_index, spec
         self.examples = ExampleBuilder(spec, store, tower="user")
         self.history = spec.history_columns()
 
@@ -169,23 +170,35 @@ class Recaller:
 
     def answer(self, serialized: list[bytes], k: int, exclude_read: bool = True,
                filters: dict[str, list[str]] | None = None, read: list[set[str]] | None = None,
-               stored_fields: bool = False) -> dict:
+               stored_fields: bool = False, new_posts: int = 0) -> dict:
         """{"hits", "collection", "model_version"}: the user vectors come from the model version that
         filled the generation searched (recorded by ItemIndexer), so a query never mixes the user
         tower of one version with the item vectors of another while the alias or the model moves.
-        stored_fields: each hit carries every scalar field the generation stores (topic_id, ...)."""
-        self.searcher.check_request(k, filters)
+        stored_fields: each hit carries every scalar field the generation stores (topic_id, ...).
+        new_posts: places of the k kept for the best-scored posts that version does not know (new since
+        its training run: see reserve_new_posts); 0: one ranking of every post."""
+        self.item_index.check_request(k, filters)
+        if isinstance(new_posts, bool) or not isinstance(new_posts, int) or not 0 <= new_posts <= k:
+            raise ValueError(f"new_posts must be an integer from 0 to k ({k}), got {new_posts!r}")
         if not serialized:
             raise ValueError("no users to recall for")
         exclude = (read if read is not None else [self._read(s) for s in serialized]) if exclude_read else None
         for attempt in (0, 1):
             try:
-                collection, version = self.searcher.generation(refresh=attempt == 1)
+                collection, version = self.item_index.generation(refresh=attempt == 1)
                 vectors = self.encoder(serialized, version)
-                fields = (sorted(self.searcher.describe(collection).fields - {self.spec.item_id}) if stored_fields
+                fields = (sorted(self.item_index.describe(collection).fields - {self.spec.item_id}) if stored_fields
                           else list(filters or {}))
-                hits = self.searcher.search(vectors, k, exclude=exclude, filters=filters,
+                hits = self.item_index.search(vectors, k, exclude=exclude, filters=filters,
                                             output_fields=fields, generation=collection)
+                if new_posts:
+                    if KNOWN_FIELD not in self.item_index.describe(collection).fields:
+                        raise ValueError(f"the item index {collection} does not mark the posts its model knows "
+                                         "(written before 2026-12-08): run the pipeline again to use new_posts")
+                    new = self.item_index.search(vectors, new_posts, exclude=exclude,
+                                               filters={**(filters or {}), KNOWN_FIELD: ["0"]},
+                                               output_fields=fields, generation=collection)
+                    hits = [reserve_new_posts(h, n, k) for h, n in zip(hits, new, strict=True)]
                 return {"hits": hits, "collection": collection, "model_version": version}
             except GenerationGone:
                 if attempt == 1:  # the generation was dropped while it was read: once more, on the new one
@@ -206,6 +219,19 @@ class Recaller:
         read = [self.read_posts(dict(zip(self.spec.columns, t.rstrip("\r\n").split("\t"), strict=False)))
                 for t in texts]
         return self.recall_examples(examples, k, exclude_read, filters, read)
+
+
+def reserve_new_posts(hits: list[dict], new: list[dict], k: int) -> list[dict]:
+    """The k hits with `new` (the best-scored posts the model does not know) kept in: they, then the
+    best of the others, ordered by score. A new post that was among the top k anyway takes no place
+    of another: the reserve is a floor, not an addition. Why: a post without a trained id is scored by
+    its content alone and ranks below warm posts of equal interest (docs/quality.md, Freshness)."""
+    chosen = {h["id"]: h for h in new}
+    for h in hits:
+        if len(chosen) >= k:
+            break
+        chosen.setdefault(h["id"], h)
+    return sorted(chosen.values(), key=lambda h: -h["score"])
 
 
 def _filters(values: list[str]) -> dict[str, list[str]]:
@@ -283,12 +309,13 @@ def numbered_log_lines(path: str, limit: int, spec: FeatureSpec) -> list[tuple[s
 
 
 def recall_queries(recaller: Recaller, queries: list[Query], k: int, exclude_read: bool,
-                   filters: dict[str, list[str]], store=None) -> list[dict]:
+                   filters: dict[str, list[str]], store=None, new_posts: int = 0) -> list[dict]:
     """One record per query: who, the model version and the generation searched, what the score means,
     how much history the model saw (a note when none), the user's own topics and those of its reads
     (from `store`, the item store, when given), and the hits with every stored scalar field."""
     answer = recaller.answer([q.example for q in queries], k, exclude_read, filters,
-                             [q.read for q in queries] if exclude_read else None, stored_fields=True)
+                             [q.read for q in queries] if exclude_read else None, stored_fields=True,
+                             new_posts=new_posts)
     history = ", ".join(recaller.history) or "history"
     stored = list(store.columns) if store is not None else []
     found = store.get(sorted(set().union(*(q.read for q in queries)))) if stored else {}
@@ -365,6 +392,9 @@ def main(argv=None) -> None:
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--filter", action="append", default=[], help="FIELD=V1,V2 (repeatable), e.g. topic_id=3,7")
     p.add_argument("--keep-read", action="store_true", help="do not exclude the user's read posts")
+    p.add_argument("--new-posts", type=int, default=0, metavar="N",
+                   help=f"keep N of the K places for the best-scored posts the model does not know (new since its "
+                        f"training run; the hits' {KNOWN_FIELD} is 0); default 0: one ranking of every post")
     p.add_argument("--skip-model-check", action="store_true",
                    help="do not check that the index was filled by this model's item tower")
     p.add_argument("--format", choices=("json", "table"), default="json",
@@ -403,10 +433,10 @@ def main(argv=None) -> None:
         starting = Activity("opening the item index and " + (f"asking {args.target} for the user vectors"
                                                                if args.target else f"loading the model {args.model}"))
         starting.start()
-        searcher = open_index(config)
-        searcher.generation()  # the alias names a generation that exists, before a model loads
-        store = ItemStore(config, spec.item_id, client=searcher.client)
-        searcher.check_request(args.k, filters)
+        item_index = open_index(config)
+        item_index.generation()  # the alias names a generation that exists, before a model loads
+        store = ItemStore(config, spec.item_id, client=item_index.client)
+        item_index.check_request(args.k, filters)
         if args.target:
             from serving.client import ServingClient
 
@@ -414,12 +444,12 @@ def main(argv=None) -> None:
         else:
             encoder = SavedModelTowers(args.model)
         if not args.skip_model_check:
-            check_index_matches_model(searcher, encoder.item, spec, store)
-        recaller = Recaller(encoder, searcher, spec, store)
+            check_index_matches_model(item_index, encoder.item, spec, store)
+        recaller = Recaller(encoder, item_index, spec, store)
         builder = recaller.examples
         queries = (queries_from_features(users, builder, recaller, spec) if args.features
                    else queries_from_lines(lines, builder, recaller, spec))
-        records = recall_queries(recaller, queries, args.k, not args.keep_read, filters, store)
+        records = recall_queries(recaller, queries, args.k, not args.keep_read, filters, store, args.new_posts)
     except (FeatureError, json.JSONDecodeError, ValueError, ItemIndexError, LogFileError) as e:
         raise SystemExit(f"error: {e}") from None
     except Exception as e:  # noqa: BLE001 - a gRPC error from the endpoint: its code and details, one line

@@ -27,6 +27,17 @@ def exists(path: str) -> bool:
     return _gfile().exists(path) if is_uri(path) else os.path.exists(path)
 
 
+def isdir(path: str) -> bool:
+    return _gfile().isdir(path) if is_uri(path) else os.path.isdir(path)
+
+
+def listdir(path: str) -> list[str]:
+    """The entries' names (no trailing slash), [] for a folder that does not exist."""
+    if is_uri(path):
+        return [e.rstrip("/") for e in _gfile().listdir(path)] if _gfile().isdir(path) else []
+    return os.listdir(path) if os.path.isdir(path) else []
+
+
 def size(path: str) -> int:
     return _gfile().stat(path).length if is_uri(path) else os.path.getsize(path)
 

@@ -169,6 +169,16 @@ def model_artifact(root, collapsed: bool = False, rotate: int = 0):
     serving = os.path.join(root, "Format-Serving")
     module = MadeUpTowers(collapsed, rotate)
     tf.saved_model.save(module, serving, signatures=module.signatures("all"))
+    write_vocabulary(serving)
     for tower in ("user", "item"):
         tf.saved_model.save(module, f"{serving}-{tower}", signatures=module.signatures(tower))
+        write_vocabulary(f"{serving}-{tower}")
     return artifact
+
+
+def write_vocabulary(saved_model: str) -> None:
+    """The item-id vocabulary the Trainer's export carries (assets/vocab_post_id): the posts these
+    towers have a weight for, as Transform lists the ids it saw."""
+    os.makedirs(os.path.join(saved_model, "assets"), exist_ok=True)
+    with open(os.path.join(saved_model, "assets", "vocab_post_id"), "w") as f:
+        f.write("".join(f"{post}\n" for post in WEIGHTS))

@@ -117,6 +117,7 @@ class RecallServer:
 def open_core(args):
     """RecallCore over the run's index and item store, with the towers the flags name."""
     from retrieval.backends import check_index, open_index
+    from retrieval.catalog import ModelVocabulary
     from retrieval.index import IndexConfig
     from retrieval.item_store import ItemStore
     from retrieval.recall import SavedModelTowers, ServingTowers
@@ -129,14 +130,15 @@ def open_core(args):
     check_index(config)  # in a second: missing, not Milvus, or held by another process
     index = open_index(config, timeout_seconds=args.milvus_timeout_seconds)
     store = ItemStore(config, spec.item_id, client=index.client, timeout_seconds=args.milvus_timeout_seconds)
+    model = args.model or os.path.join(args.workdir, "serving", args.model_name)
     if args.model_target:
         from serving.client import ServingClient
 
         encoder = ServingTowers(ServingClient(args.model_target, args.model_name,
                                                    timeout=args.model_timeout_seconds))
     else:
-        encoder = SavedModelTowers(args.model or os.path.join(args.workdir, "serving", args.model_name))
-    return RecallCore(index, store, encoder, spec, check_model=not args.skip_model_check)
+        encoder = SavedModelTowers(model)
+    return RecallCore(index, store, encoder, ModelVocabulary(model, spec), spec, check_model=not args.skip_model_check)
 
 
 def main(argv=None) -> None:

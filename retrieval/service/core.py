@@ -80,10 +80,12 @@ def check_filters(filters) -> dict[str, list[str]]:
 
 class RecallCore:
     """index: the open ItemIndex (its client shared with `store`); encoder: the user and item towers
-    (retrieval.recall.SavedModelTowers or ServingTowers)."""
+    (retrieval.recall.SavedModelTowers or ServingTowers); vocabulary: which posts each pushed version
+    knows (retrieval.catalog.ModelVocabulary)."""
 
-    def __init__(self, index, store, encoder, spec, check_model: bool = True):
+    def __init__(self, index, store, encoder, vocabulary, spec, check_model: bool = True):
         self.index, self.store, self.encoder, self.spec = index, store, encoder, spec
+        self.vocabulary = vocabulary
         if not store.exists:
             raise ItemIndexError(f"no {store.where}: run the pipeline first (ItemIndexer seeds it)")
         self.recaller = Recaller(encoder, index, spec, store)
@@ -115,7 +117,7 @@ class RecallCore:
         except FeatureError as e:
             raise invalid_argument(f"{where}: {e}") from None
 
-    def recall(self, queries, k, filters=None, keep_read: bool = False) -> dict:
+    def recall(self, queries, k, filters=None, keep_read: bool = False, new_posts: int = 0) -> dict:
         """{"answers": [{"hits": [{id, score, <stored fields>}], "history_length"}], "model_version",
         "generation"}: one answer per query; user and item vectors of one model version."""
         if not isinstance(queries, list) or not queries:
@@ -125,10 +127,13 @@ class RecallCore:
         k, filters = check_k(k), check_filters(filters)
         if not isinstance(keep_read, bool):
             raise invalid_argument(f"keep_read must be true or false, got {keep_read!r}"[:200])
+        if isinstance(new_posts, bool) or not isinstance(new_posts, int) or not 0 <= new_posts <= k:
+            raise invalid_argument(f"new_posts must be an integer from 0 to k ({k}), got {new_posts!r}"[:200])
         built = [self._query(n, q) for n, q in enumerate(queries)]
         try:
             answer = self.recaller.answer([b[0] for b in built], k, not keep_read, filters,
-                                          [b[1] for b in built] if not keep_read else None, stored_fields=True)
+                                          [b[1] for b in built] if not keep_read else None, stored_fields=True,
+                                          new_posts=new_posts)
         except (ItemIndexError, GenerationGone) as e:
             raise unavailable(f"the item index: {e}") from None
         except ValueError as e:
@@ -173,7 +178,8 @@ class RecallCore:
             raise unavailable(f"another AddItems call has been adding posts for over {ADD_WAIT_SECONDS:g} s: "
                               "try again later")
         try:
-            result = add_posts(self.index, self.store, self.encoder.item, self.items, self.spec, checked.batch())
+            result = add_posts(self.index, self.store, self.encoder.item, self.vocabulary, self.items, self.spec,
+                               checked.batch())
         except ItemIndexError as e:
             raise unavailable(f"the item index: {e}") from None
         except ValueError as e:  # the model version behind the generation is not the tower's

@@ -40,7 +40,7 @@ class RecallServicer(pb2_grpc.RecallServiceServicer):
         for f in request.filters:
             filters.setdefault(f.field, []).extend(f.values)
         answer = self.core.recall([_query(q) for q in request.queries], request.k, filters or None,
-                                  request.keep_read)
+                                  request.keep_read, request.new_posts)
         response = pb2.RecallResponse(model_version=answer["model_version"] or 0, generation=answer["generation"])
         for a in answer["answers"]:
             out = response.answers.add(history_length=a["history_length"])

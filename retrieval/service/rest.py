@@ -1,7 +1,7 @@
 """REST front end of the recall service, on the model server's hardened HTTP transport:
 
     POST /v1/recall   {"features": {...}} | {"log_line": "..."} | {"instances": [either, ...]},
-                      "k", "filters": {"topic_id": ["3"]}, "keep_read"
+                      "k", "filters": {"topic_id": ["3"]}, "keep_read", "new_posts"
                       -> {"hits": [...], "history_length", "model_version", "generation"}
                          ("instances": {"answers": [{"hits", "history_length"}, ...], "model_version", "generation"})
     POST /v1/items    {"posts": [{"post_id", "values", <item features>}, ...]} (or the bare list)
@@ -31,7 +31,7 @@ MAX_RECALL_VALUES = 100_000      # /v1/recall: users' features are texts, a few 
 
 _HTTP = {grpc.StatusCode.UNAVAILABLE: 503, grpc.StatusCode.INTERNAL: 500}
 _ROUTES = {"/v1/recall": "POST", "/v1/items": "POST", "/v1/status": "GET"}
-_RECALL_KEYS = {"features", "log_line", "instances", "k", "filters", "keep_read"}
+_RECALL_KEYS = {"features", "log_line", "instances", "k", "filters", "keep_read", "new_posts"}
 
 
 def _http_status(e: ServingError) -> int:
@@ -99,7 +99,8 @@ class RecallRestApp(JsonApp):
         queries = request["instances"] if many else [{users[0]: request[users[0]]}]
         if many and not isinstance(queries, list):
             raise invalid_argument("\"instances\" must be a list of {\"features\": ...} or {\"log_line\": ...}")
-        answer = self.core.recall(queries, request["k"], request.get("filters"), request.get("keep_read", False))
+        answer = self.core.recall(queries, request["k"], request.get("filters"), request.get("keep_read", False),
+                                  request.get("new_posts", 0))
         if many:
             return answer
         return {**answer.pop("answers")[0], **answer}

@@ -240,8 +240,8 @@ def test_the_item_indexer_writes_the_item_tower_of_every_catalog_item(artifacts,
         {"feature_spec": SPEC.to_json(), "index_config": json.dumps(config), "catalog_source": "vectors"})
     assert index.get_int_custom_property("indexed") == 1
     assert index.get_int_custom_property("count") == 5 and index.get_int_custom_property("dim") == made_up.DIM
-    searcher = MilvusIndex(IndexConfig(**config))
-    rows = searcher.client.query(searcher.collection(), filter='post_id != ""',
+    item_index = MilvusIndex(IndexConfig(**config))
+    rows = item_index.client.query(item_index.generation()[0], filter='post_id != ""',
                                  output_fields=["post_id", "topic_id", VECTOR_FIELD])
     assert sorted(r["post_id"] for r in rows) == CATALOG
     for r in rows:  # the item's logged topic, and its made-up vector, L2-normalised
@@ -253,15 +253,15 @@ def test_the_item_indexer_writes_the_item_tower_of_every_catalog_item(artifacts,
     # The item store: seeded with the catalog, its logged topics and the prepared vectors.
     from retrieval.item_store import ItemStore
 
-    store = ItemStore(IndexConfig(**config), "post_id", client=searcher.client)
+    store = ItemStore(IndexConfig(**config), "post_id", client=item_index.client)
     stored = store.get(CATALOG)
     assert sorted(stored) == CATALOG and store.count() == 5
     assert all(stored[p]["topic_id"] == made_up.ITEM_TOPIC[p] for p in CATALOG)
     np.testing.assert_array_equal(store.vectors(CATALOG), np.ones((5, made_up.DIM), np.float32))
-    (hits,) = searcher.search(made_up.user_vector(["t2"])[None, :], 3)
+    (hits,) = item_index.search(made_up.user_vector(["t2"])[None, :], 3)
     assert {h["id"] for h in hits[:2]} == {"p3", "p4"}
     assert hits[0]["score"] == pytest.approx(hits[1]["score"], abs=1e-6) and hits[1]["score"] > hits[2]["score"] + 0.5
-    searcher.close()
+    item_index.close()
 
 
 def test_the_item_indexer_indexes_nothing_unblessed(artifacts, tmp_path):

@@ -306,11 +306,11 @@ def test_item_index_recall_equals_brute_force_over_the_catalog(runs, tmp_path_fa
 
     # Milvus Lite opens a file in one process at a time: the other xdist worker's recall tests wait.
     with holding_the_shared_run(tmp_path_factory):
-        searcher = MilvusIndex(IndexConfig(uri=os.path.join(workdir, "milvus.db")))
+        item_index = MilvusIndex(IndexConfig(uri=os.path.join(workdir, "milvus.db")))
         try:
-            assert searcher.collection() == index["collection"]
-            store = ItemStore(searcher.config, "post_id", client=searcher.client)
-            recaller = Recaller(SavedModelTowers(os.path.join(workdir, "serving", "dssm")), searcher, load_spec(),
+            assert item_index.generation()[0] == index["collection"]
+            store = ItemStore(item_index.config, "post_id", client=item_index.client)
+            recaller = Recaller(SavedModelTowers(os.path.join(workdir, "serving", "dssm")), item_index, load_spec(),
                                 store)
             user_features = {"client_id": "u7", "client_type": 1, "follow_topic_id": ["3", "8"],
                              "all_topic_fav_7": {"3": 0.7, "11": 0.3}, "read_post_id": ["p1", "p2"]}
@@ -323,7 +323,7 @@ def test_item_index_recall_equals_brute_force_over_the_catalog(runs, tmp_path_fa
         finally:  # closing the client leaves this process's Milvus Lite server holding the file: stop it
             from milvus_lite.server_manager import server_manager_instance
 
-            searcher.close()
+            item_index.close()
             server_manager_instance.release_server(os.path.join(workdir, "milvus.db"))
 
 

@@ -2,6 +2,7 @@
 tools that never import TensorFlow's runtime, recall output that says what happened, a report that
 shows why training stopped."""
 import collections
+import csv
 import json
 import os
 import subprocess
@@ -207,6 +208,10 @@ def test_recall_over_a_served_model_says_who_which_version_and_generation_withou
     records = [json.loads(x) for x in lines.stdout.strip().splitlines()[:-1]]
     eval_lines = open(f"{SAMPLE_DIR}/eval.tsv").read().splitlines()
     topics = _topics_in_logs(spec)
+    trained = set()  # every post id of the training log: the run's item-id vocabulary
+    with open(f"{SAMPLE_DIR}/train.tsv") as f:
+        for row in csv.DictReader(f, delimiter="\t"):
+            trained |= {row["post_id"], *(p for p in row["read_post_id"].split(",") if p)}
     with open(f"{SAMPLE_DIR}/item_vectors.jsonl") as f:
         stored = {json.loads(line)["post_id"] for line in f}
     assert len(records) == 2
@@ -219,8 +224,9 @@ def test_recall_over_a_served_model_says_who_which_version_and_generation_withou
         assert record["history_length"] == len(read) and "note" not in record
         assert len(record["hits"]) == 5 and not read & {h["id"] for h in record["hits"]}
         for hit in record["hits"]:
-            assert set(hit) == {"id", "score", "topic_id"}
+            assert set(hit) == {"id", "score", "topic_id", "model_knows"}
             assert hit["topic_id"] == topics.get(hit["id"], hit["topic_id"])
+            assert hit["model_knows"] == ("1" if hit["id"] in trained else "0")  # in the training log or not
         assert [h["score"] for h in record["hits"]] == sorted((h["score"] for h in record["hits"]), reverse=True)
         assert record["score"].startswith("cosine of the user and item vectors") and "-1 to 1" in record["score"]
         assert all(-1.0 <= h["score"] <= 1.0 for h in record["hits"])
@@ -244,7 +250,7 @@ def test_recall_over_a_served_model_says_who_which_version_and_generation_withou
     assert table_lines[1].startswith(f"  follow_topic_id {first_row['follow_topic_id'] or '-'} · all_topic_fav_7 ")
     assert "read posts' topic_id " in table_lines[1]
     assert table_lines[2].startswith("  score: cosine of the user and item vectors")
-    assert table_lines[3].split() == ["rank", "id", "score", "topic_id"]
+    assert table_lines[3].split() == ["rank", "id", "score", "model_knows", "topic_id"]
     assert [r.split()[0] for r in table_lines[4:9]] == ["1", "2", "3", "4", "5"]
     assert [r.split()[1] for r in table_lines[4:9]] == [h["id"] for h in records[0]["hits"]]
 

@@ -56,6 +56,28 @@ def parts(fresh_run):
     server_manager_instance.release_server(config.uri)
 
 
+@pytest.fixture()
+def vocabulary(fresh_run):
+    from retrieval.catalog import ModelVocabulary
+    from schema.spec import load_spec
+
+    workdir, _ = fresh_run
+    return ModelVocabulary(os.path.join(workdir, "serving", "dssm"), load_spec())
+
+
+def _trained_ids() -> set[str]:
+    """By hand: every post id of the sample's training log (post_id and read_post_id): what the sample
+    run's Transform put in the item-id vocabulary."""
+    import csv
+
+    ids = set()
+    with open(os.path.join(REPO, "data", "sample", "train.tsv")) as f:
+        for row in csv.DictReader(f, delimiter="\t"):
+            ids.add(row["post_id"])
+            ids.update(p for p in row["read_post_id"].split(",") if p)
+    return ids
+
+
 def _batch(ids, topics, vectors):
     from retrieval.index import Batch
 
@@ -82,7 +104,7 @@ def _ranking(index, store, towers, builder, spec, user_features, version):
     return order, dict(zip(ids, scores.tolist(), strict=True)), posts
 
 
-def test_a_fresh_post_like_what_the_user_likes_is_recalled_at_the_rank_numpy_gives(parts):
+def test_a_fresh_post_like_what_the_user_likes_is_recalled_at_the_rank_numpy_gives(parts, vocabulary):
     """Two posts the run never saw: one with the content and topic of the warm post the model ranks first
     for the user, one with the opposite vector. The first is recalled among the top (its id is unknown,
     its content is what the user likes), the second is not in the top 50; recall's answer equals the
@@ -97,8 +119,8 @@ def test_a_fresh_post_like_what_the_user_likes_is_recalled_at_the_rank_numpy_giv
     best = order[0]
     content = {i: (v, t) for b in posts for i, v, t in zip(b.ids, b.vectors, b.scalars["topic_id"], strict=True)}
     like, topic = content[best]
-    added = add_posts(index, store, towers.item, builder, spec, _batch(["fresh-like", "fresh-unlike"], [topic, topic],
-                                                                      [like, -like]))
+    added = add_posts(index, store, towers.item, vocabulary, builder, spec,
+                      _batch(["fresh-like", "fresh-unlike"], [topic, topic], [like, -like]))
     assert added["added"] == 2 and added["generation"] == generation and added["model_version"] == version
 
     order, scores, _ = _ranking(index, store, towers, builder, spec, USER, version)
@@ -108,7 +130,7 @@ def test_a_fresh_post_like_what_the_user_likes_is_recalled_at_the_rank_numpy_giv
     np.testing.assert_allclose([h["score"] for h in hits], [scores[i] for i in order[:20]], atol=1e-4)
 
 
-def test_reads_of_fresh_posts_move_the_user(parts):
+def test_reads_of_fresh_posts_move_the_user(parts, vocabulary):
     """Two users who read different new posts get different vectors, each the user tower's answer for
     the read posts' vectors given by hand in the request."""
     from retrieval.catalog import add_posts
@@ -116,7 +138,8 @@ def test_reads_of_fresh_posts_move_the_user(parts):
     index, store, towers, builder, spec = parts
     _, version = index.generation(refresh=True)
     a_vec, b_vec = store.vectors(["p5"])[0], store.vectors(["p9"])[0]
-    add_posts(index, store, towers.item, builder, spec, _batch(["fresh-a", "fresh-b"], ["3", "5"], [a_vec, b_vec]))
+    add_posts(index, store, towers.item, vocabulary, builder, spec,
+              _batch(["fresh-a", "fresh-b"], ["3", "5"], [a_vec, b_vec]))
     reader_a = towers([builder.from_features({"client_id": "x", "client_type": 0, "read_post_id": ["fresh-a"]})],
                       version)[0]
     reader_b = towers([builder.from_features({"client_id": "x", "client_type": 0, "read_post_id": ["fresh-b"]})],
@@ -131,15 +154,15 @@ def test_reads_of_fresh_posts_move_the_user(parts):
     np.testing.assert_allclose(reader_a, towers([by_hand.SerializeToString()], version)[0], rtol=1e-5, atol=1e-6)
 
 
-def test_re_adding_a_post_replaces_its_row(parts):
+def test_re_adding_a_post_replaces_its_row(parts, vocabulary):
     from retrieval.catalog import add_posts, item_examples
 
     index, store, towers, builder, spec = parts
     generation, version = index.generation(refresh=True)
     first, second = store.vectors(["p11"])[0], store.vectors(["p12"])[0]
-    add_posts(index, store, towers.item, builder, spec, _batch(["fresh-x"], ["3"], [first]))
+    add_posts(index, store, towers.item, vocabulary, builder, spec, _batch(["fresh-x"], ["3"], [first]))
     count = store.count()
-    add_posts(index, store, towers.item, builder, spec, _batch(["fresh-x"], ["7"], [second]))
+    add_posts(index, store, towers.item, vocabulary, builder, spec, _batch(["fresh-x"], ["7"], [second]))
     assert store.count() == count
     rows = index.client.query(generation, filter='post_id == "fresh-x"', output_fields=["topic_id", "embedding"])
     assert len(rows) == 1 and rows[0]["topic_id"] == "7"
@@ -148,7 +171,7 @@ def test_re_adding_a_post_replaces_its_row(parts):
     np.testing.assert_allclose(store.get(["fresh-x"])["fresh-x"]["vector"], second)
 
 
-def test_a_model_version_the_tower_cannot_give_is_refused_before_anything_is_written(parts, tmp_path):
+def test_a_model_version_the_tower_cannot_give_is_refused_before_anything_is_written(parts, vocabulary, tmp_path):
     """The generation was filled by version V: add_items with a model path that lacks V refuses, and
     neither the store nor the generation gets the post (user and item vectors stay of one version)."""
     from retrieval.catalog import add_posts
@@ -160,13 +183,13 @@ def test_a_model_version_the_tower_cannot_give_is_refused_before_anything_is_wri
     other.mkdir()
     os.symlink(towers.path, other / str(version + 1))
     with pytest.raises(ValueError, match=f"filled by model version {version}, which is not under"):
-        add_posts(index, store, SavedModelTowers(str(other)).item, builder, spec,
+        add_posts(index, store, SavedModelTowers(str(other)).item, vocabulary, builder, spec,
                   _batch(["fresh-refused"], ["3"], [store.vectors(["p1"])[0]]))
     assert store.get(["fresh-refused"]) == {}
     assert index.holds(generation, ["fresh-refused"]) == set()
 
 
-def test_a_post_added_while_a_new_generation_is_written_ends_up_in_it(parts):
+def test_a_post_added_while_a_new_generation_is_written_ends_up_in_it(parts, vocabulary):
     """A new generation (ItemIndexer's path) reads the store, and while its vectors are computed a post
     is added to the serving generation: once the new one is live, it holds the post too."""
     from retrieval.catalog import add_posts, index_store
@@ -183,12 +206,12 @@ def test_a_post_added_while_a_new_generation_is_written_ends_up_in_it(parts):
         return towers.item(examples, v)
 
     result = {}
-    writer = threading.Thread(target=lambda: result.update(index_store(index, store, slow_item_tower, builder, spec,
-                                                                       version)))
+    writer = threading.Thread(target=lambda: result.update(index_store(index, store, slow_item_tower, vocabulary,
+                                                                       builder, spec, version)))
     writer.start()
     assert scanned.wait(120)
-    during = add_posts(index, store, towers.item, builder, spec, _batch(["fresh-race"], ["3"],
-                                                                      [store.vectors(["p2"])[0]]))
+    during = add_posts(index, store, towers.item, vocabulary, builder, spec,
+                       _batch(["fresh-race"], ["3"], [store.vectors(["p2"])[0]]))
     added.set()
     writer.join(300)
     assert during["generation"] == old  # the alias had not moved yet
@@ -267,3 +290,49 @@ def test_the_watched_folder_adds_each_file_and_keeps_the_refused_lines(fresh_run
         "2: values must be a list of 32 numbers (the item store's vectors), got 1 values\n")
     results = {r["file"]: r for r in map(json.loads, out.splitlines())}
     assert (results["one.jsonl"]["added"], results["two.jsonl"]["added"], results["two.jsonl"]["refused"]) == (1, 1, 1)
+
+
+def test_the_generation_marks_which_posts_the_model_knows(parts, vocabulary):
+    """Every post of the serving generation carries model_knows: "1" exactly for the posts of the
+    training log (counted here from the log itself), "0" for the others, a post added now among them."""
+    from retrieval.catalog import KNOWN_FIELD, add_posts
+
+    index, store, towers, builder, spec = parts
+    generation, _ = index.generation(refresh=True)
+    add_posts(index, store, towers.item, vocabulary, builder, spec, _batch(["fresh-marked"], ["3"],
+                                                                          [store.vectors(["p4"])[0]]))
+    rows = index.client.query(generation, filter="", output_fields=["post_id", KNOWN_FIELD], limit=16384)
+    flags = {r["post_id"]: r[KNOWN_FIELD] for r in rows}
+    trained = _trained_ids()
+    assert flags["fresh-marked"] == "0" and flags["p1"] == "1"
+    assert {p for p, f in flags.items() if f == "1"} == trained & set(flags)
+    assert {p for p, f in flags.items() if f == "0"} == set(flags) - trained
+
+
+def test_new_posts_keeps_places_for_the_best_posts_the_model_does_not_know(parts, vocabulary):
+    """k 12 with new_posts 6: the six best-scored posts outside the training log (numpy over every
+    stored post; other tests may have added some) are in the answer wherever they rank, the other
+    places go to the top of the whole ranking, the hits ordered by score; new_posts 0 is the plain top 12."""
+    from retrieval.catalog import add_posts
+    from retrieval.recall import Recaller
+
+    index, store, towers, builder, spec = parts
+    _, version = index.generation(refresh=True)
+    order, _, posts = _ranking(index, store, towers, builder, spec, USER, version)
+    # two new posts like the user's 30th and 40th post
+    content = {i: (v, t) for b in posts for i, v, t in zip(b.ids, b.vectors, b.scalars["topic_id"], strict=True)}
+    picks = [content[order[29]], content[order[39]]]
+    add_posts(index, store, towers.item, vocabulary, builder, spec,
+              _batch(["fresh-30", "fresh-40"], [t for _, t in picks], [v for v, _ in picks]))
+    order, scores, _ = _ranking(index, store, towers, builder, spec, USER, version)
+    new = [p for p in order if p not in _trained_ids()]
+    recaller = Recaller(towers, index, spec, store)
+    query, read = [builder.from_features(USER)], [set(USER["read_post_id"])]
+    (plain,) = recaller.recall_examples(query, 12, read=read)
+    assert [h["id"] for h in plain] == order[:12]
+    (hits,) = recaller.answer(query, 12, read=read, new_posts=6)["hits"]
+    want = sorted(new[:6] + [p for p in order if p not in new[:6]][:6], key=lambda p: -scores[p])
+    assert [h["id"] for h in hits] == want
+    assert set(want) != set(order[:12])  # the reserve changed the answer: the test can fail
+    with pytest.raises(ValueError, match="new_posts must be an integer from 0 to k"):
+        recaller.answer(query, 12, new_posts=13)

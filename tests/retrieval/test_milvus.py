@@ -59,10 +59,10 @@ def test_ids_and_vectors_round_trip(config, client):
 def test_flat_top_k_equals_numpy_brute_force(config, client):
     ids, topics, vectors = _items(2000, 2)
     write_generation(config, _batches(ids, topics, vectors), "post_id", ["topic_id"], DIM, client=client)
-    searcher = MilvusIndex(config, client=client)
+    item_index = MilvusIndex(config, client=client)
     queries = np.random.default_rng(3).normal(size=(5, DIM)).astype(np.float32)
     scores = normalise(queries) @ normalise(vectors).T
-    results = searcher.search(queries, k=50)
+    results = item_index.search(queries, k=50)
     for q in range(5):
         expected = np.argsort(-scores[q], kind="stable")[:50]
         assert [r["id"] for r in results[q]] == [ids[i] for i in expected]
@@ -70,29 +70,29 @@ def test_flat_top_k_equals_numpy_brute_force(config, client):
 
     # excluded ids never come back, and K results still do; a topic filter keeps only that topic
     excluded = {ids[i] for i in np.argsort(-scores[0])[:30]}
-    (kept,) = searcher.search(queries[:1], k=50, exclude=[excluded])
+    (kept,) = item_index.search(queries[:1], k=50, exclude=[excluded])
     allowed = [i for i in np.argsort(-scores[0], kind="stable") if ids[i] not in excluded][:50]
     assert [r["id"] for r in kept] == [ids[i] for i in allowed]
-    (topic,) = searcher.search(queries[:1], k=20, filters={"topic_id": ["t3", 'odd"topic']},
+    (topic,) = item_index.search(queries[:1], k=20, filters={"topic_id": ["t3", 'odd"topic']},
                                output_fields=["topic_id"])
     in_topic = [i for i in np.argsort(-scores[0], kind="stable") if topics[i] == "t3"][:20]
     assert [r["id"] for r in topic] == [ids[i] for i in in_topic] and {r["topic_id"] for r in topic} == {"t3"}
     with pytest.raises(ValueError, match="cannot filter on"):
-        searcher.search(queries[:1], k=5, filters={"topic_id or 1": ["x"]})
+        item_index.search(queries[:1], k=5, filters={"topic_id or 1": ["x"]})
 
 
 def test_alias_moves_while_queries_run_and_old_generations_are_dropped(config, client):
     config = IndexConfig(**{**config.__dict__, "keep_generations": 2})
     first = _items(1500, 4, prefix="a")
     write_generation(config, _batches(*first), "post_id", ["topic_id"], DIM, client=client)
-    searcher = MilvusIndex(config, client=client, refresh_seconds=0.05)
+    item_index = MilvusIndex(config, client=client, refresh_seconds=0.05)
     query = np.ones((1, DIM), np.float32)
     seen, failures, stop = [], [], threading.Event()
 
     def ask():
         while not stop.is_set():
             try:
-                (hits,) = searcher.search(query, k=10)
+                (hits,) = item_index.search(query, k=10)
                 seen.append({h["id"][0] for h in hits} if hits else set())
             except Exception as e:  # noqa: BLE001 - every failure is counted
                 failures.append(e)

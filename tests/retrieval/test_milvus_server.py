@@ -109,7 +109,7 @@ def test_keep_generations_and_a_failure_half_way_leaves_the_previous_generation_
     names = [write_generation(config, _batches(*_items(200, s, prefix=f"g{s}_")), "post_id", ["topic_id"], DIM,
                               client=client)["collection"] for s in range(3)]
     assert generations(client, "gens") == names[1:]
-    assert MilvusIndex(config, client=client).collection() == names[2]  # the alias, resolved
+    assert MilvusIndex(config, client=client).generation()[0] == names[2]  # the alias, resolved
     assert client.describe_alias("gens")["collection_name"] == names[2]
 
     def broken():
@@ -133,10 +133,10 @@ def test_the_alias_moves_under_concurrent_queries_with_no_failed_or_empty_answer
     queries = np.random.default_rng(12).normal(size=(4, DIM)).astype(np.float32)
 
     def query():
-        searcher = MilvusIndex(config)
+        item_index = MilvusIndex(config)
         while not stop.is_set():
             try:
-                rows = searcher.search(queries, 10)
+                rows = item_index.search(queries, 10)
                 answers.append(all(len(r) == 10 for r in rows))
             except Exception as e:  # noqa: BLE001 - every failure is counted
                 failures.append(repr(e))
@@ -205,6 +205,7 @@ def test_two_recall_service_replicas_share_the_server(uri, runs, tmp_path):
     workdir, _, _ = runs
     model, port = spawn(["--model_name", "dssm", "--model_base_path", os.path.join(workdir, "serving", "dssm")],
                         str(tmp_path / "model.log"), timeout=120)
+    os.symlink(os.path.join(workdir, "serving"), tmp_path / "serving")  # the run's pushed files: its vocabulary
     flags = ["--milvus", uri, "--alias", "e2e_items", "--model_target", f"127.0.0.1:{port}"]
     replicas = [Service(str(tmp_path), str(tmp_path / f"service-{n}.log"), *flags) for n in (1, 2)]
     try:

@@ -111,14 +111,14 @@ def test_an_alias_naming_a_dropped_collection_is_one_error_line(index_file, tmp_
 
 def test_an_empty_filter_list_is_refused_before_milvus_sees_it(index_file, tmp_path):
     path = _copy(index_file, tmp_path)
-    searcher = MilvusIndex(IndexConfig(uri=str(path)))
+    item_index = MilvusIndex(IndexConfig(uri=str(path)))
     try:
-        for call in (lambda: searcher.check_request(10, {"topic_id": []}),
-                     lambda: searcher.search(np.ones((1, DIM), np.float32), 10, filters={"topic_id": []})):
+        for call in (lambda: item_index.check_request(10, {"topic_id": []}),
+                     lambda: item_index.search(np.ones((1, DIM), np.float32), 10, filters={"topic_id": []})):
             with pytest.raises(ValueError, match=r"the filter on \['topic_id'\] lists no value"):
                 call()
-        hits = searcher.search(np.ones((1, DIM), np.float32), 5, filters={"topic_id": ["1"]},
+        hits = item_index.search(np.ones((1, DIM), np.float32), 5, filters={"topic_id": ["1"]},
                                output_fields=["topic_id"])
         assert len(hits[0]) == 5 and {h["topic_id"] for h in hits[0]} == {"1"}
     finally:
-        searcher.close()
+        item_index.close()

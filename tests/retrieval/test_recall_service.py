@@ -240,6 +240,9 @@ HOSTILE_REST = [
     ({"features": USER, "k": 5, "filters": {"topic_id": []}}, 400, "filters.topic_id must be a non-empty list"),
     ({"features": USER, "k": 5, "filters": {"topic_id": ["a\x00b"]}}, 400, "NUL"),
     ({"features": USER, "k": 5, "keep_read": "yes"}, 400, "keep_read must be true or false"),
+    ({"features": USER, "k": 5, "new_posts": 6}, 400, "new_posts must be an integer from 0 to k (5), got 6"),
+    ({"features": USER, "k": 5, "new_posts": True}, 400, "new_posts must be an integer from 0 to k"),
+    ({"features": USER, "k": 5, "new_posts": -1}, 400, "new_posts must be an integer from 0 to k"),
     ({"features": USER, "k": 5, "limit": 3}, 400, "unknown key(s) ['limit']"),
     ({"features": [1, 2], "k": 5}, 400, "queries[0].features must be an object"),
     ({"features": {"shoe_size": 3}, "k": 5}, 400, "unknown feature(s) ['shoe_size']"),
@@ -288,6 +291,8 @@ def test_malformed_grpc_requests_are_invalid_argument_naming_the_field(service):
         (pb2.RecallRequest(queries=[pb2.Query(log_line="a\tb")], k=0), "k must be an integer from 1"),
         (pb2.RecallRequest(queries=[pb2.Query(log_line="a\tb")] * 257, k=5), "more than 256"),
         (pb2.RecallRequest(queries=[pb2.Query(features=pb2.Features(values={"nope": "1"}))], k=5), "unknown feature"),
+        (pb2.RecallRequest(queries=[pb2.Query(log_line="a\tb")], k=5, new_posts=6),
+         "new_posts must be an integer from 0 to k (5), got 6"),
     ]
     for request, message in cases:
         with pytest.raises(grpc.RpcError) as e:
@@ -460,6 +465,7 @@ def test_no_answer_mixes_model_versions_while_generations_move(tmp_path):
     import tensorflow as tf
 
     from retrieval.backends import open_index
+    from retrieval.catalog import ModelVocabulary
     from retrieval.index import IndexConfig
     from retrieval.item_store import ItemStore
     from retrieval.milvus import Batch, write_generation
@@ -485,15 +491,16 @@ def test_no_answer_mixes_model_versions_while_generations_move(tmp_path):
         return write_generation(config, [batch], "post_id", ["topic_id"], made_up.DIM, model_version=version)
 
     index(1)
-    searcher = open_index(config, refresh_seconds=0)
-    store = ItemStore(config, "post_id", client=searcher.client)
+    item_index = open_index(config, refresh_seconds=0)
+    store = ItemStore(config, "post_id", client=item_index.client)
     store.ensure(made_up.DIM, ["topic_id"])
     served = parse_config_text(config_text({"m": str(base)}, num_versions=2))
     answers, failures, stop = [], [], threading.Event()
     pb2, pb2_grpc = _stubs()
     user = {"client_id": "u1", "follow_topic_id": ["t1"]}
     with ModelServer(served, port=0, poll_seconds=0) as model, ServingClient(model.target, "m") as client:
-        core = RecallCore(searcher, store, ServingTowers(client), spec, check_model=False)
+        core = RecallCore(item_index, store, ServingTowers(client), ModelVocabulary(str(base), spec), spec,
+                          check_model=False)
         server = RecallServer(core).start()
 
         def over_grpc():
@@ -526,7 +533,7 @@ def test_no_answer_mixes_model_versions_while_generations_move(tmp_path):
         for t in threads:
             t.join()
         server.stop()
-    searcher.close()
+    item_index.close()
     assert not failures, failures[:3]
     assert {v for v, _ in answers} == {1, 2}, "both versions were searched"
     mixed = [a for a in answers if a[1] != {"p1", "p2"}]
